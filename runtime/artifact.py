@@ -1,0 +1,200 @@
+"""The artifact format, defined once: manifest schema, file names, and the writer.
+
+An artifact is a folder:
+    manifest.json     what this is (see `Manifest`)
+    model.so          the kernels and the Relax VM bytecode (exported by TVM)
+    params/*.safetensors   weights, in shards (absent for library-only or random-weight builds)
+    tokenizer.json, tokenizer_config.json   (optional)
+
+The compiler writes artifacts through `ArtifactWriter`; the runtime reads them with `read_manifest`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+LIBRARY_FILE = "model.so"
+PARAMS_DIR = "params"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+# How the weights of an artifact are provided.
+WEIGHTS_PACKED = "packed"  # safetensors shards in params/
+WEIGHTS_RANDOM = "random"  # benchmark build: the runtime makes true-shape random weights on the device
+WEIGHTS_NONE = "none"  # library only: weights must be supplied at load time
+
+
+@dataclass
+class ParamInfo:
+    name: str
+    shape: list[int]
+    dtype: str
+    file: str | None = None  # relative path of the shard holding it; None unless weights are packed
+    scheme: str | None = None  # quantization scheme of this tensor (e.g. "q0f16", "q4f16"); None = plain
+
+
+@dataclass
+class KVCacheInfo:
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str
+    sliding_window: int | None = None  # HF convention (the query plus W-1 previous tokens)
+    page_size: int = 16
+
+
+@dataclass
+class TargetInfo:
+    kind: str  # "cpu" | "cuda" | "metal"
+    archs: list[str] = field(default_factory=list)  # e.g. ["sm_80", "sm_90"]
+    host: str = ""  # llvm triple of the host code
+
+
+@dataclass
+class TokenizerInfo:
+    file: str = TOKENIZER_FILE
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    add_bos_token: bool = False
+    chat_template: str | None = None
+
+
+@dataclass
+class Manifest:
+    name: str
+    architecture: str
+    config: dict[str, Any]  # the model configuration (HF config.json keys)
+    quantization: str  # weight format, e.g. "q0f32", "q0f16"
+    compute_dtype: str  # dtype of activations, e.g. "float32" on cpu
+    target: TargetInfo
+    kv_cache: KVCacheInfo
+    vocab_size: int
+    context_length: int
+    functions: list[str]
+    params: list[ParamInfo]
+    weights: str = WEIGHTS_NONE
+    tokenizer: TokenizerInfo | None = None
+    passes: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)  # ember, apache-tvm, apache-tvm-ffi
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    format_version: int = FORMAT_VERSION
+    library: str = LIBRARY_FILE
+    notes: list[str] = field(default_factory=list)  # e.g. what was requantized
+
+    @property
+    def is_benchmark_build(self) -> bool:
+        return self.weights == WEIGHTS_RANDOM
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = MANIFEST_FILE) -> "Manifest":
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{source}: format_version {version!r} is not supported (this ember reads {FORMAT_VERSION})"
+            )
+        try:
+            data = dict(raw)
+            data["target"] = TargetInfo(**raw["target"])
+            data["kv_cache"] = KVCacheInfo(**raw["kv_cache"])
+            data["params"] = [ParamInfo(**p) for p in raw["params"]]
+            data["tokenizer"] = TokenizerInfo(**raw["tokenizer"]) if raw.get("tokenizer") else None
+            return cls(**data)
+        except (KeyError, TypeError) as err:
+            raise ArtifactError(f"{source}: malformed manifest ({err})") from None
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such artifact folder")
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: not an ember artifact (no {MANIFEST_FILE})")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    return Manifest.from_dict(raw, source=str(path))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(folder: str | os.PathLike, manifest: Manifest) -> None:
+    """Check that every file the manifest lists exists and has its recorded sha256."""
+    folder = Path(folder)
+    for rel, expected in manifest.files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise ArtifactError(f"{folder}: {rel} is listed in the manifest but missing")
+        if sha256_file(path) != expected:
+            raise ArtifactError(f"{folder}: {rel} does not match its sha256 in the manifest (corrupt or edited)")
+
+
+class ArtifactWriter:
+    """Builds an artifact in a temporary folder next to nothing the user owns, then renames it into place.
+
+    Usage:
+        with ArtifactWriter(final_dir) as writer:
+            lib.export_library(writer.path / LIBRARY_FILE)
+            ...
+            writer.commit(manifest)   # hashes every file, writes manifest.json, renames
+    Leaving the block without commit() (an exception) deletes the temporary folder: nothing half-written.
+    """
+
+    def __init__(self, destination: str | os.PathLike, overwrite: bool = True) -> None:
+        self.destination = Path(destination).absolute()
+        self.overwrite = overwrite
+        self._tmp: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        assert self._tmp is not None, "use ArtifactWriter as a context manager"
+        return self._tmp
+
+    def __enter__(self) -> "ArtifactWriter":
+        if self.destination.exists() and not self.overwrite:
+            raise ArtifactError(f"{self.destination} already exists")
+        # Same filesystem as the destination so the final rename is atomic, but outside compiled/<name>.
+        parent = self.destination.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.tmp-", dir=parent))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tmp is not None and self._tmp.exists():
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp = None
+
+    def commit(self, manifest: Manifest) -> Path:
+        files = sorted(p for p in self.path.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+        manifest.files = {str(p.relative_to(self.path)): sha256_file(p) for p in files}
+        (self.path / MANIFEST_FILE).write_text(manifest.to_json())
+        if self.destination.exists():
+            old = self.destination.with_name(f".{self.destination.name}.old-{os.getpid()}")
+            os.rename(self.destination, old)
+            os.rename(self.path, self.destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.path, self.destination)
+        self._tmp = None
+        return self.destination
