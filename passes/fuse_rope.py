@@ -1,0 +1,31 @@
+"""Fuse rope into paged attention: the KV cache rotates q and k itself before it appends k.
+
+    q' = rope(q, cfg); k' = rope(k, cfg); o = paged_attention(q', k', v)
+      ->  o = paged_attention(q, k, v, rope=cfg)
+
+Applies only when both q and k of an attention node come from rope nodes with equal attrs that nobody
+else reads; the rope nodes are left for dead-code elimination.
+"""
+from __future__ import annotations
+
+from ..ir.graph import Module
+
+
+class FuseRopeIntoAttention:
+    name = "fuse_rope"
+
+    def __call__(self, module: Module) -> Module:
+        for function in module.functions.values():
+            users = function.users()
+            for node in function.nodes:
+                if node.op != "paged_attention" or node.attrs.get("rope"):
+                    continue
+                q, k, _ = node.inputs
+                rq, rk = q.producer, k.producer
+                if rq is None or rk is None or rq.op != "rope" or rk.op != "rope" or rq.attrs != rk.attrs:
+                    continue
+                if len(users[id(q)]) != 1 or len(users[id(k)]) != 1:
+                    continue
+                node.inputs = [rq.inputs[0], rk.inputs[0], node.inputs[2]]
+                node.attrs = {**node.attrs, "rope": dict(rq.attrs)}
+        return module

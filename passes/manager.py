@@ -1,0 +1,56 @@
+"""The pass manager: an ordered list of IR -> IR passes, verified after each, printable after any.
+
+A pass is any object with a `name` and `__call__(module) -> module`; adding one is a one-file change
+(write passes/<name>.py, add it to `default_pipeline` below or build a list yourself).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from ..ir.graph import Module
+from ..ir.printer import format_module
+from ..ir.verifier import verify
+
+
+class Pass(Protocol):
+    name: str
+
+    def __call__(self, module: Module) -> Module: ...
+
+
+@dataclass
+class PassManager:
+    passes: list[Pass]
+    print_after: set[str] = field(default_factory=set)  # pass names, or "all"
+    printer: Callable[[str], None] = print
+
+    def run(self, module: Module) -> Module:
+        unknown = self.print_after - {p.name for p in self.passes} - {"all"}
+        if unknown:
+            raise ValueError(f"--print-after: no pass named {', '.join(sorted(unknown))} "
+                             f"(passes: {', '.join(p.name for p in self.passes)})")
+        verify(module)
+        for p in self.passes:
+            module = p(module)
+            verify(module)
+            if p.name in self.print_after or "all" in self.print_after:
+                self.printer(f"// IR after {p.name}\n{format_module(module)}")
+        return module
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]
+
+
+def default_pipeline(quant: str, fuse_rope: bool = True) -> list[Pass]:
+    """The passes `ember compile` runs, in order."""
+    from .dce import DeadCodeElimination
+    from .fuse_rope import FuseRopeIntoAttention
+    from .quantize import Quantize
+
+    passes: list[Pass] = [DeadCodeElimination(), Quantize(quant)]
+    if fuse_rope:
+        passes.append(FuseRopeIntoAttention())
+    passes.append(DeadCodeElimination())
+    return passes

@@ -1,0 +1,293 @@
+"""Lower an ir.Module to a TVM Relax IRModule (through relax.frontend.nn) with TVM's paged KV cache.
+
+Each IR function becomes a Relax function `f(*inputs, kv, packed_params) -> (outputs..., kv)`; a
+`create_kv(...)` function builds the cache. Target-specific scheduling happens later (targets/<kind>).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+
+from ..ir.graph import PARAM, Function, Module, Node, Value
+from .rope import inverse_frequencies
+
+CREATE_KV_ARGS = ("max_batch_size", "max_total_seq_len", "prefill_chunk_size", "page_size",
+                  "support_sliding_window")
+
+
+class LoweringError(ValueError):
+    pass
+
+
+def _rope_config(module: Module) -> dict[str, Any] | None:
+    """The rope the KV cache applies (every attention node must agree), or None if rope stays in the graph."""
+    configs = [n.attrs.get("rope") for _, n in module.iter_nodes() if n.op == "paged_attention"]
+    if not configs or configs[0] is None:
+        if any(c is not None for c in configs):
+            raise LoweringError("some paged_attention nodes have fused rope and some do not")
+        return None
+    if any(c != configs[0] for c in configs):
+        raise LoweringError("paged_attention nodes fuse different rope configurations")
+    return configs[0]
+
+
+class _Interpreter:
+    """Evaluates one IR function with nn ops while nn traces it into Relax."""
+
+    def __init__(self, module: Module, params: dict[str, nn.Parameter], kv: PagedKVCache) -> None:
+        self.module, self.params, self.kv = module, params, kv
+        self.env: dict[int, nn.Tensor] = {}
+        self.symbols: dict[str, Any] = {}
+        self._positions: nn.Tensor | None = None
+
+    def run(self, function: Function, args: list[nn.Tensor]) -> list[nn.Tensor]:
+        for value, arg in zip(function.inputs, args):
+            self.env[id(value)] = arg
+            for dim, expr in zip(value.type.shape, arg.shape):
+                if isinstance(dim, str):
+                    self.symbols[dim] = expr
+        for node in function.nodes:
+            results = LOWERINGS[node.op](self, node, [self.get(v) for v in node.inputs])
+            results = results if isinstance(results, (list, tuple)) else [results]
+            for value, result in zip(node.outputs, results):
+                self.env[id(value)] = result
+        return [self.get(v) for v in function.outputs]
+
+    def get(self, value: Value) -> nn.Tensor:
+        if value.kind == PARAM:
+            return self.params[value.name]
+        return self.env[id(value)]
+
+    def shape(self, dims) -> list[Any]:
+        return [self.symbols[d] if isinstance(d, str) else d for d in dims]
+
+    def positions(self, total: Any) -> nn.Tensor:
+        if self._positions is None:
+            self._positions = self.kv.get_query_positions(total)
+        return self._positions
+
+
+Lowering = Callable[[_Interpreter, Node, list[nn.Tensor]], Any]
+LOWERINGS: dict[str, Lowering] = {}
+
+
+def lowers(name: str):
+    def wrap(fn: Lowering) -> Lowering:
+        LOWERINGS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _as(x: nn.Tensor, dtype: str) -> nn.Tensor:
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+@lowers("embedding")
+def _embedding(it, node, args):
+    ids, weight = args
+    flat = op.reshape(ids, [-1]) if len(ids.shape) != 1 else ids
+    rows = _as(op.take(weight, flat, axis=0), node.attrs.get("dtype", weight.dtype))
+    return op.reshape(rows, list(ids.shape) + [weight.shape[1]])
+
+
+@lowers("linear")
+def _linear(it, node, args):
+    x, weight = args[0], _as(args[1], args[0].dtype)
+    # fp32 accumulation: TVM's matmul accumulates in its output dtype.
+    y = _as(op.matmul(x, op.permute_dims(weight), out_dtype="float32"), x.dtype)
+    return y + _as(args[2], x.dtype) if len(args) == 3 else y
+
+
+@lowers("matmul")
+def _matmul(it, node, args):
+    a, b = args
+    return _as(op.matmul(a, b, out_dtype="float32"), a.dtype)
+
+
+@lowers("rms_norm")
+def _rms_norm(it, node, args):
+    x, weight = args
+    y = op.rms_norm(_as(x, "float32"), _as(weight, "float32"), axes=-1, epsilon=node.attrs["eps"])
+    return _as(y, x.dtype)
+
+
+@lowers("layer_norm")
+def _layer_norm(it, node, args):
+    x, weight, bias = args
+    y = op.layer_norm(_as(x, "float32"), [x.shape[-1]], _as(weight, "float32"), _as(bias, "float32"),
+                      eps=node.attrs["eps"])
+    return _as(y, x.dtype)
+
+
+@lowers("rope")
+def _rope(it, node, args):
+    (x,) = args
+    b, s, heads, dim = x.shape
+    rotary = node.attrs.get("rotary_dim") or dim
+    inv = nn.Tensor.from_const(inverse_frequencies(node.attrs["theta"], rotary, node.attrs.get("scaling")))
+    positions = it.positions(b * s)
+    half = rotary // 2
+
+    def compute(xt: te.Tensor, pos: te.Tensor, inv_freq: te.Tensor) -> te.Tensor:
+        def element(i, j, h, d):
+            in_rot = d < rotary
+            k = tirx.if_then_else(d < half, d, d - half)
+            angle = pos[i * s + j].astype("float32") * inv_freq[tirx.min(k, half - 1)]
+            partner = tirx.if_then_else(d < half, -xt[i, j, h, tirx.min(d + half, dim - 1)],
+                                        xt[i, j, h, tirx.max(d - half, 0)]).astype("float32")
+            rotated = xt[i, j, h, d].astype("float32") * tirx.cos(angle) + partner * tirx.sin(angle)
+            return tirx.if_then_else(in_rot, rotated.astype(xt.dtype), xt[i, j, h, d])
+
+        return te.compute(xt.shape, element, name="rope")
+
+    return op.tensor_expr_op(compute, "rope", [x, positions, inv])
+
+
+@lowers("paged_attention")
+def _paged_attention(it, node, args):
+    q, k, v = args
+    b, s, heads, dim = q.shape
+    qkv = op.concat([q, k, v], dim=2)
+    return it.kv.attention_with_fused_qkv(node.attrs["layer"], qkv, heads, sm_scale=node.attrs["sm_scale"])
+
+
+@lowers("silu")
+def _silu(it, node, args):
+    return op.silu(args[0])
+
+
+@lowers("gelu")
+def _gelu(it, node, args):
+    return op.gelu(args[0], approximate=None if node.attrs.get("approximate", "none") == "none" else "tanh")
+
+
+@lowers("add")
+def _add(it, node, args):
+    return args[0] + args[1]
+
+
+@lowers("mul")
+def _mul(it, node, args):
+    return args[0] * args[1]
+
+
+@lowers("cast")
+def _cast(it, node, args):
+    return _as(args[0], node.attrs["dtype"])
+
+
+@lowers("softmax")
+def _softmax(it, node, args):
+    (x,) = args
+    return _as(op.softmax(_as(x, "float32"), axis=node.attrs.get("axis", -1)), x.dtype)
+
+
+@lowers("reshape")
+def _reshape(it, node, args):
+    return op.reshape(args[0], it.shape(node.attrs["shape"]))
+
+
+@lowers("transpose")
+def _transpose(it, node, args):
+    return op.permute_dims(args[0], list(node.attrs["axes"]))
+
+
+@lowers("split")
+def _split(it, node, args):
+    bounds = list(np.cumsum(node.attrs["sizes"])[:-1])
+    return list(op.split(args[0], [int(b) for b in bounds], axis=node.attrs["axis"]))
+
+
+@lowers("concat")
+def _concat(it, node, args):
+    return op.concat(list(args), dim=node.attrs["axis"])
+
+
+@lowers("gather_tokens")
+def _gather_tokens(it, node, args):
+    return op.take(args[0], args[1], axis=1)
+
+
+def _nn_spec(value: Value) -> nn.spec.Tensor:
+    return nn.spec.Tensor(list(value.type.shape), value.type.dtype)
+
+
+class _LoweredModel(nn.Module):
+    def __init__(self, module: Module, target: tvm.target.Target) -> None:
+        self._ir = module
+        self._target = target
+        self._rope = _rope_config(module)
+        self._param_map: dict[str, nn.Parameter] = {}
+        for i, (name, param) in enumerate(module.params.items()):
+            tensor = nn.Parameter(list(param.type.shape), param.type.dtype)
+            setattr(self, f"p{i:04d}", tensor)
+            self._param_map[name] = tensor
+
+    def method(self, function: Function) -> Callable[..., Any]:
+        def run(*args):
+            *inputs, kv = args
+            outputs = _Interpreter(self._ir, self._param_map, kv).run(function, list(inputs))
+            return (*outputs, kv)
+
+        # nn's exporter binds spec arguments by the method's signature.
+        names = [v.name for v in function.inputs] + ["kv"]
+        run.__signature__ = inspect.Signature(
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+        return run
+
+    def create_kv(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
+        spec = self._ir.kv_cache
+        rope = self._rope or {}
+        scaling = {k: v for k, v in (rope.get("scaling") or {}).items()}
+        return TIRPagedKVCache(
+            attn_kind="mha",
+            max_batch_size=max_batch_size,
+            max_total_seq_len=max_total_seq_len,
+            prefill_chunk_size=prefill_chunk_size,
+            page_size=page_size,
+            support_sliding_window=support_sliding_window,
+            layer_partition=relax.ShapeExpr([0, spec.num_layers]),
+            num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.num_attention_heads,
+            num_key_value_heads=spec.num_kv_heads,
+            qk_head_dim=spec.head_dim,
+            v_head_dim=spec.head_dim,
+            mla_original_qk_head_dim=0,
+            mla_original_v_head_dim=0,
+            rope_mode=RopeMode.NORMAL if self._rope else RopeMode.NONE,
+            rope_scale=1,
+            rope_theta=rope.get("theta", 10000.0),
+            rope_scaling=scaling,
+            rope_ext_factors=relax.prim_value(0),
+            rotary_dim=rope.get("rotary_dim", spec.head_dim),
+            enable_disaggregation=False,
+            dtype=spec.dtype,
+            target=self._target,
+        )
+
+
+def lower(module: Module, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
+    """Returns the Relax module and the parameter names in argument order."""
+    if module.kv_cache is None:
+        raise LoweringError(f"module {module.name} has no KV cache spec")
+    model = _LoweredModel(module, target)
+    spec: dict[str, Any] = {}
+    for name, function in module.functions.items():
+        setattr(model, name, model.method(function))
+        spec[name] = {v.name: _nn_spec(v) for v in function.inputs}
+        spec[name]["kv"] = nn.spec.Object(object_type=PagedKVCache)
+        spec[name]["$"] = {"param_mode": "packed", "effect_mode": "none"}
+    spec["create_kv"] = {arg: int for arg in CREATE_KV_ARGS}
+    spec["create_kv"]["$"] = {"param_mode": "none", "effect_mode": "none"}
+    mod, named = model.export_tvm(spec=spec)
+    by_attr = {f"p{i:04d}": name for i, name in enumerate(module.params)}
+    order = [by_attr[attr] for attr, _ in named]
+    return mod, order

@@ -1,0 +1,25 @@
+"""Rotary embedding frequencies (default and llama3 scaling), computed as Hugging Face does."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def inverse_frequencies(theta: float, rotary_dim: int, scaling: dict[str, Any] | None) -> np.ndarray:
+    exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / rotary_dim
+    inv = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+    if not scaling or scaling.get("rope_type", "default") == "default":
+        return inv
+    if scaling["rope_type"] != "llama3":
+        raise ValueError(f"unsupported rope_type {scaling['rope_type']!r}")
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > old_len / low, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
