@@ -189,6 +189,7 @@ class ArtifactWriter:
         files = sorted(p for p in self.path.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
         manifest.files = {str(p.relative_to(self.path)): sha256_file(p) for p in files}
         (self.path / MANIFEST_FILE).write_text(manifest.to_json())
+        os.chmod(self.path, 0o755)  # mkdtemp made it private
         if self.destination.exists():
             old = self.destination.with_name(f".{self.destination.name}.old-{os.getpid()}")
             os.rename(self.destination, old)

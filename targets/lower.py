@@ -86,6 +86,11 @@ def lowers(name: str):
     return wrap
 
 
+def _take(x: nn.Tensor, indices: nn.Tensor, axis: int, name: str) -> nn.Tensor:
+    # "clip" instead of nn's "fast" mode: an out-of-range index must never become a wild read.
+    return op.wrap_nested(relax.op.take(x._expr, indices._expr, axis=axis, mode="clip"), name=name)
+
+
 def _as(x: nn.Tensor, dtype: str) -> nn.Tensor:
     return x if x.dtype == dtype else x.astype(dtype)
 
@@ -94,7 +99,7 @@ def _as(x: nn.Tensor, dtype: str) -> nn.Tensor:
 def _embedding(it, node, args):
     ids, weight = args
     flat = op.reshape(ids, [-1]) if len(ids.shape) != 1 else ids
-    rows = _as(op.take(weight, flat, axis=0), node.attrs.get("dtype", weight.dtype))
+    rows = _as(_take(weight, flat, 0, "embedding"), node.attrs.get("dtype", weight.dtype))
     return op.reshape(rows, list(ids.shape) + [weight.shape[1]])
 
 
@@ -213,7 +218,7 @@ def _concat(it, node, args):
 
 @lowers("gather_tokens")
 def _gather_tokens(it, node, args):
-    return op.take(args[0], args[1], axis=1)
+    return _take(args[0], args[1], 1, "gather_tokens")
 
 
 def _nn_spec(value: Value) -> nn.spec.Tensor:

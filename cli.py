@@ -1,0 +1,133 @@
+"""The `ember` command line. Commands import their machinery lazily: `ember run` never loads the compiler,
+and `ember compile --target cuda` prepares the CUDA build process before anything imports tvm."""
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+from .errors import EmberError
+
+
+def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors print as one line; other failures too, unless --verbose asks for the traceback."""
+
+    @click.option("--verbose", is_flag=True, help="Show full tracebacks (TVM's included).")
+    @functools.wraps(command)
+    def wrapper(*args: Any, verbose: bool = False, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except EmberError as err:
+            if verbose:
+                raise
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as err:  # TVM and friends: one line unless asked
+            if verbose:
+                raise
+            first = str(err).strip().splitlines()
+            click.echo(f"error: {type(err).__name__}: {first[-1] if first else ''} (run with --verbose for details)",
+                       err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """ember: compile LLMs ahead of time with TVM, then run them with the TVM runtime alone."""
+
+
+QUANT_HELP = ("Weight format. q0f32: float32 weights; q0f16: float16; q0bf16: bfloat16. "
+              "Default: q0f32 on cpu, q0f16 on GPUs. The compute dtype is separate (--dtype).")
+
+
+@main.command("compile")
+@click.option("--model", "model", required=True,
+              help="Preset name (see `ember models`), Hugging Face folder, or .gguf file.")
+@click.option("--target", default="cpu", show_default=True,
+              help="cpu | cuda (sm_80 + sm_90 kernels) | cuda:sm_90[,sm_80...] | metal")
+@click.option("--quant", default=None, help=QUANT_HELP)
+@click.option("--dtype", default=None, type=click.Choice(["float32", "float16", "bfloat16"]),
+              help="Compute dtype of activations (default float32 on cpu, float16 on GPUs).")
+@click.option("--output", "-o", default=None, help="Artifact folder (default compiled/<name>-<quant>-<target>).")
+@click.option("--weights", default=None, help="Folder of safetensors weights to pack (for presets).")
+@click.option("--random-weights", is_flag=True,
+              help="Benchmark build: the runtime makes true-shape random weights on the device at load time.")
+@click.option("--print-after", "print_after", multiple=True,
+              help="Print the IR after this pass (repeatable; 'all' for every pass).")
+@friendly_errors
+def compile_command(model: str, target: str, quant: str | None, dtype: str | None, output: str | None,
+                    weights: str | None, random_weights: bool, print_after: tuple[str, ...]) -> None:
+    """Compile a model into an artifact folder (library + manifest + weights + tokenizer)."""
+    if target.split(":", 1)[0] == "cuda":
+        from .targets.cuda.stub_driver import prepare_cuda_compile_process
+
+        prepare_cuda_compile_process()
+    from .compiler import CompileRequest, compile_model
+    from .progress import console_stage
+
+    request = CompileRequest(model=model, target=target, quant=quant, dtype=dtype, output=output, weights=weights,
+                             random_weights=random_weights, print_after=set(print_after))
+    with console_stage() as stage:
+        path = compile_model(request, stage)
+    click.echo(str(path))
+
+
+@main.command("models")
+def models_command() -> None:
+    """List the built-in model presets."""
+    from .frontend.presets import PRESETS, parameter_count, preset_config
+
+    for name in PRESETS:
+        cfg = preset_config(name)
+        extra = []
+        if cfg.rope_scaling:
+            extra.append(f"rope {cfg.rope_scaling['rope_type']}")
+        if cfg.sliding_window:
+            extra.append(f"window {cfg.sliding_window}")
+        if cfg.tie_word_embeddings:
+            extra.append("tied embeddings")
+        click.echo(f"{name:14s} {cfg.model_type:8s} {parameter_count(cfg) / 1e9:6.2f}B  "
+                   f"layers {cfg.num_hidden_layers:2d}  hidden {cfg.hidden_size:5d}  heads "
+                   f"{cfg.num_attention_heads}/{cfg.num_key_value_heads}  vocab {cfg.vocab_size}"
+                   + (f"  ({', '.join(extra)})" if extra else ""))
+
+
+@main.command("inspect")
+@click.argument("path")
+@click.option("--ir", "show_ir", is_flag=True, help="Print the IR the artifact was compiled from.")
+@friendly_errors
+def inspect_command(path: str, show_ir: bool) -> None:
+    """Describe an artifact folder, a GGUF file, or a Hugging Face folder."""
+    from .describe import describe
+
+    click.echo(describe(path, show_ir=show_ir))
+
+
+def _register_runtime_commands() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ember.runtime.commands") is None:
+        return
+    from .runtime import commands
+
+    for name in ("run", "chat"):
+        command = getattr(commands, name, None)
+        if command is not None:
+            main.add_command(command, name)
+
+
+_register_runtime_commands()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""`ember compile`: model source -> IR -> passes -> TVM -> artifact folder.
+
+The one place that ties frontend, passes and targets together. The artifact is written into a temporary
+folder and renamed into place (runtime.artifact.ArtifactWriter), so a failed compile leaves nothing behind.
+For cuda, the calling entry point must run `targets.cuda.stub_driver.prepare_cuda_compile_process()`
+before anything imports tvm.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .describe import IR_FILE
+from .errors import ConfigError, EmberError, ModelFormatError
+from .frontend.models import build_module
+from .frontend.source import ModelSource, resolve_model
+from .ir.graph import Module
+from .ir.printer import format_module
+from .passes.manager import PassManager, default_pipeline
+from .passes.quantize import SCHEMES
+from .runtime import artifact as art
+
+SHARD_BYTES = 1 << 30
+DEFAULT_DTYPE = {"cpu": "float32", "cuda": "float16", "metal": "float16"}
+DEFAULT_QUANT = {"cpu": "q0f32", "cuda": "q0f16", "metal": "q0f16"}
+
+
+@dataclass
+class CompileRequest:
+    model: str
+    target: str = "cpu"
+    quant: str | None = None
+    dtype: str | None = None  # compute dtype; default per target
+    output: str | None = None  # artifact folder; default compiled/<name>-<quant>-<target>
+    weights: str | None = None  # HF folder whose safetensors to pack (for presets)
+    random_weights: bool = False
+    print_after: set[str] = field(default_factory=set)
+    fuse_rope: bool = True
+
+
+@dataclass
+class Stage:
+    """Reports progress: `say(message)` for a stage, `tick(done, total, what)` inside long loops."""
+
+    say: Callable[[str], None] = lambda message: None
+    tick: Callable[[int, int, str], None] = lambda done, total, what: None
+    dump: Callable[[str], None] = print
+
+
+def target_kind(target: str) -> str:
+    kind = target.split(":", 1)[0]
+    if kind not in DEFAULT_DTYPE:
+        raise ConfigError(f"--target {target!r}: unknown target (known: cpu, cuda, cuda:sm_XX[,sm_YY], metal)")
+    return kind
+
+
+def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
+    stage = stage or Stage()
+    started = time.perf_counter()
+    kind = target_kind(request.target)
+    source = resolve_model(request.model, request.weights)
+    quant = request.quant or DEFAULT_QUANT[kind]
+    if quant not in SCHEMES:
+        raise ConfigError(f"--quant {quant!r}: unknown scheme (known: {', '.join(SCHEMES)})")
+    dtype = request.dtype or DEFAULT_DTYPE[kind]
+    if request.random_weights and request.weights:
+        raise ConfigError("--random-weights and --weights exclude each other")
+    label = request.target.replace(":", "-").replace(",", "-")
+    output = Path(request.output) if request.output else Path("compiled") / f"{source.name}-{quant}-{label}"
+
+    stage.say(f"tracing {source.description or source.name} ({source.config.model_type}, "
+              f"{source.config.num_hidden_layers} layers)")
+    module = build_module(source.config, source.name, dtype=dtype, static_decode=kind != "cpu")
+    manager = PassManager(default_pipeline(quant, fuse_rope=request.fuse_rope), print_after=request.print_after,
+                          printer=stage.dump)
+    stage.say(f"running passes: {', '.join(manager.names)}")
+    module = manager.run(module)
+
+    stage.say(f"lowering to TVM for {request.target}")
+    relax_mod, param_order = _lower(module, kind, request.target)
+    with art.ArtifactWriter(output) as writer:
+        (writer.path / IR_FILE).write_text(format_module(module))
+        stage.say(f"building kernels for {request.target}")
+        target_info = _build(relax_mod, kind, request.target, writer.path / art.LIBRARY_FILE, stage)
+        params = [_param_info(module, name) for name in param_order]
+        weights_mode = art.WEIGHTS_NONE
+        if request.random_weights:
+            weights_mode = art.WEIGHTS_RANDOM
+        elif source.weights is not None:
+            _write_weights(module, params, source, writer.path, stage)
+            weights_mode = art.WEIGHTS_PACKED
+        tokenizer = None
+        if source.tokenizer is not None:
+            source.tokenizer.write(writer.path)
+            tokenizer = art.TokenizerInfo(bos_token_id=source.tokenizer.bos_token_id,
+                                          eos_token_ids=source.tokenizer.eos_token_ids,
+                                          add_bos_token=source.tokenizer.add_bos_token,
+                                          chat_template=source.tokenizer.chat_template)
+        manifest = art.Manifest(
+            name=source.name, architecture=source.config.architecture, config=source.config.to_dict(),
+            quantization=quant, compute_dtype=dtype, target=target_info,
+            kv_cache=art.KVCacheInfo(**{k: getattr(module.kv_cache, k) for k in (
+                "num_layers", "num_attention_heads", "num_kv_heads", "head_dim", "dtype", "sliding_window")}),
+            vocab_size=source.config.vocab_size, context_length=source.config.max_position_embeddings,
+            functions=sorted(module.functions) + ["create_kv"], params=params, weights=weights_mode,
+            tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes)
+        stage.say("hashing files and writing the manifest")
+        path = writer.commit(manifest)
+    stage.say(f"wrote {path} in {time.perf_counter() - started:.1f} s")
+    return path
+
+
+def _lower(module: Module, kind: str, target: str):
+    from .targets.lower import lower
+
+    if kind == "cpu":
+        from .targets.cpu import cpu_target
+
+        return lower(module, cpu_target())
+    if kind == "cuda":
+        from .targets.cuda.nvcc import parse_cuda_target
+        from .targets.cuda.pipeline import cuda_target
+
+        return lower(module, cuda_target(parse_cuda_target(target)))
+    raise ConfigError(f"--target {target}: not supported yet")
+
+
+def _build(relax_mod, kind: str, target: str, library: Path, stage: Stage) -> art.TargetInfo:
+    if kind == "cpu":
+        from .targets.cpu import build_cpu, target_info
+
+        build_cpu(relax_mod).export_library(str(library))
+        return target_info()
+    from .targets.cuda.library_check import check_cuda_library
+    from .targets.cuda.nvcc import parse_cuda_target
+    from .targets.cuda.pipeline import build_cuda
+
+    archs = parse_cuda_target(target)
+    build_cuda(relax_mod, archs).export_library(str(library))
+    check_cuda_library(library, archs)
+    return art.TargetInfo(kind="cuda", archs=archs, host="llvm")
+
+
+def _param_info(module: Module, name: str) -> art.ParamInfo:
+    param = module.params[name]
+    return art.ParamInfo(name=name, shape=[int(d) for d in param.type.shape], dtype=param.type.dtype,
+                         scheme=param.info.get("scheme"))
+
+
+def _write_weights(module: Module, params: list[art.ParamInfo], source: ModelSource, folder: Path,
+                   stage: Stage) -> None:
+    from safetensors.numpy import save_file
+
+    provider = source.weights
+    assert provider is not None
+    available = set(provider.names())
+    (folder / art.PARAMS_DIR).mkdir()
+    shard: dict[str, np.ndarray] = {}
+    shard_bytes, shard_index = 0, 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes, shard_index
+        if shard:
+            rel = f"{art.PARAMS_DIR}/params-{shard_index:05d}.safetensors"
+            save_file(shard, str(folder / rel))
+            shard, shard_bytes, shard_index = {}, 0, shard_index + 1
+
+    for done, info in enumerate(params):
+        stage.tick(done, len(params), info.name)
+        source_name = module.params[info.name].info.get("source", info.name)
+        if source_name not in available:
+            raise ModelFormatError(f"{provider.origin(source_name)}: tensor {source_name!r} is missing "
+                                   f"(needed by {source.config.model_type} with this config)")
+        array = provider.get(source_name)
+        if tuple(array.shape) != tuple(info.shape):
+            raise ModelFormatError(f"{provider.origin(source_name)}: tensor {source_name!r} has shape "
+                                   f"{list(array.shape)}, the config implies {info.shape}")
+        array = np.ascontiguousarray(_convert(array, info.dtype))
+        if shard_bytes + array.nbytes > SHARD_BYTES:
+            flush()
+        shard[info.name] = array
+        shard_bytes += array.nbytes
+        info.file = f"{art.PARAMS_DIR}/params-{shard_index:05d}.safetensors"
+    flush()
+    stage.tick(len(params), len(params), "done")
+
+
+def _convert(array: np.ndarray, dtype: str) -> np.ndarray:
+    if str(array.dtype) == dtype:
+        return array
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return array.astype(np.float32).astype(ml_dtypes.bfloat16)
+    return array.astype(np.float32).astype(dtype) if str(array.dtype) == "bfloat16" else array.astype(dtype)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("ember", "apache-tvm", "apache-tvm-ffi"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+__all__ = ["CompileRequest", "Stage", "compile_model", "EmberError"]

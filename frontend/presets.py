@@ -1,0 +1,64 @@
+"""Built-in model presets: the published config.json values, so big models compile without weights."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from .config import ModelConfig
+
+_LLAMA3_SCALING_8K = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+                      "rope_type": "llama3"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "llama2-7b": dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-5,
+                      rope_theta=10000.0, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2),
+    "llama3-8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5,
+                      rope_theta=500000.0, max_position_embeddings=8192, bos_token_id=128000,
+                      eos_token_id=[128001, 128009]),
+    "llama3.1-8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5,
+                        rope_theta=500000.0, rope_scaling={"factor": 8.0, **_LLAMA3_SCALING_8K},
+                        max_position_embeddings=131072, bos_token_id=128000, eos_token_id=[128001, 128008, 128009]),
+    "llama3.2-1b": dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                        rms_norm_eps=1e-5, rope_theta=500000.0, rope_scaling={"factor": 32.0, **_LLAMA3_SCALING_8K},
+                        max_position_embeddings=131072, tie_word_embeddings=True, bos_token_id=128000,
+                        eos_token_id=[128001, 128008, 128009]),
+    "llama3.2-3b": dict(model_type="llama", vocab_size=128256, hidden_size=3072, intermediate_size=8192,
+                        num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, head_dim=128,
+                        rms_norm_eps=1e-5, rope_theta=500000.0, rope_scaling={"factor": 32.0, **_LLAMA3_SCALING_8K},
+                        max_position_embeddings=131072, tie_word_embeddings=True, bos_token_id=128000,
+                        eos_token_id=[128001, 128008, 128009]),
+    "mistral-7b": dict(model_type="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5,
+                       rope_theta=10000.0, sliding_window=4096, max_position_embeddings=32768, bos_token_id=1,
+                       eos_token_id=2),
+    "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-6,
+                         rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=True,
+                         use_sliding_window=False, bos_token_id=151643, eos_token_id=[151645, 151643]),
+    "qwen2.5-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6,
+                       rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=False,
+                       use_sliding_window=False, bos_token_id=151643, eos_token_id=[151645, 151643]),
+    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, rms_norm_eps=1e-5,
+                         rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2),
+}
+
+
+def preset_config(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r} (known: {', '.join(PRESETS)})")
+    return ModelConfig.from_dict(PRESETS[name], source=f"preset {name}")
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    attn = h * d * (cfg.num_attention_heads * 2 + cfg.num_key_value_heads * 2)
+    layer = attn + 3 * h * i + 2 * h
+    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * h
+    return cfg.num_hidden_layers * layer + cfg.vocab_size * h + head + h
