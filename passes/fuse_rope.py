@@ -17,6 +17,7 @@ class FuseRopeIntoAttention:
     def __call__(self, module: Module) -> Module:
         for function in module.functions.values():
             users = function.users()
+            returned = {id(v) for v in function.outputs}
             for node in function.nodes:
                 if node.op != "paged_attention" or node.attrs.get("rope"):
                     continue
@@ -24,7 +25,7 @@ class FuseRopeIntoAttention:
                 rq, rk = q.producer, k.producer
                 if rq is None or rk is None or rq.op != "rope" or rk.op != "rope" or rq.attrs != rk.attrs:
                     continue
-                if len(users[id(q)]) != 1 or len(users[id(k)]) != 1:
+                if len(users[id(q)]) != 1 or len(users[id(k)]) != 1 or {id(q), id(k)} & returned:
                     continue
                 node.inputs = [rq.inputs[0], rk.inputs[0], node.inputs[2]]
                 node.attrs = {**node.attrs, "rope": dict(rq.attrs)}
