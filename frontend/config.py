@@ -85,7 +85,7 @@ class ModelConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=bool(raw.get("attention_bias", False)) or model_type == "qwen2",
-            o_bias=bool(raw.get("attention_bias", False)),
+            o_bias=bool(raw.get("attention_bias", False)) and model_type != "qwen2",
             sliding_window=_sliding_window(raw),
             hidden_act=raw.get("hidden_act", "silu"),
             bos_token_id=raw.get("bos_token_id"),

@@ -1,0 +1,456 @@
+"""GGUF import: metadata -> transformers-style config, tensors -> HF names and layout.
+
+`open_gguf(path)` wraps `gguf.GGUFReader` (one memory map, zero copy), converts the metadata to plain Python values
+once, checks it against the tensors and returns a `GGUFModel`. Tensors come out lazily as `GGUFTensor`s carrying the HF
+name, the GGML type and the HF shape; `raw()` gives the block bytes per row and `dequantize()` float32, both with the
+q/k rows that llama.cpp permutes for LLaMA rope put back in HF order.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize as gguf_dequantize
+
+from ember.errors import ModelFormatError
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "SUPPORTED_TENSOR_TYPES",
+    "GGUFModel",
+    "GGUFTensor",
+    "describe_gguf",
+    "hf_tensor_name",
+    "open_gguf",
+    "read_gguf_metadata",
+]
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+
+_T = GGMLQuantizationType
+SUPPORTED_TENSOR_TYPES = frozenset(
+    {_T.F32, _T.F16, _T.BF16, _T.Q8_0, _T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q4_K, _T.Q5_K, _T.Q6_K}
+)
+
+# GGUF tensor name -> HF name. Checked against gguf's TensorNameMap in tests/frontend/test_gguf.py.
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+# Tensors with no HF counterpart: llama3 rope factors, which hf_config() turns into `rope_scaling`.
+_ROPE_FREQS = "rope_freqs.weight"
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+_REQUIRED_BLOCK_SUFFIXES = (
+    "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+    "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight",
+)
+_BIAS_SUFFIXES = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
+
+
+def hf_tensor_name(gguf_name: str) -> str | None:
+    """The HF name of a llama/qwen2 GGUF tensor, or None when the name is not one of theirs."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    match = _BLOCK_RE.match(gguf_name)
+    if match and match.group(2) in _BLOCK_NAMES:
+        return f"model.layers.{int(match.group(1))}.{_BLOCK_NAMES[match.group(2)]}"
+    return None
+
+
+def _unpermute_order(n_rows: int, n_head: int) -> np.ndarray:
+    """Row order that undoes llama.cpp's q/k permute: `hf_rows = gguf_rows[order]`.
+
+    llama.cpp writes `w.reshape(n_head, 2, d, cols).swapaxes(1, 2)` (d = rows // n_head // 2), i.e. GGUF row
+    (h, j, t) holds HF row (h, t, j); rows are whole quantization blocks, so the order applies to raw bytes too.
+    """
+    return np.arange(n_rows).reshape(n_head, n_rows // n_head // 2, 2).swapaxes(1, 2).reshape(-1)
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One weight of a GGUF file, in HF naming and layout; reads nothing until asked."""
+
+    gguf_name: str
+    hf_name: str
+    ggml_type: GGMLQuantizationType
+    shape: tuple[int, ...]  # HF/numpy order: (out_features, in_features) for matrices
+    _data: np.ndarray = field(repr=False, compare=False)  # the reader's view into the memory map
+    _row_order: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def n_bytes(self) -> int:
+        block_size, type_size = GGML_QUANT_SIZES[self.ggml_type]
+        return self.n_elements // block_size * type_size
+
+    def raw(self) -> np.ndarray:
+        """Block bytes as uint8 of shape (rows, bytes_per_row), rows in HF order; 1-D tensors are one row.
+
+        A view into the memory map unless rows had to be un-permuted (then a copy)."""
+        data = self._data.view(np.uint8)
+        if len(self.shape) == 1:
+            if self._row_order is not None:  # a q/k bias: permute whole elements
+                data = data.reshape(self.shape[0], -1)[self._row_order]
+            return data.reshape(1, -1)
+        data = data.reshape(self.shape[0], -1)
+        return data if self._row_order is None else data[self._row_order]
+
+    def dequantize(self) -> np.ndarray:
+        """float32 in HF layout. F32 tensors come back as a read-only view into the memory map."""
+        values = gguf_dequantize(self._data, self.ggml_type).reshape(self.shape)
+        return values if self._row_order is None else values[self._row_order]
+
+
+class GGUFModel:
+    """An opened, checked GGUF file: plain metadata, HF config and lazily read tensors."""
+
+    def __init__(self, path: Path, reader: GGUFReader, metadata: dict[str, Any]) -> None:
+        self.path = path
+        self.metadata = metadata
+        self._reader = reader
+        self.architecture: str = _architecture(path, metadata)
+        self._reader_tensors = {t.name: t for t in reader.tensors}
+        self._gguf_types = {t.name: GGMLQuantizationType(t.tensor_type) for t in reader.tensors}
+        self._gguf_shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+        _check_tensor_types(path, self._gguf_types)
+        self._config = _hf_config(self)
+        self._tensors = _build_tensors(self)
+        self._by_hf_name = {t.hf_name: t for t in self._tensors}
+
+    def hf_config(self) -> dict[str, Any]:
+        """transformers-style config.json keys (a fresh dict on each call)."""
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._config.items()}
+
+    def tensors(self) -> Iterator[GGUFTensor]:
+        """Every HF weight of the model, in file order (rope factors are not weights: see `rope_scaling`)."""
+        yield from self._tensors
+
+    def tensor(self, hf_name: str) -> GGUFTensor:
+        return self._by_hf_name[hf_name]
+
+    def type_counts(self) -> dict[str, int]:
+        """Number of tensors per GGML type name, over every tensor in the file."""
+        return dict(Counter(t.name for t in self._gguf_types.values()).most_common())
+
+    def parameter_count(self) -> int:
+        """Elements of the HF weights (a tied embedding counted once, as transformers does)."""
+        return sum(t.n_elements for t in self._tensors)
+
+    def __repr__(self) -> str:
+        return f"GGUFModel({str(self.path)!r}, architecture={self.architecture!r}, tensors={len(self._tensors)})"
+
+    # -- helpers for the checks below -------------------------------------------------------------------------------
+    def _key(self, suffix: str) -> str:
+        return f"{self.architecture}.{suffix}"
+
+    def _require(self, key: str) -> Any:
+        if key not in self.metadata:
+            raise ModelFormatError(f"{self.path}: missing metadata field {key}")
+        return self.metadata[key]
+
+    def _error(self, where: str, problem: str) -> ModelFormatError:
+        return ModelFormatError(f"{self.path}: {where}: {problem}")
+
+
+# -- opening ---------------------------------------------------------------------------------------------------------
+def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
+    """Open and check a GGUF file (llama or qwen2). Raises ModelFormatError naming the file and field/tensor."""
+    path = Path(path)
+    reader, metadata = _read(path)
+    return GGUFModel(path, reader, metadata)
+
+
+def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Only the metadata, as plain Python values (works on vocab-only files too)."""
+    return _read(Path(path))[1]
+
+
+def _read(path: Path) -> tuple[GGUFReader, dict[str, Any]]:
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if len(magic) < len(GGUF_MAGIC):
+        raise ModelFormatError(f"{path}: truncated GGUF file ({len(magic)} bytes)")
+    if magic != GGUF_MAGIC:
+        raise ModelFormatError(f"{path}: not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(path)
+        metadata = {name: f.contents() for name, f in reader.fields.items()}
+    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, OSError) as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ModelFormatError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {reason}") from exc
+    for tensor in reader.tensors:
+        end = tensor.data_offset + tensor.n_bytes
+        if end > size:
+            raise ModelFormatError(
+                f"{path}: tensor {tensor.name}: truncated file, data ends at byte {end} but the file has {size}"
+            )
+    return reader, metadata
+
+
+def describe_gguf(source: GGUFModel | str | os.PathLike[str]) -> dict[str, Any]:
+    """Summary for `ember inspect` of an opened GGUFModel or a path."""
+    model = source if isinstance(source, GGUFModel) else open_gguf(source)
+    meta = model.metadata
+    config = model.hf_config()
+    return {
+        "path": str(model.path),
+        "name": meta.get("general.name"),
+        "architecture": model.architecture,
+        "parameter_count": model.parameter_count(),
+        "tensor_types": model.type_counts(),
+        "file_type": meta.get("general.file_type"),
+        "context_length": config["max_position_embeddings"],
+        "vocab_size": config["vocab_size"],
+        "tokenizer_model": meta.get("tokenizer.ggml.model"),
+        "tokenizer_pre": meta.get("tokenizer.ggml.pre"),
+        "has_chat_template": isinstance(meta.get("tokenizer.chat_template"), str),
+    }
+
+
+# -- checks and config -----------------------------------------------------------------------------------------------
+def _architecture(path: Path, metadata: dict[str, Any]) -> str:
+    arch = metadata.get("general.architecture")
+    if arch is None:
+        raise ModelFormatError(f"{path}: missing metadata field general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelFormatError(
+            f"{path}: general.architecture: unsupported architecture {arch!r} "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    return arch
+
+
+def _check_tensor_types(path: Path, types: dict[str, GGMLQuantizationType]) -> None:
+    supported = ", ".join(sorted(t.name for t in SUPPORTED_TENSOR_TYPES))
+    for name, ggml_type in types.items():
+        if ggml_type not in SUPPORTED_TENSOR_TYPES:
+            raise ModelFormatError(
+                f"{path}: tensor {name}: unsupported tensor type {ggml_type.name} (supported: {supported})"
+            )
+
+
+def _positive_int(model: GGUFModel, key: str, default: int | None = None) -> int:
+    value = model.metadata.get(key, default) if default is not None else model._require(key)
+    if isinstance(value, list) or not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise model._error(key, f"expected a positive integer, found {value!r}")
+    return value
+
+
+def _hf_config(model: GGUFModel) -> dict[str, Any]:
+    meta, key = model.metadata, model._key
+    hidden = _positive_int(model, key("embedding_length"))
+    n_head = _positive_int(model, key("attention.head_count"))
+    n_kv_head = _positive_int(model, key("attention.head_count_kv"), default=n_head)
+    head_dim = _positive_int(model, key("attention.key_length"), default=hidden // n_head)
+    value_dim = _positive_int(model, key("attention.value_length"), default=head_dim)
+    if value_dim != head_dim:
+        raise model._error(key("attention.value_length"), f"{value_dim} != key_length {head_dim} is not supported")
+    rope_dims = meta.get(key("rope.dimension_count"), head_dim)
+    if rope_dims != head_dim:
+        raise model._error(key("rope.dimension_count"), f"partial rotary ({rope_dims} of {head_dim}) is not supported")
+    if n_head % n_kv_head:
+        raise model._error(key("attention.head_count_kv"), f"{n_kv_head} does not divide head_count {n_head}")
+    vocab_size = _vocab_size(model)
+    rope_theta = float(meta.get(key("rope.freq_base"), 10000.0))
+    eps = model._require(key("attention.layer_norm_rms_epsilon"))
+    if not isinstance(eps, float) or eps <= 0:
+        raise model._error(key("attention.layer_norm_rms_epsilon"), f"expected a float, found {eps!r}")
+    has = model._gguf_types.__contains__
+    sliding_window = meta.get(key("attention.sliding_window"))
+    return {
+        "model_type": model.architecture,
+        "hidden_size": hidden,
+        "intermediate_size": _positive_int(model, key("feed_forward_length")),
+        "num_hidden_layers": _positive_int(model, key("block_count")),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv_head,
+        "head_dim": head_dim,
+        "rms_norm_eps": eps,
+        "rope_theta": rope_theta,
+        "rope_scaling": _rope_scaling(model, rope_theta, head_dim),
+        "vocab_size": vocab_size,
+        "max_position_embeddings": _positive_int(model, key("context_length")),
+        "tie_word_embeddings": not has("output.weight"),
+        "attention_bias": model.architecture == "qwen2" or has("blk.0.attn_q.bias"),
+        "sliding_window": int(sliding_window) if sliding_window else None,
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+    }
+
+
+def _vocab_size(model: GGUFModel) -> int:
+    key = model._key("vocab_size")
+    if key in model.metadata:
+        return _positive_int(model, key)
+    tokens = model.metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list) and tokens:
+        return len(tokens)
+    if "token_embd.weight" in model._gguf_shapes:
+        return model._gguf_shapes["token_embd.weight"][0]
+    raise model._error(key, "missing, and there is neither tokenizer.ggml.tokens nor token_embd.weight to infer it")
+
+
+def _rope_scaling(model: GGUFModel, rope_theta: float, head_dim: int) -> dict[str, Any] | None:
+    meta, key = model.metadata, model._key
+    kind = meta.get(key("rope.scaling.type"))
+    factor = meta.get(key("rope.scaling.factor"))
+    original = meta.get(key("rope.scaling.original_context_length"))
+    if kind in (None, "none") and _ROPE_FREQS in model._gguf_types:
+        return _llama3_rope_scaling(model, rope_theta, head_dim, original or 8192)
+    if kind in (None, "none"):
+        return None
+    if not isinstance(factor, float) or factor <= 0:
+        raise model._error(key("rope.scaling.factor"), f"rope scaling {kind!r} needs a positive factor: {factor!r}")
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": factor}
+    if kind == "yarn":
+        scaling: dict[str, Any] = {"rope_type": "yarn", "factor": factor}
+        if original:
+            scaling["original_max_position_embeddings"] = int(original)
+        for gguf_suffix, hf_key in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow"),
+                                    ("attn_factor", "attention_factor")):
+            if key(f"rope.scaling.{gguf_suffix}") in meta:
+                scaling[hf_key] = float(meta[key(f"rope.scaling.{gguf_suffix}")])
+        return scaling
+    raise model._error(key("rope.scaling.type"), f"unsupported rope scaling {kind!r} (supported: none, linear, yarn)")
+
+
+def _llama3_rope_factors(rope_theta: float, head_dim: int, factor: float, low: float, high: float,
+                         original: int) -> np.ndarray:
+    """The per-frequency wavelength factors llama.cpp's converter writes as rope_freqs.weight."""
+    freqs = 1.0 / rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * math.pi / freqs
+    smooth = (original / wavelen - low) / (high - low)
+    factors = 1.0 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < original / high, 1.0, np.where(wavelen > original / low, factor, factors))
+
+
+def _llama3_rope_scaling(model: GGUFModel, rope_theta: float, head_dim: int, original: int) -> dict[str, Any] | None:
+    """Recover HF's llama3 `rope_scaling` from the rope_freqs.weight factors (the only trace llama.cpp keeps).
+
+    Factors are 1 (short wavelengths), `factor` (long ones) and `1 / ((1 - s) / factor + s)` in between with
+    `s = (original / wavelen - low) / (high - low)`: s is linear in 1/wavelen, so two smooth points give low and high
+    for the stated (or default 8192) original context. The result is checked by recomputing the factors.
+    """
+    where = f"tensor {_ROPE_FREQS}"
+    data = model._reader_tensors[_ROPE_FREQS].data
+    factors = gguf_dequantize(data, model._gguf_types[_ROPE_FREQS]).astype(np.float64).reshape(-1)
+    if factors.shape != (head_dim // 2,):
+        raise model._error(where, f"has {factors.size} values, expected head_dim / 2 = {head_dim // 2}")
+    factor = float(factors.max())
+    if np.allclose(factors, 1.0):
+        return None
+    freqs = 1.0 / rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    x = original * freqs / (2 * math.pi)  # original / wavelen
+    inner = (factors > 1 + 1e-4) & (factors < factor * (1 - 1e-4))
+    low, high = 1.0, 4.0  # Llama 3.1's values, used when too few points lie between the two plateaus
+    if inner.sum() >= 2:
+        s = (1 / factors[inner] - 1 / factor) / (1 - 1 / factor)
+        slope, intercept = np.polyfit(x[inner], s, 1)
+        low = float(-intercept / slope)
+        high = float(low + 1 / slope)
+    expected = _llama3_rope_factors(rope_theta, head_dim, factor, low, high, original)
+    if not np.allclose(expected, factors, rtol=1e-3):
+        raise model._error(where, "rope factors do not follow llama3 rope scaling")
+    return {
+        "rope_type": "llama3",
+        "factor": round(factor, 6),
+        "low_freq_factor": round(low, 6),
+        "high_freq_factor": round(high, 6),
+        "original_max_position_embeddings": int(original),
+    }
+
+
+def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """HF shape per GGUF name suffix, with the metadata it comes from (for error messages)."""
+    hidden, ffn, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    q_rows = config["num_attention_heads"] * config["head_dim"]
+    kv_rows = config["num_key_value_heads"] * config["head_dim"]
+    h, f = f"embedding_length {hidden}", f"feed_forward_length {ffn}"
+    q = f"head_count {config['num_attention_heads']} * head_dim {config['head_dim']}"
+    kv = f"head_count_kv {config['num_key_value_heads']} * head_dim {config['head_dim']}"
+    return {
+        "token_embd.weight": ((vocab, hidden), f"vocab_size {vocab}, {h}"),
+        "output.weight": ((vocab, hidden), f"vocab_size {vocab}, {h}"),
+        "output_norm.weight": ((hidden,), h),
+        "attn_norm.weight": ((hidden,), h),
+        "ffn_norm.weight": ((hidden,), h),
+        "attn_q.weight": ((q_rows, hidden), f"{q}, {h}"),
+        "attn_q.bias": ((q_rows,), q),
+        "attn_k.weight": ((kv_rows, hidden), f"{kv}, {h}"),
+        "attn_k.bias": ((kv_rows,), kv),
+        "attn_v.weight": ((kv_rows, hidden), f"{kv}, {h}"),
+        "attn_v.bias": ((kv_rows,), kv),
+        "attn_output.weight": ((hidden, q_rows), f"{h}, {q}"),
+        "ffn_gate.weight": ((ffn, hidden), f"{f}, {h}"),
+        "ffn_up.weight": ((ffn, hidden), f"{f}, {h}"),
+        "ffn_down.weight": ((hidden, ffn), f"{h}, {f}"),
+    }
+
+
+def _build_tensors(model: GGUFModel) -> list[GGUFTensor]:
+    config = model._config
+    n_layers = config["num_hidden_layers"]
+    expected = _expected_shapes(config)
+    permute_heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
+    tensors = []
+    for name, reader_tensor in model._reader_tensors.items():
+        if name == _ROPE_FREQS:
+            continue
+        hf_name = hf_tensor_name(name)
+        if hf_name is None:
+            raise model._error(f"tensor {name}", f"not a {model.architecture} tensor name")
+        match = _BLOCK_RE.match(name)
+        suffix = match.group(2) if match else name
+        if match and int(match.group(1)) >= n_layers:
+            raise model._error(f"tensor {name}", f"block {match.group(1)} is beyond block_count {n_layers}")
+        shape = model._gguf_shapes[name]
+        want, source = expected[suffix]
+        if shape != want:
+            raise model._error(f"tensor {name}", f"shape {shape} disagrees with metadata ({source} -> {want})")
+        row_order = None
+        base = suffix.split(".")[0]
+        if model.architecture == "llama" and base in permute_heads:
+            row_order = _unpermute_order(shape[0], permute_heads[base])
+        tensors.append(GGUFTensor(name, hf_name, model._gguf_types[name], shape, reader_tensor.data, row_order))
+    _check_complete(model, {t.gguf_name for t in tensors}, n_layers)
+    return tensors
+
+
+def _check_complete(model: GGUFModel, present: set[str], n_layers: int) -> None:
+    suffixes = _REQUIRED_BLOCK_SUFFIXES + (_BIAS_SUFFIXES if model._config["attention_bias"] else ())
+    required = ["token_embd.weight", "output_norm.weight"]
+    required += [f"blk.{i}.{s}" for i in range(n_layers) for s in suffixes]
+    missing = [name for name in required if name not in present]
+    if missing:
+        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise model._error("tensors", f"missing {', '.join(missing[:5])}{more}")
