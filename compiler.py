@@ -22,6 +22,7 @@ from .frontend.source import ModelSource, resolve_model
 from .ir.graph import Module
 from .ir.printer import format_module
 from .passes.manager import PassManager, default_pipeline
+from .passes.materialize import materialize, sources_of
 from .passes.quantize import SCHEMES
 from .runtime import artifact as art
 
@@ -170,17 +171,15 @@ def _write_weights(module: Module, params: list[art.ParamInfo], source: ModelSou
             save_file(shard, str(folder / rel))
             shard, shard_bytes, shard_index = {}, 0, shard_index + 1
 
+    needed = {src for info in params for src in sources_of(module.params[info.name])}
+    missing = sorted(needed - available)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelFormatError(f"{provider.origin(missing[0])}: tensor {missing[0]!r} is missing{more}; "
+                               f"{source.config.model_type} with this config needs it")
     for done, info in enumerate(params):
         stage.tick(done, len(params), info.name)
-        source_name = module.params[info.name].info.get("source", info.name)
-        if source_name not in available:
-            raise ModelFormatError(f"{provider.origin(source_name)}: tensor {source_name!r} is missing "
-                                   f"(needed by {source.config.model_type} with this config)")
-        array = provider.get(source_name)
-        if tuple(array.shape) != tuple(info.shape):
-            raise ModelFormatError(f"{provider.origin(source_name)}: tensor {source_name!r} has shape "
-                                   f"{list(array.shape)}, the config implies {info.shape}")
-        array = np.ascontiguousarray(_convert(array, info.dtype))
+        array = materialize(module.params[info.name], provider)
         if shard_bytes + array.nbytes > SHARD_BYTES:
             flush()
         shard[info.name] = array
@@ -188,16 +187,6 @@ def _write_weights(module: Module, params: list[art.ParamInfo], source: ModelSou
         info.file = f"{art.PARAMS_DIR}/params-{shard_index:05d}.safetensors"
     flush()
     stage.tick(len(params), len(params), "done")
-
-
-def _convert(array: np.ndarray, dtype: str) -> np.ndarray:
-    if str(array.dtype) == dtype:
-        return array
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return array.astype(np.float32).astype(ml_dtypes.bfloat16)
-    return array.astype(np.float32).astype(dtype) if str(array.dtype) == "bfloat16" else array.astype(dtype)
 
 
 def _versions() -> dict[str, str]:

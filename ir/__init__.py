@@ -1,1 +1,2 @@
-
+"""ember's graph IR. Importing it registers every operator (each ops_*.py module registers its own)."""
+from . import ops  # noqa: F401

@@ -33,4 +33,7 @@ def build_module(cfg: ModelConfig, name: str, dtype: str = "float32", static_dec
         model.decode1 = model.decode
     module = trace(model, entries, name=name, kv_cache=kv,
                    attrs={"vocab_size": cfg.vocab_size, "compute_dtype": dtype})
+    for param in module.params.values():  # the checkpoint tensor each parameter is read from
+        param.info["sources"] = [param.name]
+        param.info["source_shapes"] = [list(param.type.shape)]
     return module

@@ -1,0 +1,85 @@
+"""Fill an IR parameter from source tensors: the weight side of the passes.
+
+Passes describe how each parameter is made from the checkpoint in `Param.info`; importers stay one-to-one:
+  info["sources"]       source tensor names (default: the parameter's own name)
+  info["source_shapes"] their expected shapes (recorded when the model is traced; checked here)
+  info["concat_axis"]   axis to concatenate several sources on (horizontal fusion), default 0
+  info["transform"]     name of a registered transform applied last (e.g. quantization packing), default a
+                        plain cast to the parameter dtype
+Transforms register with `@transform("name")` and receive (float array, param) -> array of the param's
+shape and dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..errors import ModelFormatError
+from ..ir.graph import Param
+
+Transform = Callable[[np.ndarray, Param], np.ndarray]
+TRANSFORMS: dict[str, Transform] = {}
+
+
+class Provider(Protocol):
+    def get(self, name: str) -> np.ndarray: ...
+
+    def origin(self, name: str) -> str: ...
+
+
+def transform(name: str) -> Callable[[Transform], Transform]:
+    def wrap(fn: Transform) -> Transform:
+        TRANSFORMS[name] = fn
+        return fn
+
+    return wrap
+
+
+def sources_of(param: Param) -> list[str]:
+    return list(param.info.get("sources", [param.name]))
+
+
+def load_sources(param: Param, provider: Provider) -> np.ndarray:
+    """The float source tensor of `param` (concatenated if fused), shape-checked against the config."""
+    names = sources_of(param)
+    expected = param.info.get("source_shapes") or [None] * len(names)
+    arrays = []
+    for name, shape in zip(names, expected):
+        array = provider.get(name)
+        if shape is not None and tuple(array.shape) != tuple(shape):
+            raise ModelFormatError(f"{provider.origin(name)}: tensor {name!r} has shape {list(array.shape)}, "
+                                   f"the config implies {list(shape)}")
+        arrays.append(array)
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate([_to_float32(a) for a in arrays], axis=param.info.get("concat_axis", 0))
+
+
+def materialize(param: Param, provider: Provider) -> np.ndarray:
+    """The array to store for `param`: sources loaded, fused, then transformed (or cast)."""
+    array = load_sources(param, provider)
+    name = param.info.get("transform")
+    if name is not None:
+        out = TRANSFORMS[name](array, param)
+    else:
+        out = cast(array, param.type.dtype)
+    expected = tuple(int(d) for d in param.type.shape)
+    if tuple(out.shape) != expected or str(out.dtype) != param.type.dtype:
+        raise AssertionError(f"materialize {param.name}: made {out.dtype}{list(out.shape)}, "
+                             f"expected {param.type.dtype}{list(expected)}")
+    return np.ascontiguousarray(out)
+
+
+def _to_float32(array: np.ndarray) -> np.ndarray:
+    return array if array.dtype == np.float32 else array.astype(np.float32)
+
+
+def cast(array: np.ndarray, dtype: str) -> np.ndarray:
+    if str(array.dtype) == dtype:
+        return array
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return _to_float32(array).astype(ml_dtypes.bfloat16)
+    return _to_float32(array).astype(dtype) if str(array.dtype) == "bfloat16" else array.astype(dtype)
