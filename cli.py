@@ -3,6 +3,7 @@ and `ember compile --target cuda` prepares the CUDA build process before anythin
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -42,15 +43,27 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+def cli() -> None:
     """ember: compile LLMs ahead of time with TVM, then run them with the TVM runtime alone."""
+
+
+RUNTIME_COMMANDS = ("run", "chat")
+
+
+def main() -> None:
+    """Console entry point. `ember run`/`ember chat` load the TVM runtime alone (no compiler library),
+    exactly as on a device; the switch is process-wide, so it is set here and never on an import path."""
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if args and args[0] in RUNTIME_COMMANDS and "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    cli()
 
 
 QUANT_HELP = ("Weight format. q0f32: float32 weights; q0f16: float16; q0bf16: bfloat16. "
               "Default: q0f32 on cpu, q0f16 on GPUs. The compute dtype is separate (--dtype).")
 
 
-@main.command("compile")
+@cli.command("compile")
 @click.option("--model", "model", required=True,
               help="Preset name (see `ember models`), Hugging Face folder, or .gguf file.")
 @click.option("--target", default="cpu", show_default=True,
@@ -82,7 +95,7 @@ def compile_command(model: str, target: str, quant: str | None, dtype: str | Non
     click.echo(str(path))
 
 
-@main.command("models")
+@cli.command("models")
 def models_command() -> None:
     """List the built-in model presets."""
     from .frontend.presets import PRESETS, parameter_count, preset_config
@@ -102,7 +115,7 @@ def models_command() -> None:
                    + (f"  ({', '.join(extra)})" if extra else ""))
 
 
-@main.command("inspect")
+@cli.command("inspect")
 @click.argument("path")
 @click.option("--ir", "show_ir", is_flag=True, help="Print the IR the artifact was compiled from.")
 @friendly_errors
@@ -123,7 +136,7 @@ def _register_runtime_commands() -> None:
     for name in ("run", "chat"):
         command = getattr(commands, name, None)
         if command is not None:
-            main.add_command(command, name)
+            cli.add_command(command, name)
 
 
 _register_runtime_commands()

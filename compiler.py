@@ -83,7 +83,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     module = manager.run(module)
 
     stage.say(f"lowering to TVM for {request.target}")
-    relax_mod, param_order = _lower(module, kind, request.target)
+    relax_mod, param_order = _lower(module, kind, request.target, request.random_weights)
     with art.ArtifactWriter(output) as writer:
         (writer.path / IR_FILE).write_text(format_module(module))
         stage.say(f"building kernels for {request.target}")
@@ -108,7 +108,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
             kv_cache=art.KVCacheInfo(**{k: getattr(module.kv_cache, k) for k in (
                 "num_layers", "num_attention_heads", "num_kv_heads", "head_dim", "dtype", "sliding_window")}),
             vocab_size=source.config.vocab_size, context_length=source.config.max_position_embeddings,
-            functions=sorted(module.functions) + ["create_kv"], params=params, weights=weights_mode,
+            functions=_exported_functions(relax_mod), params=params, weights=weights_mode,
             tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes)
         stage.say("hashing files and writing the manifest")
         path = writer.commit(manifest)
@@ -116,18 +116,18 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     return path
 
 
-def _lower(module: Module, kind: str, target: str):
+def _lower(module: Module, kind: str, target: str, random_fill: bool):
     from .targets.lower import lower
 
     if kind == "cpu":
         from .targets.cpu import cpu_target
 
-        return lower(module, cpu_target())
+        return lower(module, cpu_target(), random_fill)
     if kind == "cuda":
         from .targets.cuda.nvcc import parse_cuda_target
         from .targets.cuda.pipeline import cuda_target
 
-        return lower(module, cuda_target(parse_cuda_target(target)))
+        return lower(module, cuda_target(parse_cuda_target(target)), random_fill)
     raise ConfigError(f"--target {target}: not supported yet")
 
 
@@ -145,6 +145,12 @@ def _build(relax_mod, kind: str, target: str, library: Path, stage: Stage) -> ar
     build_cuda(relax_mod, archs).export_library(str(library))
     check_cuda_library(library, archs)
     return art.TargetInfo(kind="cuda", archs=archs, host="llvm")
+
+
+def _exported_functions(relax_mod) -> list[str]:
+    from tvm import relax
+
+    return sorted(gv.name_hint for gv, fn in relax_mod.functions.items() if isinstance(fn, relax.Function))
 
 
 def _param_info(module: Module, name: str) -> art.ParamInfo:

@@ -16,6 +16,7 @@ from tvm.relax.frontend.nn import op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
 from ..ir.graph import PARAM, Function, Module, Node, Value
+from . import random_fill as random_fill_fn
 from .rope import inverse_frequencies
 
 CREATE_KV_ARGS = ("max_batch_size", "max_total_seq_len", "prefill_chunk_size", "page_size",
@@ -279,8 +280,9 @@ class _LoweredModel(nn.Module):
         )
 
 
-def lower(module: Module, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
-    """Returns the Relax module and the parameter names in argument order."""
+def lower(module: Module, target: tvm.target.Target, random_fill: bool = False) -> tuple[tvm.IRModule, list[str]]:
+    """Returns the Relax module and the parameter names in argument order. With `random_fill`, the module
+    also exports `fill_random_<dtype>` for every parameter dtype (benchmark builds)."""
     if module.kv_cache is None:
         raise LoweringError(f"module {module.name} has no KV cache spec")
     model = _LoweredModel(module, target)
@@ -292,6 +294,10 @@ def lower(module: Module, target: tvm.target.Target) -> tuple[tvm.IRModule, list
         spec[name]["$"] = {"param_mode": "packed", "effect_mode": "none"}
     spec["create_kv"] = {arg: int for arg in CREATE_KV_ARGS}
     spec["create_kv"]["$"] = {"param_mode": "none", "effect_mode": "none"}
+    if random_fill:
+        for dtype in sorted({p.type.dtype for p in module.params.values()}):
+            setattr(model, random_fill_fn.function_name(dtype), random_fill_fn.fill_method(dtype))
+            spec[random_fill_fn.function_name(dtype)] = random_fill_fn.fill_spec()
     mod, named = model.export_tvm(spec=spec)
     by_attr = {f"p{i:04d}": name for i, name in enumerate(module.params)}
     order = [by_attr[attr] for attr, _ in named]

@@ -1,0 +1,173 @@
+"""Click commands `run` and `chat` (the lead registers them on the `ember` group in cli.py)."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..errors import EmberError
+
+_DEVICE_HELP = "cpu, cuda, cuda:N or metal"
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Errors -> one `error: ...` line on stderr and exit 1; the traceback only with --verbose."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except EmberError as err:
+            if kwargs.get("verbose"):
+                raise
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        except Exception as err:  # TVM's own errors: the last line says what went wrong
+            if kwargs.get("verbose"):
+                raise
+            lines = str(err).strip().splitlines()
+            click.echo(f"error: {type(err).__name__}: {lines[-1] if lines else ''} (--verbose for details)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _load(artifact: str, device: str, verbose: bool) -> Any:
+    from .engine import Engine
+
+    engine = Engine.load(artifact, device=device)
+    if verbose:
+        click.echo(f"loaded {engine.describe()}", err=True)
+    return engine
+
+
+def _parse_ids(text: str) -> list[int]:
+    from ..errors import InputError
+
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise InputError(f"--prompt-ids must be integers separated by commas or spaces, got {text!r}") from None
+
+
+def _stream_to_stdout(piece: str) -> None:
+    click.echo(piece, nl=False)
+    sys.stdout.flush()
+
+
+@click.command("run")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--prompt", "-p", default=None, help="Prompt text (tokenized with the artifact's tokenizer).")
+@click.option("--prompt-ids", default=None, help="Prompt as token ids ('1,2,3'), instead of --prompt.")
+@click.option("--max-tokens", "-n", default=128, show_default=True, type=int, help="Most tokens to generate.")
+@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, type=int, help="0 = off.")
+@click.option("--top-p", default=1.0, show_default=True, type=float, help="1 = off.")
+@click.option("--seed", default=None, type=int, help="Seed for sampling.")
+@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (token ids, text, timings).")
+@click.option("--verbose", is_flag=True, help="Tracebacks on errors; load details.")
+@_one_line_errors
+def run(
+    artifact: str,
+    prompt: str | None,
+    prompt_ids: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    device: str,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """Generate text from ARTIFACT (a compiled artifact folder)."""
+    from ..errors import InputError
+
+    if (prompt is None) == (prompt_ids is None):
+        raise InputError("give exactly one of --prompt and --prompt-ids")
+    engine = _load(artifact, device, verbose)
+    stream = None if as_json or engine.tokenizer is None else _stream_to_stdout
+    result = engine.generate(
+        prompt if prompt is not None else _parse_ids(prompt_ids or ""),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stream=stream,
+    )
+    if as_json:
+        click.echo(json.dumps({"artifact": engine.manifest.name, "device": device, **result.to_dict()}))
+        return
+    if stream is None:
+        click.echo(" ".join(map(str, result.token_ids)), nl=False)
+    click.echo("")
+    click.echo(result.summary(), err=True)
+
+
+@click.command("chat")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--message", "-m", default=None, help="One user message; answer it and exit.")
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--max-tokens", "-n", default=512, show_default=True, type=int, help="Most tokens per reply.")
+@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, type=int, help="0 = off.")
+@click.option("--top-p", default=1.0, show_default=True, type=float, help="1 = off.")
+@click.option("--seed", default=None, type=int, help="Seed for sampling.")
+@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@click.option("--verbose", is_flag=True, help="Tracebacks on errors; timings after each reply.")
+@_one_line_errors
+def chat(
+    artifact: str,
+    message: str | None,
+    system: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    device: str,
+    verbose: bool,
+) -> None:
+    """Chat with ARTIFACT: one-shot with -m, otherwise an interactive loop (/reset clears, /exit or Ctrl-D ends)."""
+    engine = _load(artifact, device, verbose)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+
+    def reply(text: str) -> None:
+        history.append({"role": "user", "content": text})
+        result = engine.chat(history, stream=_stream_to_stdout, **options)
+        click.echo("")
+        history.append({"role": "assistant", "content": result.text})
+        if verbose or engine.random_weights:
+            click.echo(result.summary(), err=True)
+
+    if message is not None:
+        reply(message)
+        return
+    if engine.random_weights:
+        click.echo(f"note: {engine.manifest.name} has random weights (benchmark build); replies are noise", err=True)
+    while True:
+        try:
+            text = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo("")
+            return
+        if text.strip() in ("/exit", "/quit"):
+            return
+        if text.strip() == "/reset":
+            del history[1 if system else 0 :]
+            continue
+        if text.strip():
+            try:
+                reply(text)
+            except EmberError as err:  # e.g. the conversation outgrew the context: say so and keep going
+                history.pop()
+                click.echo(f"error: {err}", err=True)

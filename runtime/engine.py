@@ -1,0 +1,128 @@
+"""`Engine`: an artifact loaded on a device, ready to generate, chat and score."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, InputError
+from .artifact import Manifest
+from .generate import RANDOM_WEIGHTS_NOTE, SEQ_ID, GenerationResult, generate
+from .loader import LoadedArtifact, load_artifact
+from .model_runner import ModelRunner
+from .random_weights import RandomFill
+from .sampler import SamplingParams
+from .tokenizer import Tokenizer
+
+
+class Engine:
+    def __init__(self, artifact: LoadedArtifact, runner: ModelRunner, tokenizer: Tokenizer | None) -> None:
+        self.artifact = artifact
+        self.runner = runner
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        max_batch_size: int = 1,
+        context_length: int | None = None,
+        verify: bool = False,
+        weights: Mapping[str, Any] | None = None,
+        prefill_chunk_size: int | None = None,
+        random_fill: RandomFill | None = None,
+    ) -> Engine:
+        """Load an artifact folder. `context_length` (<= the artifact's) sizes the KV cache; `weights` (name ->
+        array) is required for library-only artifacts and replaces the shipped weights otherwise."""
+        artifact = load_artifact(path, device=device, verify=verify, weights=weights, random_fill=random_fill)
+        runner = ModelRunner(
+            artifact,
+            max_batch_size=max_batch_size,
+            context_length=context_length,
+            prefill_chunk_size=prefill_chunk_size,
+        )
+        info = artifact.manifest.tokenizer
+        tokenizer = Tokenizer(artifact.path / info.file, info) if info is not None else None
+        return cls(artifact, runner, tokenizer)
+
+    # -- facts ----------------------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        return self.artifact.manifest
+
+    @property
+    def random_weights(self) -> bool:
+        return self.manifest.is_benchmark_build
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        if self.tokenizer is not None:
+            return list(self.tokenizer.eos_token_ids)
+        eos = self.manifest.config.get("eos_token_id")
+        return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+    def describe(self) -> str:
+        m = self.manifest
+        line = (
+            f"{m.name} ({m.architecture}, {m.quantization}) on {self.artifact.device}, "
+            f"context {self.runner.context_length}"
+        )
+        return f"{line}; {RANDOM_WEIGHTS_NOTE}" if self.random_weights else line
+
+    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ArtifactError(f"artifact {self.manifest.name} has no tokenizer; pass token ids instead of text")
+            return self.tokenizer.encode(prompt)
+        return [int(t) for t in self.runner.check_tokens(list(prompt), what="prompt token")]
+
+    # -- work -----------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stream: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return generate(
+            self.runner,
+            self.encode(prompt),
+            max_tokens=max_tokens,
+            sampling=sampling,
+            eos_token_ids=self.eos_token_ids,
+            tokenizer=self.tokenizer,
+            stream=stream,
+            random_weights=self.random_weights,
+        )
+
+    def chat(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> GenerationResult:
+        """Render the chat template (as Hugging Face does) and generate the assistant's reply."""
+        if self.tokenizer is None:
+            raise ArtifactError(f"artifact {self.manifest.name} has no tokenizer, so it cannot chat")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return self.generate(self.tokenizer.encode(text, add_bos=False), **kwargs)
+
+    def score(self, token_ids: Sequence[int]) -> np.ndarray:
+        """float32 logits (len, vocab) at every position of token_ids: one prefill, chunked if needed."""
+        ids = self.runner.check_tokens(list(token_ids))
+        if ids.size == 0:
+            raise InputError("nothing to score (empty token list)")
+        if ids.size > self.runner.context_length:
+            raise InputError(
+                f"{ids.size} tokens exceed the context length {self.runner.context_length} of {self.manifest.name}"
+            )
+        self.runner.reset()
+        self.runner.add_sequence(SEQ_ID)
+        try:
+            return self.runner.prefill([SEQ_ID], [ids], all_logits=True)
+        finally:
+            self.runner.remove_sequence(SEQ_ID)

@@ -1,0 +1,221 @@
+"""Load an artifact with the TVM runtime only: check it fits the device, load model.so into a VM, load the weights.
+
+Weights go to the device one tensor at a time, in manifest order, and end up as the one packed list that every
+exported function takes last (DESIGN.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, InputError
+from .artifact import WEIGHTS_NONE, WEIGHTS_PACKED, WEIGHTS_RANDOM, Manifest, ParamInfo, read_manifest, verify_files
+from .random_weights import DeviceFill, RandomFill, make_random_weights
+from .tvm_import import ensure_device_runtime, import_tvm
+
+# Exported functions ember calls, with their arity (weights included): the contract of DESIGN.md.
+REQUIRED_FUNCTIONS = {"create_kv": 5, "prefill": 4, "decode": 3}
+OPTIONAL_FUNCTIONS = {"decode1": 3}
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
+_HOST_ARCHS = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+@dataclass
+class LoadedArtifact:
+    path: Path
+    manifest: Manifest
+    device: Any  # tvm.runtime.Device
+    vm: Any  # tvm.runtime.vm.VirtualMachine
+    params: Any  # tvm_ffi Array of the weights, manifest order
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    match = re.fullmatch(r"(cpu|cuda|metal)(?::(\d+))?", device.strip().lower())
+    if not match:
+        raise InputError(f"unknown device {device!r} (use cpu, cuda, cuda:N or metal)")
+    return match.group(1), int(match.group(2) or 0)
+
+
+def load_artifact(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    verify: bool = False,
+    weights: Mapping[str, Any] | None = None,
+    random_fill: RandomFill | None = None,
+) -> LoadedArtifact:
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    kind, index = parse_device(device)
+    check_target(manifest, kind)
+    if verify:
+        verify_files(folder, manifest)
+    ensure_device_runtime(kind)
+    tvm = import_tvm()
+    dev = tvm.device(kind, index)
+    check_device(manifest, dev, kind, index)
+    vm = load_vm(folder, manifest, dev)
+    if weights is not None:
+        params = weights_from_mapping(manifest, weights, dev)
+    elif manifest.weights == WEIGHTS_PACKED:
+        params = load_packed_weights(folder, manifest, dev)
+    elif manifest.weights == WEIGHTS_RANDOM:
+        if random_fill is None and DeviceFill.available(manifest.functions, manifest.params):
+            random_fill = DeviceFill(vm)
+        params = make_random_weights(manifest.params, dev, random_fill)
+    elif manifest.weights == WEIGHTS_NONE:
+        raise InputError(f"artifact {manifest.name} ships no weights; pass weights={{name: array}} to load it")
+    else:
+        raise ArtifactError(f"artifact {manifest.name}: unknown weights mode {manifest.weights!r}")
+    return LoadedArtifact(folder, manifest, dev, vm, tvm.runtime.convert(params))
+
+
+def _built_for(manifest: Manifest) -> str:
+    detail = ", ".join(manifest.target.archs) or manifest.target.host
+    return f"{manifest.target.kind} ({detail})" if detail else manifest.target.kind
+
+
+def check_target(manifest: Manifest, kind: str) -> None:
+    """Refuse an artifact built for another device kind or another host architecture, before loading anything."""
+    if manifest.target.kind != kind:
+        raise ArtifactError(f"artifact {manifest.name} was built for {_built_for(manifest)}; it cannot run on {kind}")
+    host_arch = _HOST_ARCHS.get(manifest.target.host.split("-")[0]) if manifest.target.host else None
+    machine = _HOST_ARCHS.get(platform.machine().lower())
+    if host_arch and machine and host_arch != machine:
+        raise ArtifactError(
+            f"artifact {manifest.name} was built for a {host_arch} host ({manifest.target.host}); "
+            f"this machine is {machine}"
+        )
+
+
+def check_device(manifest: Manifest, dev: Any, kind: str, index: int) -> None:
+    if kind == "cpu":
+        return
+    if not dev.exist:
+        raise ArtifactError(f"no {kind} device {index} on this machine")
+    if kind == "cuda" and manifest.target.archs:
+        major, minor = (int(x) for x in dev.compute_version.split("."))
+        if not any(cuda_arch_runs_on(arch, major, minor) for arch in manifest.target.archs):
+            raise ArtifactError(
+                f"artifact {manifest.name} was built for cuda ({', '.join(manifest.target.archs)}); "
+                f"this GPU ({dev.device_name}) is sm_{major}{minor}"
+            )
+
+
+def cuda_arch_runs_on(arch: str, major: int, minor: int) -> bool:
+    """SASS for sm_XY runs on sm_XZ with Z >= Y; arch-specific sm_XYa/f only on sm_XY itself."""
+    match = re.fullmatch(r"sm_(\d+)(\d)([af]?)", arch)
+    if not match:
+        return True  # an arch string we do not understand: let the driver decide
+    a_major, a_minor, suffix = int(match.group(1)), int(match.group(2)), match.group(3)
+    if suffix:
+        return (a_major, a_minor) == (major, minor)
+    return a_major == major and a_minor <= minor
+
+
+def load_vm(folder: Path, manifest: Manifest, dev: Any) -> Any:
+    tvm = import_tvm()
+    from tvm.runtime.vm import VirtualMachine
+
+    lib = folder / manifest.library
+    if not lib.is_file():
+        raise ArtifactError(f"{folder}: {manifest.library} is missing")
+    try:
+        vm = VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
+    except Exception as err:  # TVM raises its own error types; keep the first line
+        raise ArtifactError(f"{lib}: cannot be loaded by this TVM runtime ({_first_line(err)})") from None
+    wanted = dict(REQUIRED_FUNCTIONS)
+    wanted.update({n: a for n, a in OPTIONAL_FUNCTIONS.items() if n in manifest.functions})
+    for name, arity in wanted.items():
+        if name not in manifest.functions:
+            raise ArtifactError(f"artifact {manifest.name}: the manifest does not list the required function {name}")
+        try:
+            found = vm._get_function_arity(name)
+        except Exception:
+            raise ArtifactError(f"{lib}: function {name} is listed in the manifest but not in the library") from None
+        if found != arity:
+            raise ArtifactError(f"{lib}: function {name} takes {found} arguments, ember's runtime expects {arity}")
+    return vm
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def load_packed_weights(folder: Path, manifest: Manifest, dev: Any) -> list[Any]:
+    from safetensors import SafetensorError, safe_open
+
+    tvm = import_tvm()
+    out: list[Any] = []
+    with contextlib.ExitStack() as stack:
+        shards: dict[str, Any] = {}
+        for p in manifest.params:
+            if p.file is None:
+                raise ArtifactError(f"artifact {manifest.name}: parameter {p.name} has no file in the manifest")
+            if p.file not in shards:
+                shard_path = folder / p.file
+                if not shard_path.is_file():
+                    raise ArtifactError(f"{folder}: {p.file} is missing (it holds {p.name})")
+                try:
+                    shards[p.file] = stack.enter_context(safe_open(str(shard_path), framework="numpy"))
+                except (SafetensorError, OSError) as err:
+                    raise ArtifactError(f"{shard_path}: not a readable safetensors file ({_first_line(err)})") from None
+            shard = shards[p.file]
+            where = f"{folder / p.file}: tensor {p.name}"
+            if p.name not in shard.keys():
+                raise ArtifactError(f"{where} is missing")
+            info = shard.get_slice(p.name)
+            found_dtype = _SAFETENSORS_DTYPES.get(info.get_dtype(), info.get_dtype())
+            _check_tensor(where, p, list(info.get_shape()), found_dtype)
+            try:
+                array = shard.get_tensor(p.name)
+            except (SafetensorError, OSError, ValueError, TypeError) as err:
+                raise ArtifactError(f"{where} cannot be read ({_first_line(err)})") from None
+            out.append(tvm.runtime.tensor(array, dev))
+    return out
+
+
+def weights_from_mapping(manifest: Manifest, weights: Mapping[str, Any], dev: Any) -> list[Any]:
+    tvm = import_tvm()
+    expected = [p.name for p in manifest.params]
+    missing = [n for n in expected if n not in weights]
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise InputError(
+            f"weights for {manifest.name} do not match its parameters: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+        )
+    out = []
+    for p in manifest.params:
+        value = weights[p.name]
+        if isinstance(value, tvm.runtime.Tensor):
+            _check_tensor(f"weights[{p.name!r}]", p, list(value.shape), str(value.dtype), error=InputError)
+            out.append(value if value.device == dev else tvm.runtime.tensor(value.numpy(), dev))
+            continue
+        array = np.asarray(value)
+        _check_tensor(f"weights[{p.name!r}]", p, list(array.shape), str(array.dtype), error=InputError)
+        out.append(tvm.runtime.tensor(np.ascontiguousarray(array), dev))
+    return out
+
+
+def _check_tensor(where: str, p: ParamInfo, shape: list[int], dtype: str, error: type = ArtifactError) -> None:
+    if list(shape) != list(p.shape) or dtype != p.dtype:
+        raise error(f"{where} has shape {list(shape)} {dtype}, the manifest says {list(p.shape)} {p.dtype}")

@@ -1,0 +1,158 @@
+"""The compiled model behind a narrow API: ragged chunked prefill and batched decode, returning float32 logits.
+
+Token ids are checked against the vocabulary before any call (the compiled `take` does no bounds check and an
+out-of-range id can crash the process), and sequence lengths against the context length.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .kv_cache import KVCache
+from .loader import LoadedArtifact
+from .tvm_import import import_tvm
+
+# Cap on one prefill's logits when every position is returned (score): 64 Mi floats = 256 MiB.
+MAX_LOGITS_ELEMENTS = 1 << 26
+
+
+DEFAULT_CONTEXT_CAP = 8192  # KV cache tokens per sequence unless Engine.load(context_length=...) asks for more
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        artifact: LoadedArtifact,
+        *,
+        max_batch_size: int = 1,
+        context_length: int | None = None,
+        prefill_chunk_size: int | None = None,
+    ) -> None:
+        m = artifact.manifest
+        if context_length is None:  # the model's full context can be huge (131072 for Llama 3.1)
+            context_length = min(m.context_length, DEFAULT_CONTEXT_CAP)
+        if not 1 <= context_length <= m.context_length:
+            raise InputError(f"context length {context_length} must be in [1, {m.context_length}] for {m.name}")
+        if max_batch_size < 1:
+            raise InputError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        self.artifact = artifact
+        self.name = m.name
+        self.vocab_size = m.vocab_size
+        self.context_length = context_length
+        self.prefill_chunk_size = min(prefill_chunk_size or 2048, context_length)
+        self._tvm = import_tvm()
+        self._vm = artifact.vm
+        self._params = artifact.params
+        self._dev = artifact.device
+        self._prefill = self._vm["prefill"]
+        self._decode = self._vm["decode"]
+        self._decode1 = self._vm["decode1"] if "decode1" in m.functions else None
+        self.kv = KVCache(
+            self._vm,
+            max_batch_size=max_batch_size,
+            max_total_seq_len=context_length * max_batch_size,
+            prefill_chunk_size=self.prefill_chunk_size,
+            page_size=m.kv_cache.page_size,
+            sliding_window=m.kv_cache.sliding_window,
+        )
+
+    # -- checks ---------------------------------------------------------------------------------------------
+    def check_tokens(self, tokens: Sequence[int], what: str = "token") -> np.ndarray:
+        ids = np.asarray(tokens)
+        if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+            raise InputError(f"{what} ids must be a flat list of integers")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"{what} id {int(ids[i])} at position {i} is outside the vocabulary [0, {self.vocab_size})"
+            )
+        return ids.astype(np.int32)
+
+    def check_budget(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if prompt_tokens + max_new_tokens > self.context_length:
+            raise InputError(
+                f"prompt of {prompt_tokens} tokens + {max_new_tokens} new tokens exceeds the context length "
+                f"{self.context_length} of {self.name}"
+            )
+
+    def _check_growth(self, seq_id: int, new: int) -> None:
+        total = self.kv.sequence_length(seq_id) + new
+        if total > self.context_length:
+            raise InputError(f"sequence {seq_id} would hold {total} tokens, more than the context length "
+                             f"{self.context_length} of {self.name}")  # fmt: skip
+
+    # -- sequences ------------------------------------------------------------------------------------------
+    def add_sequence(self, seq_id: int) -> None:
+        self.kv.add_sequence(seq_id)
+
+    def remove_sequence(self, seq_id: int) -> None:
+        self.kv.remove_sequence(seq_id)
+
+    def fork_sequence(self, parent: int, child: int) -> None:
+        self.kv.fork_sequence(parent, child)
+
+    def reset(self) -> None:
+        self.kv.clear()
+
+    # -- model calls ----------------------------------------------------------------------------------------
+    def prefill(
+        self, seq_ids: Sequence[int], token_lists: Sequence[Sequence[int]], all_logits: bool = False
+    ) -> np.ndarray:
+        """Append tokens to sequences already in the cache (a ragged batch, split into chunks).
+
+        Returns float32 logits: (len(seq_ids), vocab) for the last token of each sequence, or with all_logits
+        (sum of lengths, vocab) for every token, sequences concatenated in seq_ids order.
+        """
+        if len(seq_ids) != len(token_lists):
+            raise InputError(f"{len(seq_ids)} sequence ids but {len(token_lists)} token lists")
+        ids = [self.check_tokens(t, what=f"sequence {s} token") for s, t in zip(seq_ids, token_lists)]
+        for s, t in zip(seq_ids, ids):
+            if t.size == 0:
+                raise InputError(f"sequence {s}: nothing to prefill (empty token list)")
+            self._check_growth(s, t.size)
+        budget = max(1, MAX_LOGITS_ELEMENTS // self.vocab_size) if all_logits else None
+        offsets = np.concatenate([[0], np.cumsum([t.size for t in ids])])
+        out = np.empty((int(offsets[-1]) if all_logits else len(ids), self.vocab_size), dtype=np.float32)
+        for step in self.kv.plan_chunks(seq_ids, [t.size for t in ids], token_budget=budget):
+            lens = [stop - start for _, start, stop in step]
+            flat = np.concatenate([ids[i][start:stop] for i, start, stop in step])
+            if all_logits:
+                pos = np.arange(flat.size, dtype=np.int32)
+            else:
+                pos = (np.cumsum(lens) - 1).astype(np.int32)
+            logits = self._call_prefill([seq_ids[i] for i, _, _ in step], lens, flat, pos)
+            row = 0
+            for (i, start, stop), n in zip(step, lens):
+                if all_logits:
+                    out[offsets[i] + start : offsets[i] + stop] = logits[row : row + n]
+                    row += n
+                else:
+                    if stop == ids[i].size:
+                        out[i] = logits[row]
+                    row += 1
+        return out
+
+    def _call_prefill(self, seq_ids: list[int], lens: list[int], flat: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        tensor = self._tvm.runtime.tensor
+        with self.kv.forward(seq_ids, lens):
+            logits, self.kv.obj = self._prefill(
+                tensor(flat.reshape(1, -1), self._dev), tensor(pos, self._dev), self.kv.obj, self._params
+            )
+        return logits.numpy()[0]
+
+    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """One new token for each sequence; returns float32 logits (len(seq_ids), vocab)."""
+        if len(seq_ids) != len(tokens):
+            raise InputError(f"{len(seq_ids)} sequence ids but {len(tokens)} tokens")
+        if not seq_ids:
+            raise InputError("decode needs at least one sequence")
+        ids = self.check_tokens(tokens)
+        for s in seq_ids:
+            self._check_growth(s, 1)
+        fn = self._decode1 if (self._decode1 is not None and len(seq_ids) == 1) else self._decode
+        with self.kv.forward(list(seq_ids), [1] * len(seq_ids)):
+            logits, self.kv.obj = fn(self._tvm.runtime.tensor(ids.reshape(-1, 1), self._dev), self.kv.obj, self._params)
+        return logits.numpy()[:, 0, :]

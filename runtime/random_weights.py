@@ -1,0 +1,96 @@
+"""True-shape random weights for benchmark builds (`weights == "random"`), made at load time.
+
+The default fill is numpy with a fixed seed: normal(0, 0.02) for matrices and other float tensors, 1.0 for 1-D norm
+weights, uniform bits for integer (packed quantized) tensors. Drawing billions of normals in numpy is slow, so each
+tensor is a random rotation of one seeded pool per dtype, tiled to its shape: values are distributed like the
+pool, distinct between tensors, and the whole fill runs at memory speed.
+
+Hook: `make_random_weights(..., fill=...)` takes any `RandomFill`, so a compiled on-device fill function (the
+optional `fill_random` of DESIGN.md) can replace the numpy one without touching the loader.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from .artifact import ParamInfo
+from .tvm_import import import_tvm
+
+POOL_SIZE = (1 << 20) + 7  # odd, so tiles do not line up with power-of-two rows
+MATRIX_STD = 0.02
+
+
+class RandomFill(Protocol):
+    def __call__(self, param: ParamInfo, index: int, device: Any) -> Any:
+        """Return a tvm.runtime.Tensor of param.shape / param.dtype on `device`."""
+        ...
+
+
+def is_norm_weight(param: ParamInfo) -> bool:
+    return len(param.shape) == 1 and "norm" in param.name.lower()
+
+
+class NumpyFill:
+    """Seeded host-side fill, copied to the device tensor by tensor."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._pools: dict[str, np.ndarray] = {}
+
+    def _pool(self, dtype: str) -> np.ndarray:
+        if dtype not in self._pools:
+            np_dtype = _numpy_dtype(dtype)
+            if np.issubdtype(np_dtype, np.integer):
+                info = np.iinfo(np_dtype)
+                pool = self.rng.integers(info.min, info.max, size=POOL_SIZE, dtype=np_dtype, endpoint=True)
+            else:
+                pool = (self.rng.standard_normal(POOL_SIZE, dtype=np.float32) * MATRIX_STD).astype(np_dtype)
+            self._pools[dtype] = pool
+        return self._pools[dtype]
+
+    def host_array(self, param: ParamInfo) -> np.ndarray:
+        np_dtype = _numpy_dtype(param.dtype)
+        if is_norm_weight(param):
+            return np.ones(param.shape, dtype=np_dtype)
+        pool = np.roll(self._pool(param.dtype), -int(self.rng.integers(POOL_SIZE)))
+        return np.resize(pool, tuple(param.shape))
+
+    def __call__(self, param: ParamInfo, index: int, device: Any) -> Any:
+        tvm = import_tvm()
+        return tvm.runtime.tensor(self.host_array(param), device)
+
+
+class DeviceFill:
+    """The library's compiled `fill_random_<dtype>(n, seed, scale_ppm, offset_ppm)`: weights are made on the
+    device itself (no host arrays, no copies), uniform with std 0.02 for matrices, 1.0 for norm weights."""
+
+    def __init__(self, vm: Any, seed: int = 0) -> None:
+        self.vm, self.seed = vm, seed
+
+    @staticmethod
+    def available(functions: list[str], params: list[ParamInfo]) -> bool:
+        return all(f"fill_random_{p.dtype}" in functions for p in params)
+
+    def __call__(self, param: ParamInfo, index: int, device: Any) -> Any:
+        tvm = import_tvm()
+        shape = tvm.runtime.ShapeTuple
+        norm = is_norm_weight(param)
+        n = int(np.prod(param.shape))
+        flat = self.vm[f"fill_random_{param.dtype}"](
+            shape([n]), shape([self.seed * 1_000_003 + index]), shape([0 if norm else int(MATRIX_STD * 1e6)]),
+            shape([1_000_000 if norm else 0]))
+        return flat._create_view(tuple(param.shape))
+
+
+def make_random_weights(params: list[ParamInfo], device: Any, fill: RandomFill | None = None) -> list[Any]:
+    fill = fill or NumpyFill(seed=0)
+    return [fill(p, i, device) for i, p in enumerate(params)]
+
+
+def _numpy_dtype(dtype: str) -> np.dtype:
+    if dtype in ("bfloat16",) or dtype.startswith("float8"):
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, dtype))
+    return np.dtype(dtype)

@@ -1,0 +1,145 @@
+"""The artifact's tokenizer: `tokenizers` for text <-> ids, the manifest's TokenizerInfo for special tokens,
+and chat templates rendered with jinja2 the way Hugging Face does (sandboxed, `raise_exception`, `tojson`)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtifactError, InputError
+from .artifact import TokenizerInfo
+
+
+class Tokenizer:
+    def __init__(self, path: str | Path, info: TokenizerInfo) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"{path}: tokenizer file is missing")
+        try:
+            self._tok = HFTokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception on malformed json
+            raise ArtifactError(f"{path}: cannot read the tokenizer ({err})") from None
+        self.info = info
+        self.bos_token_id = info.bos_token_id
+        self.eos_token_ids = list(info.eos_token_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token(self, token_id: int | None) -> str:
+        return "" if token_id is None else (self._tok.id_to_token(token_id) or "")
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Text to ids. BOS is prepended when the manifest says so (add_bos=None), unless the text already starts
+        with it (a chat template usually writes it)."""
+        ids = list(self._tok.encode(text, add_special_tokens=False).ids)
+        add_bos = self.info.add_bos_token if add_bos is None else add_bos
+        if add_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
+            ids.insert(0, self.bos_token_id)
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self)
+
+    # -- chat -----------------------------------------------------------------------------------------------
+    @cached_property
+    def _template(self) -> Any:
+        if not self.info.chat_template:
+            raise InputError("this artifact's tokenizer has no chat template; use a plain prompt")
+        return compile_chat_template(self.info.chat_template)
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **extra: Any
+    ) -> str:
+        import jinja2
+
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+                raise InputError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
+        context = {
+            "messages": [dict(m) for m in messages],
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.token(self.bos_token_id),
+            "eos_token": self.token(self.eos_token_ids[0] if self.eos_token_ids else None),
+            "tools": None,
+            "documents": None,
+        } | extra
+        try:
+            return self._template.render(**context)
+        except jinja2.TemplateError as err:
+            raise InputError(f"chat template error: {err}") from None
+
+
+def compile_chat_template(source: str) -> Any:
+    import jinja2
+    from jinja2 import nodes
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationTag(Extension):
+        """`{% generation %}...{% endgeneration %}` (HF marks assistant tokens with it) renders its body as is."""
+
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller: Any) -> str:
+            return caller()
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as err:
+        raise ArtifactError(f"the chat template does not parse (line {err.lineno}: {err.message})") from None
+
+
+class StreamDecoder:
+    """Incremental detokenization: `push(id)` returns the new text, holding back an incomplete multi-byte character.
+
+    Each step decodes a short window (the tokens since the last emitted boundary) twice, with and without the new
+    tokens, and emits the difference once it does not end in U+FFFD. Decoding a window rather than single tokens
+    keeps tokenizer-specific spacing (e.g. SentencePiece's leading "▁") right.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the decode window
+        self.read = 0  # tokens up to here have been emitted
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        after = self.tokenizer.decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end comes out as U+FFFD)."""
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        after = self.tokenizer.decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]
