@@ -66,7 +66,10 @@ class _FolderWeights:
         return self.store.get(name)
 
     def origin(self, name: str) -> str:
-        return str(self.store.file_of(name)) if name in self.store else str(self.store.folder)
+        if name in self.store:
+            return str(self.store.file_of(name))
+        files = sorted({str(self.store.file_of(n)) for n in self.store.names()})
+        return files[0] if len(files) == 1 else str(self.store.folder)
 
 
 def smollm2_gguf_path() -> Path | None:

@@ -1,0 +1,201 @@
+"""Relax/TIR pipeline and build entry point for cuda: the best-stock recipe.
+
+tvm-baseline-llama3-8b.md §7: FuseTransposeMatmul before legalization, TVM's default cuda phases,
+dlight rules chosen per PrimFunc (GEMV first for decode kernels, Matmul first for prefill kernels
+so they get WMMA), and TIR CSE disabled (it breaks the paged-KV `batch_tree_attn` kernel).
+
+tvm is imported lazily: importing this module before `prepare_cuda_compile_process()` must not
+import tvm, or the CUDA runtime would never load and kernels would ship as source.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import linecache
+import logging
+import sys
+import time
+import types
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from . import CudaToolchainError
+from .nvcc import multi_arch_compile, sm_number
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm.runtime import Executable
+    from tvm.s_tir.dlight import ScheduleRule
+
+log = logging.getLogger(__name__)
+
+PREFILL_DIMS: tuple[str, ...] = ("total_len",)
+# dlight's default; also the per-block static limit on sm_80, so one scheduled source fits both archs.
+MAX_SHARED_MEMORY_PER_BLOCK = 49152
+PASS_CONFIG = {"tirx.disable_cse_tir": True}
+
+
+def cuda_target(archs: Sequence[str]) -> tvm.target.Target:
+    """Schedule for the highest arch; every arch compiles the same source (WMMA 16x16x16, 48 KB smem)."""
+    import tvm
+
+    if not archs:
+        raise ValueError("cuda_target needs at least one arch")
+    highest = max(archs, key=lambda a: (sm_number(a), a))
+    return tvm.target.Target(
+        {"kind": "cuda", "arch": highest, "max_shared_memory_per_block": MAX_SHARED_MEMORY_PER_BLOCK},
+        host={"kind": "llvm"},
+    )
+
+
+def prefill_rules() -> list[ScheduleRule]:
+    """dlight rules for kernels of prefill functions (many rows: tensor-core Matmul first)."""
+    from tvm.s_tir import dlight as dl
+
+    return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+
+
+def decode_rules() -> list[ScheduleRule]:
+    """dlight rules for every other kernel (few rows: GEMV / LowBatchGEMV first)."""
+    from tvm.s_tir import dlight as dl
+
+    return [dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Matmul(), dl.gpu.Reduction(),
+            dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+
+
+def symbolic_dims(func: tvm.tirx.PrimFunc) -> set[str]:
+    """Names of the free variables in a PrimFunc's buffer shapes and scalar (shape) parameters."""
+    from tvm import tirx
+
+    names: set[str] = set()
+    for param in func.params:
+        # TVM 0.27: a buffer parameter is a Var typed BufferType; a scalar one is a shape var itself.
+        if not isinstance(param.ty, tirx.buffer.BufferType):
+            names.add(param.name)
+            continue
+        for dim in param.shape:
+            names.update(v.name for v in tirx.analysis.undefined_vars(dim))
+    return names
+
+
+def is_prefill_kernel(func: tvm.tirx.PrimFunc, prefill_dims: Iterable[str] = PREFILL_DIMS) -> bool:
+    """A kernel of a prefill function: its signature uses a prefill token-count dim (`total_len`)."""
+    return not symbolic_dims(func).isdisjoint(prefill_dims)
+
+
+def schedule_per_function(prefill_dims: Iterable[str] = PREFILL_DIMS) -> tvm.transform.Pass:
+    """Like dlight's ApplyDefaultSchedule, but with the rule list picked per PrimFunc."""
+    import tvm
+    from tvm import tirx
+
+    dims = tuple(prefill_dims)
+    rule_sets = {True: prefill_rules(), False: decode_rules()}
+
+    def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        target = tvm.target.Target.current(allow_none=False)
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+                continue
+            func_target = func.attrs.get("target", target)
+            for rule in rule_sets[is_prefill_kernel(func, dims)]:
+                space = rule.apply(func, func_target, False)
+                if space is None:
+                    continue
+                sch = space if not isinstance(space, list) else space[0]
+                updates[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                break
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return tvm.transform.module_pass(transform, opt_level=0, name="ember.cuda.SchedulePerFunction")
+
+
+def cuda_relax_pipeline(target: tvm.target.Target, prefill_dims: Iterable[str] = PREFILL_DIMS) -> tvm.transform.Pass:
+    """TVM's default cuda phases, with FuseTransposeMatmul first and per-function dlight rules."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as tvm_cuda
+    from tvm.s_tir import dlight as dl
+
+    legalize = tvm_cuda.legalize_passes(target)
+    stock_schedules = [p for p in legalize if isinstance(p, dl.ApplyDefaultSchedule)]
+    if len(stock_schedules) != 1:
+        raise CudaToolchainError("tvm.relax.backend.cuda.legalize_passes changed: expected exactly one "
+                                 f"dlight ApplyDefaultSchedule, found {len(stock_schedules)}")
+    legalize = [p for p in legalize if not isinstance(p, dl.ApplyDefaultSchedule)]
+    legalize.append(schedule_per_function(prefill_dims))
+    passes = (
+        [relax.transform.FuseTransposeMatmul()]
+        + tvm_cuda.library_dispatch_passes(target)
+        + legalize
+        + tvm_cuda.dataflow_lower_passes(target)
+        + tvm_cuda.finalize_passes(target)
+    )
+
+    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return tvm.transform.module_pass(run, opt_level=0, name="ember.cuda.RelaxPipeline")
+
+
+def _frame_infos(frame: types.FrameType | None, context: int = 1) -> list[inspect.FrameInfo]:
+    infos = []
+    while frame is not None:
+        name, lineno = frame.f_code.co_filename, frame.f_lineno
+        line = linecache.getline(name, lineno) if context > 0 and not name.startswith("<") else ""
+        infos.append(inspect.FrameInfo(frame, name, lineno, frame.f_code.co_name, [line] if line else None,
+                                       0 if line else None))
+        frame = frame.f_back
+    return infos
+
+
+@contextlib.contextmanager
+def _cheap_inspect_stack() -> Iterator[None]:
+    # The TVMScript parser calls inspect.stack() per prim_func; for every `<frozen importlib...>` frame
+    # inspect scans all of sys.modules. Same frames and source lines, without that scan.
+    saved = inspect.stack, inspect.getouterframes
+    inspect.stack = lambda context=1: _frame_infos(sys._getframe(1), context)
+    inspect.getouterframes = _frame_infos
+    try:
+        yield
+    finally:
+        inspect.stack, inspect.getouterframes = saved
+
+
+def preload_tensor_intrinsics() -> None:
+    """Import `tvm.s_tir.tensor_intrin` (248 TVMScript intrinsics, parsed on first dlight Matmul use).
+
+    Imported plainly it costs ~30-45 s on the 2-core build box; under `_cheap_inspect_stack` ~5 s,
+    with identical registered intrinsics (checked: desc/impl scripts of all 124 match).
+    """
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    with _cheap_inspect_stack():
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def build_cuda(mod: tvm.IRModule, archs: list[str]) -> Executable:
+    """Compile a Relax module to one executable with a cubin per arch (no PTX, no CUDA source)."""
+    import tvm
+
+    if not tvm.runtime.enabled("cuda"):
+        raise CudaToolchainError("tvm's CUDA runtime is not loaded, so kernels would be embedded as source: "
+                                 "call prepare_cuda_compile_process() before `import tvm`")
+    target = cuda_target(archs)
+    start = time.perf_counter()
+    preload_tensor_intrinsics()
+    with target, tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG), multi_arch_compile(archs) as stats:
+        try:
+            ex = tvm.compile(mod, target=target, relax_pipeline=cuda_relax_pipeline(target), tir_pipeline="default")
+        except Exception as err:
+            if stats.error is not None:
+                raise stats.error from err
+            raise
+    if stats.calls == 0:
+        raise CudaToolchainError("tvm.compile never called the nvcc hook: the CUDA kernels were not compiled")
+    log.info("build_cuda %s: %.1f s (nvcc %.1f s, %d call(s), %d B source)", ",".join(archs),
+             time.perf_counter() - start, stats.seconds, stats.calls, stats.source_bytes)
+    return ex

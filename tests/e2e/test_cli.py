@@ -1,0 +1,133 @@
+"""`ember` as a user runs it: one-line errors, nothing half-written, progress, inspect, run --json."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def ember(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-c", "from ember.cli import main; main()", *args], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    folder = tmp_path_factory.mktemp("cli") / "tiny-hf"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def artifact(hf_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    done = ember("compile", "--model", str(hf_dir), "--target", "cpu", cwd=work)
+    assert done.returncode == 0, done.stderr
+    path = work / "compiled" / "tiny-hf-q0f32-cpu"
+    assert done.stdout.strip() == str(path)
+    assert "tracing" in done.stderr and "building kernels" in done.stderr  # progress on stderr
+    return path
+
+
+def test_compile_writes_a_complete_artifact(artifact):
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["quantization"] == "q0f32" and manifest["compute_dtype"] == "float32"
+    assert manifest["target"]["kind"] == "cpu" and manifest["weights"] == "packed"
+    assert {"prefill", "decode", "create_kv"} <= set(manifest["functions"])
+    assert manifest["versions"]["apache-tvm-ffi"] == "0.1.14.post1"
+    assert set(manifest["files"]) >= {"model.so", "ir.txt", "params/params-00000.safetensors"}
+    names = [p["name"] for p in manifest["params"]]
+    assert "model.layers.0.self_attn.q_proj.weight" in names and "lm_head.weight" in names
+    assert not [p for p in artifact.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_run_json_under_runtime_only(artifact):
+    done = ember("run", str(artifact), "--prompt-ids", "1,2,3", "--max-tokens", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert len(out["token_ids"]) == 5 and out["prompt_tokens"] == 3
+
+
+def test_inspect_and_ir(artifact):
+    done = ember("inspect", str(artifact))
+    assert "quantization: q0f32" in done.stdout and "target: cpu" in done.stdout
+    ir = ember("inspect", str(artifact), "--ir")
+    assert "func decode(%ids: i32[batch, 1])" in ir.stdout and "paged_attention" in ir.stdout
+
+
+def test_print_after(hf_dir, tmp_path):
+    done = ember("compile", "--model", str(hf_dir), "--print-after", "fuse_rope", "-o", str(tmp_path / "a"))
+    assert done.returncode == 0, done.stderr
+    assert "// IR after fuse_rope" in done.stdout and "rope={theta: 10000" in done.stdout
+
+
+def one_line_error(done, *fragments):
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_preset(tmp_path):
+    one_line_error(ember("compile", "--model", "llama9-70b", cwd=tmp_path), "unknown model 'llama9-70b'", "llama3-8b")
+    assert not (tmp_path / "compiled").exists()
+
+
+def test_missing_config_field(hf_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    config = json.loads((hf_dir / "config.json").read_text())
+    del config["num_attention_heads"]
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes())
+    one_line_error(ember("compile", "--model", str(bad), cwd=tmp_path), "config.json", "'num_attention_heads'")
+
+
+def test_missing_tensor_and_wrong_shape_leave_nothing(hf_dir, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(hf_dir / "model.safetensors")
+    for case, edit, fragment in [
+        ("missing", lambda t: t.pop("model.layers.0.mlp.up_proj.weight"), "'model.layers.0.mlp.up_proj.weight' is missing"),
+        ("shape", lambda t: t.update({"model.norm.weight": t["model.norm.weight"][:7]}), "has shape [7]"),
+    ]:
+        bad = tmp_path / case
+        bad.mkdir()
+        (bad / "config.json").write_text((hf_dir / "config.json").read_text())
+        copy = dict(tensors)
+        edit(copy)
+        save_file(copy, bad / "model.safetensors")
+        done = ember("compile", "--model", str(bad), cwd=tmp_path)
+        one_line_error(done, "model.safetensors", fragment)
+        compiled = tmp_path / "compiled"
+        assert not compiled.exists() or not list(compiled.iterdir())  # nothing half-written
+
+
+def test_artifact_for_another_target(artifact, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for item in artifact.iterdir():
+        if item.is_file():
+            (other / item.name).write_bytes(item.read_bytes())
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["target"] = {"kind": "cuda", "archs": ["sm_90"], "host": "llvm"}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(ember("run", str(other), "--prompt-ids", "1"), "built for cuda (sm_90)", "cannot run on cpu")
+
+
+def test_token_id_outside_vocabulary(artifact):
+    one_line_error(ember("run", str(artifact), "--prompt-ids", "1,96"), "96")
+
+
+def test_verbose_shows_traceback(tmp_path):
+    done = ember("compile", "--model", "llama9-70b", "--verbose", cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" in done.stderr
