@@ -47,7 +47,7 @@ def cli() -> None:
     """ember: compile LLMs ahead of time with TVM, then run them with the TVM runtime alone."""
 
 
-RUNTIME_COMMANDS = ("run", "chat")
+RUNTIME_COMMANDS = ("run", "chat", "bench")
 
 
 def main() -> None:
@@ -133,7 +133,7 @@ def _register_runtime_commands() -> None:
         return
     from .runtime import commands
 
-    for name in ("run", "chat"):
+    for name in RUNTIME_COMMANDS:
         command = getattr(commands, name, None)
         if command is not None:
             cli.add_command(command, name)

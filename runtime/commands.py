@@ -171,3 +171,37 @@ def chat(
             except EmberError as err:  # e.g. the conversation outgrew the context: say so and keep going
                 history.pop()
                 click.echo(f"error: {err}", err=True)
+
+
+@click.command("bench")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@click.option("--prefill", "prefill", default="512", show_default=True, help="Prompt lengths to time (comma list).")
+@click.option("--batch", "batches", default="1", show_default=True, help="Decode batch sizes (comma list).")
+@click.option("--steps", default=256, show_default=True, type=int, help="Decode steps per measurement.")
+@click.option("--repeats", default=3, show_default=True, type=int)
+@click.option("--peer", default=None, help="Measure a peer in the same run: hf (transformers eager) or hf:compile.")
+@click.option("--output", "output", default=None, type=click.Path(dir_okay=False),
+              help="Also write the JSON rows to this file.")
+@click.option("--verbose", is_flag=True, help="Show full tracebacks.")
+@_one_line_errors
+def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, repeats: int, peer: str | None,
+          output: str | None, verbose: bool) -> None:
+    """Time prefill, TTFT and decode of ARTIFACT (JSON lines on stdout), beside a peer when asked."""
+    from .bench import ratio_rows, run_bench, run_peer
+
+    lengths = [int(x) for x in prefill.split(",") if x]
+    sizes = [int(x) for x in batches.split(",") if x]
+    engine = _load(artifact, device, verbose)
+    result = run_bench(engine, device, lengths, sizes, steps, repeats)
+    rows = result.rows()
+    if peer:
+        theirs = run_peer(peer, engine.manifest.config, device, lengths, steps)
+        rows += theirs + [{"ratio": r} for r in ratio_rows(result.rows(), theirs)]
+    for row in rows:
+        click.echo(json.dumps(row))
+    if output:
+        with open(output, "w") as handle:
+            handle.write("".join(json.dumps(r) + "\n" for r in rows))
+    if result.weights == "random":
+        click.echo("note: random weights (benchmark build)", err=True)

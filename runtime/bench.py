@@ -1,0 +1,129 @@
+"""`ember bench`: prefill, TTFT and decode speed of an artifact, optionally beside a peer in the same run.
+
+Decode is (N - 1) / (T_N - T_1) over N greedy tokens after a 128-token prompt (EOS ignored), so prefill never
+leaks into it; prefill is prompt tokens / time to the first logits. Each figure is the best of `repeats`
+runs after a warm-up. Figures of random-weight artifacts are labelled as such.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .engine import Engine
+
+
+@dataclass
+class BenchResult:
+    name: str
+    device: str
+    quantization: str
+    weights: str
+    prefill: dict[int, float] = field(default_factory=dict)  # prompt length -> tok/s
+    ttft_ms: float = 0.0  # 128-token prompt
+    decode: dict[int, float] = field(default_factory=dict)  # batch -> tok/s (all sequences together)
+    weight_bytes: int = 0
+
+    def rows(self) -> list[dict[str, Any]]:
+        base = {"engine": "ember", "model": self.name, "quant": self.quantization, "device": self.device,
+                "weights": self.weights}
+        out = [{**base, "metric": f"prefill_pp{n}_tok_s", "value": round(v, 1)} for n, v in self.prefill.items()]
+        out.append({**base, "metric": "ttft_128_ms", "value": round(self.ttft_ms, 2)})
+        for batch, v in self.decode.items():
+            row = {**base, "metric": f"decode_b{batch}_tok_s", "value": round(v, 1)}
+            if batch == 1 and self.weight_bytes:
+                row["weight_GBps"] = round(self.weight_bytes * v / 1e9, 1)
+            out.append(row)
+        return out
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure_prefill(engine: Engine, length: int, repeats: int, rng: np.random.Generator) -> float:
+    runner = engine.runner
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first run warms up
+        ids = rng.integers(0, runner.vocab_size, size=length).astype(np.int32)
+        runner.reset()
+        runner.add_sequence(0)
+        best = min(best, _timed(lambda: runner.prefill([0], [ids])))
+        runner.remove_sequence(0)
+    return best
+
+
+def measure_decode(engine: Engine, batch: int, steps: int, prompt: int, rng: np.random.Generator) -> float:
+    """Tokens per second over all `batch` sequences, greedy, EOS ignored."""
+    runner = engine.runner
+    seqs = list(range(batch))
+    runner.reset()
+    for s in seqs:
+        runner.add_sequence(s)
+    prompts = [rng.integers(0, runner.vocab_size, size=prompt).astype(np.int32) for _ in seqs]
+    logits = runner.prefill(seqs, prompts)
+    stamps = []
+    for _ in range(steps):
+        tokens = [int(t) for t in np.argmax(logits, axis=-1)]
+        stamps.append(time.perf_counter())
+        logits = runner.decode(seqs, tokens)
+    for s in seqs:
+        runner.remove_sequence(s)
+    return batch * (steps - 1) / (stamps[-1] - stamps[0])
+
+
+def run_bench(engine: Engine, device: str, prefill_lengths: list[int], batches: list[int], steps: int,
+              repeats: int = 3, seed: int = 0) -> BenchResult:
+    rng = np.random.default_rng(seed)
+    m = engine.manifest
+    result = BenchResult(name=m.name, device=device, quantization=m.quantization, weights=m.weights,
+                         weight_bytes=sum(_nbytes(p.shape, p.dtype) for p in m.params))
+    for n in prefill_lengths:
+        result.prefill[n] = n / measure_prefill(engine, n, repeats, rng)
+    result.ttft_ms = measure_prefill(engine, 128, repeats, rng) * 1e3
+    measure_decode(engine, 1, 8, 128, rng)  # warm-up
+    for batch in batches:
+        result.decode[batch] = max(measure_decode(engine, batch, steps, 128, rng) for _ in range(max(1, repeats - 1)))
+    return result
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    bits = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "uint8": 8, "uint32": 32, "int32": 32}
+    return int(np.prod(shape)) * bits.get(dtype, 16) // 8
+
+
+def run_peer(peer: str, manifest_config: dict[str, Any], device: str, prefill_lengths: list[int], steps: int,
+             timeout: float = 1200) -> list[dict[str, Any]]:
+    """Run a peer in a subprocess (it imports torch; this process stays runtime-only) and return its rows."""
+    cmd = [sys.executable, "-m", "ember.runtime.peer_hf", "--config", json.dumps(manifest_config),
+           "--device", device, "--prefill", ",".join(map(str, prefill_lengths)), "--steps", str(steps),
+           "--mode", peer.split(":", 1)[1] if ":" in peer else "eager"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 and not rows:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        rows = [{"engine": peer, "error": tail[0][:300]}]
+    return rows
+
+
+def ratio_rows(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ember / peer for every metric both measured (higher is better, except TTFT where peer / ember)."""
+    peer = {r["metric"]: r for r in theirs if "metric" in r}
+    out = []
+    for row in ours:
+        other = peer.get(row["metric"])
+        if other and other.get("value"):
+            better = other["value"] / row["value"] if row["metric"].startswith("ttft") else row["value"] / other["value"]
+            out.append({"metric": row["metric"], "ember": row["value"], "peer": other["engine"],
+                        "peer_value": other["value"], "speedup": round(better, 2)})
+    return out
+
+
+__all__ = ["BenchResult", "run_bench", "run_peer", "ratio_rows", "asdict"]
