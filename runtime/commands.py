@@ -192,7 +192,11 @@ def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, re
 
     lengths = [int(x) for x in prefill.split(",") if x]
     sizes = [int(x) for x in batches.split(",") if x]
-    engine = _load(artifact, device, verbose)
+    from .engine import Engine
+
+    # the cache holds the longest prompt (or a 128-token prompt plus every decode step) for each sequence
+    context = max(max(lengths, default=0), 128 + steps + 8)
+    engine = Engine.load(artifact, device=device, max_batch_size=max(sizes), context_length=context)
     result = run_bench(engine, device, lengths, sizes, steps, repeats)
     rows = result.rows()
     if peer:
