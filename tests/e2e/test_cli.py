@@ -131,3 +131,17 @@ def test_token_id_outside_vocabulary(artifact):
 def test_verbose_shows_traceback(tmp_path):
     done = ember("compile", "--model", "llama9-70b", "--verbose", cwd=tmp_path)
     assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="nvcc (CUDA 13 toolkit) not on PATH")
+def test_cuda_compile_without_gpu_holds_kernels_for_each_arch(hf_dir, tmp_path):
+    from ember.targets.cuda.library_check import inspect_cuda_library
+
+    done = ember("compile", "--model", str(hf_dir), "--target", "cuda", "-o", str(tmp_path / "cuda"))
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "cuda" / "manifest.json").read_text())
+    assert manifest["target"]["kind"] == "cuda" and manifest["target"]["archs"] == ["sm_80", "sm_90"]
+    assert manifest["compute_dtype"] == "float16" and "decode1" in manifest["functions"]
+    report = inspect_cuda_library(tmp_path / "cuda" / "model.so")
+    assert sorted(report.cubin_archs) == ["sm_80", "sm_90"]
+    assert report.global_sources == 0 and not report.has_ptx
