@@ -23,7 +23,7 @@ from .ir.graph import Module
 from .ir.printer import format_module
 from .passes.manager import PassManager, default_pipeline
 from .passes.materialize import materialize, sources_of
-from .passes.quantize import SCHEMES
+from .passes.quantize import SCHEMES, SourceFormats, default_quant, quantization_notes
 from .runtime import artifact as art
 
 SHARD_BYTES = 1 << 30
@@ -42,6 +42,7 @@ class CompileRequest:
     random_weights: bool = False
     print_after: set[str] = field(default_factory=set)
     fuse_rope: bool = True
+    fuse: bool = True  # fusion passes (qkv, gate_up, swiglu, add+rms_norm); off for A/B checks
 
 
 @dataclass
@@ -65,7 +66,10 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     started = time.perf_counter()
     kind = target_kind(request.target)
     source = resolve_model(request.model, request.weights)
-    quant = request.quant or DEFAULT_QUANT[kind]
+    formats = SourceFormats.of(source.weights)  # GGUF: each tensor's type; None for other sources
+    quant = request.quant or default_quant(formats) or DEFAULT_QUANT[kind]
+    if formats is not None:  # no --quant and a quantized GGUF: each tensor keeps its type where ember has it
+        formats.keep_native = request.quant is None and default_quant(formats) is not None
     if quant not in SCHEMES:
         raise ConfigError(f"--quant {quant!r}: unknown scheme (known: {', '.join(SCHEMES)})")
     dtype = request.dtype or DEFAULT_DTYPE[kind]
@@ -77,10 +81,13 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     stage.say(f"tracing {source.description or source.name} ({source.config.model_type}, "
               f"{source.config.num_hidden_layers} layers)")
     module = build_module(source.config, source.name, dtype=dtype, static_decode=kind != "cpu")
-    manager = PassManager(default_pipeline(quant, fuse_rope=request.fuse_rope), print_after=request.print_after,
-                          printer=stage.dump)
+    if formats is not None:
+        module.attrs["source_formats"] = formats
+    manager = PassManager(default_pipeline(quant, fuse_rope=request.fuse_rope, fuse=request.fuse),
+                          print_after=request.print_after, printer=stage.dump)
     stage.say(f"running passes: {', '.join(manager.names)}")
     module = manager.run(module)
+    source.notes.extend(quantization_notes(module))
 
     stage.say(f"lowering to TVM for {request.target}")
     relax_mod, param_order = _lower(module, kind, request.target, request.random_weights)

@@ -43,14 +43,20 @@ class PassManager:
         return [p.name for p in self.passes]
 
 
-def default_pipeline(quant: str, fuse_rope: bool = True) -> list[Pass]:
-    """The passes `ember compile` runs, in order."""
+def default_pipeline(quant: str, fuse_rope: bool = True, fuse: bool = True) -> list[Pass]:
+    """The passes `ember compile` runs, in order: clean up, fuse (on float weights), then quantize."""
     from .dce import DeadCodeElimination
+    from .fuse_add_norm import FuseAddRMSNorm
+    from .fuse_linears import FuseParallelLinears
+    from .fuse_qkv import FuseQKVIntoAttention
     from .fuse_rope import FuseRopeIntoAttention
+    from .fuse_swiglu import FuseSwiGLU
     from .quantize import Quantize
 
-    passes: list[Pass] = [DeadCodeElimination(), Quantize(quant)]
+    passes: list[Pass] = [DeadCodeElimination()]
     if fuse_rope:
         passes.append(FuseRopeIntoAttention())
-    passes.append(DeadCodeElimination())
+    if fuse:  # before Quantize, so it quantizes the fused weights
+        passes += [FuseParallelLinears(), FuseQKVIntoAttention(), FuseSwiGLU(), FuseAddRMSNorm()]
+    passes += [DeadCodeElimination(), Quantize(quant)]
     return passes

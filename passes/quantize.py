@@ -1,18 +1,88 @@
-"""Quantize: choose the storage format of the weights (`--quant`).
+"""Quantize: choose the storage format of the weights (`--quant`, see QUANT_HELP and quant_schemes.SCHEMES).
 
-Schemes name the weight format only; the compute dtype is the module's activation dtype:
-  q0f32  float32 weights
-  q0f16  float16 weights
-  q0bf16 bfloat16 weights
-Ops that read weights (embedding, linear, norms) accept any float weight dtype and compute in the
-activation dtype, so for the q0 schemes this pass only retypes the float parameters.
+Schemes name the weight format only; the compute dtype is the module's activation dtype.
+- q0 schemes retype every float parameter (ops that read weights accept any float dtype).
+- Quantized schemes rewrite each `linear` / `embedding` whose weight is a parameter (read by nothing else):
+
+      %y = linear(%x, @p.weight, @p.bias?)
+        ->  %y = quant_linear(%x, @p.qweight, @p.scales, @p.mins?, @p.bias?, scheme=..., bits, group_size, ...)
+      %e = embedding(%ids, @t.weight, dtype=f32)  ->  %e = quant_embedding(%ids, @t.qweight, @t.scales, ...)
+
+  The float parameter becomes its pieces (quant_weights.py makes them from the checkpoint). The embedding table and
+  the LM head (a linear with vocab_size rows; a tied head is the embedding table) take the scheme's edge scheme
+  (q8f16 for the 4-bit ones). Other float parameters (norms, biases) keep the compute dtype.
+
+Per-tensor formats: when the weights come from a GGUF file, `module.attrs["source_formats"]` (a SourceFormats) gives
+each source tensor's GGUF type. If it says keep_native (no --quant given), every weight whose type ember holds exactly
+(F32/F16/BF16/Q8_0/Q4_0/Q4_1) keeps it; other tensors follow the scheme and are dequantized and requantized.
 """
 from __future__ import annotations
 
-from ..ir.graph import PARAM, Module
-from ..ir.types import TensorType, is_float
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
 
-SCHEMES = {"q0f32": "float32", "q0f16": "float16", "q0bf16": "bfloat16"}
+from ..ir.graph import PARAM, Module, Node, Param, Value
+from ..ir.types import TensorType, is_float
+from . import quant_weights  # noqa: F401  (registers the quant_* transforms)
+from .materialize import sources_of
+from .quant_schemes import FLOAT_GGML_TYPES, GGML_TO_SCHEME, SCHEMES, Scheme
+
+QUANT_HELP = (
+    "Weight format (the compute dtype is --dtype). "
+    "q0f32 / q0f16 / q0bf16: float weights. "
+    "q8f16: int8, group 32, fp16 scale (= GGUF Q8_0). "
+    "q4f16: int4 s*(q-8), group 32, fp16 scale (= GGUF Q4_0). "
+    "q4f16_1: int4 s*q+m, group 32, fp16 scale and min (= GGUF Q4_1). "
+    "q4f16g128: int4 s*(q-8), group 128, fp16 scale. "
+    "4-bit schemes keep the embedding and LM head in q8f16. "
+    "Default: a GGUF file's dominant type (each tensor keeping its own type where ember has it: "
+    "Q8_0/Q4_0/Q4_1 repacked bit-exactly, F32/F16/BF16 as they are, other types requantized); "
+    "otherwise q0f32 on cpu, q0f16 on GPUs."
+)
+
+EXACT_GGML_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+PIECE_SUFFIXES = ("qweight", "scales", "mins")
+_TRANSFORMS = dict(zip(PIECE_SUFFIXES, quant_weights.PIECES))
+
+
+@dataclass
+class SourceFormats:
+    """GGUF type of each source tensor (HF name -> "Q4_1"), and whether weights keep their own type."""
+
+    types: dict[str, str]
+    keep_native: bool = False
+    elements: dict[str, int] = field(default_factory=dict)  # of matrices, to find the dominant type
+
+    @classmethod
+    def of(cls, provider: Any) -> SourceFormats | None:
+        """From a weight provider with `formats() -> {name: (ggml type, shape)}` (GGUF files); else None."""
+        if not hasattr(provider, "formats"):
+            return None
+        formats = provider.formats()
+        elements = {n: shape[0] * shape[1] for n, (_, shape) in formats.items() if len(shape) == 2}
+        return cls({n: t for n, (t, _) in formats.items()}, elements=elements)
+
+    def dominant_scheme(self) -> str | None:
+        """The scheme of the quantized GGUF type holding the most matrix elements (None for float files)."""
+        totals: Counter[str] = Counter()
+        for name, count in self.elements.items():
+            totals[self.types[name]] += count
+        quantized = [t for t, _ in totals.most_common() if t not in FLOAT_GGML_TYPES and t in GGML_TO_SCHEME]
+        return GGML_TO_SCHEME[quantized[0]] if quantized else None
+
+    def format_of(self, param: Param) -> str | None:
+        """"Q4_1" if all sources of `param` share one type, "Q4_1+Q6_K" for mixed ones, None if unknown."""
+        types = sorted({self.types[s] for s in sources_of(param) if s in self.types})
+        return "+".join(types) if types else None
+
+    def __str__(self) -> str:  # one short line in printed IR
+        counts = Counter(self.types.values()).most_common()
+        return "GGUF " + " ".join(f"{t}x{n}" for t, n in counts) + (" keep_native" if self.keep_native else "")
+
+
+def default_quant(formats: SourceFormats | None) -> str | None:
+    return formats.dominant_scheme() if formats is not None else None
 
 
 class Quantize:
@@ -21,17 +91,99 @@ class Quantize:
     def __init__(self, scheme: str) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"--quant {scheme!r} is not a known scheme (known: {', '.join(SCHEMES)})")
-        self.scheme = scheme
+        self.scheme = SCHEMES[scheme]
 
     def __call__(self, module: Module) -> Module:
-        dtype = SCHEMES[self.scheme]
-        for param in module.params.values():
-            if is_float(param.type.dtype):
-                param.type = TensorType(param.type.shape, dtype)
-                param.info["scheme"] = self.scheme
+        formats = module.attrs.get("source_formats")
+        keep_native = formats is not None and formats.keep_native
+        uses = _weight_uses(module)
+        params: dict[str, Param] = {}
+        for name, param in module.params.items():
+            source_format = formats.format_of(param) if formats is not None else None
+            if source_format is not None:
+                param.info["source_format"] = source_format
+            scheme = self._choose(param, uses.get(name, []), module.attrs.get("vocab_size"), keep_native)
+            if scheme.quantized and _quantizable(param, uses.get(name)):
+                pieces = _split(param, scheme)
+                params.update((p.name, p) for p in pieces)
+                for node, _ in uses[name]:
+                    _rewrite(node, pieces, scheme)
+                continue
+            if is_float(param.type.dtype) and scheme.float_dtype is not None:
+                param.type = TensorType(param.type.shape, scheme.float_dtype)
+                param.info["scheme"] = scheme.name
+            params[name] = param
+        module.params = params
         for _, node in module.iter_nodes():
             for value in node.inputs:
                 if value.kind == PARAM:
                     value.type = module.params[value.name].type
-        module.attrs["quantization"] = self.scheme
+        module.attrs["quantization"] = self.scheme.name
         return module
+
+    def _choose(self, param: Param, uses: list[tuple[Node, int]], vocab: int | None, keep_native: bool) -> Scheme:
+        source_format = param.info.get("source_format")
+        if keep_native and source_format in EXACT_GGML_TYPES:
+            return SCHEMES[GGML_TO_SCHEME[source_format]]
+        if not self.scheme.quantized:
+            return self.scheme
+        edge = any(i == 1 and (n.op == "embedding" or (n.op == "linear" and n.inputs[1].type.shape[0] == vocab))
+                   for n, i in uses)
+        return SCHEMES[self.scheme.edge_scheme] if edge else self.scheme
+
+
+def _weight_uses(module: Module) -> dict[str, list[tuple[Node, int]]]:
+    """Parameter name -> every (node, input index) reading it."""
+    uses: dict[str, list[tuple[Node, int]]] = {}
+    for _, node in module.iter_nodes():
+        for index, value in enumerate(node.inputs):
+            if value.kind == PARAM:
+                uses.setdefault(value.name, []).append((node, index))
+    return uses
+
+
+def _quantizable(param: Param, uses: list[tuple[Node, int]] | None) -> bool:
+    """A float matrix read only as the weight of linear / embedding nodes, not already packed by another pass."""
+    return (bool(uses) and param.type.ndim == 2 and is_float(param.type.dtype) and "transform" not in param.info
+            and all(node.op in ("linear", "embedding") and index == 1 for node, index in uses))
+
+
+def _split(param: Param, scheme: Scheme) -> list[Param]:
+    fmt = scheme.format
+    assert fmt is not None
+    rows, cols = (int(d) for d in param.type.shape)
+    base = param.name.removesuffix(".weight")
+    info = {k: v for k, v in param.info.items() if k not in ("scheme", "transform")}
+    info["sources"] = sources_of(param)
+    return [Param(f"{base}.{suffix}", ty, {**info, "transform": _TRANSFORMS[suffix], "scheme": scheme.name,
+                                           "quantized_from": param.name})
+            for suffix, ty in zip(PIECE_SUFFIXES, fmt.piece_types(rows, cols))]
+
+
+def _rewrite(node: Node, pieces: list[Param], scheme: Scheme) -> None:
+    fmt = scheme.format
+    assert fmt is not None
+    weight = node.inputs[1]
+    values = [Value(p.name, p.type, PARAM) for p in pieces]
+    attrs = {"scheme": scheme.name, **fmt.attrs(), "in_features": int(weight.type.shape[1])}
+    if node.op == "linear":
+        node.inputs = [node.inputs[0], *values, *node.inputs[2:]]
+        node.op, node.attrs = "quant_linear", attrs
+    else:
+        node.inputs = [node.inputs[0], *values]
+        node.op, node.attrs = "quant_embedding", {"dtype": node.attrs.get("dtype", weight.type.dtype), **attrs}
+
+
+def quantization_notes(module: Module) -> list[str]:
+    """One line naming the weights made from quantized GGUF tensors by requantizing (for the manifest's notes)."""
+    changed: Counter[str] = Counter()
+    for param in module.params.values():
+        source, scheme = param.info.get("source_format"), param.info.get("scheme")
+        if param.info.get("transform") != "quant_weight" or source is None:
+            continue
+        if SCHEMES[scheme].ggml_type != source and any(t not in FLOAT_GGML_TYPES for t in source.split("+")):
+            changed[f"{source} -> {scheme}"] += 1
+    if not changed:
+        return []
+    return ["requantized from GGUF (dequantized, then quantized again): "
+            + ", ".join(f"{n} {what}" for what, n in sorted(changed.items()))]

@@ -23,13 +23,16 @@ CREATE_KV_ARGS = ("max_batch_size", "max_total_seq_len", "prefill_chunk_size", "
                   "support_sliding_window")
 
 
+ATTENTION_OPS = ("paged_attention", "paged_attention_qkv")  # the ops that run attention through the KV cache
+
+
 class LoweringError(ValueError):
     pass
 
 
 def _rope_config(module: Module) -> dict[str, Any] | None:
     """The rope the KV cache applies (every attention node must agree), or None if rope stays in the graph."""
-    configs = [n.attrs.get("rope") for _, n in module.iter_nodes() if n.op == "paged_attention"]
+    configs = [n.attrs.get("rope") for _, n in module.iter_nodes() if n.op in ATTENTION_OPS]
     if not configs or configs[0] is None:
         if any(c is not None for c in configs):
             raise LoweringError("some paged_attention nodes have fused rope and some do not")
@@ -120,9 +123,10 @@ def _matmul(it, node, args):
 
 @lowers("rms_norm")
 def _rms_norm(it, node, args):
+    from .lower_fused import rms_norm_kernel  # one kernel with fp32 math (TVM's op adds cast kernels in fp16)
+
     x, weight = args
-    y = op.rms_norm(_as(x, "float32"), _as(weight, "float32"), axes=-1, epsilon=node.attrs["eps"])
-    return _as(y, x.dtype)
+    return rms_norm_kernel(x, weight, node.attrs["eps"])
 
 
 @lowers("layer_norm")
@@ -302,3 +306,7 @@ def lower(module: Module, target: tvm.target.Target, random_fill: bool = False) 
     by_attr = {f"p{i:04d}": name for i, name in enumerate(module.params)}
     order = [by_attr[attr] for attr, _ in named]
     return mod, order
+
+
+from . import lower_fused  # noqa: E402,F401  (registers the lowerings of ir/ops_fused.py)
+from . import lower_quant  # noqa: E402,F401  (registers the lowerings of ir/ops_quant.py)

@@ -44,7 +44,7 @@ def test_compile_writes_a_complete_artifact(artifact):
     assert manifest["versions"]["apache-tvm-ffi"] == "0.1.14.post1"
     assert set(manifest["files"]) >= {"model.so", "ir.txt", "params/params-00000.safetensors"}
     names = [p["name"] for p in manifest["params"]]
-    assert "model.layers.0.self_attn.q_proj.weight" in names and "lm_head.weight" in names
+    assert "model.layers.0.self_attn.qkv_proj.weight" in names and "lm_head.weight" in names  # q/k/v fused
     assert not [p for p in artifact.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 

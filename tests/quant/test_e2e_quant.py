@@ -1,0 +1,140 @@
+"""Tiny Llama models compiled for cpu with each scheme: logits against transformers.
+
+HF folders: ember's logits equal HF's with the weights ember stores (quantized, then dequantized; tight), and stay
+near the float model (loose, per scheme). GGUF files: with no --quant, ember's logits equal transformers loading
+the same GGUF (tight), because Q8_0 / Q4_0 / Q4_1 blocks are repacked bit-exactly.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from model_fixtures import VOCAB, hf_logits, load_gguf_model, random_llama, requantized, with_weights, write_gguf
+
+import ember
+from ember.compiler import CompileRequest, compile_model
+from ember.passes import quant_weights
+from ember.passes.quant_schemes import SCHEMES, quantize
+
+QUANTIZED = [name for name, s in SCHEMES.items() if s.quantized]
+# max |logit error| / std(logits) against the float model: random weights are the hard case for 4 bits
+LOOSE = {"q8f16": 0.05, "q4f16": 0.6, "q4f16_1": 0.6, "q4f16g128": 0.8}
+EDGES = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def prompt(seed: int = 1, n: int = 21) -> list[int]:
+    return np.random.default_rng(seed).integers(3, VOCAB, size=n).tolist()
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    return random_llama(seed=0, attention_bias=True)  # biases exercise quant_linear's epilogue
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory, hf_model):
+    folder = tmp_path_factory.mktemp("quant-hf") / "tiny"
+    hf_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", params=QUANTIZED)
+def hf_artifact(request, hf_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quant-art") / request.param
+    path = compile_model(CompileRequest(model=str(hf_folder), target="cpu", quant=request.param, output=str(out)))
+    return request.param, path, ember.load(path, device="cpu")
+
+
+def stored_weights(model, scheme: str):
+    """HF model with the values ember computes with: 4-bit schemes keep the embedding and head in q8f16."""
+    edge = SCHEMES[scheme].edge_scheme
+    return with_weights(model, lambda name, w: requantized(w, edge if name in EDGES else scheme))
+
+
+def test_logits_equal_hf_with_the_stored_weights(hf_artifact, hf_model):
+    scheme, _, engine = hf_artifact
+    ids = prompt()
+    ours = engine.score(ids)
+    np.testing.assert_allclose(ours, hf_logits(stored_weights(hf_model, scheme), ids), rtol=1e-4, atol=3e-5)
+    reference = hf_logits(hf_model, ids)
+    assert np.abs(ours - reference).max() <= LOOSE[scheme] * reference.std()
+
+
+def test_greedy_decode_equals_hf_with_the_stored_weights(hf_artifact, hf_model):
+    scheme, _, engine = hf_artifact
+    ids = prompt(seed=2)
+    result = engine.generate(ids, max_tokens=12, temperature=0.0)
+    with torch.no_grad():
+        ref = stored_weights(hf_model, scheme).generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                                         eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    assert result.token_ids == ref
+
+
+def test_manifest_records_scheme_per_tensor(hf_artifact):
+    scheme, path, _ = hf_artifact
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["quantization"] == scheme and manifest["compute_dtype"] == "float32"
+    by_name = {p["name"]: p for p in manifest["params"]}
+    edge = SCHEMES[scheme].edge_scheme
+    assert by_name["model.embed_tokens.qweight"]["scheme"] == edge == by_name["lm_head.qweight"]["scheme"]
+    assert by_name["model.layers.0.mlp.down_proj.qweight"]["scheme"] == scheme
+    fmt = SCHEMES[scheme].format
+    assert by_name["model.layers.0.mlp.down_proj.qweight"]["dtype"] == fmt.storage_dtype
+    assert by_name["model.layers.0.mlp.down_proj.scales"]["shape"] == [64, -(-96 // fmt.group_size)]
+    assert by_name["model.norm.weight"]["dtype"] == "float32" and by_name["model.norm.weight"]["scheme"] is None
+
+
+# -- GGUF ------------------------------------------------------------------------------------------------------------
+def smollm2_like(name: str) -> Q:
+    """SmolLM2's Q4_1 file layout (Q8_0 embedding, Q4_1 layers), plus an F16 and a requantized (Q5_0) tensor."""
+    if name == "token_embd.weight":
+        return Q.Q8_0
+    if name == "output.weight":
+        return Q.Q5_0
+    return Q.F16 if name == "blk.1.ffn_down.weight" else Q.Q4_1
+
+
+GGUF_CASES = {"Q8_0": (lambda name: Q.Q8_0, "q8f16"), "Q4_0": (lambda name: Q.Q4_0, "q4f16"),
+              "smollm2-like": (smollm2_like, "q4f16_1")}
+
+
+@pytest.fixture(scope="session", params=list(GGUF_CASES))
+def gguf_artifact(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"quant-gguf-{request.param}")
+    type_of, _ = GGUF_CASES[request.param]
+    path = write_gguf(folder / "tiny.gguf", random_llama(seed=3, intermediate_size=128), type_of)
+    quantized = []  # weights quantized from float values rather than repacked from GGUF blocks
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quant_weights, "quantize", lambda w, fmt: quantized.append(w.shape) or quantize(w, fmt))
+        artifact = compile_model(CompileRequest(model=str(path), target="cpu", output=str(folder / "art")))
+    return request.param, path, artifact, ember.load(artifact, device="cpu"), quantized
+
+
+def test_gguf_logits_equal_transformers(gguf_artifact):
+    case, path, _, engine, _ = gguf_artifact
+    oracle = load_gguf_model(path)
+    if case == "smollm2-like":  # the Q5_0 head is requantized into q8f16 (the q4f16_1 edge scheme)
+        oracle = with_weights(oracle, lambda name, w: requantized(w, "q8f16") if name == "lm_head.weight" else None)
+    ids = prompt(seed=4)
+    np.testing.assert_allclose(engine.score(ids), hf_logits(oracle, ids), rtol=1e-4, atol=3e-5)
+
+
+def test_gguf_default_scheme_keeps_each_tensor_type(gguf_artifact):
+    case, _, artifact, _, quantized = gguf_artifact
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    default = GGUF_CASES[case][1]
+    assert manifest["quantization"] == default
+    schemes = {p["name"]: p["scheme"] for p in manifest["params"]}
+    assert schemes["model.norm.weight"] == "q0f32"  # F32 stays F32
+    assert schemes["model.layers.0.mlp.gate_up_proj.qweight"] == default
+    if case == "smollm2-like":
+        assert schemes["model.embed_tokens.qweight"] == "q8f16" and schemes["lm_head.qweight"] == "q8f16"
+        assert schemes["model.layers.1.mlp.down_proj.weight"] == "q0f16"
+        assert manifest["notes"] == ["requantized from GGUF (dequantized, then quantized again): 1 Q5_0 -> q8f16"]
+        assert quantized == [(VOCAB, 64)]  # the Q5_0 head only: every Q8_0 / Q4_1 tensor was repacked
+    else:  # an all-Q4_0 file keeps even its embedding and head in Q4_0
+        assert schemes["model.embed_tokens.qweight"] == default == schemes["lm_head.qweight"]
+        assert manifest["notes"] == [] and quantized == []
