@@ -59,8 +59,7 @@ def main() -> None:
     cli()
 
 
-QUANT_HELP = ("Weight format. q0f32: float32 weights; q0f16: float16; q0bf16: bfloat16. "
-              "Default: q0f32 on cpu, q0f16 on GPUs. The compute dtype is separate (--dtype).")
+from .passes.quant_help import QUANT_HELP  # noqa: E402  (dependency-free text)
 
 
 @cli.command("compile")
@@ -75,11 +74,13 @@ QUANT_HELP = ("Weight format. q0f32: float32 weights; q0f16: float16; q0bf16: bf
 @click.option("--weights", default=None, help="Folder of safetensors weights to pack (for presets).")
 @click.option("--random-weights", is_flag=True,
               help="Benchmark build: the runtime makes true-shape random weights on the device at load time.")
+@click.option("--cuda-graph/--no-cuda-graph", default=False, show_default=True,
+              help="GPU targets: capture the static-shape parts of each step into CUDA graphs.")
 @click.option("--print-after", "print_after", multiple=True,
               help="Print the IR after this pass (repeatable; 'all' for every pass).")
 @friendly_errors
 def compile_command(model: str, target: str, quant: str | None, dtype: str | None, output: str | None,
-                    weights: str | None, random_weights: bool, print_after: tuple[str, ...]) -> None:
+                    weights: str | None, random_weights: bool, cuda_graph: bool, print_after: tuple[str, ...]) -> None:
     """Compile a model into an artifact folder (library + manifest + weights + tokenizer)."""
     if target.split(":", 1)[0] == "cuda":
         from .targets.cuda.stub_driver import prepare_cuda_compile_process
@@ -89,7 +90,7 @@ def compile_command(model: str, target: str, quant: str | None, dtype: str | Non
     from .progress import console_stage
 
     request = CompileRequest(model=model, target=target, quant=quant, dtype=dtype, output=output, weights=weights,
-                             random_weights=random_weights, print_after=set(print_after))
+                             random_weights=random_weights, print_after=set(print_after), cuda_graph=cuda_graph)
     with console_stage() as stage:
         path = compile_model(request, stage)
     click.echo(str(path))

@@ -42,7 +42,8 @@ class CompileRequest:
     random_weights: bool = False
     print_after: set[str] = field(default_factory=set)
     fuse_rope: bool = True
-    fuse: bool = True  # fusion passes (qkv, gate_up, swiglu, add+rms_norm); off for A/B checks
+    fuse: bool = True
+    cuda_graph: bool = False  # capture static-shape regions into CUDA graphs (GPU targets)  # fusion passes (qkv, gate_up, swiglu, add+rms_norm); off for A/B checks
 
 
 @dataclass
@@ -94,7 +95,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     with art.ArtifactWriter(output) as writer:
         (writer.path / IR_FILE).write_text(format_module(module))
         stage.say(f"building kernels for {request.target}")
-        target_info = _build(relax_mod, kind, request.target, writer.path / art.LIBRARY_FILE, stage)
+        target_info = _build(relax_mod, kind, request.target, writer.path / art.LIBRARY_FILE, request.cuda_graph)
         params = [_param_info(module, name) for name in param_order]
         weights_mode = art.WEIGHTS_NONE
         if request.random_weights:
@@ -138,7 +139,7 @@ def _lower(module: Module, kind: str, target: str, random_fill: bool):
     raise ConfigError(f"--target {target}: not supported yet")
 
 
-def _build(relax_mod, kind: str, target: str, library: Path, stage: Stage) -> art.TargetInfo:
+def _build(relax_mod, kind: str, target: str, library: Path, cuda_graph: bool) -> art.TargetInfo:
     if kind == "cpu":
         from .targets.cpu import build_cpu, target_info
 
@@ -149,7 +150,7 @@ def _build(relax_mod, kind: str, target: str, library: Path, stage: Stage) -> ar
     from .targets.cuda.pipeline import build_cuda
 
     archs = parse_cuda_target(target)
-    build_cuda(relax_mod, archs).export_library(str(library))
+    build_cuda(relax_mod, archs, cuda_graph=cuda_graph).export_library(str(library))
     check_cuda_library(library, archs)
     return art.TargetInfo(kind="cuda", archs=archs, host="llvm")
 

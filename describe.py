@@ -38,11 +38,16 @@ def _describe_artifact(folder: Path, show_ir: bool) -> str:
     if show_ir:
         return _artifact_ir(folder)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    n_params = sum(_numel(p.shape) for p in manifest.params)
+    from .frontend.config import ModelConfig
+    from .frontend.presets import parameter_count
+
+    n_params = parameter_count(ModelConfig(**manifest.config))
     weights = {"packed": "packed", "random": "random weights (benchmark build)", "none": "none (library only)"}
     lines = [
         f"artifact {folder}",
         f"model: {manifest.name} ({manifest.architecture}), {n_params:,} parameters",
+        f"weight bytes: {sum(_numel(p.shape) * _bytes(p.dtype) for p in manifest.params) / 1e6:.1f} MB"
+        + (f" ({', '.join(sorted({p.scheme for p in manifest.params if p.scheme}))})" if manifest.params else ""),
         f"quantization: {manifest.quantization}, compute dtype {manifest.compute_dtype}",
         f"target: {manifest.target.kind} {' '.join(manifest.target.archs)}",
         f"weights: {weights.get(manifest.weights, manifest.weights)}",
@@ -61,6 +66,10 @@ def _artifact_ir(folder: Path) -> str:
     if not path.is_file():
         raise EmberError(f"{folder}: the artifact holds no {IR_FILE}")
     return path.read_text()
+
+
+def _bytes(dtype: str) -> int:
+    return {"float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 1)
 
 
 def _numel(shape: list[int]) -> int:

@@ -177,8 +177,9 @@ def preload_tensor_intrinsics() -> None:
         import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
-def build_cuda(mod: tvm.IRModule, archs: list[str]) -> Executable:
-    """Compile a Relax module to one executable with a cubin per arch (no PTX, no CUDA source)."""
+def build_cuda(mod: tvm.IRModule, archs: list[str], cuda_graph: bool = False) -> Executable:
+    """Compile a Relax module to one executable with a cubin per arch (no PTX, no CUDA source).
+    `cuda_graph`: TVM's RewriteCUDAGraph captures the static-shape regions of each function into CUDA graphs."""
     import tvm
 
     if not tvm.runtime.enabled("cuda"):
@@ -187,7 +188,8 @@ def build_cuda(mod: tvm.IRModule, archs: list[str]) -> Executable:
     target = cuda_target(archs)
     start = time.perf_counter()
     preload_tensor_intrinsics()
-    with target, tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG), multi_arch_compile(archs) as stats:
+    config = {**PASS_CONFIG, "relax.backend.use_cuda_graph": cuda_graph}
+    with target, tvm.transform.PassContext(opt_level=3, config=config), multi_arch_compile(archs) as stats:
         try:
             ex = tvm.compile(mod, target=target, relax_pipeline=cuda_relax_pipeline(target), tir_pipeline="default")
         except Exception as err:
