@@ -42,8 +42,8 @@ class CompileRequest:
     random_weights: bool = False
     print_after: set[str] = field(default_factory=set)
     fuse_rope: bool = True
-    fuse: bool = True
-    cuda_graph: bool = False  # capture static-shape regions into CUDA graphs (GPU targets)  # fusion passes (qkv, gate_up, swiglu, add+rms_norm); off for A/B checks
+    fuse: bool = True  # fusion passes (qkv, gate_up, swiglu, add+rms_norm); off for A/B checks
+    cuda_graph: bool = False  # capture static-shape regions into CUDA graphs (GPU targets)
 
 
 @dataclass
