@@ -97,7 +97,8 @@ def smollm2_like(name: str) -> Q:
     return Q.F16 if name == "blk.1.ffn_down.weight" else Q.Q4_1
 
 
-GGUF_CASES = {"Q8_0": (lambda name: Q.Q8_0, "q8f16"), "Q4_0": (lambda name: Q.Q4_0, "q4f16"),
+GGUF_CASES = {"F32": (lambda name: Q.F32, "q0f32"), "F16": (lambda name: Q.F16, "q0f32"),
+              "Q8_0": (lambda name: Q.Q8_0, "q8f16"), "Q4_0": (lambda name: Q.Q4_0, "q4f16"),
               "smollm2-like": (smollm2_like, "q4f16_1")}
 
 
@@ -128,6 +129,9 @@ def test_gguf_default_scheme_keeps_each_tensor_type(gguf_artifact):
     default = GGUF_CASES[case][1]
     assert manifest["quantization"] == default
     schemes = {p["name"]: p["scheme"] for p in manifest["params"]}
+    if default == "q0f32":  # a float GGUF: float weights, nothing quantized
+        assert set(schemes.values()) == {"q0f32"} and quantized == []
+        return
     assert schemes["model.norm.weight"] == "q0f32"  # F32 stays F32
     assert schemes["model.layers.0.mlp.gate_up_proj.qweight"] == default
     if case == "smollm2-like":
