@@ -1,6 +1,7 @@
 """The cpu target: LLVM for the build machine's architecture; used for tests and CPU deployments."""
 from __future__ import annotations
 
+import os
 import platform
 
 import tvm
@@ -9,18 +10,56 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir import dlight as dl
 
 from ...runtime.artifact import TargetInfo
+from .attention import replace_prefill_attention
+from .elementwise_schedule import Elementwise
+from .matmul_schedule import Matmul
+
+MCPU_ENV = "EMBER_CPU_MCPU"
+
+
+def _host_x86_level() -> str | None:
+    """The highest x86-64 micro-architecture level (psABI v3/v4) this Linux host supports, or None."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return None
+    have = set(flags)
+    v3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"} | ({"abm"} if "abm" in have else {"lzcnt"})
+    v4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+    if not v3 <= have:
+        return None
+    return "x86-64-v4" if v4 <= have else "x86-64-v3"
 
 
 def cpu_target() -> tvm.target.Target:
-    return tvm.target.Target({"kind": "llvm"})
+    """LLVM for the build machine: on x86-64 the host's psABI level (v3 = AVX2+FMA+F16C, v4 = AVX-512), since
+    LLVM's default x86-64 baseline has neither FMA nor 256-bit vectors (artifacts then need such a cpu:
+    target_info records it). `EMBER_CPU_MCPU` overrides: `generic` for a portable artifact, or an LLVM cpu
+    name such as `znver3`."""
+    mcpu = os.environ.get(MCPU_ENV) or _host_x86_level()
+    return tvm.target.Target({"kind": "llvm", **({"mcpu": mcpu} if mcpu and mcpu != "generic" else {})})
 
 
 def target_info() -> TargetInfo:
-    return TargetInfo(kind="cpu", archs=[platform.machine()], host=str(cpu_target().attrs.get("mtriple", "")))
+    """archs: the machine, then the LLVM cpu the kernels need (e.g. x86-64-v3: AVX2 + FMA), if any."""
+    mcpu = str(cpu_target().attrs.get("mcpu", "") or "")
+    return TargetInfo(kind="cpu", archs=[platform.machine()] + ([mcpu] if mcpu else []),
+                      host=str(cpu_target().attrs.get("mtriple", "")))
+
+
+def schedule_rules() -> list:
+    """The dlight-style rules applied, first match wins, to every PrimFunc of a cpu build."""
+    return [Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), Elementwise()]
 
 
 def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's cpu pipeline plus dlight's cpu GEMV/reduction schedules (parallel, vectorized decode kernels)."""
+    """TVM's cpu pipeline plus ember's NT-matmul schedule (matmul_schedule.py: register-blocked, vectorized,
+    parallel; symbolic or static m), dlight's cpu GEMV/reduction schedules, a parallel vectorized schedule for
+    elementwise kernels (elementwise_schedule.py), and a parallel vectorized ragged-prefill attention kernel in
+    place of the KV cache's serial one (attention.py)."""
 
     @tvm.transform.module_pass(opt_level=0)
     def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -29,7 +68,7 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
                 [relax.transform.FuseTransposeMatmul()]
                 + cpu_pipeline.library_dispatch_passes(target)
                 + cpu_pipeline.legalize_passes(target)
-                + [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+                + [replace_prefill_attention, dl.ApplyDefaultSchedule(*schedule_rules())]
                 + cpu_pipeline.dataflow_lower_passes(target)
                 + cpu_pipeline.finalize_passes(target)
             )
