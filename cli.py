@@ -2,44 +2,12 @@
 and `ember compile --target cuda` prepares the CUDA build process before anything imports tvm."""
 from __future__ import annotations
 
-import functools
 import os
 import sys
-import time
-from typing import Any, Callable
 
 import click
 
-from .errors import EmberError
-
-
-def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """User errors print as one line; other failures too, unless --verbose asks for the traceback."""
-
-    @click.option("--verbose", is_flag=True, help="Show full tracebacks (TVM's included).")
-    @functools.wraps(command)
-    def wrapper(*args: Any, verbose: bool = False, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except EmberError as err:
-            if verbose:
-                raise
-            click.echo(f"error: {err}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except Exception as err:  # TVM and friends: one line unless asked
-            if verbose:
-                raise
-            first = str(err).strip().splitlines()
-            click.echo(f"error: {type(err).__name__}: {first[-1] if first else ''} (run with --verbose for details)",
-                       err=True)
-            sys.exit(1)
-
-    return wrapper
+from .runtime.commands import one_line_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,9 +46,11 @@ from .passes.quant_help import QUANT_HELP  # noqa: E402  (dependency-free text)
               help="GPU targets: capture the static-shape parts of each step into CUDA graphs.")
 @click.option("--print-after", "print_after", multiple=True,
               help="Print the IR after this pass (repeatable; 'all' for every pass).")
-@friendly_errors
+@click.option("--verbose", is_flag=True, help="Show full tracebacks (TVM's included).")
+@one_line_errors
 def compile_command(model: str, target: str, quant: str | None, dtype: str | None, output: str | None,
-                    weights: str | None, random_weights: bool, cuda_graph: bool, print_after: tuple[str, ...]) -> None:
+                    weights: str | None, random_weights: bool, cuda_graph: bool, print_after: tuple[str, ...],
+                    verbose: bool) -> None:
     """Compile a model into an artifact folder (library + manifest + weights + tokenizer)."""
     if target.split(":", 1)[0] == "cuda":
         from .targets.cuda.stub_driver import prepare_cuda_compile_process
@@ -119,8 +89,9 @@ def models_command() -> None:
 @cli.command("inspect")
 @click.argument("path")
 @click.option("--ir", "show_ir", is_flag=True, help="Print the IR the artifact was compiled from.")
-@friendly_errors
-def inspect_command(path: str, show_ir: bool) -> None:
+@click.option("--verbose", is_flag=True, help="Show full tracebacks (TVM's included).")
+@one_line_errors
+def inspect_command(path: str, show_ir: bool, verbose: bool) -> None:
     """Describe an artifact folder, a GGUF file, or a Hugging Face folder."""
     from .describe import describe
 
@@ -128,16 +99,10 @@ def inspect_command(path: str, show_ir: bool) -> None:
 
 
 def _register_runtime_commands() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("ember.runtime.commands") is None:
-        return
     from .runtime import commands
 
     for name in RUNTIME_COMMANDS:
-        command = getattr(commands, name, None)
-        if command is not None:
-            cli.add_command(command, name)
+        cli.add_command(getattr(commands, name), name)
 
 
 _register_runtime_commands()

@@ -14,8 +14,9 @@ from ..errors import EmberError
 _DEVICE_HELP = "cpu, cuda, cuda:N or metal"
 
 
-def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Errors -> one `error: ...` line on stderr and exit 1; the traceback only with --verbose."""
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Errors -> one `error: ...` line on stderr and exit 1; the traceback only with --verbose.
+    Every `ember` command uses it (the command takes a `verbose` flag)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -28,6 +29,9 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"error: {err}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         except Exception as err:  # TVM's own errors: the last line says what went wrong
             if kwargs.get("verbose"):
                 raise
@@ -61,19 +65,25 @@ def _stream_to_stdout(piece: str) -> None:
     sys.stdout.flush()
 
 
+def sampling_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--temperature, --top-k, --top-p, --seed and --device, shared by `run` and `chat`."""
+    command = click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)(command)
+    command = click.option("--seed", default=None, type=int, help="Seed for sampling.")(command)
+    command = click.option("--top-p", default=1.0, show_default=True, type=float, help="1 = off.")(command)
+    command = click.option("--top-k", default=0, show_default=True, type=int, help="0 = off.")(command)
+    command = click.option("--temperature", default=0.0, show_default=True, type=float, help="0 = greedy.")(command)
+    return command
+
+
 @click.command("run")
 @click.argument("artifact", type=click.Path(file_okay=False))
 @click.option("--prompt", "-p", default=None, help="Prompt text (tokenized with the artifact's tokenizer).")
 @click.option("--prompt-ids", default=None, help="Prompt as token ids ('1,2,3'), instead of --prompt.")
 @click.option("--max-tokens", "-n", default=128, show_default=True, type=int, help="Most tokens to generate.")
-@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 = greedy.")
-@click.option("--top-k", default=0, show_default=True, type=int, help="0 = off.")
-@click.option("--top-p", default=1.0, show_default=True, type=float, help="1 = off.")
-@click.option("--seed", default=None, type=int, help="Seed for sampling.")
-@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (token ids, text, timings).")
 @click.option("--verbose", is_flag=True, help="Tracebacks on errors; load details.")
-@_one_line_errors
+@one_line_errors
 def run(
     artifact: str,
     prompt: str | None,
@@ -117,13 +127,9 @@ def run(
 @click.option("--message", "-m", default=None, help="One user message; answer it and exit.")
 @click.option("--system", default=None, help="System prompt.")
 @click.option("--max-tokens", "-n", default=512, show_default=True, type=int, help="Most tokens per reply.")
-@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 = greedy.")
-@click.option("--top-k", default=0, show_default=True, type=int, help="0 = off.")
-@click.option("--top-p", default=1.0, show_default=True, type=float, help="1 = off.")
-@click.option("--seed", default=None, type=int, help="Seed for sampling.")
-@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@sampling_options
 @click.option("--verbose", is_flag=True, help="Tracebacks on errors; timings after each reply.")
-@_one_line_errors
+@one_line_errors
 def chat(
     artifact: str,
     message: str | None,
@@ -184,7 +190,7 @@ def chat(
 @click.option("--output", "output", default=None, type=click.Path(dir_okay=False),
               help="Also write the JSON rows to this file.")
 @click.option("--verbose", is_flag=True, help="Show full tracebacks.")
-@_one_line_errors
+@one_line_errors
 def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, repeats: int, peer: str | None,
           output: str | None, verbose: bool) -> None:
     """Time prefill, TTFT and decode of ARTIFACT (JSON lines on stdout), beside a peer when asked."""
