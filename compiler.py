@@ -128,9 +128,9 @@ def _lower(module: Module, kind: str, target: str, random_fill: bool):
     from .targets.lower import lower
 
     if kind == "cpu":
-        from .targets.cpu import cpu_target
+        from .targets.cpu import cpu_lowerings, cpu_target
 
-        return lower(module, cpu_target(), random_fill)
+        return lower(module, cpu_target(), random_fill, overrides=cpu_lowerings())
     if kind == "cuda":
         from .targets.cuda.nvcc import parse_cuda_target
         from .targets.cuda.pipeline import cuda_target

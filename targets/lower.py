@@ -6,6 +6,7 @@ Each IR function becomes a Relax function `f(*inputs, kv, packed_params) -> (out
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -45,8 +46,10 @@ def _rope_config(module: Module) -> dict[str, Any] | None:
 class _Interpreter:
     """Evaluates one IR function with nn ops while nn traces it into Relax."""
 
-    def __init__(self, module: Module, params: dict[str, nn.Parameter], kv: PagedKVCache) -> None:
+    def __init__(self, module: Module, params: dict[str, nn.Parameter], kv: PagedKVCache,
+                 overrides: Mapping[str, "Lowering"] | None = None) -> None:
         self.module, self.params, self.kv = module, params, kv
+        self.overrides = overrides or {}
         self.env: dict[int, nn.Tensor] = {}
         self.symbols: dict[str, Any] = {}
         self._positions: nn.Tensor | None = None
@@ -58,7 +61,11 @@ class _Interpreter:
                 if isinstance(dim, str):
                     self.symbols[dim] = expr
         for node in function.nodes:
-            results = LOWERINGS[node.op](self, node, [self.get(v) for v in node.inputs])
+            args = [self.get(v) for v in node.inputs]
+            override = self.overrides.get(node.op)
+            results = override(self, node, args) if override is not None else None
+            if results is None:  # no target-specific kernel for this node: the generic lowering
+                results = LOWERINGS[node.op](self, node, args)
             results = results if isinstance(results, (list, tuple)) else [results]
             for value, result in zip(node.outputs, results):
                 self.env[id(value)] = result
@@ -231,9 +238,11 @@ def _nn_spec(value: Value) -> nn.spec.Tensor:
 
 
 class _LoweredModel(nn.Module):
-    def __init__(self, module: Module, target: tvm.target.Target) -> None:
+    def __init__(self, module: Module, target: tvm.target.Target,
+                 overrides: Mapping[str, Lowering] | None = None) -> None:
         self._ir = module
         self._target = target
+        self._overrides = overrides
         self._rope = _rope_config(module)
         self._param_map: dict[str, nn.Parameter] = {}
         for i, (name, param) in enumerate(module.params.items()):
@@ -244,7 +253,7 @@ class _LoweredModel(nn.Module):
     def method(self, function: Function) -> Callable[..., Any]:
         def run(*args):
             *inputs, kv = args
-            outputs = _Interpreter(self._ir, self._param_map, kv).run(function, list(inputs))
+            outputs = _Interpreter(self._ir, self._param_map, kv, self._overrides).run(function, list(inputs))
             return (*outputs, kv)
 
         # nn's exporter binds spec arguments by the method's signature.
@@ -284,12 +293,14 @@ class _LoweredModel(nn.Module):
         )
 
 
-def lower(module: Module, target: tvm.target.Target, random_fill: bool = False) -> tuple[tvm.IRModule, list[str]]:
+def lower(module: Module, target: tvm.target.Target, random_fill: bool = False,
+          overrides: Mapping[str, Lowering] | None = None) -> tuple[tvm.IRModule, list[str]]:
     """Returns the Relax module and the parameter names in argument order. With `random_fill`, the module
-    also exports `fill_random_<dtype>` for every parameter dtype (benchmark builds)."""
+    also exports `fill_random_<dtype>` for every parameter dtype (benchmark builds). `overrides` (op -> lowering)
+    are a target's own kernels: tried first, and a None result falls back to the generic lowering."""
     if module.kv_cache is None:
         raise LoweringError(f"module {module.name} has no KV cache spec")
-    model = _LoweredModel(module, target)
+    model = _LoweredModel(module, target, overrides)
     spec: dict[str, Any] = {}
     for name, function in module.functions.items():
         setattr(model, name, model.method(function))

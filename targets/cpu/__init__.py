@@ -10,7 +10,8 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir import dlight as dl
 
 from ...runtime.artifact import TargetInfo
-from .attention import replace_prefill_attention
+from . import native, native_linear
+from .attention import replace_decode_attention, replace_prefill_attention
 from .elementwise_schedule import Elementwise
 from .matmul_schedule import Matmul
 
@@ -50,6 +51,11 @@ def target_info() -> TargetInfo:
                       host=str(cpu_target().attrs.get("mtriple", "")))
 
 
+def cpu_lowerings() -> dict:
+    """The cpu target's own lowerings (lower.lower's overrides): linear layers on the native kernels."""
+    return dict(native_linear.LOWERINGS)
+
+
 def schedule_rules() -> list:
     """The dlight-style rules applied, first match wins, to every PrimFunc of a cpu build."""
     return [Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), Elementwise()]
@@ -68,7 +74,7 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
                 [relax.transform.FuseTransposeMatmul()]
                 + cpu_pipeline.library_dispatch_passes(target)
                 + cpu_pipeline.legalize_passes(target)
-                + [replace_prefill_attention, dl.ApplyDefaultSchedule(*schedule_rules())]
+                + [replace_prefill_attention, replace_decode_attention, dl.ApplyDefaultSchedule(*schedule_rules())]
                 + cpu_pipeline.dataflow_lower_passes(target)
                 + cpu_pipeline.finalize_passes(target)
             )
@@ -77,6 +83,27 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return run
 
 
-def build_cpu(mod: tvm.IRModule) -> tvm.runtime.Executable:
+class CpuLibrary:
+    """A cpu build: TVM's executable plus ember's native kernels (native.py), linked together on export."""
+
+    def __init__(self, executable: tvm.runtime.Executable, objects: list[str]) -> None:
+        self.executable = executable
+        self.objects = objects
+
+    def export_library(self, path: str) -> None:
+        self.executable.export_library(str(path), addons=self.objects)
+
+    def load(self) -> tvm.runtime.Module:
+        """The library, exported to a temporary folder and loaded (in-process use: tests, tools)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ember-cpu-") as folder:  # a loaded library outlives its file
+            path = os.path.join(folder, "model.so")
+            self.export_library(path)
+            return tvm.runtime.load_module(path)
+
+
+def build_cpu(mod: tvm.IRModule) -> CpuLibrary:
     target = cpu_target()
-    return tvm.compile(mod, target=target, relax_pipeline=_pipeline(target))
+    objects = native.native_objects(str(target.attrs.get("mcpu", "") or "") or None)
+    return CpuLibrary(tvm.compile(mod, target=target, relax_pipeline=_pipeline(target)), objects)

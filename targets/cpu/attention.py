@@ -193,4 +193,85 @@ def replace_prefill_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext
     return mod
 
 
-__all__ = ["prefill_ragged", "replace_prefill_attention"]
+
+
+# ---------------------------------------------------------------------------------------------------- decode
+DECODE_NAME = "batch_decode_paged_kv_cpu"  # the non-sliding-window kernel; the sliding-window one stays TVM's
+DECODE_INLINE_ROPE = DECODE_NAME + "_inline_rope"
+
+
+def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, inline_rope_kernel: str = DECODE_INLINE_ROPE
+                 ) -> tirx.PrimFunc:
+    """Same signature as TVM's cpu decode kernel; the body calls ember_decode_attention (native/attention.c),
+    parallel over (sequence, head) pairs. rotary_mode == 1 (rope inside attention) calls TVM's kernel."""
+
+    # fmt: off
+    @T.prim_func(private=True, s_tir=True)
+    def decode(Q_handle: T.handle, pages_handle: T.handle, page_table_indptr_handle: T.handle,
+               page_table_values_handle: T.handle, var_length_info: T.handle, k_rope_pos_offset_handle: T.handle,
+               q_rope_position_handle: T.handle, output_handle: T.handle, lse_handle: T.handle,
+               rotary_mode: T.int32, rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32):
+        T.func_attr({"tirx.is_scheduled": True, "op_pattern": 8})
+        B, nnz_pages, max_num_pages = T.int32(), T.int32(), T.int32()
+        Q = T.match_buffer(Q_handle, (B, h_q, d), "float32")
+        pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, page_size, d), "float32")
+        page_table_indptr = T.match_buffer(page_table_indptr_handle, (B + 1,), "int32", offset_factor=1)
+        page_table_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", offset_factor=1)
+        length_info = T.match_buffer(var_length_info, (B,), "int32", offset_factor=1)
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", offset_factor=1)
+        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", offset_factor=1)
+        output = T.match_buffer(output_handle, (B, h_q, d), "float32")
+        lse = T.match_buffer(lse_handle, (B, h_q), "float32")
+        if rotary_mode == 1:
+            T.evaluate(T.call_cpacked(inline_rope_kernel, Q, pages, page_table_indptr, page_table_values,
+                                      length_info, k_rope_pos_offset, q_rope_position, output, lse, rotary_mode,
+                                      rope_scale, rope_theta, sm_scale))
+        else:
+            status: T.int32 = T.call_extern(
+                "int32", "ember_decode_attention", Q.data, pages.data, T.address_of(page_table_indptr[0]),
+                T.address_of(page_table_values[0]), T.address_of(length_info[0]), output.data, lse.data,
+                T.Cast("int64", B), h_q, h_kv, d, page_size, sm_scale)
+            assert status == 0, "ember_decode_attention failed"
+    # fmt: on
+    return decode
+
+
+def _decode_signature(func: tirx.PrimFunc) -> tuple[int, int, int, int] | None:
+    """(h_q, h_kv, d, page_size) of TVM's float32 cpu decode kernel, or None if it is not the one known."""
+    params = list(func.params)
+    if len(params) != 13:
+        return None
+    buffers = params[:9]
+    if not all(hasattr(b, "shape") for b in buffers):
+        return None
+    q, pages, length_info = _shape(buffers[0]), _shape(buffers[1]), buffers[4]
+    if len(q) != 3 or len(pages) != 5 or len(length_info.shape) != 1 or None in q[1:] + pages[1:]:
+        return None
+    if str(buffers[0].dtype) != "float32" or str(buffers[1].dtype) != "float32":
+        return None
+    h_q, d = q[1], q[2]
+    h_kv, page_size = pages[2], pages[3]
+    if pages[4] != d or d % 16 or d > 256 or h_q % h_kv:
+        return None
+    return h_q, h_kv, d, page_size
+
+
+@tvm.transform.module_pass(opt_level=0, name="ReplaceCPUDecodeAttention")
+def replace_decode_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Swap TVM's serial cpu decode kernel for `decode_paged`; the original stays as DECODE_INLINE_ROPE."""
+    names = [g.name_hint for g in mod.get_global_vars()]
+    for gv, func in list(mod.functions_items()):
+        if gv.name_hint != DECODE_NAME or not isinstance(func, tirx.PrimFunc) or DECODE_INLINE_ROPE in names:
+            continue
+        sig = _decode_signature(func)
+        if sig is None:
+            continue
+        new = decode_paged(*sig)
+        if func.attrs is not None and "target" in func.attrs:
+            new = new.with_attr("target", func.attrs["target"])
+        mod[gv] = new.with_attr("global_symbol", DECODE_NAME)
+        mod[tvm.ir.GlobalVar(DECODE_INLINE_ROPE)] = func.with_attr("global_symbol", DECODE_INLINE_ROPE)
+    return mod
+
+
+__all__ = ["decode_paged", "prefill_ragged", "replace_decode_attention", "replace_prefill_attention"]

@@ -37,7 +37,7 @@ def run_op(op: str, attrs: dict[str, Any], inputs: dict[str, np.ndarray],
     """Build for cpu and run on `inputs`; `shapes` may give symbolic dims (str) for some inputs."""
     shapes = shapes or {}
     specs = {n: (shapes.get(n, list(a.shape)), str(a.dtype)) for n, a in inputs.items()}
-    vm = relax.VirtualMachine(build_cpu(export_op(op, attrs, specs)), tvm.cpu())
+    vm = relax.VirtualMachine(build_cpu(export_op(op, attrs, specs)).load(), tvm.cpu())
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs.values()]).numpy()
 
 

@@ -36,7 +36,7 @@ def vm_and_params():
                    kv_cache=KVCacheSpec(num_layers=1, num_attention_heads=1, num_kv_heads=1, head_dim=8,
                                         dtype="float32"))
     relax_mod, order = lower(module, cpu_target())
-    vm = tvm.runtime.vm.VirtualMachine(build_cpu(relax_mod), tvm.cpu())
+    vm = tvm.runtime.vm.VirtualMachine(build_cpu(relax_mod).load(), tvm.cpu())
     rng = np.random.default_rng(0)
     params = {"ln_w": rng.normal(1, 0.1, 12).astype("float32"), "ln_b": rng.normal(0, 0.1, 12).astype("float32")}
     return tvm, vm, [params[name] for name in order], params

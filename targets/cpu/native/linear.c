@@ -1,0 +1,299 @@
+/* Dequantize-matmul kernels for ember's weight schemes on the cpu:  y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]).
+ *
+ * x, y and bias are float32; W is stored as ember's schemes store it (ir/ops_quant.py):
+ *   EMBER_Q4    uint32[N, K/8] nibbles (q at k = 8j + i in bits 4i..4i+3 of word j), W = s * (q - 8)
+ *   EMBER_Q4_1  as EMBER_Q4 plus fp16 mins,                                        W = s * q + m
+ *   EMBER_Q8    int8[N, K],                                                          W = s * q
+ *   EMBER_F16 / EMBER_BF16   half-precision [N, K] (no scales)
+ * with fp16 scales (and mins) per `group` consecutive k of a row. Quantized formats need K % group == 0 and
+ * group % 32 == 0 (the Python side checks it and keeps TIR's kernel otherwise). Accumulation is float32.
+ *
+ * Two kernels, both parallel over the rows n of W (contiguous chunks, one per thread):
+ *  - GEMV (few rows of x: decode): W is read once and dequantized in registers. For 4-bit weights a byte holds
+ *    an even k (low nibble) and the next odd k (high nibble), so x is split once per call into the even and
+ *    odd halves of every 32-block and a block's dot product is two vector FMAs with no shuffles; the scale is
+ *    applied once per block and the `- 8 s` / `m` term once per block from the sums of x.
+ *  - GEMM (prefill): a panel of rows is dequantized into float32 (in natural k order, sized for L2) and
+ *    multiplied by 4 x 4 register tiles of dot products over k; x rows are read from L1, panel rows from L2.
+ */
+#include <stdlib.h>
+
+#include "ember_native.h"
+
+enum { EMBER_Q4 = 0, EMBER_Q4_1 = 1, EMBER_Q8 = 2, EMBER_F16 = 3, EMBER_BF16 = 4 };
+
+#define GEMV_MAX_ROWS 3      /* x rows up to which the GEMV kernel runs (weights re-read per row) */
+#define PANEL_BYTES (256 * 1024)
+
+typedef struct {
+  const float* x;
+  const uint8_t* w;
+  const uint16_t* scales;
+  const uint16_t* mins;
+  const float* bias;
+  float* y;
+  int64_t M, N, K;
+  int32_t group, fmt;
+  float* xs; /* GEMV, 4-bit: x rows split per 32-block into the 16 even k, then the 16 odd k */
+  int status;
+} LinearArgs;
+
+
+/* ------------------------------------------------------------------ GEMV */
+
+/* Per-group scales s and offsets c (W = s * q + c; c = m for EMBER_Q4_1, -8 s for EMBER_Q4, 0 for EMBER_Q8) of
+ * rows n .. n+R as float32, so that the hot loops broadcast them straight from memory. */
+static void row_scales(const LinearArgs* a, int64_t n, int R, float* s, float* c, int64_t groups) {
+  for (int r = 0; r < R; ++r) {
+    const uint16_t* sp = a->scales + (n + r) * groups;
+    float* so = s + r * groups;
+    float* co = c + r * groups;
+    int64_t g = 0;
+    for (; g + 16 <= groups; g += 16) st_f32(so + g, f16x16_to_f32(sp + g));
+    for (; g < groups; ++g) so[g] = f16_to_f32(sp[g]);
+    if (a->fmt == EMBER_Q4_1) {
+      const uint16_t* mp = a->mins + (n + r) * groups;
+      for (g = 0; g + 16 <= groups; g += 16) st_f32(co + g, f16x16_to_f32(mp + g));
+      for (; g < groups; ++g) co[g] = f16_to_f32(mp[g]);
+    } else {
+      for (g = 0; g < groups; ++g) co[g] = a->fmt == EMBER_Q4 ? -8.0f * so[g] : 0.0f;
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+/* 4-bit rows with AVX-512: a group's 16 possible values s * q + c form one register, and vpermps picks each
+ * weight's value by its nibble (it reads only the low 4 bits of every 32-bit lane), so a 32-weight block costs
+ * one widening, one shift, two permutes and two FMAs per row. xs is x split into even and odd halves. */
+EMBER_INLINE void gemv_q4_rows(const LinearArgs* a, int64_t n, int R, const float* xs, const float* s,
+                               const float* c, float* y) {
+  const int64_t K = a->K, groups = K / a->group, per = a->group / 32, rb = K / 2;
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 acc_e[4], acc_o[4], table[4];
+  for (int r = 0; r < 4; ++r) acc_e[r] = acc_o[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < K / 32; ++b) {
+    if (b % per == 0) { /* a new group (per is 1 for the 32-groups of GGUF formats: no inner loop) */
+      int64_t g = b / per;
+      for (int r = 0; r < R; ++r)
+        table[r] = _mm512_fmadd_ps(iota, _mm512_set1_ps(s[r * groups + g]), _mm512_set1_ps(c[r * groups + g]));
+    }
+    __m512 xe = _mm512_loadu_ps(xs + 32 * b), xo = _mm512_loadu_ps(xs + 32 * b + 16);
+    for (int r = 0; r < R; ++r) {
+      __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(a->w + (n + r) * rb + 16 * b)));
+      acc_e[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, table[r]), xe, acc_e[r]);
+      acc_o[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table[r]), xo, acc_o[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc_e[r], acc_o[r]));
+}
+#else
+/* 4-bit rows, portable: per 32-block, the even-k (low nibble) and odd-k (high nibble) weights against the even
+ * and odd halves of x; W = s * q + c, so a row is sum_g s_g * (q . x)_g + c_g * (sum of x over g). */
+EMBER_INLINE void gemv_q4_rows(const LinearArgs* a, int64_t n, int R, const float* xs, const float* s,
+                               const float* c, float* y) {
+  const int64_t K = a->K, groups = K / a->group, per = a->group / 32, rb = K / 2;
+  f32x16 acc[4] = {{0}, {0}, {0}, {0}};
+  float corr[4] = {0, 0, 0, 0};
+  for (int64_t g = 0; g < groups; ++g) {
+    f32x16 xsum = {0};
+    for (int64_t b = g * per; b < (g + 1) * per; ++b) {
+      f32x16 xe = ld_f32(xs + 32 * b), xo = ld_f32(xs + 32 * b + 16);
+      xsum += xe + xo;
+      for (int r = 0; r < R; ++r) {
+        u8x16 q = ld_u8(a->w + (n + r) * rb + 16 * b);
+        f32x16 t = u8_to_f32(q & 15) * xe + u8_to_f32(q >> 4) * xo;
+        acc[r] += t * s[r * groups + g];
+      }
+    }
+    float sum = hsum(xsum);
+    for (int r = 0; r < R; ++r) corr[r] += c[r * groups + g] * sum;
+  }
+  for (int r = 0; r < R; ++r) y[r] = hsum(acc[r]) + corr[r];
+}
+#endif
+
+EMBER_INLINE void gemv_q8_rows(const LinearArgs* a, int64_t n, int R, const float* x, const float* s, float* y) {
+  const int64_t K = a->K, groups = K / a->group, per = a->group / 32;
+  f32x16 acc[4] = {{0}, {0}, {0}, {0}};
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t b = g * per; b < (g + 1) * per; ++b) {
+      f32x16 x0 = ld_f32(x + 32 * b), x1 = ld_f32(x + 32 * b + 16);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q = (const int8_t*)a->w + (n + r) * K + 32 * b;
+        f32x16 t = i8_to_f32(q) * x0 + i8_to_f32(q + 16) * x1;
+        acc[r] += t * s[r * groups + g];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) y[r] = hsum(acc[r]);
+}
+
+EMBER_INLINE void gemv_half_rows(const LinearArgs* a, int64_t n, int R, const float* x, float* y) {
+  const int64_t K = a->K, K16 = K & ~(int64_t)15;
+  const uint16_t* w = (const uint16_t*)a->w;
+  const int bf = a->fmt == EMBER_BF16;
+  f32x16 acc[4] = {{0}, {0}, {0}, {0}};
+  for (int64_t k = 0; k < K16; k += 16) {
+    f32x16 xv = ld_f32(x + k);
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* p = w + (n + r) * K + k;
+      acc[r] += (bf ? bf16x16_to_f32(p) : f16x16_to_f32(p)) * xv;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(acc[r]);
+    for (int64_t k = K16; k < K; ++k) {
+      uint16_t h = w[(n + r) * K + k];
+      s += (bf ? bf16_to_f32(h) : f16_to_f32(h)) * x[k];
+    }
+    y[r] = s;
+  }
+}
+
+EMBER_INLINE void gemv_rows(const LinearArgs* a, int64_t n, int R, float* s, float* c) {
+  float out[4];
+  const int64_t groups = a->group ? a->K / a->group : 0;
+  if (a->fmt != EMBER_F16 && a->fmt != EMBER_BF16) row_scales(a, n, R, s, c, groups);
+  for (int64_t m = 0; m < a->M; ++m) {
+    const float* x = a->x + m * a->K;
+    if (a->fmt == EMBER_Q4 || a->fmt == EMBER_Q4_1)
+      gemv_q4_rows(a, n, R, a->xs + m * a->K, s, c, out);
+    else if (a->fmt == EMBER_Q8)
+      gemv_q8_rows(a, n, R, x, s, out);
+    else
+      gemv_half_rows(a, n, R, x, out);
+    for (int r = 0; r < R; ++r) a->y[m * a->N + n + r] = out[r] + (a->bias ? a->bias[n + r] : 0.0f);
+  }
+}
+
+static int gemv_range(const LinearArgs* a, int64_t n0, int64_t n1) {
+  const int64_t groups = a->group ? a->K / a->group : 0;
+  float* s = (float*)malloc((size_t)(8 * groups + 1) * sizeof(float));
+  if (s == NULL) return -1;
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) gemv_rows(a, n, 4, s, s + 4 * groups);
+  for (; n < n1; ++n) gemv_rows(a, n, 1, s, s + 4 * groups);
+  free(s);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ GEMM */
+
+/* Row n of W into float32 `out` (K values, natural order, then zeros up to a multiple of 16). */
+static void dequant_row(const LinearArgs* a, int64_t n, float* out, int64_t Kp) {
+  const int64_t K = a->K, groups = K / (a->group ? a->group : 1);
+  if (a->fmt == EMBER_Q4 || a->fmt == EMBER_Q4_1) {
+    const uint8_t* w = a->w + n * (K / 2);
+    const int64_t per = a->group / 32;
+    for (int64_t b = 0; b < K / 32; ++b) {
+      int64_t g = b / per;  /* once per 32 weights, beside 16 vector ops */
+      float s = f16_to_f32(a->scales[n * groups + g]);
+      float c = a->fmt == EMBER_Q4_1 ? f16_to_f32(a->mins[n * groups + g]) : -8.0f * s;
+      u8x16 q = ld_u8(w + 16 * b);
+      f32x16 lo = u8_to_f32(q & 15) * s + c, hi = u8_to_f32(q >> 4) * s + c;
+      st_f32(out + 32 * b, __builtin_shufflevector(lo, hi, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23));
+      st_f32(out + 32 * b + 16,
+             __builtin_shufflevector(lo, hi, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31));
+    }
+  } else if (a->fmt == EMBER_Q8) {
+    const int8_t* w = (const int8_t*)a->w + n * K;
+    const int64_t per = a->group / 32;
+    for (int64_t b = 0; b < K / 32; ++b) {
+      float s = f16_to_f32(a->scales[n * groups + b / per]);
+      st_f32(out + 32 * b, i8_to_f32(w + 32 * b) * s);
+      st_f32(out + 32 * b + 16, i8_to_f32(w + 32 * b + 16) * s);
+    }
+  } else {
+    const uint16_t* w = (const uint16_t*)a->w + n * K;
+    const int bf = a->fmt == EMBER_BF16;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) st_f32(out + k, bf ? bf16x16_to_f32(w + k) : f16x16_to_f32(w + k));
+    for (; k < K; ++k) out[k] = bf ? bf16_to_f32(w[k]) : f16_to_f32(w[k]);
+  }
+  for (int64_t k = K; k < Kp; ++k) out[k] = 0.0f;
+}
+
+/* y[m0 + i, n0 + j] for i < MR, j < NR: dot products of x rows (stride K) and panel rows (stride Kp). */
+EMBER_INLINE void tile(const LinearArgs* a, int64_t m0, int64_t n0, const float* panel, int64_t Kp, int MR, int NR) {
+  const int64_t K = a->K, K16 = K & ~(int64_t)15;
+  const float* x = a->x + m0 * K;
+  f32x16 acc[4][4];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = (f32x16){0};
+  for (int64_t k = 0; k < K16; k += 16) {
+    f32x16 xv[4], wv[4];
+    for (int i = 0; i < MR; ++i) xv[i] = ld_f32(x + i * K + k);
+    for (int j = 0; j < NR; ++j) wv[j] = ld_f32(panel + j * Kp + k);
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] += xv[i] * wv[j];
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      float s = hsum(acc[i][j]);
+      for (int64_t k = K16; k < K; ++k) s += x[i * K + k] * panel[j * Kp + k];
+      a->y[(m0 + i) * a->N + n0 + j] = s + (a->bias ? a->bias[n0 + j] : 0.0f);
+    }
+}
+
+#define TILE_CASE(mr, nr) \
+  case (mr)*8 + (nr): tile(a, m, n, p, Kp, mr, nr); break;
+
+static void tile_any(const LinearArgs* a, int64_t m, int64_t n, const float* p, int64_t Kp, int mr, int nr) {
+  switch (mr * 8 + nr) {
+    TILE_CASE(4, 4) TILE_CASE(4, 3) TILE_CASE(4, 2) TILE_CASE(4, 1)
+    TILE_CASE(3, 4) TILE_CASE(3, 3) TILE_CASE(3, 2) TILE_CASE(3, 1)
+    TILE_CASE(2, 4) TILE_CASE(2, 3) TILE_CASE(2, 2) TILE_CASE(2, 1)
+    TILE_CASE(1, 4) TILE_CASE(1, 3) TILE_CASE(1, 2) TILE_CASE(1, 1)
+    default: break;
+  }
+}
+
+static int gemm_range(const LinearArgs* a, int64_t n0, int64_t n1) {
+  const int64_t Kp = (a->K + 15) & ~(int64_t)15;
+  int64_t nb = PANEL_BYTES / (Kp * (int64_t)sizeof(float));
+  nb = nb < 4 ? 4 : nb > 64 ? 64 : nb & ~(int64_t)3;
+  float* panel = (float*)aligned_alloc(64, (size_t)(nb * Kp * sizeof(float)));
+  if (panel == NULL) return -1;
+  for (int64_t nblk = n0; nblk < n1; nblk += nb) {
+    int64_t rows = n1 - nblk < nb ? n1 - nblk : nb;
+    for (int64_t r = 0; r < rows; ++r) dequant_row(a, nblk + r, panel + r * Kp, Kp);
+    for (int64_t m = 0; m < a->M; m += 4) {
+      int mr = a->M - m < 4 ? (int)(a->M - m) : 4;
+      for (int64_t j = 0; j < rows; j += 4) {
+        int nr = rows - j < 4 ? (int)(rows - j) : 4;
+        tile_any(a, m, nblk + j, panel + j * Kp, Kp, mr, nr);
+      }
+    }
+  }
+  free(panel);
+  return 0;
+}
+
+static int linear_task(int task, TVMParallelGroupEnv* env, void* cdata) {
+  LinearArgs* a = (LinearArgs*)cdata;
+  int64_t n0, n1;
+  ember_split(a->N, task, env->num_task, 4, &n0, &n1);
+  if (n0 >= n1) return 0;
+  if ((a->M <= GEMV_MAX_ROWS ? gemv_range(a, n0, n1) : gemm_range(a, n0, n1)) != 0) a->status = -1;
+  return 0;
+}
+
+/* The entry point called from TIR (targets/cpu/native_linear.py). Returns 0, or -1 when out of memory. */
+int32_t ember_linear(const float* x, const void* w, const void* scales, const void* mins, const float* bias,
+                     float* y, int64_t M, int64_t N, int64_t K, int32_t group, int32_t fmt, int32_t has_bias) {
+  LinearArgs a = {x, (const uint8_t*)w, (const uint16_t*)scales, (const uint16_t*)mins, has_bias ? bias : NULL,
+                  y, M, N, K, group, fmt, NULL, 0};
+  if (M <= 0 || N <= 0) return 0;
+  if (M <= GEMV_MAX_ROWS && (fmt == EMBER_Q4 || fmt == EMBER_Q4_1)) {
+    a.xs = (float*)malloc((size_t)(M * K) * sizeof(float));
+    if (a.xs == NULL) return -1;
+    for (int64_t i = 0; i < M * K; i += 32)
+      for (int j = 0; j < 16; ++j) {
+        a.xs[i + j] = x[i + 2 * j];
+        a.xs[i + 16 + j] = x[i + 2 * j + 1];
+      }
+  }
+  ember_parallel(linear_task, &a);
+  free(a.xs);
+  return a.status;
+}
