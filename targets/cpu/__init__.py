@@ -10,7 +10,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir import dlight as dl
 
 from ...runtime.artifact import TargetInfo
-from . import native, native_linear
+from . import native, native_elementwise, native_linear
 from .attention import replace_decode_attention, replace_prefill_attention
 from .elementwise_schedule import Elementwise
 from .matmul_schedule import Matmul
@@ -52,8 +52,9 @@ def target_info() -> TargetInfo:
 
 
 def cpu_lowerings() -> dict:
-    """The cpu target's own lowerings (lower.lower's overrides): linear layers on the native kernels."""
-    return dict(native_linear.LOWERINGS)
+    """The cpu target's own lowerings (lower.lower's overrides): linear layers, SwiGLU and norms on the native
+    kernels."""
+    return {**native_linear.LOWERINGS, **native_elementwise.LOWERINGS}
 
 
 def schedule_rules() -> list:

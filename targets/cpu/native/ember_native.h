@@ -61,6 +61,8 @@ EMBER_INLINE u8x16 ld_u8(const uint8_t* p) {
   return v;
 }
 EMBER_INLINE f32x16 splat(float s) { return (f32x16){0} + s; }
+/* mask ? a : b, lane-wise (mask lanes are 0 or -1, as vector comparisons give) */
+EMBER_INLINE f32x16 vsel(i32x16 mask, f32x16 a, f32x16 b) { return (f32x16)(((i32x16)a & mask) | ((i32x16)b & ~mask)); }
 /* byte -> float widening through the ISA's own instructions (GCC scalarizes some vector-extension forms) */
 EMBER_INLINE f32x16 u8_to_f32(u8x16 v) { return __builtin_convertvector(__builtin_convertvector(v, i32x16), f32x16); }
 EMBER_INLINE f32x16 i8_to_f32(const int8_t* p) {

@@ -23,6 +23,11 @@
 enum { EMBER_Q4 = 0, EMBER_Q4_1 = 1, EMBER_Q8 = 2, EMBER_F16 = 3, EMBER_BF16 = 4 };
 
 #define GEMV_MAX_ROWS 3      /* x rows up to which the GEMV kernel runs (weights re-read per row) */
+#if defined(__AVX512F__)
+#define TILE 4 /* GEMM register tile TILE x TILE of 16-lane accumulators: 16 of the 32 zmm registers */
+#else
+#define TILE 2 /* 16 ymm (AVX2) or xmm registers: a 4 x 4 tile would spill */
+#endif
 #define PANEL_BYTES (256 * 1024)
 
 typedef struct {
@@ -257,10 +262,10 @@ static int gemm_range(const LinearArgs* a, int64_t n0, int64_t n1) {
   for (int64_t nblk = n0; nblk < n1; nblk += nb) {
     int64_t rows = n1 - nblk < nb ? n1 - nblk : nb;
     for (int64_t r = 0; r < rows; ++r) dequant_row(a, nblk + r, panel + r * Kp, Kp);
-    for (int64_t m = 0; m < a->M; m += 4) {
-      int mr = a->M - m < 4 ? (int)(a->M - m) : 4;
-      for (int64_t j = 0; j < rows; j += 4) {
-        int nr = rows - j < 4 ? (int)(rows - j) : 4;
+    for (int64_t m = 0; m < a->M; m += TILE) {
+      int mr = a->M - m < TILE ? (int)(a->M - m) : TILE;
+      for (int64_t j = 0; j < rows; j += TILE) {
+        int nr = rows - j < TILE ? (int)(rows - j) : TILE;
         tile_any(a, m, nblk + j, panel + j * Kp, Kp, mr, nr);
       }
     }

@@ -1,0 +1,177 @@
+"""ember's native cpu kernels (targets/cpu/native/*.c) called directly through ctypes, built for every x86-64 level
+this host runs (v4: AVX-512, v3: AVX2, generic: SSE2), against references nobody here wrote: gguf's quantizers and
+dequantizers for the GGUF block formats, numpy for half-precision weights and for attention over a paged cache.
+A fake thread pool (TVM's launch slot filled from Python) runs the kernels as 3 uneven tasks, so the row split is
+checked too. Model-level parity through TVM is in tests/quant/test_e2e_quant.py and tests/e2e."""
+from __future__ import annotations
+
+import ctypes
+import subprocess
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from ember.passes.quant_schemes import SCHEMES, dequantize, from_ggml_blocks, quantize
+from ember.targets.cpu import _host_x86_level
+from ember.targets.cpu import native
+from ember.targets.cpu.native_linear import BF16, F16, Q4, Q4_1, Q8
+
+LEVELS = {"x86-64-v4": ["x86-64-v4", "x86-64-v3", "generic"], "x86-64-v3": ["x86-64-v3", "generic"]}.get(
+    _host_x86_level() or "", ["generic"])
+P = ctypes.c_void_p
+
+
+class _Env(ctypes.Structure):
+    _fields_ = [("sync_handle", P), ("num_task", ctypes.c_int32)]
+
+
+LAMBDA = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Env), P)
+LAUNCH = ctypes.CFUNCTYPE(ctypes.c_int, LAMBDA, P, ctypes.c_int)
+
+
+@pytest.fixture(scope="module", params=LEVELS)
+def lib(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp("native") / f"native-{request.param}.so"
+    sources = [str(native.SOURCE_DIR / s) for s in native.SOURCES]
+    subprocess.run([native.compiler(), *native.flags(request.param), "-shared", "-I", str(native.SOURCE_DIR),
+                    *sources, "-o", str(out), "-lm"], check=True)
+    handle = ctypes.CDLL(str(out))
+    handle.ember_linear.restype = ctypes.c_int32
+    handle.ember_linear.argtypes = [P] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int32] * 3
+    handle.ember_decode_attention.restype = ctypes.c_int32
+    handle.ember_decode_attention.argtypes = [P] * 7 + [ctypes.c_int64] + [ctypes.c_int32] * 4 + [ctypes.c_float]
+    return handle
+
+
+@pytest.fixture(params=[1, 3], ids=["1-task", "3-tasks"])
+def pool(request, lib):
+    """TVM's launch slot: unset (one task) or a serial pool of 3 tasks."""
+    slot = P.in_dll(lib, "__TVMBackendParallelLaunch")
+    keep = None
+    if request.param > 1:
+        def launch(fn, cdata, _num):
+            env = _Env(None, request.param)
+            return max(fn(task, ctypes.byref(env), cdata) for task in range(request.param))
+
+        keep = LAUNCH(launch)
+        slot.value = ctypes.cast(keep, P).value
+    yield lib
+    slot.value = None
+    del keep
+
+
+def _ptr(a: np.ndarray | None):
+    return None if a is None else a.ctypes.data_as(P)
+
+
+def _linear(lib, x, pieces, bias, rows, cols, group, code) -> np.ndarray:
+    w, s, m = (list(pieces) + [None, None])[:3]
+    y = np.full((x.shape[0], rows), np.nan, np.float32)
+    rc = lib.ember_linear(_ptr(x), _ptr(w), _ptr(s), _ptr(m), _ptr(bias), _ptr(y), x.shape[0], rows, cols,
+                          group, code, int(bias is not None))
+    assert rc == 0
+    return y
+
+
+def _weights(rows, cols, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.05, (rows, cols)).astype(np.float32)
+    w[0, :32] = 0.0  # an all-zero block
+    return w
+
+
+GGUF_CASES = {Q.Q4_0: Q4, Q.Q4_1: Q4_1, Q.Q8_0: Q8}
+
+
+@pytest.mark.parametrize("qtype", list(GGUF_CASES), ids=lambda q: q.name)
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 7])  # GEMV up to 3 rows of x, GEMM (4x4 tiles + remainders) above
+@pytest.mark.parametrize("rows,cols", [(5, 64), (67, 576)])
+def test_gguf_blocks_match_gguf_dequantize(pool, qtype, m, rows, cols):
+    w = _weights(rows, cols, seed=rows + m)
+    blocks = gguf.quants.quantize(w, qtype)
+    reference_w = gguf.quants.dequantize(blocks, qtype).astype(np.float64)
+    packed = from_ggml_blocks(blocks, qtype.name, cols)
+    rng = np.random.default_rng(m)
+    x = rng.normal(size=(m, cols)).astype(np.float32)
+    bias = rng.normal(size=rows).astype(np.float32) if m % 2 else None
+    y = _linear(pool, x, packed.pieces(), bias, rows, cols, 32, GGUF_CASES[qtype])
+    expected = x.astype(np.float64) @ reference_w.T + (0 if bias is None else bias)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_group_128_matches_the_scheme_dequantizer(pool, m):
+    fmt = SCHEMES["q4f16g128"].format
+    w = _weights(9, 384, seed=m)
+    packed = quantize(w, fmt)
+    x = np.random.default_rng(m).normal(size=(m, 384)).astype(np.float32)
+    y = _linear(pool, x, packed.pieces(), None, 9, 384, 128, Q4)
+    expected = x.astype(np.float64) @ dequantize(packed, fmt, 384).astype(np.float64).T
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("m", [1, 3, 6])
+@pytest.mark.parametrize("cols", [64, 37])  # 37: a tail after the 16-lane vectors
+def test_half_precision_weights(pool, dtype, m, cols):
+    rng = np.random.default_rng(cols + m)
+    w32 = rng.normal(0, 0.1, (11, cols)).astype(np.float32)
+    if dtype == "float16":
+        w, value = w32.astype(np.float16), w32.astype(np.float16).astype(np.float64)
+    else:  # bfloat16 = the top 16 bits of a float32
+        w = (w32.view(np.uint32) >> 16).astype(np.uint16)
+        value = (w.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    x = rng.normal(size=(m, cols)).astype(np.float32)
+    bias = rng.normal(size=11).astype(np.float32)
+    y = _linear(pool, x, [w.view(np.uint16)], bias, 11, cols, 0, F16 if dtype == "float16" else BF16)
+    np.testing.assert_allclose(y, x.astype(np.float64) @ value.T + bias, rtol=1e-5, atol=1e-5)
+
+
+def _paged(rng, lengths, h_kv, d, page_size):
+    """A shuffled paged cache holding `lengths` tokens per sequence; returns pages, indptr, values, last lens and
+    each sequence's dense K, V [len, h_kv, d]."""
+    counts = [-(-n // page_size) for n in lengths]
+    total = sum(counts) + 2
+    pages = rng.normal(size=(total, 2, h_kv, page_size, d)).astype(np.float32)
+    order = rng.permutation(total)[: sum(counts)].astype(np.int32)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    last = np.array([n - (c - 1) * page_size if c else 0 for n, c in zip(lengths, counts)], np.int32)
+    dense = []
+    for b, n in enumerate(lengths):
+        ids = order[indptr[b]:indptr[b + 1]]
+        kv = pages[ids].transpose(1, 0, 3, 2, 4).reshape(2, -1, h_kv, d)[:, :n]  # [2, len, h_kv, d]
+        dense.append(kv)
+    return pages, indptr, order, last, dense
+
+
+@pytest.mark.parametrize("lengths,h_q,h_kv,d", [([1, 37, 130], 6, 2, 64), ([0, 16, 200], 4, 4, 128), ([64], 9, 3, 64)])
+def test_decode_attention_matches_softmax(pool, lengths, h_q, h_kv, d):
+    rng = np.random.default_rng(len(lengths) + d)
+    page_size, sm_scale = 16, 1 / np.sqrt(d)
+    pages, indptr, values, last, dense = _paged(rng, lengths, h_kv, d, page_size)
+    q = rng.normal(size=(len(lengths), h_q, d)).astype(np.float32)
+    out = np.full_like(q, np.nan)
+    lse = np.full((len(lengths), h_q), np.nan, np.float32)
+    rc = pool.ember_decode_attention(_ptr(q), _ptr(pages), _ptr(indptr), _ptr(values), _ptr(last), _ptr(out),
+                                     _ptr(lse), len(lengths), h_q, h_kv, d, page_size, sm_scale)
+    assert rc == 0
+    for b, n in enumerate(lengths):
+        for h in range(h_q):
+            if n == 0:  # TVM's convention for an empty sequence
+                np.testing.assert_array_equal(out[b, h], 0)
+                assert lse[b, h] == pytest.approx(-5e4)
+                continue
+            k, v = dense[b][0][:, h // (h_q // h_kv)], dense[b][1][:, h // (h_q // h_kv)]
+            scores = (k.astype(np.float64) @ q[b, h]) * sm_scale * np.log2(np.e)
+            p = np.exp2(scores - scores.max())
+            np.testing.assert_allclose(out[b, h], (p / p.sum()) @ v, rtol=2e-5, atol=2e-6)
+            assert lse[b, h] == pytest.approx(scores.max() + np.log2(p.sum()), abs=2e-5)
+
+
+def test_decode_attention_refuses_head_dims_it_cannot_vectorize(lib):
+    dummy = np.zeros(64, np.float32)
+    args = [_ptr(dummy)] * 7
+    assert lib.ember_decode_attention(*args, 1, 2, 2, 24, 16, 1.0) == -1  # d not a multiple of 16
+    assert lib.ember_decode_attention(*args, 1, 3, 2, 64, 16, 1.0) == -1  # heads not a multiple of kv heads
