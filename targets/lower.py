@@ -6,6 +6,7 @@ Each IR function becomes a Relax function `f(*inputs, kv, packed_params) -> (out
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from ..ir.graph import PARAM, Function, Module, Node, Value
 from . import random_fill as random_fill_fn
 from .rope import inverse_frequencies
 
+ROPE_ATTR = "ember_rope"  # IRModule attribute: JSON of the rope the KV cache applies (theta, scaling, rotary_dim)
 CREATE_KV_ARGS = ("max_batch_size", "max_total_seq_len", "prefill_chunk_size", "page_size",
                   "support_sliding_window")
 
@@ -314,6 +316,9 @@ def lower(module: Module, target: tvm.target.Target, random_fill: bool = False,
             setattr(model, random_fill_fn.function_name(dtype), random_fill_fn.fill_method(dtype))
             spec[random_fill_fn.function_name(dtype)] = random_fill_fn.fill_spec()
     mod, named = model.export_tvm(spec=spec)
+    rope = model._rope  # what the KV cache's rope kernel computes, for targets that replace that kernel
+    if rope is not None:
+        mod = mod.with_attr(ROPE_ATTR, json.dumps({"rotary_dim": module.kv_cache.head_dim, **rope}))
     by_attr = {f"p{i:04d}": name for i, name in enumerate(module.params)}
     order = [by_attr[attr] for attr, _ in named]
     return mod, order

@@ -11,7 +11,7 @@ from tvm.s_tir import dlight as dl
 
 from ...runtime.artifact import TargetInfo
 from . import native, native_elementwise, native_linear
-from .attention import replace_decode_attention, replace_prefill_attention
+from .attention import replace_decode_attention, replace_prefill_attention, replace_rope_split
 from .elementwise_schedule import Elementwise
 from .matmul_schedule import Matmul
 
@@ -75,7 +75,8 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
                 [relax.transform.FuseTransposeMatmul()]
                 + cpu_pipeline.library_dispatch_passes(target)
                 + cpu_pipeline.legalize_passes(target)
-                + [replace_prefill_attention, replace_decode_attention, dl.ApplyDefaultSchedule(*schedule_rules())]
+                + [replace_prefill_attention, replace_decode_attention, replace_rope_split,
+                   dl.ApplyDefaultSchedule(*schedule_rules())]
                 + cpu_pipeline.dataflow_lower_passes(target)
                 + cpu_pipeline.finalize_passes(target)
             )

@@ -16,6 +16,7 @@ TVM's original kernel, kept in the module under INLINE_ROPE.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import tvm
@@ -274,4 +275,79 @@ def replace_decode_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext)
     return mod
 
 
-__all__ = ["decode_paged", "prefill_ragged", "replace_decode_attention", "replace_prefill_attention"]
+
+# ------------------------------------------------------------------------------------------------ rope split
+ROPE_NAME = "fused_rope"  # the KV cache's split of qkv into q, k (rotated) and v, before the append
+
+
+def rope_split(h_q: int, h_kv: int, d: int, rotary_dim: int, theta: float, scaling: dict | None) -> tirx.PrimFunc:
+    """Same signature as TVM's `fused_rope`; the body calls ember_rope_split (native/rope.c)."""
+    scaling = scaling or {}
+    llama3 = scaling.get("rope_type") == "llama3"
+    factor = float(scaling["factor"]) if llama3 else 0.0
+    low = float(scaling.get("low_freq_factor", 0.0)) if llama3 else 0.0
+    high = float(scaling.get("high_freq_factor", 0.0)) if llama3 else 0.0
+    original = float(scaling.get("original_max_position_embeddings", 0.0)) if llama3 else 0.0
+
+    # fmt: off
+    @T.prim_func(private=True, s_tir=True)
+    def fused_rope(var_qkv: T.handle, var_position_map: T.handle, var_q: T.handle, var_k: T.handle,
+                   var_v: T.handle, apply_rope: T.int64):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True, "tirx.is_scheduled": True})
+        seq_len, position_map_elem_offset = T.int32(), T.int32()
+        qkv = T.match_buffer(var_qkv, (seq_len, h_q + 2 * h_kv, d), "float32")
+        q = T.match_buffer(var_q, (seq_len, h_q, d), "float32")
+        k = T.match_buffer(var_k, (seq_len, h_kv, d), "float32")
+        v = T.match_buffer(var_v, (seq_len, h_kv, d), "float32")
+        position_map = T.match_buffer(var_position_map, (seq_len,), "int32", elem_offset=position_map_elem_offset)
+        status: T.int32 = T.call_extern(
+            "int32", "ember_rope_split", qkv.data, T.address_of(position_map[0]), q.data, k.data, v.data,
+            T.Cast("int64", seq_len), h_q, h_kv, d, rotary_dim, apply_rope, T.float32(1.0), T.float32(theta),
+            T.float32(factor), T.float32(low), T.float32(high), T.float32(original))
+        assert status == 0, "ember_rope_split failed"
+    # fmt: on
+    return fused_rope
+
+
+def _rope_signature(func: tirx.PrimFunc) -> tuple[int, int, int] | None:
+    """(h_q, h_kv, d) of TVM's float32 `fused_rope`, or None."""
+    params = list(func.params)
+    if len(params) != 6 or not all(hasattr(b, "shape") for b in params[:5]):
+        return None
+    qkv, q, k = _shape(params[0]), _shape(params[2]), _shape(params[3])
+    if len(qkv) != 3 or len(q) != 3 or len(k) != 3 or None in qkv[1:] + q[1:] + k[1:]:
+        return None
+    if any(str(b.dtype) != "float32" for b in (params[0], params[2], params[3], params[4])):
+        return None
+    if qkv[1] != q[1] + 2 * k[1] or not qkv[2] == q[2] == k[2]:
+        return None
+    return q[1], k[1], q[2]
+
+
+@tvm.transform.module_pass(opt_level=0, name="ReplaceCPURopeSplit")
+def replace_rope_split(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Swap the KV cache's `fused_rope` for `rope_split`, with the rope that lower() recorded on the module."""
+    from ..lower import ROPE_ATTR
+
+    raw = mod.attrs.get(ROPE_ATTR) if mod.attrs is not None else None
+    rope = json.loads(str(raw)) if raw is not None else {"theta": 10000.0, "scaling": None}
+    scaling = rope.get("scaling") or {}
+    if scaling.get("rope_type", "default") not in ("default", "llama3"):
+        return mod
+    for gv, func in list(mod.functions_items()):
+        if gv.name_hint != ROPE_NAME or not isinstance(func, tirx.PrimFunc):
+            continue
+        sig = _rope_signature(func)
+        if sig is None:
+            continue
+        rotary = int(rope.get("rotary_dim") or sig[2])
+        if rotary > 512 or rotary % 2 or rotary > sig[2]:
+            continue
+        new = rope_split(*sig, rotary, float(rope.get("theta", 10000.0)), scaling)
+        if func.attrs is not None and "target" in func.attrs:
+            new = new.with_attr("target", func.attrs["target"])
+        mod[gv] = new.with_attr("global_symbol", ROPE_NAME)
+    return mod
+
+__all__ = ["decode_paged", "prefill_ragged", "replace_decode_attention", "replace_prefill_attention",
+           "replace_rope_split", "rope_split"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...errors import EmberError
 
 SOURCE_DIR = Path(__file__).parent / "native"
-SOURCES = ("linear.c", "attention.c", "elementwise.c")
+SOURCES = ("linear.c", "attention.c", "elementwise.c", "rope.c")
 HEADERS = ("ember_native.h",)
 CC_ENV = "CC"
 

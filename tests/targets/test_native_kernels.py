@@ -42,6 +42,9 @@ def lib(request, tmp_path_factory):
     handle.ember_linear.argtypes = [P] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int32] * 3
     handle.ember_decode_attention.restype = ctypes.c_int32
     handle.ember_decode_attention.argtypes = [P] * 7 + [ctypes.c_int64] + [ctypes.c_int32] * 4 + [ctypes.c_float]
+    handle.ember_rope_split.restype = ctypes.c_int32
+    handle.ember_rope_split.argtypes = ([P] * 5 + [ctypes.c_int64] + [ctypes.c_int32] * 4 + [ctypes.c_int64]
+                                        + [ctypes.c_float] * 6)
     return handle
 
 
@@ -175,3 +178,43 @@ def test_decode_attention_refuses_head_dims_it_cannot_vectorize(lib):
     args = [_ptr(dummy)] * 7
     assert lib.ember_decode_attention(*args, 1, 2, 2, 24, 16, 1.0) == -1  # d not a multiple of 16
     assert lib.ember_decode_attention(*args, 1, 3, 2, 64, 16, 1.0) == -1  # heads not a multiple of kv heads
+
+
+def _rope_reference(x, pos, inv_freq, rotary):
+    half = rotary // 2
+    angle = pos[:, None].astype(np.float64) * inv_freq[None, :].astype(np.float64)  # [n, half]
+    cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
+    out = x.astype(np.float64).copy()
+    a, b = x[..., :half], x[..., half:rotary]
+    out[..., :half] = a * cos - b * sin
+    out[..., half:rotary] = b * cos + a * sin
+    return out
+
+
+@pytest.mark.parametrize("scaling,rotary", [(None, 64), (None, 32), ({"rope_type": "llama3", "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}, 64)])
+@pytest.mark.parametrize("tokens", [1, 19])  # one decode token (serial) and a prefill chunk (parallel)
+def test_rope_split_matches_the_hf_frequencies(pool, scaling, rotary, tokens):
+    from ember.targets.rope import inverse_frequencies
+
+    h_q, h_kv, d, theta = 6, 2, 64, 500000.0
+    rng = np.random.default_rng(tokens + rotary)
+    qkv = rng.normal(size=(tokens, h_q + 2 * h_kv, d)).astype(np.float32)
+    pos = rng.integers(0, 4000, tokens).astype(np.int32)
+    q, k, v = (np.full((tokens, h, d), np.nan, np.float32) for h in (h_q, h_kv, h_kv))
+    f = scaling or {}
+    rc = pool.ember_rope_split(_ptr(qkv), _ptr(pos), _ptr(q), _ptr(k), _ptr(v), tokens, h_q, h_kv, d, rotary, 1,
+                               1.0, theta, f.get("factor", 0.0), f.get("low_freq_factor", 0.0),
+                               f.get("high_freq_factor", 0.0), f.get("original_max_position_embeddings", 0.0))
+    assert rc == 0
+    inv = inverse_frequencies(theta, rotary, scaling)
+    rotated = _rope_reference(qkv[:, :h_q + h_kv], pos, inv, rotary)
+    # float32 angles of positions up to 4000: a few ulp of the angle
+    np.testing.assert_allclose(q, rotated[:, :h_q], atol=2e-3)
+    np.testing.assert_allclose(k, rotated[:, h_q:], atol=2e-3)
+    np.testing.assert_array_equal(v, qkv[:, h_q + h_kv:])
+    rc = pool.ember_rope_split(_ptr(qkv), _ptr(pos), _ptr(q), _ptr(k), _ptr(v), tokens, h_q, h_kv, d, rotary, 0,
+                               1.0, theta, 0.0, 0.0, 0.0, 0.0)  # apply_rope = 0: a plain split
+    assert rc == 0
+    np.testing.assert_array_equal(q, qkv[:, :h_q])
+    np.testing.assert_array_equal(k, qkv[:, h_q:h_q + h_kv])
