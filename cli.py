@@ -34,11 +34,15 @@ from .passes.quant_help import QUANT_HELP  # noqa: E402  (dependency-free text)
 @click.option("--model", "model", required=True,
               help="Preset name (see `ember models`), Hugging Face folder, or .gguf file.")
 @click.option("--target", default="cpu", show_default=True,
-              help="cpu | cuda (sm_80 + sm_90 kernels) | cuda:sm_90[,sm_80...] | metal")
+              help="cpu | cuda (sm_80 + sm_90 kernels) | cuda:sm_90[,sm_80...]")
 @click.option("--quant", default=None, help=QUANT_HELP)
 @click.option("--dtype", default=None, type=click.Choice(["float32", "float16", "bfloat16"]),
               help="Compute dtype of activations (default float32 on cpu, float16 on GPUs).")
-@click.option("--output", "-o", default=None, help="Artifact folder (default compiled/<name>-<quant>-<target>).")
+@click.option("--output", "-o", default=None,
+              help="Artifact folder (default compiled/<name>-<quant>-<target>): a new or empty folder, or an ember "
+                   "artifact with --force; anything else is refused.")
+@click.option("--force", is_flag=True, help="Replace the ember artifact at --output (atomically, once the new one "
+                                            "is complete). Never replaces anything else.")
 @click.option("--weights", default=None, help="Folder of safetensors weights to pack (for presets).")
 @click.option("--random-weights", is_flag=True,
               help="Benchmark build: the runtime makes true-shape random weights on the device at load time.")
@@ -49,18 +53,20 @@ from .passes.quant_help import QUANT_HELP  # noqa: E402  (dependency-free text)
 @click.option("--verbose", is_flag=True, help="Show full tracebacks (TVM's included).")
 @one_line_errors
 def compile_command(model: str, target: str, quant: str | None, dtype: str | None, output: str | None,
-                    weights: str | None, random_weights: bool, cuda_graph: bool, print_after: tuple[str, ...],
-                    verbose: bool) -> None:
+                    force: bool, weights: str | None, random_weights: bool, cuda_graph: bool,
+                    print_after: tuple[str, ...], verbose: bool) -> None:
     """Compile a model into an artifact folder (library + manifest + weights + tokenizer)."""
-    if target.split(":", 1)[0] == "cuda":
-        from .targets.cuda.stub_driver import prepare_cuda_compile_process
-
-        prepare_cuda_compile_process()
-    from .compiler import CompileRequest, compile_model
+    from .compile_args import check_request
+    from .compiler import CompileRequest, compile_model  # imports no tvm
     from .progress import console_stage
 
     request = CompileRequest(model=model, target=target, quant=quant, dtype=dtype, output=output, weights=weights,
-                             random_weights=random_weights, print_after=set(print_after), cuda_graph=cuda_graph)
+                             random_weights=random_weights, print_after=set(print_after), cuda_graph=cuda_graph,
+                             force=force)
+    if check_request(request) == "cuda":  # arguments first: a typo fails before any toolchain work
+        from .targets.cuda.stub_driver import prepare_cuda_compile_process
+
+        prepare_cuda_compile_process()
     with console_stage() as stage:
         path = compile_model(request, stage)
     click.echo(str(path))

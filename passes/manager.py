@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from ..errors import ConfigError
 from ..ir.graph import Module
 from ..ir.printer import format_module
 from ..ir.verifier import verify
@@ -28,7 +29,7 @@ class PassManager:
     def run(self, module: Module) -> Module:
         unknown = self.print_after - {p.name for p in self.passes} - {"all"}
         if unknown:
-            raise ValueError(f"--print-after: no pass named {', '.join(sorted(unknown))} "
+            raise ConfigError.about(f"{{print_after}}: no pass named {', '.join(sorted(unknown))} "
                              f"(passes: {', '.join(p.name for p in self.passes)})")
         verify(module)
         for p in self.passes:

@@ -16,14 +16,25 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ..errors import ModelFormatError
-from ..ir.graph import Param
+from ..ir.graph import Module, Param
+from .quant_schemes import GGML_TO_SCHEME
 
 Transform = Callable[[np.ndarray, Param], np.ndarray]
 TRANSFORMS: dict[str, Transform] = {}
 
 
+# Source tensor types a parameter can be made from: safetensors floats, and the GGUF types ember converts.
+SOURCE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"}) | frozenset(GGML_TO_SCHEME)
+
+
 class Provider(Protocol):
+    def names(self) -> list[str]: ...
+
     def get(self, name: str) -> np.ndarray: ...
+
+    def header(self, name: str) -> tuple[tuple[int, ...], str]:
+        """(shape, stored type: "F32", "BF16", "Q4_1"...) from the file's header, reading no tensor data."""
+        ...
 
     def origin(self, name: str) -> str: ...
 
@@ -38,6 +49,30 @@ def transform(name: str) -> Callable[[Transform], Transform]:
 
 def sources_of(param: Param) -> list[str]:
     return list(param.info.get("sources", [param.name]))
+
+
+def check_sources(module: Module, provider: Provider) -> None:
+    """Every source tensor of every parameter is present, of a type ember converts, and of the shape the config
+    implies, from the headers alone: run before the kernels are built, so a bad checkpoint fails in seconds."""
+    available = set(provider.names())
+    needed: dict[str, tuple[int, ...] | None] = {}
+    for param in module.params.values():
+        shapes = param.info.get("source_shapes") or [None] * len(sources_of(param))
+        for name, shape in zip(sources_of(param), shapes):
+            needed.setdefault(name, None if shape is None else tuple(int(d) for d in shape))
+    missing = [name for name in needed if name not in available]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelFormatError(f"{provider.origin(missing[0])}: tensor {missing[0]!r} is missing{more}; "
+                               "the model's config needs it")
+    for name, want in needed.items():
+        shape, dtype = provider.header(name)
+        if dtype not in SOURCE_DTYPES:
+            raise ModelFormatError(f"{provider.origin(name)}: tensor {name!r} is stored as {dtype}, which ember "
+                                   f"cannot convert (supported: {', '.join(sorted(SOURCE_DTYPES))})")
+        if want is not None and tuple(shape) != want:
+            raise ModelFormatError(f"{provider.origin(name)}: tensor {name!r} has shape {list(shape)}, "
+                                   f"the config implies {list(want)}")
 
 
 def load_sources(param: Param, provider: Provider) -> np.ndarray:

@@ -10,16 +10,20 @@ The compiler writes artifacts through `ArtifactWriter`; the runtime reads them w
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError
+from .output_rules import ARTIFACT, Destination, check_destination, foreign_entry
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -151,19 +155,24 @@ def verify_files(folder: str | os.PathLike, manifest: Manifest) -> None:
 
 
 class ArtifactWriter:
-    """Builds an artifact in a temporary folder next to nothing the user owns, then renames it into place.
+    """Builds an artifact in a temporary folder beside the destination, then moves it into place.
 
     Usage:
-        with ArtifactWriter(final_dir) as writer:
+        with ArtifactWriter(final_dir, replace=force) as writer:
             lib.export_library(writer.path / LIBRARY_FILE)
             ...
-            writer.commit(manifest)   # hashes every file, writes manifest.json, renames
-    Leaving the block without commit() (an exception) deletes the temporary folder: nothing half-written.
+            writer.commit(manifest)   # hashes every file, writes manifest.json, moves it into place
+    The destination follows `output_rules.check_destination` (checked on entry and again at commit, since a build
+    takes a while): new, an empty folder, or (with `replace`) an ember artifact, which is swapped for the new one in
+    one atomic step and deleted only then. Leaving the block without commit() (an exception) deletes the temporary
+    folder: nothing half-written, and an old artifact stays as it was.
     """
 
-    def __init__(self, destination: str | os.PathLike, overwrite: bool = True) -> None:
+    def __init__(self, destination: str | os.PathLike, *, replace: bool = False, label: str = "{output}") -> None:
+        self.given = destination
         self.destination = Path(destination).absolute()
-        self.overwrite = overwrite
+        self.replace = replace
+        self.label = label
         self._tmp: Path | None = None
 
     @property
@@ -171,13 +180,18 @@ class ArtifactWriter:
         assert self._tmp is not None, "use ArtifactWriter as a context manager"
         return self._tmp
 
+    def check(self) -> Destination:
+        return check_destination(self.given, replace=self.replace, label=self.label)
+
     def __enter__(self) -> "ArtifactWriter":
-        if self.destination.exists() and not self.overwrite:
-            raise ArtifactError(f"{self.destination} already exists")
-        # Same filesystem as the destination so the final rename is atomic, but outside compiled/<name>.
+        self.check()
+        # Same filesystem as the destination so the final move is atomic, but outside compiled/<name>.
         parent = self.destination.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.tmp-", dir=parent))
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.tmp-", dir=parent))
+        except OSError as err:
+            raise ArtifactError(f"{parent}: cannot write there ({err.strerror or err})") from None
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -190,12 +204,51 @@ class ArtifactWriter:
         manifest.files = {str(p.relative_to(self.path)): sha256_file(p) for p in files}
         (self.path / MANIFEST_FILE).write_text(manifest.to_json())
         os.chmod(self.path, 0o755)  # mkdtemp made it private
-        if self.destination.exists():
-            old = self.destination.with_name(f".{self.destination.name}.old-{os.getpid()}")
-            os.rename(self.destination, old)
-            os.rename(self.path, self.destination)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.path, self.destination)
+        target = self.check()
+        if target.state == ARTIFACT:
+            _swap_in(self.path, self.destination, self.check)
+            shutil.rmtree(self.path, ignore_errors=True)  # the old artifact, now at the temporary path
+        else:  # rename(2) onto an empty folder replaces it, and fails if anything appeared in it meanwhile
+            try:
+                os.rename(self.path, self.destination)
+            except OSError as err:
+                raise ArtifactError(f"{self.destination}: changed while compiling ({err.strerror}); "
+                                    "nothing was replaced") from None
         self._tmp = None
         return self.destination
+
+
+def _swap_in(new: Path, destination: Path, recheck) -> None:
+    """Put `new` at `destination` (an artifact) and the old artifact at `new`'s path, atomically where the system
+    can exchange two paths (Linux renameat2), else by two renames that are undone if the second fails."""
+    if _exchange(new, destination):
+        if foreign_entry(new) is not None:  # someone wrote into the old artifact after the check: put it back
+            _exchange(new, destination)
+            recheck()
+            raise ArtifactError(f"{destination}: changed while compiling; nothing was replaced")
+        return
+    old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+    os.rename(destination, old)
+    try:
+        os.rename(new, destination)
+    except OSError:
+        os.rename(old, destination)
+        raise
+    os.rename(old, new)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where the system cannot."""
+    if sys.platform != "linux":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:  # glibc before 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or filesystem without it
+        return False
+    raise OSError(code, os.strerror(code), str(b))

@@ -11,12 +11,12 @@ import click
 
 from ..errors import EmberError
 
-_DEVICE_HELP = "cpu, cuda, cuda:N or metal"
+_DEVICE_HELP = "cpu, cuda or cuda:N"
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Errors -> one `error: ...` line on stderr and exit 1; the traceback only with --verbose.
-    Every `ember` command uses it (the command takes a `verbose` flag)."""
+    """Errors -> one `error: ...` line on stderr (naming command-line options, not Python arguments) and exit 1;
+    the traceback only with --verbose. Every `ember` command uses it (the command takes a `verbose` flag)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -27,7 +27,7 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except EmberError as err:
             if kwargs.get("verbose"):
                 raise
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {err.cli_message}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -40,6 +40,33 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+def _check_before_load(artifact: str, device: str, ids: list[int] | None, max_tokens: int, **sampling: Any) -> None:
+    """The options, against each other and the artifact's manifest, before the (seconds-long) model load. Errors
+    name the options (--max-tokens), as one_line_errors prints them."""
+    from ..errors import InputError
+    from .artifact import read_manifest
+    from .engine import check_load_arguments, planned_context
+    from .generate import check_max_tokens
+    from .sampler import SamplingParams
+
+    check_max_tokens(max_tokens)
+    SamplingParams(**sampling)
+    manifest = read_manifest(artifact)
+    check_load_arguments(manifest, device, 1, None, None)
+    if ids is not None:
+        if not ids:
+            raise InputError.about("{prompt_ids} holds no token ids")
+        bad = [(i, t) for i, t in enumerate(ids) if not 0 <= t < manifest.vocab_size]
+        if bad:
+            raise InputError.about(f"{{prompt_ids}}: token id {bad[0][1]} at position {bad[0][0]} is outside the "
+                                   f"vocabulary [0, {manifest.vocab_size}) of {manifest.name}")
+    prompt_tokens = len(ids) if ids is not None else 1  # a text prompt is at least one token
+    context = planned_context(manifest)
+    if prompt_tokens + max_tokens > context:
+        raise InputError.about(f"a prompt of {prompt_tokens} token(s) + {{max_tokens}} {max_tokens} exceeds the "
+                               f"context length {context} of {manifest.name}")
 
 
 def _load(artifact: str, device: str, verbose: bool) -> Any:
@@ -57,7 +84,7 @@ def _parse_ids(text: str) -> list[int]:
     try:
         return [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise InputError(f"--prompt-ids must be integers separated by commas or spaces, got {text!r}") from None
+        raise InputError.about(f"{{prompt_ids}} must be integers separated by commas or spaces, got {text!r}") from None
 
 
 def _stream_to_stdout(piece: str) -> None:
@@ -102,10 +129,13 @@ def run(
 
     if (prompt is None) == (prompt_ids is None):
         raise InputError("give exactly one of --prompt and --prompt-ids")
+    ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    _check_before_load(artifact, device, ids, max_tokens, **sampling)
     engine = _load(artifact, device, verbose)
     stream = None if as_json or engine.tokenizer is None else _stream_to_stdout
     result = engine.generate(
-        prompt if prompt is not None else _parse_ids(prompt_ids or ""),
+        prompt if prompt is not None else ids,
         max_tokens=max_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -143,6 +173,7 @@ def chat(
     verbose: bool,
 ) -> None:
     """Chat with ARTIFACT: one-shot with -m, otherwise an interactive loop (/reset clears, /exit or Ctrl-D ends)."""
+    _check_before_load(artifact, device, None, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     engine = _load(artifact, device, verbose)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -176,7 +207,7 @@ def chat(
                 reply(text)
             except EmberError as err:  # e.g. the conversation outgrew the context: say so and keep going
                 history.pop()
-                click.echo(f"error: {err}", err=True)
+                click.echo(f"error: {err.cli_message}", err=True)
 
 
 @click.command("bench")

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, InputError
-from .artifact import Manifest
-from .generate import RANDOM_WEIGHTS_NOTE, SEQ_ID, GenerationResult, generate
-from .loader import LoadedArtifact, load_artifact
-from .model_runner import ModelRunner
+from .artifact import Manifest, read_manifest
+from .generate import RANDOM_WEIGHTS_NOTE, SEQ_ID, GenerationResult, check_max_tokens, generate
+from .loader import LoadedArtifact, load_artifact, parse_device
+from .model_runner import DEFAULT_CONTEXT_CAP, ModelRunner
 from .random_weights import RandomFill
 from .sampler import SamplingParams
 from .tokenizer import Tokenizer
@@ -37,6 +37,7 @@ class Engine:
     ) -> Engine:
         """Load an artifact folder. `context_length` (<= the artifact's) sizes the KV cache; `weights` (name ->
         array) is required for library-only artifacts and replaces the shipped weights otherwise."""
+        check_load_arguments(read_manifest(path), device, max_batch_size, context_length, prefill_chunk_size)
         artifact = load_artifact(path, device=device, verify=verify, weights=weights, random_fill=random_fill)
         runner = ModelRunner(
             artifact,
@@ -73,6 +74,8 @@ class Engine:
         return f"{line}; {RANDOM_WEIGHTS_NOTE}" if self.random_weights else line
 
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if not isinstance(prompt, (str, Sequence, np.ndarray)) or isinstance(prompt, (bytes, bytearray)):
+            raise InputError.about(f"{{prompt}} must be a string or a list of token ids, got {type(prompt).__name__}")
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ArtifactError(f"artifact {self.manifest.name} has no tokenizer; pass token ids instead of text")
@@ -91,6 +94,9 @@ class Engine:
         stream: Callable[[str], None] | None = None,
     ) -> GenerationResult:
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        check_max_tokens(max_tokens)
+        if stream is not None and not callable(stream):
+            raise InputError.about(f"{{stream}} must be a function taking a str, got {type(stream).__name__}")
         return generate(
             self.runner,
             self.encode(prompt),
@@ -108,6 +114,7 @@ class Engine:
         """Render the chat template (as Hugging Face does) and generate the assistant's reply."""
         if self.tokenizer is None:
             raise ArtifactError(f"artifact {self.manifest.name} has no tokenizer, so it cannot chat")
+        check_messages(messages)
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
         return self.generate(self.tokenizer.encode(text, add_bos=False), **kwargs)
 
@@ -126,3 +133,45 @@ class Engine:
             return self.runner.prefill([SEQ_ID], [ids], all_logits=True)
         finally:
             self.runner.remove_sequence(SEQ_ID)
+
+
+def check_load_arguments(manifest: Manifest, device: str, max_batch_size: int, context_length: int | None,
+                         prefill_chunk_size: int | None) -> None:
+    """What Engine.load's arguments must be, checked against the manifest before anything is loaded."""
+    try:
+        known = isinstance(device, str) and bool(parse_device(device))
+    except InputError:
+        known = False
+    if not known:
+        raise InputError.about(f"{{device}} {device!r}: unknown device (use cpu, cuda or cuda:N)")
+    if not _is_int(max_batch_size) or max_batch_size < 1:
+        raise InputError.about(f"{{max_batch_size}} must be an integer >= 1, got {max_batch_size!r}")
+    if context_length is not None and (not _is_int(context_length)
+                                       or not 1 <= context_length <= manifest.context_length):
+        raise InputError.about(f"{{context_length}} {context_length!r} must be in [1, {manifest.context_length}] "
+                               f"for {manifest.name}")
+    if prefill_chunk_size is not None and (not _is_int(prefill_chunk_size) or prefill_chunk_size < 1):
+        raise InputError.about(f"{{prefill_chunk_size}} must be an integer >= 1, got {prefill_chunk_size!r}")
+
+
+def planned_context(manifest: Manifest, context_length: int | None = None) -> int:
+    """Tokens per sequence the KV cache of `Engine.load(context_length=...)` holds (as ModelRunner sizes it)."""
+    return context_length if context_length is not None else min(manifest.context_length, DEFAULT_CONTEXT_CAP)
+
+
+def check_messages(messages: object) -> None:
+    """A chat is a non-empty list of {"role": str, "content": str} dicts."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InputError.about(f"{{messages}} must be a list of {{'role': ..., 'content': ...}} dicts, "
+                               f"got {type(messages).__name__}")
+    if not messages:
+        raise InputError.about("{messages} is empty: give at least one message to answer")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise InputError.about(f"{{messages}}[{i}] must be a dict with a string 'role' and a string 'content', "
+                                   f"got {message!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -48,6 +48,11 @@ class GenerationResult:
         return out
 
 
+def check_max_tokens(max_tokens: object) -> None:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InputError.about(f"{{max_tokens}} must be an integer >= 1, got {max_tokens!r}")
+
+
 def prefill(runner: ModelRunner, prompt: np.ndarray) -> np.ndarray:
     """Prompt into the cache; logits of its last token."""
     return runner.prefill([SEQ_ID], [prompt])[0]
@@ -70,8 +75,7 @@ def generate(
     random_weights: bool = False,
 ) -> GenerationResult:
     """Generate up to max_tokens tokens after `prompt`, stopping at any EOS id. `stream` gets text as it forms."""
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise InputError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    check_max_tokens(max_tokens)
     ids = runner.check_tokens(prompt, what="prompt token")
     if ids.size == 0:
         raise InputError("the prompt is empty")

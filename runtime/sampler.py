@@ -21,14 +21,15 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) or self.temperature < 0:
-            raise InputError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        # Errors name the argument: `temperature` from Python, `--temperature` on the command line.
+        if not _is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InputError.about(f"{{temperature}} must be a finite number >= 0, got {self.temperature!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise InputError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+            raise InputError.about(f"{{top_k}} must be an integer >= 0 (0 turns it off), got {self.top_k!r}")
+        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise InputError.about(f"{{top_p}} must be in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise InputError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise InputError.about(f"{{seed}} must be an integer >= 0, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
@@ -36,6 +37,10 @@ class SamplingParams:
 
     def make_rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:

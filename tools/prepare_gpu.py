@@ -24,7 +24,7 @@ def main(out: Path) -> None:
         (folder / "case.json").write_text(json.dumps({"prompt_len": case.prompt_len}))
         for art, extra in (("art-f32", ["--quant", "q0f32", "--dtype", "float32"]), ("art-f16", [])):
             subprocess.run(["ember", "compile", "--model", str(folder / "hf"), "--target", "cuda",
-                            "-o", str(folder / art), *extra], check=True)
+                            "-o", str(folder / art), "--force", *extra], check=True)
 
 
 if __name__ == "__main__":

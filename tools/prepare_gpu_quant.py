@@ -21,7 +21,7 @@ def main(out: Path) -> None:
     for scheme in SCHEMES:
         for build, extra in builds.items():
             subprocess.run(["ember", "compile", "--model", str(out / "hf"), "--quant", scheme,
-                            "-o", str(out / scheme / build), *extra], check=True, stdout=subprocess.DEVNULL)
+                            "-o", str(out / scheme / build), "--force", *extra], check=True, stdout=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

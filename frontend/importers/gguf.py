@@ -265,11 +265,28 @@ def _positive_int(model: GGUFModel, key: str, default: int | None = None) -> int
     return value
 
 
+def _positive_float(model: GGUFModel, key: str, default: float) -> float:
+    value = model.metadata.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise model._error(key, f"expected a finite number > 0, found {value!r}")
+    return float(value)
+
+
+def _token_id(model: GGUFModel, key: str) -> int | None:
+    value = model.metadata.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise model._error(key, f"expected a token id (an integer >= 0), found {value!r}")
+    return value
+
+
 def _hf_config(model: GGUFModel) -> dict[str, Any]:
     meta, key = model.metadata, model._key
     hidden = _positive_int(model, key("embedding_length"))
     n_head = _positive_int(model, key("attention.head_count"))
     n_kv_head = _positive_int(model, key("attention.head_count_kv"), default=n_head)
+    if key("attention.key_length") not in meta and hidden % n_head:
+        raise model._error(key("attention.head_count"), f"{n_head} does not divide embedding_length {hidden} "
+                                                        "(and there is no attention.key_length)")
     head_dim = _positive_int(model, key("attention.key_length"), default=hidden // n_head)
     value_dim = _positive_int(model, key("attention.value_length"), default=head_dim)
     if value_dim != head_dim:
@@ -280,12 +297,13 @@ def _hf_config(model: GGUFModel) -> dict[str, Any]:
     if n_head % n_kv_head:
         raise model._error(key("attention.head_count_kv"), f"{n_kv_head} does not divide head_count {n_head}")
     vocab_size = _vocab_size(model)
-    rope_theta = float(meta.get(key("rope.freq_base"), 10000.0))
+    rope_theta = _positive_float(model, key("rope.freq_base"), 10000.0)
     eps = model._require(key("attention.layer_norm_rms_epsilon"))
-    if not isinstance(eps, float) or eps <= 0:
-        raise model._error(key("attention.layer_norm_rms_epsilon"), f"expected a float, found {eps!r}")
+    if not isinstance(eps, float) or not math.isfinite(eps) or eps <= 0:
+        raise model._error(key("attention.layer_norm_rms_epsilon"), f"expected a finite float > 0, found {eps!r}")
     has = model._gguf_types.__contains__
-    sliding_window = meta.get(key("attention.sliding_window"))
+    window_key = key("attention.sliding_window")
+    sliding_window = _positive_int(model, window_key) if meta.get(window_key) else None
     return {
         "model_type": model.architecture,
         "hidden_size": hidden,
@@ -301,9 +319,9 @@ def _hf_config(model: GGUFModel) -> dict[str, Any]:
         "max_position_embeddings": _positive_int(model, key("context_length")),
         "tie_word_embeddings": not has("output.weight"),
         "attention_bias": model.architecture == "qwen2" or has("blk.0.attn_q.bias"),
-        "sliding_window": int(sliding_window) if sliding_window else None,
-        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "sliding_window": sliding_window,
+        "bos_token_id": _token_id(model, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _token_id(model, "tokenizer.ggml.eos_token_id"),
     }
 
 

@@ -67,6 +67,11 @@ class GGUFWeights:
         self._last = (name, values)
         return values
 
+    def header(self, name: str) -> tuple[tuple[int, ...], str]:
+        """(HF shape, GGUF tensor type) from the tensor infos; reads no tensor data."""
+        tensor = self._by_name[name]
+        return tensor.shape, tensor.ggml_type.name
+
     def formats(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         """HF name -> (GGUF tensor type, shape)."""
         return {name: (t.ggml_type.name, t.shape) for name, t in self._by_name.items()}

@@ -77,6 +77,13 @@ class SafetensorsFolder:
             raise ModelFormatError(f"{self.folder}: tensor {name!r} is missing from the safetensors files")
         return self._open(self._where[name]).get_tensor(name)
 
+    def header(self, name: str) -> tuple[tuple[int, ...], str]:
+        """(shape, safetensors dtype such as "BF16") from the file's header; reads no tensor data."""
+        if name not in self._where:
+            raise ModelFormatError(f"{self.folder}: tensor {name!r} is missing from the safetensors files")
+        piece = self._open(self._where[name]).get_slice(name)
+        return tuple(int(d) for d in piece.get_shape()), str(piece.get_dtype())
+
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._where:
             yield name, self.get(name)

@@ -145,3 +145,74 @@ def test_cuda_compile_without_gpu_holds_kernels_for_each_arch(hf_dir, tmp_path):
     report = inspect_cuda_library(tmp_path / "cuda" / "model.so")
     assert sorted(report.cubin_archs) == ["sm_80", "sm_90"]
     assert report.global_sources == 0 and not report.has_ptx
+
+
+# -- issue 8: --output never destroys what ember did not write; arguments fail before any heavy work ----------------
+def test_output_refuses_a_users_folder_and_the_current_one(hf_dir, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    for extra in ([], ["--force"]):
+        one_line_error(ember("compile", "--model", str(hf_dir), "--output", "precious", *extra, cwd=tmp_path),
+                       "--output precious: exists and is not an ember artifact", "notes.txt")
+    assert [p.name for p in precious.iterdir()] == ["notes.txt"] and (precious / "notes.txt").read_text() == "mine"
+    for path in (".", str(tmp_path), ".."):
+        one_line_error(ember("compile", "--model", str(hf_dir), "--output", path, "--force", cwd=precious),
+                       f"--output {path}: is the current folder or holds it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]  # nothing renamed, nothing left behind
+    assert (precious / "notes.txt").read_text() == "mine"
+
+
+def test_force_replaces_an_artifact(artifact, hf_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "art"
+    shutil.copytree(artifact, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["notes"] = ["the old build"]  # still an ember artifact; marks which build is there
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(ember("compile", "--model", str(hf_dir), "--output", str(out)),
+                   f"--output {out}: holds an ember artifact already; pass --force to replace it")
+    done = ember("compile", "--model", str(hf_dir), "--output", str(out), "--force")
+    assert done.returncode == 0, done.stderr
+    new = json.loads((out / "manifest.json").read_text())
+    assert new["notes"] == [] and set(new["files"]) == set(manifest["files"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no temporary or old folder left
+
+
+def test_quant_and_target_are_refused_before_the_model_is_read(tmp_path):
+    junk = tmp_path / "model.gguf"
+    junk.write_bytes(b"not a gguf at all")  # opening it would fail with another error
+    one_line_error(ember("compile", "--model", str(junk), "--quant", "q3f99", cwd=tmp_path),
+                   "--quant 'q3f99': unknown scheme", "q4f16_1")
+    one_line_error(ember("compile", "--model", str(junk), "--target", "metal", cwd=tmp_path),
+                   "--target 'metal': not supported yet")
+    assert "metal" not in ember("compile", "--help").stdout
+    assert not (tmp_path / "compiled").exists()
+
+
+def test_config_field_errors_name_the_file_and_field(hf_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    config = json.loads((hf_dir / "config.json").read_text())
+    config["hidden_size"] = "32"
+    (bad / "config.json").write_text(json.dumps(config))
+    one_line_error(ember("compile", "--model", str(bad), cwd=tmp_path),
+                   f"{bad / 'config.json'}: field 'hidden_size' must be a positive integer, got '32'")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-tokens", "-1"], "--max-tokens must be an integer >= 1, got -1"),
+    (["--temperature", "-2"], "--temperature must be a finite number >= 0, got -2.0"),
+    (["--top-p", "5"], "--top-p must be in (0, 1], got 5.0"),
+    (["--top-k", "-1"], "--top-k must be an integer >= 0"),
+    (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--max-tokens", "100000"], "--max-tokens 100000 exceeds the context length"),
+    (["--device", "tpu"], "--device 'tpu': unknown device"),
+])
+def test_run_and_chat_options_are_checked_before_loading(artifact, tmp_path, args, fragment):
+    only_manifest = tmp_path / "manifest-only"  # loading it would fail: no library, no weights
+    only_manifest.mkdir()
+    (only_manifest / "manifest.json").write_text((artifact / "manifest.json").read_text())
+    one_line_error(ember("run", str(only_manifest), "--prompt-ids", "1,2", *args), fragment)
+    one_line_error(ember("chat", str(only_manifest), "-m", "hi", *args), fragment)

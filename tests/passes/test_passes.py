@@ -1,6 +1,7 @@
 """Each pass on a hand-built IR graph: the printed IR before and after."""
 import pytest
 
+from ember.errors import ConfigError
 from ember.ir import functional as F
 from ember.ir.builder import Module, Parameter, trace
 from ember.ir.printer import format_function
@@ -80,5 +81,5 @@ def test_unknown_scheme_and_print_after():
     module = trace(Attn(), SPEC, name="m")
     PassManager([DeadCodeElimination()], print_after={"dce"}, printer=printed.append).run(module)
     assert printed and printed[0].startswith("// IR after dce")
-    with pytest.raises(ValueError, match="no pass named nope"):
+    with pytest.raises(ConfigError, match="no pass named nope"):
         PassManager([DeadCodeElimination()], print_after={"nope"}).run(module)

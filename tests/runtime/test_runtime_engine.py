@@ -162,7 +162,7 @@ def test_a_smaller_context_length_is_enforced(tiny, prompt_ids):
     short = Engine.load(tiny.path, context_length=20)
     with pytest.raises(InputError, match="exceeds the context length 20 of tiny-llama"):
         short.generate(prompt_ids(15), max_tokens=6)
-    with pytest.raises(InputError, match=r"context length 65 must be in \[1, 64\]"):
+    with pytest.raises(InputError, match=r"^context_length 65 must be in \[1, 64\] for tiny-llama$"):
         Engine.load(tiny.path, context_length=65)
 
 

@@ -71,9 +71,10 @@ def test_errors_are_one_line(tiny, tmp_path):
     assert result.stderr == f"error: {tmp_path / 'nope'}: no such artifact folder\n"
     result = CliRunner().invoke(run, [str(tiny.path), "--prompt-ids", "0,999"])
     assert result.exit_code == 1
-    assert result.stderr == "error: prompt token id 999 at position 1 is outside the vocabulary [0, 320)\n"
+    assert result.stderr == ("error: --prompt-ids: token id 999 at position 1 is outside the vocabulary [0, 320) "
+                             "of tiny-llama\n")  # checked against the manifest, before the model loads
     result = CliRunner().invoke(run, [str(tiny.path), "--prompt", "x", "--top-p", "0"])
-    assert result.exit_code == 1 and result.stderr.startswith("error: top_p must be in (0, 1]")
+    assert result.exit_code == 1 and result.stderr.startswith("error: --top-p must be in (0, 1]")
     result = CliRunner().invoke(run, [str(tiny.path), "--prompt-ids", "0,999", "--verbose"])
     assert result.exit_code == 1 and type(result.exception).__name__ == "InputError"  # raised, with traceback
 

@@ -1,0 +1,62 @@
+"""The checks of `ember compile`'s arguments that need no model file: run first, so a typo fails in well under a
+second instead of after the model is read or the kernels are built. Errors name `--quant` on the command line and
+`quant` from Python (errors.EmberError.about)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+from .passes.quant_schemes import SCHEMES
+from .runtime.output_rules import check_destination
+
+if TYPE_CHECKING:
+    from .compiler import CompileRequest
+
+TARGETS = ("cpu", "cuda")  # metal: not until its pipeline exists
+TARGET_FORMS = "cpu, cuda, cuda:sm_XX[,sm_YY...]"
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def target_kind(target: str) -> str:
+    """"cpu" or "cuda" for a valid --target; the cuda arch list is parsed here too."""
+    if not isinstance(target, str):
+        raise ConfigError.about(f"{{target}} must be a string ({TARGET_FORMS}), got {target!r}")
+    kind, sep, _ = target.partition(":")
+    if kind == "metal":
+        raise ConfigError.about(f"{{target}} {target!r}: not supported yet (supported: {TARGET_FORMS})")
+    if kind not in TARGETS:
+        raise ConfigError.about(f"{{target}} {target!r}: unknown target (known: {TARGET_FORMS})")
+    if kind == "cpu" and sep:
+        raise ConfigError.about(f"{{target}} {target!r}: cpu takes no arch (EMBER_CPU_MCPU picks the LLVM cpu)")
+    if kind == "cuda":
+        from .targets.cuda.nvcc import parse_cuda_target  # no tvm import
+
+        try:
+            parse_cuda_target(target)
+        except ValueError as err:
+            raise ConfigError.about(f"{{target}}: {err}") from None
+    return kind
+
+
+def check_request(request: CompileRequest) -> str:
+    """Check what the arguments alone decide; returns the target kind."""
+    kind = target_kind(request.target)
+    if request.quant is not None and request.quant not in SCHEMES:
+        raise ConfigError.about(f"{{quant}} {request.quant!r}: unknown scheme (known: {', '.join(SCHEMES)})")
+    if request.dtype is not None and request.dtype not in DTYPES:
+        raise ConfigError.about(f"{{dtype}} {request.dtype!r}: unknown compute dtype (known: {', '.join(DTYPES)})")
+    if request.random_weights and request.weights:
+        raise ConfigError.about("{random_weights} and {weights} exclude each other")
+    _check_print_after(request)
+    if request.output:  # the default path depends on the model's name and quant: checked once they are known
+        check_destination(request.output, replace=request.force)
+    return kind
+
+
+def _check_print_after(request: CompileRequest) -> None:
+    from .passes.manager import default_pipeline
+
+    names = [p.name for p in default_pipeline(request.quant or "q0f32", request.fuse_rope, request.fuse)]
+    unknown = sorted(set(request.print_after) - set(names) - {"all"})
+    if unknown:
+        raise ConfigError.about(f"{{print_after}}: no pass named {', '.join(unknown)} (passes: {', '.join(names)})")
