@@ -17,9 +17,16 @@ build() {
     mkdir -p src
     tar xzf llama_cpp_python-*.tar.gz --strip-components=3 -C src --wildcards '*/vendor/llama.cpp/*'
   fi
-  cmake -S src -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=OFF -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_BUILD_TOOLS=ON >build.log 2>&1
+  # The host's SIMD levels by name instead of GGML_NATIVE: -march=native also turns on AMX, which a VM can
+  # advertise in cpuinfo without enabling it (llama-bench then dies on `ldtilecfg`).
+  local isa=() flags; flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+  for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512vbmi:AVX512_VBMI \
+              avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
+    [[ " $flags " == *" ${pair%%:*} "* ]] && isa+=("-DGGML_${pair##*:}=ON")
+  done
+  cmake -S src -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=OFF -DGGML_NATIVE=OFF "${isa[@]}" \
+    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON >build.log 2>&1
   cmake --build build --target llama-bench -j"$(nproc)" >>build.log 2>&1 || { tail -30 build.log >&2; exit 1; }
   echo "$work/build/bin/llama-bench"
 }
