@@ -41,24 +41,27 @@ static void attend(const DecodeArgs* a, int64_t b, int32_t h) {
   for (int64_t j0 = 0; j0 < len; j0 += KEY_BLOCK) {
     const int64_t n = len - j0 < KEY_BLOCK ? len - j0 : KEY_BLOCK;
     float block_max = m;
+    /* keys of one page are contiguous: walk (page, slot) instead of dividing every position */
+    int64_t page = j0 / ps, slot = j0 % ps;
     for (int64_t j = 0; j < n; ++j) {
-      int64_t pos = j0 + j;
-      const float* k = a->pages + (((int64_t)a->page_values[first + pos / ps] * 2 * a->h_kv + hk) * ps + pos % ps) * D;
+      const float* k = a->pages + (((int64_t)a->page_values[first + page] * 2 * a->h_kv + hk) * ps + slot) * D;
       f32x16 dot = qv[0] * ld_f32(k);
       for (int c = 1; c < chunks; ++c) dot += qv[c] * ld_f32(k + 16 * c);
       s[j] = hsum(dot);
       block_max = s[j] > block_max ? s[j] : block_max;
+      if (++slot == ps) slot = 0, ++page;
     }
     const float rescale = exp2f(m - block_max);
     denom *= rescale;
     for (int c = 0; c < chunks; ++c) acc[c] *= rescale;
     m = block_max;
+    page = j0 / ps, slot = j0 % ps;
     for (int64_t j = 0; j < n; ++j) {
-      int64_t pos = j0 + j;
-      const float* v = a->pages + ((((int64_t)a->page_values[first + pos / ps] * 2 + 1) * a->h_kv + hk) * ps + pos % ps) * D;
+      const float* v = a->pages + ((((int64_t)a->page_values[first + page] * 2 + 1) * a->h_kv + hk) * ps + slot) * D;
       float p = exp2f(s[j] - m);
       denom += p;
       for (int c = 0; c < chunks; ++c) acc[c] += ld_f32(v + 16 * c) * p;
+      if (++slot == ps) slot = 0, ++page;
     }
   }
   float* o = a->out + (b * a->h_qo + h) * D;
