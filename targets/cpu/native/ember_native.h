@@ -64,7 +64,20 @@ EMBER_INLINE f32x16 splat(float s) { return (f32x16){0} + s; }
 /* mask ? a : b, lane-wise (mask lanes are 0 or -1, as vector comparisons give) */
 EMBER_INLINE f32x16 vsel(i32x16 mask, f32x16 a, f32x16 b) { return (f32x16)(((i32x16)a & mask) | ((i32x16)b & ~mask)); }
 /* byte -> float widening through the ISA's own instructions (GCC scalarizes some vector-extension forms) */
-EMBER_INLINE f32x16 u8_to_f32(u8x16 v) { return __builtin_convertvector(__builtin_convertvector(v, i32x16), f32x16); }
+EMBER_INLINE f32x16 u8_to_f32(u8x16 v) {
+#if defined(__AVX2__) && !defined(__AVX512F__) /* GCC splits the 16-lane form badly on AVX2 */
+  __m128i b;
+  memcpy(&b, &v, 16);
+  __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+  __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)));
+  f32x16 r;
+  memcpy(&r, &lo, 32);
+  memcpy((char*)&r + 32, &hi, 32);
+  return r;
+#else
+  return __builtin_convertvector(__builtin_convertvector(v, i32x16), f32x16);
+#endif
+}
 EMBER_INLINE f32x16 i8_to_f32(const int8_t* p) {
 #if defined(__AVX512F__)
   __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
