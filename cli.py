@@ -2,8 +2,6 @@
 and `ember compile --target cuda` prepares the CUDA build process before anything imports tvm."""
 from __future__ import annotations
 
-import os
-import sys
 
 import click
 
@@ -19,11 +17,8 @@ RUNTIME_COMMANDS = ("run", "chat", "bench")
 
 
 def main() -> None:
-    """Console entry point. `ember run`/`ember chat` load the TVM runtime alone (no compiler library),
-    exactly as on a device; the switch is process-wide, so it is set here and never on an import path."""
-    args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if args and args[0] in RUNTIME_COMMANDS and "tvm" not in sys.modules:
-        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    """Console entry point. `ember run`/`chat`/`bench` load the TVM runtime alone (no compiler library), exactly
+    as on a device and as `ember.load` does from Python: both reach TVM through `runtime.tvm_import.import_tvm`."""
     cli()
 
 

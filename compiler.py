@@ -7,6 +7,8 @@ before anything imports tvm.
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -66,6 +68,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     stage = stage or Stage()
     started = time.perf_counter()
     kind = target_kind(request.target)
+    _require_compiler()
     source = resolve_model(request.model, request.weights)
     formats = SourceFormats.of(source.weights)  # GGUF: each tensor's type; None for other sources
     quant = request.quant or default_quant(formats) or DEFAULT_QUANT[kind]
@@ -122,6 +125,16 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
         path = writer.commit(manifest)
     stage.say(f"wrote {path} in {time.perf_counter() - started:.1f} s")
     return path
+
+
+def _require_compiler() -> None:
+    """TVM's compiler cannot join a process that loaded TVM's runtime alone (the choice is made at `import tvm`)."""
+    tvm = sys.modules.get("tvm")
+    runtime_only = getattr(getattr(tvm, "base", None), "_RUNTIME_ONLY", False) if tvm else (
+        os.environ.get("TVM_USE_RUNTIME_LIB") == "1")  # fmt: skip
+    if runtime_only:
+        raise ConfigError("this process loaded TVM's runtime alone (ember.load or TVM_USE_RUNTIME_LIB=1 came first), "
+                          "which cannot compile: compile in another process, or `import tvm` before ember.load")
 
 
 def _lower(module: Module, kind: str, target: str, random_fill: bool):

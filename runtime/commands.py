@@ -42,10 +42,10 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _load(artifact: str, device: str, verbose: bool) -> Any:
+def _load(artifact: str, device: str, verbose: bool, check: bool = False) -> Any:
     from .engine import Engine
 
-    engine = Engine.load(artifact, device=device)
+    engine = Engine.load(artifact, device=device, verify=check)
     if verbose:
         click.echo(f"loaded {engine.describe()}", err=True)
     return engine
@@ -66,7 +66,9 @@ def _stream_to_stdout(piece: str) -> None:
 
 
 def sampling_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--temperature, --top-k, --top-p, --seed and --device, shared by `run` and `chat`."""
+    """--temperature, --top-k, --top-p, --seed, --device and --check, shared by `run` and `chat`."""
+    command = click.option("--check", is_flag=True, help="Verify every file's sha256 first (every load checks "
+                           "file sizes and the manifest's own hash).")(command)  # fmt: skip
     command = click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)(command)
     command = click.option("--seed", default=None, type=int, help="Seed for sampling.")(command)
     command = click.option("--top-p", default=1.0, show_default=True, type=float, help="1 = off.")(command)
@@ -94,6 +96,7 @@ def run(
     top_p: float,
     seed: int | None,
     device: str,
+    check: bool,
     as_json: bool,
     verbose: bool,
 ) -> None:
@@ -102,7 +105,7 @@ def run(
 
     if (prompt is None) == (prompt_ids is None):
         raise InputError("give exactly one of --prompt and --prompt-ids")
-    engine = _load(artifact, device, verbose)
+    engine = _load(artifact, device, verbose, check)
     stream = None if as_json or engine.tokenizer is None else _stream_to_stdout
     result = engine.generate(
         prompt if prompt is not None else _parse_ids(prompt_ids or ""),
@@ -140,10 +143,11 @@ def chat(
     top_p: float,
     seed: int | None,
     device: str,
+    check: bool,
     verbose: bool,
 ) -> None:
     """Chat with ARTIFACT: one-shot with -m, otherwise an interactive loop (/reset clears, /exit or Ctrl-D ends)."""
-    engine = _load(artifact, device, verbose)
+    engine = _load(artifact, device, verbose, check)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
