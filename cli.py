@@ -84,13 +84,14 @@ def models_command() -> None:
 @cli.command("inspect")
 @click.argument("path")
 @click.option("--ir", "show_ir", is_flag=True, help="Print the IR the artifact was compiled from.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @click.option("--verbose", is_flag=True, help="Show full tracebacks (TVM's included).")
 @one_line_errors
-def inspect_command(path: str, show_ir: bool, verbose: bool) -> None:
-    """Describe an artifact folder, a GGUF file, or a Hugging Face folder."""
+def inspect_command(path: str, show_ir: bool, as_json: bool, verbose: bool) -> None:
+    """Describe an artifact folder, a GGUF file, or a Hugging Face folder (text, or --json)."""
     from .describe import describe
 
-    click.echo(describe(path, show_ir=show_ir))
+    click.echo(describe(path, show_ir=show_ir, as_json=as_json))
 
 
 def _register_runtime_commands() -> None:

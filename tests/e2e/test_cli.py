@@ -34,7 +34,11 @@ def artifact(hf_dir, tmp_path_factory):
     assert done.returncode == 0, done.stderr
     path = work / "compiled" / "tiny-hf-q0f32-cpu"
     assert done.stdout.strip() == str(path)
-    assert "tracing" in done.stderr and "building kernels" in done.stderr  # progress on stderr
+    stages = ["reading", "tracing", "running passes", "loading TVM's compiler", "lowering to TVM",
+              "building kernels for cpu (tvm.compile)", "linking model.so", "writing weights", "hashing files"]
+    lines = done.stderr.splitlines()  # progress on stderr: a line before every phase that can take a second
+    assert [next(i for i, line in enumerate(lines) if stage in line) for stage in stages] == sorted(
+        next(i for i, line in enumerate(lines) if stage in line) for stage in stages)  # fmt: skip
     return path
 
 
@@ -60,6 +64,8 @@ def test_run_json_under_runtime_only(artifact):
 def test_inspect_and_ir(artifact):
     done = ember("inspect", str(artifact))
     assert "quantization: q0f32" in done.stdout and "target: cpu" in done.stdout
+    facts = json.loads(ember("inspect", str(artifact), "--json").stdout)
+    assert facts["kind"] == "artifact" and facts["quantization"] == "q0f32" and facts["target"]["kind"] == "cpu"
     ir = ember("inspect", str(artifact), "--ir")
     assert "func decode(%ids: i32[batch, 1])" in ir.stdout and "paged_attention" in ir.stdout
 
