@@ -138,7 +138,8 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
                 "num_layers", "num_attention_heads", "num_kv_heads", "head_dim", "dtype", "sliding_window")}),
             vocab_size=source.config.vocab_size, context_length=source.config.max_position_embeddings,
             functions=_exported_functions(relax_mod), params=params, weights=weights_mode,
-            tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes)
+            tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes,
+            source=source.path)
         stage.say("hashing files and writing the manifest")
         path = writer.commit(manifest)
     stage.say(f"wrote {path} in {time.perf_counter() - started:.1f} s")

@@ -51,6 +51,7 @@ class ModelSource:
     tokenizer: TokenizerFiles | None = None
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    path: str | None = None  # the file or folder read (recorded in the manifest as `source`)
 
 
 class _FolderWeights:
@@ -126,13 +127,16 @@ def _from_preset(name: str, want_default_weights: bool) -> ModelSource:
 def _from_hf_folder(folder: Path) -> ModelSource:
     config = ModelConfig.from_file(folder / "config.json")
     return ModelSource(name=folder.name, config=config, weights=_FolderWeights(folder),
-                       tokenizer=_hf_tokenizer(folder, config), description=f"Hugging Face folder {folder}")
+                       tokenizer=_hf_tokenizer(folder, config), description=f"Hugging Face folder {folder}",
+                       path=str(folder.absolute()))
 
 
 def _from_gguf(path: Path) -> ModelSource:
     from .importers.gguf_source import gguf_source
 
-    return gguf_source(path)
+    source = gguf_source(path)
+    source.path = str(path.absolute())
+    return source
 
 
 def _hf_tokenizer(folder: Path, config: ModelConfig) -> TokenizerFiles | None:

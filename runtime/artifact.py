@@ -95,6 +95,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     library: str = LIBRARY_FILE
     notes: list[str] = field(default_factory=list)  # e.g. what was requantized
+    source: str | None = None  # the model file or folder it was compiled from, as given then (informational)
 
     @property
     def is_benchmark_build(self) -> bool:

@@ -1,4 +1,4 @@
-"""Click commands `run` and `chat` (the lead registers them on the `ember` group in cli.py)."""
+"""Click commands `run`, `chat` and `bench` (cli.py registers them on the `ember` group)."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +12,7 @@ import click
 from ..errors import EmberError
 
 _DEVICE_HELP = "cpu, cuda, cuda:N or metal"
+PEERS = ("hf", "hf:compile", "llama.cpp")  # `ember bench --peer`
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -190,18 +191,28 @@ def chat(
 @click.option("--batch", "batches", default="1", show_default=True, help="Decode batch sizes (comma list).")
 @click.option("--steps", default=256, show_default=True, type=int, help="Decode steps per measurement.")
 @click.option("--repeats", default=3, show_default=True, type=int)
-@click.option("--peer", default=None, help="Measure a peer in the same run: hf (transformers eager) or hf:compile.")
+@click.option("--peer", default=None, type=click.Choice(PEERS),
+              help="Measure a peer in the same run: hf (transformers eager), hf:compile, or llama.cpp (llama-bench).")
+@click.option("--llama-bench", "llama_bench", default=None, type=click.Path(dir_okay=False),
+              help="The llama-bench binary for --peer llama.cpp (default: llama-bench on PATH).")
+@click.option("--gguf", default=None, type=click.Path(dir_okay=False),
+              help="The GGUF file llama-bench runs (default: the one the artifact was compiled from).")
 @click.option("--output", "output", default=None, type=click.Path(dir_okay=False),
               help="Also write the JSON rows to this file.")
 @click.option("--verbose", is_flag=True, help="Show full tracebacks.")
 @one_line_errors
 def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, repeats: int, peer: str | None,
-          output: str | None, verbose: bool) -> None:
+          llama_bench: str | None, gguf: str | None, output: str | None, verbose: bool) -> None:
     """Time prefill, TTFT and decode of ARTIFACT (JSON lines on stdout), beside a peer when asked."""
     from .bench import ratio_rows, run_bench, run_peer
 
     lengths = [int(x) for x in prefill.split(",") if x]
     sizes = [int(x) for x in batches.split(",") if x]
+    if peer == "llama.cpp":  # before timing anything: the peer's inputs must exist
+        from .peer_llamacpp import find_llama_bench
+
+        llama_bench = find_llama_bench(llama_bench)
+        gguf = gguf or _compiled_from_gguf(artifact)
     from .engine import Engine
 
     # the cache holds the longest prompt (or a 128-token prompt plus every decode step) for each sequence
@@ -209,8 +220,18 @@ def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, re
     engine = Engine.load(artifact, device=device, max_batch_size=max(sizes), context_length=context)
     result = run_bench(engine, device, lengths, sizes, steps, repeats)
     rows = result.rows()
-    if peer:
+    threads = engine.threads
+    if threads:
+        rows = [{**row, "threads": threads} for row in rows]
+    if peer == "llama.cpp":
+        from .peer_llamacpp import run_llama_bench
+        from .threads import physical_cores
+
+        assert llama_bench is not None and gguf is not None
+        theirs = run_llama_bench(llama_bench, gguf, threads or physical_cores(), lengths, steps, repeats)
+    elif peer:
         theirs = run_peer(peer, engine.manifest.config, device, lengths, steps)
+    if peer:
         rows += theirs + [{"ratio": r} for r in ratio_rows(result.rows(), theirs)]
     for row in rows:
         click.echo(json.dumps(row))
@@ -219,3 +240,13 @@ def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, re
             handle.write("".join(json.dumps(r) + "\n" for r in rows))
     if result.weights == "random":
         click.echo("note: random weights (benchmark build)", err=True)
+
+
+def _compiled_from_gguf(artifact: str) -> str:
+    from ..errors import InputError
+    from .artifact import read_manifest
+
+    source = read_manifest(artifact).source
+    if source and source.lower().endswith(".gguf"):
+        return source
+    raise InputError(f"--peer llama.cpp needs --gguf PATH: the manifest of {artifact} names no GGUF it was compiled from")

@@ -49,6 +49,8 @@ def test_compile_writes_a_complete_artifact(artifact):
     assert {"prefill", "decode", "create_kv"} <= set(manifest["functions"])
     assert manifest["versions"]["apache-tvm-ffi"] == "0.1.14.post1"
     assert set(manifest["files"]) >= {"model.so", "ir.txt", "params/params-00000.safetensors"}
+    assert manifest["sizes"]["model.so"] == (artifact / "model.so").stat().st_size and manifest["manifest_sha256"]
+    assert manifest["source"].endswith("tiny-hf")
     names = [p["name"] for p in manifest["params"]]
     assert "model.layers.0.self_attn.qkv_proj.weight" in names and "lm_head.weight" in names  # q/k/v fused
     assert not [p for p in artifact.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
@@ -154,3 +156,34 @@ def test_cuda_compile_without_gpu_holds_kernels_for_each_arch(hf_dir, tmp_path):
     report = inspect_cuda_library(tmp_path / "cuda" / "model.so")
     assert sorted(report.cubin_archs) == ["sm_80", "sm_90"]
     assert report.global_sources == 0 and not report.has_ptx
+
+
+FAKE_LLAMA_BENCH = """#!{python}
+import json, sys
+open({argv!r}, "w").write(json.dumps(sys.argv[1:]))
+row = {{"model_filename": "m.gguf", "model_type": "llama ?B F32", "n_threads": 2, "n_depth": 0}}
+for n_prompt, n_gen, avg_ns in ((16, 0, 8_000_000), (128, 0, 64_000_000), (128, 4, 104_000_000)):
+    print(json.dumps({{**row, "n_prompt": n_prompt, "n_gen": n_gen, "avg_ns": avg_ns}}))
+"""
+
+
+def test_bench_beside_llama_cpp(artifact, tmp_path):
+    binary, gguf = tmp_path / "llama-bench", tmp_path / "m.gguf"
+    binary.write_text(FAKE_LLAMA_BENCH.format(python=sys.executable, argv=str(tmp_path / "argv.json")))
+    binary.chmod(0o755)
+    gguf.write_bytes(b"GGUF")
+    done = ember("bench", str(artifact), "--prefill", "16", "--steps", "4", "--repeats", "1", "--peer", "llama.cpp",
+                 "--llama-bench", str(binary), "--gguf", str(gguf))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    ours = [r for r in rows if r.get("engine") == "ember"]
+    threads = ours[0]["threads"]
+    assert threads >= 1 and all(r["threads"] == threads for r in ours)
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("-t") + 1] == str(threads) and argv[argv.index("-pg") + 1] == "128,4"
+    peer = {r["metric"]: r["value"] for r in rows if r.get("engine") == "llama.cpp"}
+    assert peer == {"prefill_pp16_tok_s": 2000.0, "ttft_128_ms": 64.0, "decode_b1_tok_s": 100.0}
+    assert {r["ratio"]["metric"] for r in rows if "ratio" in r} == set(peer)
+    # the artifact was compiled from a Hugging Face folder: without --gguf there is nothing to give llama-bench
+    done = ember("bench", str(artifact), "--peer", "llama.cpp", "--llama-bench", str(binary))
+    one_line_error(done, "--peer llama.cpp needs --gguf PATH")
