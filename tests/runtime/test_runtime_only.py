@@ -190,3 +190,16 @@ except ConfigError as err:
 def test_a_runtime_only_process_refuses_to_compile_in_one_line(tiny, tmp_path):
     out = python(RUNTIME_THEN_COMPILE_SCRIPT, str(tiny.path), str(tmp_path / "never")).stdout.strip()
     assert out.startswith("this process loaded TVM's runtime alone") and not (tmp_path / "never").exists()
+
+
+def test_run_check_verifies_every_sha256(artifact_copy):
+    shard = artifact_copy / "params" / "shard-1.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0x01  # same size: only the full check sees it
+    shard.write_bytes(bytes(data))
+    args = [str(artifact_copy), "--prompt-ids", "0,5", "-n", "2", "--json"]
+    assert CliRunner().invoke(run, args).exit_code == 0
+    result = CliRunner().invoke(run, args + ["--check"])
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: {artifact_copy}: params/shard-1.safetensors does not match its sha256 in the "
+                             "manifest (corrupt or edited)\n")  # fmt: skip
