@@ -164,7 +164,9 @@ def check_files(folder: str | os.PathLike, manifest: Manifest) -> None:
             raise ArtifactError(f"{folder}: {rel} is listed in the manifest but missing")
         expected = manifest.sizes.get(rel)
         if expected is not None and (found := path.stat().st_size) != expected:
-            raise ArtifactError(f"{folder}: {rel} has {found} bytes, the manifest says {expected} (truncated or replaced)")
+            raise ArtifactError(
+                f"{folder}: {rel} has {found} bytes, the manifest says {expected} (truncated or replaced)"
+            )
 
 
 def verify_files(folder: str | os.PathLike, manifest: Manifest) -> None:

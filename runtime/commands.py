@@ -249,4 +249,6 @@ def _compiled_from_gguf(artifact: str) -> str:
     source = read_manifest(artifact).source
     if source and source.lower().endswith(".gguf"):
         return source
-    raise InputError(f"--peer llama.cpp needs --gguf PATH: the manifest of {artifact} names no GGUF it was compiled from")
+    raise InputError(
+        f"--peer llama.cpp needs --gguf PATH: the manifest of {artifact} names no GGUF it was compiled from"
+    )

@@ -6,7 +6,8 @@ within 1e-6 of p counts as reaching it). Temperature 0 is greedy (argmax).
 
 A `Sampler` draws the tokens of one generation and reuses two vocabulary-sized float32 buffers for every token:
 scaling and exp run in place; top-k and top-p find their threshold by partitioning a copy in place and sort at
-most 1024 weights; the draw sums blocks of 1024 and accumulates inside one. Per token, nothing of vocabulary size is allocated but the masks of the cut.
+most 1024 weights; the draw sums blocks of 1024 and accumulates inside one. Per token, nothing of vocabulary size
+is allocated but the masks of the cut.
 """
 from __future__ import annotations
 

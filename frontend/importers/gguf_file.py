@@ -52,7 +52,8 @@ class GGUFFile:
             raise ValueError(f"GGUF version {version} is not supported (2 and 3 are; big-endian files are not)")
         n_tensors, n_fields = self._take("<QQ")
         # GGUFReader's pseudo-fields first, as it lists them
-        self.fields: dict[str, Any] = {"GGUF.version": version, "GGUF.tensor_count": n_tensors, "GGUF.kv_count": n_fields}
+        self.fields: dict[str, Any] = {"GGUF.version": version, "GGUF.tensor_count": n_tensors,
+                                       "GGUF.kv_count": n_fields}
         for _ in range(n_fields):
             key = self._string()
             (kind,) = self._take("<I")
