@@ -8,26 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from ember.errors import InputError
 from ember.runtime.bench import ratio_rows
 from ember.runtime.peer_llamacpp import find_llama_bench, llama_bench_command, parse_llama_bench, run_llama_bench
 
-
-def record(n_prompt: int, n_gen: int, avg_ns: int) -> str:
-    """One line as llama-bench -o jsonl prints it (field names and order of llama.cpp's test::get_fields)."""
-    tokens = n_prompt + n_gen
-    return json.dumps({
-        "build_commit": "4e9fc0d", "build_number": 6980, "cpu_info": "Intel(R) Xeon(R) Processor", "gpu_info": "",
-        "backends": "CPU", "model_filename": "/x/SmolLM2-135M-Instruct.Q4_1.gguf", "model_type": "llama ?B Q4_1",
-        "model_size": 95975424, "model_n_params": 134515008, "n_batch": 2048, "n_ubatch": 512, "n_threads": 2,
-        "cpu_mask": "0x0", "cpu_strict": False, "poll": 50, "type_k": "f16", "type_v": "f16", "n_gpu_layers": 99,
-        "split_mode": "layer", "main_gpu": 0, "no_kv_offload": False, "flash_attn": False, "n_prompt": n_prompt,
-        "n_gen": n_gen, "n_depth": 0, "test_time": "2026-12-01T23:10:00Z", "avg_ns": avg_ns, "stddev_ns": 1000,
-        "avg_ts": 1e9 * tokens / avg_ns, "stddev_ts": 0.5, "samples_ns": [avg_ns], "samples_ts": [1e9 * tokens / avg_ns],
-    })  # fmt: skip
-
-
-LINES = [record(128, 0, 200_000_000), record(512, 0, 1_000_000_000), record(128, 64, 1_000_000_000)]
+# Recorded: llama-bench -m SmolLM2-135M-Instruct.Q4_1.gguf -t 2 -p 128,512 -n 0 -pg 128,64 -r 2 -o jsonl (this box)
+LINES = (Path(__file__).parents[1] / "data" / "llama-bench.jsonl").read_text().splitlines()
+PP128_NS, PP512_NS, PG_NS = 581059127, 2134406456, 1411472794  # their avg_ns
 
 
 def test_command_line():
@@ -40,15 +28,15 @@ def test_parse_into_ember_rows():
     rows = parse_llama_bench(["llama-bench: some log line", *LINES], [512])
     by_metric = {r["metric"]: r for r in rows}
     assert list(by_metric) == ["prefill_pp512_tok_s", "ttft_128_ms", "decode_b1_tok_s"]  # pp128 was not asked for
-    assert by_metric["prefill_pp512_tok_s"]["value"] == 512.0
-    assert by_metric["ttft_128_ms"]["value"] == 200.0
-    assert by_metric["decode_b1_tok_s"]["value"] == 80.0  # 64 tokens in 1.0 s - 0.2 s of prompt
+    assert by_metric["prefill_pp512_tok_s"]["value"] == round(512e9 / PP512_NS, 1) == 239.9
+    assert by_metric["ttft_128_ms"]["value"] == round(PP128_NS / 1e6, 2) == 581.06
+    assert by_metric["decode_b1_tok_s"]["value"] == round(64e9 / (PG_NS - PP128_NS), 1) == 77.1  # prompt excluded
     row = by_metric["decode_b1_tok_s"]
-    assert (row["engine"], row["model"], row["quant"], row["device"], row["threads"]) == (
-        "llama.cpp", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama ?B Q4_1", "cpu", 2)  # fmt: skip
-    ours = [{"metric": "prefill_pp512_tok_s", "value": 256.0}, {"metric": "ttft_128_ms", "value": 100.0},
-            {"metric": "decode_b1_tok_s", "value": 40.0}]  # fmt: skip
-    assert [r["speedup"] for r in ratio_rows(ours, rows)] == [0.5, 2.0, 0.5]
+    assert (row["engine"], row["model"], row["quant"], row["device"], row["threads"], row["steps"]) == (
+        "llama.cpp", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama 256M Q4_1", "cpu", 2, 64)  # fmt: skip
+    ours = [{"metric": "prefill_pp512_tok_s", "value": 119.95}, {"metric": "ttft_128_ms", "value": 290.53},
+            {"metric": "decode_b1_tok_s", "value": 154.2}]  # fmt: skip
+    assert [r["speedup"] for r in ratio_rows(ours, rows)] == [0.5, 2.0, 2.0]
 
 
 def fake_llama_bench(tmp_path: Path, lines: list[str], code: int = 0, stderr: str = "") -> Path:
