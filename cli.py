@@ -2,8 +2,6 @@
 and `ember compile --target cuda` prepares the CUDA build process before anything imports tvm."""
 from __future__ import annotations
 
-import os
-import sys
 
 import click
 
@@ -19,11 +17,8 @@ RUNTIME_COMMANDS = ("run", "chat", "bench")
 
 
 def main() -> None:
-    """Console entry point. `ember run`/`ember chat` load the TVM runtime alone (no compiler library),
-    exactly as on a device; the switch is process-wide, so it is set here and never on an import path."""
-    args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if args and args[0] in RUNTIME_COMMANDS and "tvm" not in sys.modules:
-        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    """Console entry point. `ember run`/`chat`/`bench` load the TVM runtime alone (no compiler library), exactly
+    as on a device and as `ember.load` does from Python: both reach TVM through `runtime.tvm_import.import_tvm`."""
     cli()
 
 
@@ -95,13 +90,14 @@ def models_command() -> None:
 @cli.command("inspect")
 @click.argument("path")
 @click.option("--ir", "show_ir", is_flag=True, help="Print the IR the artifact was compiled from.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @click.option("--verbose", is_flag=True, help="Show full tracebacks (TVM's included).")
 @one_line_errors
-def inspect_command(path: str, show_ir: bool, verbose: bool) -> None:
-    """Describe an artifact folder, a GGUF file, or a Hugging Face folder."""
+def inspect_command(path: str, show_ir: bool, as_json: bool, verbose: bool) -> None:
+    """Describe an artifact folder, a GGUF file, or a Hugging Face folder (text, or --json)."""
     from .describe import describe
 
-    click.echo(describe(path, show_ir=show_ir))
+    click.echo(describe(path, show_ir=show_ir, as_json=as_json))
 
 
 def _register_runtime_commands() -> None:

@@ -9,17 +9,20 @@ before anything imports tvm.
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
 from .describe import IR_FILE
 from .compile_args import check_request
-from .errors import EmberError
+from .errors import ConfigError, EmberError
 from .frontend.models import build_module
 from .frontend.source import ModelSource, resolve_model
 from .ir.graph import Module
@@ -29,6 +32,7 @@ from .passes.materialize import check_sources, materialize
 from .passes.quantize import SourceFormats, default_quant, quantization_notes
 from .runtime import artifact as art
 from .runtime.output_rules import check_destination
+from .runtime.tvm_import import import_tvm_with_compiler
 
 SHARD_BYTES = 1 << 30
 DEFAULT_DTYPE = {"cpu": "float32", "cuda": "float16"}
@@ -53,11 +57,22 @@ class CompileRequest:
 
 @dataclass
 class Stage:
-    """Reports progress: `say(message)` for a stage, `tick(done, total, what)` inside long loops."""
+    """Reports progress: `say(message)` for a stage, `tick(done, total, what)` inside long loops, and
+    `with wait(message):` around one long call (a spinner with the elapsed time when `spin` is given)."""
 
     say: Callable[[str], None] = lambda message: None
     tick: Callable[[int, int, str], None] = lambda done, total, what: None
     dump: Callable[[str], None] = print
+    spin: Callable[[str], ContextManager[None]] | None = None
+
+    @contextmanager
+    def wait(self, message: str) -> Iterator[None]:
+        self.say(message)
+        if self.spin is None:
+            yield
+            return
+        with self.spin(message):
+            yield
 
 
 def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
@@ -65,8 +80,10 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     started = time.perf_counter()
     # Everything the arguments alone decide, before any model file is opened.
     kind = check_request(request)
+    _require_compiler()
     # The config and the tensor headers (GGUF metadata and tensor infos, safetensors headers); no tensor data.
-    source = resolve_model(request.model, request.weights)
+    stage.say(f"reading {request.model}")
+    source = resolve_model(request.model, request.weights, random_weights=request.random_weights)
     formats = SourceFormats.of(source.weights)  # GGUF: each tensor's type; None for other sources
     quant = request.quant or default_quant(formats) or DEFAULT_QUANT[kind]
     if formats is not None:  # no --quant and a quantized GGUF: each tensor keeps its type where ember has it
@@ -89,17 +106,21 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     module = manager.run(module)
     source.notes.extend(quantization_notes(module))
 
-    stage.say(f"lowering to TVM for {request.target}")
-    relax_mod, param_order = _lower(module, kind, request.target, request.random_weights)
+    if "tvm" not in sys.modules:
+        with stage.wait("loading TVM's compiler"):
+            import_tvm_with_compiler()
+    with stage.wait(f"lowering to TVM for {request.target}"):
+        relax_mod, param_order = _lower(module, kind, request.target, request.random_weights)
     with art.ArtifactWriter(output, replace=replace, label=label) as writer:
         (writer.path / IR_FILE).write_text(format_module(module))
-        stage.say(f"building kernels for {request.target}")
-        target_info = _build(relax_mod, kind, request.target, writer.path / art.LIBRARY_FILE, request.cuda_graph)
+        target_info = _build(relax_mod, kind, request.target, writer.path / art.LIBRARY_FILE, request.cuda_graph,
+                             stage)  # fmt: skip
         params = [_param_info(module, name) for name in param_order]
         weights_mode = art.WEIGHTS_NONE
         if request.random_weights:
             weights_mode = art.WEIGHTS_RANDOM
         elif packs_weights:
+            stage.say(f"writing weights ({len(params)} tensors, {quant})")
             _write_weights(module, params, source, writer.path, stage)
             weights_mode = art.WEIGHTS_PACKED
         tokenizer = None
@@ -116,7 +137,8 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
                 "num_layers", "num_attention_heads", "num_kv_heads", "head_dim", "dtype", "sliding_window")}),
             vocab_size=source.config.vocab_size, context_length=source.config.max_position_embeddings,
             functions=_exported_functions(relax_mod), params=params, weights=weights_mode,
-            tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes)
+            tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes,
+            source=source.path)
         stage.say("hashing files and writing the manifest")
         path = writer.commit(manifest)
     stage.say(f"wrote {path} in {time.perf_counter() - started:.1f} s")
@@ -129,6 +151,16 @@ def _output(request: CompileRequest, name: str, quant: str) -> tuple[Path, bool,
         return Path(request.output), request.force, "{output}"
     label = request.target.replace(":", "-").replace(",", "-")
     return Path("compiled") / f"{name}-{quant}-{label}", True, ""  # ember's own default path: it made what is there
+
+
+def _require_compiler() -> None:
+    """TVM's compiler cannot join a process that loaded TVM's runtime alone (the choice is made at `import tvm`)."""
+    tvm = sys.modules.get("tvm")
+    runtime_only = getattr(getattr(tvm, "base", None), "_RUNTIME_ONLY", False) if tvm else (
+        os.environ.get("TVM_USE_RUNTIME_LIB") == "1")  # fmt: skip
+    if runtime_only:
+        raise ConfigError("this process loaded TVM's runtime alone (ember.load or TVM_USE_RUNTIME_LIB=1 came first), "
+                          "which cannot compile: compile in another process, or `import tvm` before ember.load")
 
 
 def _lower(module: Module, kind: str, target: str, random_fill: bool):
@@ -146,18 +178,24 @@ def _lower(module: Module, kind: str, target: str, random_fill: bool):
     raise AssertionError(f"check_request let target {target!r} through")
 
 
-def _build(relax_mod, kind: str, target: str, library: Path, cuda_graph: bool) -> art.TargetInfo:
+def _build(relax_mod, kind: str, target: str, library: Path, cuda_graph: bool, stage: Stage) -> art.TargetInfo:
     if kind == "cpu":
         from .targets.cpu import build_cpu, target_info
 
-        build_cpu(relax_mod).export_library(str(library))
+        with stage.wait(f"building kernels for {target} (tvm.compile)"):
+            executable = build_cpu(relax_mod)
+        with stage.wait(f"linking {library.name}"):
+            executable.export_library(str(library))
         return target_info()
     from .targets.cuda.library_check import check_cuda_library
     from .targets.cuda.nvcc import parse_cuda_target
     from .targets.cuda.pipeline import build_cuda
 
     archs = parse_cuda_target(target)
-    build_cuda(relax_mod, archs, cuda_graph=cuda_graph).export_library(str(library))
+    with stage.wait(f"building kernels for {target} (tvm.compile)"):
+        executable = build_cuda(relax_mod, archs, cuda_graph=cuda_graph)
+    with stage.wait(f"compiling and linking {library.name} (nvcc for {', '.join(archs)})"):
+        executable.export_library(str(library))
     check_cuda_library(library, archs)
     return art.TargetInfo(kind="cuda", archs=archs, host="llvm")
 

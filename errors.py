@@ -55,3 +55,7 @@ class ArtifactError(EmberError):
 
 class InputError(EmberError):
     """A runtime input is invalid (token id outside the vocabulary, prompt longer than the context...)."""
+
+
+class CompilerLoadedWarning(UserWarning):
+    """ember's runtime found tvm already imported with its compiler and runs on it as is."""

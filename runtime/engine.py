@@ -36,7 +36,8 @@ class Engine:
         random_fill: RandomFill | None = None,
     ) -> Engine:
         """Load an artifact folder. `context_length` (<= the artifact's) sizes the KV cache; `weights` (name ->
-        array) is required for library-only artifacts and replaces the shipped weights otherwise."""
+        array) is required for library-only artifacts and replaces the shipped weights otherwise. Every load checks
+        file sizes and the manifest's own hash; `verify=True` also checks every file's sha256 (`--check`)."""
         check_load_arguments(read_manifest(path), device, max_batch_size, context_length, prefill_chunk_size)
         artifact = load_artifact(path, device=device, verify=verify, weights=weights, random_fill=random_fill)
         runner = ModelRunner(
@@ -59,6 +60,15 @@ class Engine:
         return self.manifest.is_benchmark_build
 
     @property
+    def threads(self) -> int | None:
+        """Threads of TVM's CPU pool for kernels launched from this thread (None off the cpu)."""
+        if self.artifact.manifest.target.kind != "cpu":
+            return None
+        from .threads import pool_size
+
+        return pool_size()
+
+    @property
     def eos_token_ids(self) -> list[int]:
         if self.tokenizer is not None:
             return list(self.tokenizer.eos_token_ids)
@@ -67,8 +77,9 @@ class Engine:
 
     def describe(self) -> str:
         m = self.manifest
+        threads = f", {self.threads} threads" if self.threads else ""
         line = (
-            f"{m.name} ({m.architecture}, {m.quantization}) on {self.artifact.device}, "
+            f"{m.name} ({m.architecture}, {m.quantization}) on {self.artifact.device}{threads}, "
             f"context {self.runner.context_length}"
         )
         return f"{line}; {RANDOM_WEIGHTS_NOTE}" if self.random_weights else line

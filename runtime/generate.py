@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InputError
 from .model_runner import ModelRunner
-from .sampler import SamplingParams, sample
+from .sampler import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
 
 RANDOM_WEIGHTS_NOTE = "random weights (benchmark build)"
@@ -59,8 +59,8 @@ def prefill(runner: ModelRunner, prompt: np.ndarray) -> np.ndarray:
 
 
 def decode_one(runner: ModelRunner, token: int) -> np.ndarray:
-    """One token into the cache; logits of the next."""
-    return runner.decode([SEQ_ID], [token])[0]
+    """One token into the cache; logits of the next (in a buffer the next call reuses)."""
+    return runner.decode([SEQ_ID], [token], reuse=True)[0]
 
 
 def generate(
@@ -80,7 +80,7 @@ def generate(
     if ids.size == 0:
         raise InputError("the prompt is empty")
     runner.check_budget(ids.size, max_tokens)
-    rng = sampling.make_rng()
+    sampler = Sampler(sampling)
     stops = set(eos_token_ids)
     detok: StreamDecoder | None = tokenizer.stream_decoder() if tokenizer is not None else None
 
@@ -94,7 +94,7 @@ def generate(
         stamps: list[float] = []
         finish = "length"
         while True:
-            token = sample(logits, sampling, rng)
+            token = sampler(logits)
             stamps.append(time.perf_counter() - t0)
             if token in stops:
                 finish = "stop"

@@ -1,11 +1,12 @@
 """Load an artifact with the TVM runtime only: check it fits the device, load model.so into a VM, load the weights.
 
-Weights go to the device one tensor at a time, in manifest order, and end up as the one packed list that every
-exported function takes last (DESIGN.md).
+Every load checks the manifest's own hash and each file's size; `verify=True` (`--check`) also hashes every file.
+Weights are memory-mapped (runtime.shards) and go to the device one tensor at a time, in manifest order, ending up
+as the one packed list that every exported function takes last (DESIGN.md). On cpu, TVM's thread pool is sized
+to the physical cores first (runtime.threads).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import re
@@ -17,20 +18,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, InputError
-from .artifact import WEIGHTS_NONE, WEIGHTS_PACKED, WEIGHTS_RANDOM, Manifest, ParamInfo, read_manifest, verify_files
+from .artifact import (WEIGHTS_NONE, WEIGHTS_PACKED, WEIGHTS_RANDOM, Manifest, ParamInfo, check_files, read_manifest,
+                       verify_files)
 from .random_weights import DeviceFill, RandomFill, make_random_weights
+from .shards import Shard
+from .threads import configure_cpu_threads
 from .tvm_import import ensure_device_runtime, import_tvm
 
 # Exported functions ember calls, with their arity (weights included): the contract of DESIGN.md.
 REQUIRED_FUNCTIONS = {"create_kv": 5, "prefill": 4, "decode": 3}
 OPTIONAL_FUNCTIONS = {"decode1": 3}
 
-_SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
-    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
-}  # fmt: skip
 _HOST_ARCHS = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -65,8 +63,9 @@ def load_artifact(
     manifest = read_manifest(folder)
     kind, index = parse_device(device)
     check_target(manifest, kind)
-    if verify:
-        verify_files(folder, manifest)
+    (verify_files if verify else check_files)(folder, manifest)
+    if kind == "cpu":
+        configure_cpu_threads()
     ensure_device_runtime(kind)
     tvm = import_tvm()
     dev = tvm.device(kind, index)
@@ -161,35 +160,23 @@ def _first_line(err: BaseException) -> str:
 
 
 def load_packed_weights(folder: Path, manifest: Manifest, dev: Any) -> list[Any]:
-    from safetensors import SafetensorError, safe_open
-
     tvm = import_tvm()
+    shards: dict[str, Shard] = {}
     out: list[Any] = []
-    with contextlib.ExitStack() as stack:
-        shards: dict[str, Any] = {}
-        for p in manifest.params:
-            if p.file is None:
-                raise ArtifactError(f"artifact {manifest.name}: parameter {p.name} has no file in the manifest")
-            if p.file not in shards:
-                shard_path = folder / p.file
-                if not shard_path.is_file():
-                    raise ArtifactError(f"{folder}: {p.file} is missing (it holds {p.name})")
-                try:
-                    shards[p.file] = stack.enter_context(safe_open(str(shard_path), framework="numpy"))
-                except (SafetensorError, OSError) as err:
-                    raise ArtifactError(f"{shard_path}: not a readable safetensors file ({_first_line(err)})") from None
-            shard = shards[p.file]
-            where = f"{folder / p.file}: tensor {p.name}"
-            if p.name not in shard.keys():
-                raise ArtifactError(f"{where} is missing")
-            info = shard.get_slice(p.name)
-            found_dtype = _SAFETENSORS_DTYPES.get(info.get_dtype(), info.get_dtype())
-            _check_tensor(where, p, list(info.get_shape()), found_dtype)
-            try:
-                array = shard.get_tensor(p.name)
-            except (SafetensorError, OSError, ValueError, TypeError) as err:
-                raise ArtifactError(f"{where} cannot be read ({_first_line(err)})") from None
-            out.append(tvm.runtime.tensor(array, dev))
+    for p in manifest.params:
+        if p.file is None:
+            raise ArtifactError(f"artifact {manifest.name}: parameter {p.name} has no file in the manifest")
+        if p.file not in shards:
+            if not (folder / p.file).is_file():
+                raise ArtifactError(f"{folder}: {p.file} is missing (it holds {p.name})")
+            shards[p.file] = Shard(folder / p.file)
+        shard = shards[p.file]
+        where = f"{folder / p.file}: tensor {p.name}"
+        if p.name not in shard:
+            raise ArtifactError(f"{where} is missing")
+        dtype, shape = shard.info(p.name)
+        _check_tensor(where, p, shape, dtype)
+        out.append(tvm.runtime.empty(shape, dtype, dev).copyfrom(shard.array(p.name)))  # one copy, from the map
     return out
 
 

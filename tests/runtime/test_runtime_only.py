@@ -1,4 +1,5 @@
-"""The runtime in a fresh process with TVM's runtime library only, and the click commands."""
+"""The runtime in a fresh process with TVM's runtime library only (plain Python included), the thread pool size,
+and the click commands."""
 from __future__ import annotations
 
 import json
@@ -6,38 +7,116 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from ember.runtime.commands import chat, run
+from ember.runtime.threads import physical_cores
 
 RUNTIME_ONLY_SCRIPT = r"""
-import json, sys
+import json, os, sys, warnings
+warnings.simplefilter("error")  # no note about the compiler may appear here
 import ember
 engine = ember.load(sys.argv[1], device="cpu")
 result = engine.generate([int(t) for t in sys.argv[2].split(",")], max_tokens=8)
 maps = open("/proc/self/maps").read()
 print(json.dumps({
     "token_ids": result.token_ids,
-    "modules": sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "tvm.relax", "ember.frontend",
-                                                                          "ember.passes", "ember.targets"))),
+    "modules": sorted(m for m in sys.modules if m in ("torch", "ml_dtypes") or m.startswith((
+        "torch.", "tvm.relax", "ember.frontend", "ember.passes", "ember.targets"))),
     "libtvm_compiler": "libtvm_compiler" in maps,
     "libtvm_runtime": "libtvm_runtime.so" in maps,
+    "env": os.environ.get("TVM_USE_RUNTIME_LIB"),
 }))
+"""
+CLEAN = ("TVM_USE_RUNTIME_LIB", "TVM_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def python(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run a script in a fresh interpreter whose environment names no TVM setting unless given here."""
+    base = {k: v for k, v in os.environ.items() if k not in CLEAN}
+    proc = subprocess.run([sys.executable, "-c", script, *args], env={**base, **env}, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.mark.parametrize("env", [{}, {"TVM_USE_RUNTIME_LIB": "1"}], ids=["plain-python", "env-set"])
+def test_runtime_only_process_loads_and_generates(engine, tiny, prompt_ids, env):
+    ids = prompt_ids(7)
+    out = json.loads(python(RUNTIME_ONLY_SCRIPT, str(tiny.path), ",".join(map(str, ids)), **env).stdout.splitlines()[-1])
+    assert out["modules"] == []  # no compiler, no torch, and ml_dtypes deferred
+    assert out["libtvm_compiler"] is False and out["libtvm_runtime"] is True
+    assert out["env"] == env.get("TVM_USE_RUNTIME_LIB")  # set for `import tvm` only, then restored
+    assert out["token_ids"] == engine.generate(ids, max_tokens=8).token_ids
+
+
+COMPILER_FIRST_SCRIPT = r"""
+import json, sys, warnings
+import tvm  # the caller's own import, with the compiler
+import ember
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    first = ember.load(sys.argv[1]).generate([0, 5, 9], max_tokens=3).token_ids
+    second = ember.load(sys.argv[1]).generate([0, 5, 9], max_tokens=3).token_ids
+print(json.dumps({"warnings": [f"{w.category.__name__}: {w.message}" for w in caught], "same": first == second,
+                  "relax": "tvm.relax" in sys.modules}))
 """
 
 
-def test_runtime_only_process_loads_and_generates(engine, tiny, prompt_ids):
-    ids = prompt_ids(7)
-    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", RUNTIME_ONLY_SCRIPT, str(tiny.path), ",".join(map(str, ids))],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["modules"] == []
-    assert out["libtvm_compiler"] is False and out["libtvm_runtime"] is True
-    assert out["token_ids"] == engine.generate(ids, max_tokens=8).token_ids
+def test_process_with_the_compiler_keeps_it_and_says_so_once(tiny):
+    out = json.loads(python(COMPILER_FIRST_SCRIPT, str(tiny.path)).stdout.splitlines()[-1])
+    assert out["warnings"] == ["CompilerLoadedWarning: tvm was already imported with its compiler; ember uses it as is"]
+    assert out["same"] and out["relax"]
+
+
+ML_DTYPES_SCRIPT = r"""
+import json, sys
+import numpy as np
+from ember.runtime.tvm_import import import_tvm
+tvm = import_tvm()
+deferred = "ml_dtypes" not in sys.modules
+bits = np.array([[0x3F80, 0xC040]], dtype=np.uint16)  # bfloat16 1.0, -3.0
+t = tvm.runtime.empty((1, 2), "bfloat16").copyfrom(bits)
+back = t.numpy()  # needs ml_dtypes: imported now, on first use
+import ml_dtypes
+f8 = tvm.runtime.tensor(np.array([0.5, -2.0], dtype=ml_dtypes.float8_e4m3fn)).numpy()
+print(json.dumps({"deferred": deferred, "bf16": str(back.dtype), "values": back.astype(np.float32).tolist(),
+                  "f8": [str(f8.dtype), f8.astype(np.float32).tolist()]}))
+"""
+
+
+def test_ml_dtypes_is_deferred_but_bfloat16_and_float8_still_convert():
+    out = json.loads(python(ML_DTYPES_SCRIPT).stdout.splitlines()[-1])
+    assert out == {"deferred": True, "bf16": "bfloat16", "values": [[1.0, -3.0]], "f8": ["float8_e4m3fn", [0.5, -2.0]]}
+
+
+THREADS_SCRIPT = r"""
+import json, os, sys
+import ember
+from ember.runtime.threads import physical_cores
+engine = ember.load(sys.argv[1])
+import tvm
+print(json.dumps({"pool": tvm.runtime.num_threads(), "cores": physical_cores(), "threads": engine.threads,
+                  "env": os.environ.get("TVM_NUM_THREADS")}))
+"""
+
+
+def test_thread_pool_takes_every_physical_core_unless_told(tiny):
+    out = json.loads(python(THREADS_SCRIPT, str(tiny.path)).stdout.splitlines()[-1])
+    assert out["pool"] == out["cores"] == out["threads"] and out["env"] == str(out["cores"])
+    out = json.loads(python(THREADS_SCRIPT, str(tiny.path), TVM_NUM_THREADS="1").stdout.splitlines()[-1])
+    assert out["pool"] == out["threads"] == 1 and out["env"] == "1"
+
+
+def test_physical_cores_counts_hyperthread_siblings_once(tmp_path):
+    siblings = {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"}  # 2 cores x 2 threads
+    for cpu, text in siblings.items():
+        (tmp_path / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(text + "\n")
+    assert physical_cores({0, 1, 2, 3}, tmp_path) == 2
+    assert physical_cores({0, 2}, tmp_path) == 1  # both threads of one core
+    assert physical_cores({0, 1, 7}, tmp_path) == 3  # no sysfs entry for cpu7: count logical CPUs
 
 
 def test_run_json(engine, tiny):
@@ -94,3 +173,34 @@ def test_chat_one_shot_and_interactive(engine, tiny):
     result = CliRunner().invoke(chat, [str(tiny.path), "-n", "3"], input="hi\nok\n/reset\nok\n")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"> {first.text}\n> {second.text}\n> > {third.text}\n> \n"
+
+
+RUNTIME_THEN_COMPILE_SCRIPT = r"""
+import sys
+import ember
+from ember.compiler import CompileRequest, compile_model
+from ember.errors import ConfigError
+ember.load(sys.argv[1])
+try:
+    compile_model(CompileRequest(model="llama3.2-1b", random_weights=True, output=sys.argv[2]))
+except ConfigError as err:
+    print(err)
+"""
+
+
+def test_a_runtime_only_process_refuses_to_compile_in_one_line(tiny, tmp_path):
+    out = python(RUNTIME_THEN_COMPILE_SCRIPT, str(tiny.path), str(tmp_path / "never")).stdout.strip()
+    assert out.startswith("this process loaded TVM's runtime alone") and not (tmp_path / "never").exists()
+
+
+def test_run_check_verifies_every_sha256(artifact_copy):
+    shard = artifact_copy / "params" / "shard-1.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0x01  # same size: only the full check sees it
+    shard.write_bytes(bytes(data))
+    args = [str(artifact_copy), "--prompt-ids", "0,5", "-n", "2", "--json"]
+    assert CliRunner().invoke(run, args).exit_code == 0
+    result = CliRunner().invoke(run, args + ["--check"])
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: {artifact_copy}: params/shard-1.safetensors does not match its sha256 in the "
+                             "manifest (corrupt or edited)\n")  # fmt: skip

@@ -1,4 +1,5 @@
-"""Sampler and chunk planning: pure functions checked against hand-worked numbers."""
+"""Sampler and chunk planning: pure functions checked against hand-worked numbers, the definition of the nucleus,
+and transformers' logits warpers."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +7,11 @@ import pytest
 
 from ember.errors import InputError
 from ember.runtime.kv_cache import plan_chunks
-from ember.runtime.sampler import SamplingParams, logits_to_probs, sample, top_k_mask, top_p_mask
+from ember.runtime.sampler import (Sampler, SamplingParams, draw, logits_to_probs, nucleus, sample, top_k_mask,
+                                   top_p_mask)
 
 LOGITS = np.log(np.array([0.1, 0.4, 0.2, 0.3]))  # softmax gives back these probabilities
+F32 = 1e-6  # the sampler works in float32
 
 
 def test_temperature_zero_is_argmax():
@@ -29,7 +32,7 @@ def test_top_k_keeps_the_k_largest_and_ties():
 
 def test_top_k_distribution():
     probs = logits_to_probs(LOGITS, SamplingParams(temperature=1.0, top_k=2))
-    np.testing.assert_allclose(probs, [0, 0.4 / 0.7, 0, 0.3 / 0.7])
+    np.testing.assert_allclose(probs, [0, 0.4 / 0.7, 0, 0.3 / 0.7], rtol=F32)
 
 
 @pytest.mark.parametrize(
@@ -49,19 +52,19 @@ def test_top_p_nucleus(p, kept):
     np.testing.assert_array_equal(np.flatnonzero(out), sorted(kept))
     np.testing.assert_allclose(out[kept], probs[kept])
     full = logits_to_probs(LOGITS, SamplingParams(temperature=1.0, top_p=p))
-    np.testing.assert_allclose(full, np.where(out > 0, probs, 0) / probs[kept].sum())
+    np.testing.assert_allclose(full, np.where(out > 0, probs, 0) / probs[kept].sum(), rtol=F32)
 
 
 def test_temperature_scales_logits():
     probs = logits_to_probs(LOGITS, SamplingParams(temperature=2.0))
     want = np.sqrt([0.1, 0.4, 0.2, 0.3])
-    np.testing.assert_allclose(probs, want / want.sum())
+    np.testing.assert_allclose(probs, want / want.sum(), rtol=F32)
 
 
 def test_top_k_then_top_p():
     # top-k 3 keeps (0.4, 0.3, 0.2) renormalised to (4/9, 3/9, 2/9); top-p 0.5 then keeps 4/9 and 3/9
     probs = logits_to_probs(LOGITS, SamplingParams(temperature=1.0, top_k=3, top_p=0.5))
-    np.testing.assert_allclose(probs, [0, 4 / 7, 0, 3 / 7])
+    np.testing.assert_allclose(probs, [0, 4 / 7, 0, 3 / 7], rtol=F32)
 
 
 def test_seeded_sampling_is_reproducible_and_follows_the_distribution():
@@ -110,3 +113,68 @@ def test_plan_chunks_with_sliding_window():
     assert plan_chunks([3, 3], 16, history=[0, 9], window=5) == [[(0, 0, 3), (1, 0, 1)], [(1, 1, 2)], [(1, 2, 3)]]
     with pytest.raises(InputError, match="budget >= 1"):
         plan_chunks([3], 0)
+
+
+def reference_nucleus(w: np.ndarray, p: float) -> np.ndarray:
+    """The definition, in float64: most likely first (lower id first on ties), keep while the mass before < p."""
+    order = np.argsort(-w.astype(np.float64), kind="stable")
+    before = np.cumsum(w[order], dtype=np.float64) - w[order]
+    return np.sort(order[before < p * w.sum(dtype=np.float64) * (1 - 1e-6)])
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_nucleus_matches_its_definition_with_deep_cuts_and_ties(case):
+    rng = np.random.default_rng(case)
+    n = int(rng.integers(2, 3000))
+    if case % 3 == 0:  # few distinct values: many ties, some straddling the cut
+        w = rng.choice(np.array([0.5, 1.0, 2.0, 4.0], np.float32), size=n)
+    else:
+        w = np.exp(rng.standard_normal(n).astype(np.float32) * rng.uniform(0.1, 4)).astype(np.float32)
+    p = float(rng.uniform(0.05, 1.0))
+    head = int(rng.choice([2, 16, 64, 1024]))  # small heads force the cuts below the first partition
+    np.testing.assert_array_equal(nucleus(w, p, head=head), reference_nucleus(w, p))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [
+    (1.0, 0, 0.9), (0.7, 40, 1.0), (1.3, 0, 0.95), (0.9, 100, 0.8), (2.0, 0, 0.99), (0.5, 5, 0.5),
+])  # fmt: skip
+def test_distribution_matches_transformers_logits_warpers(temperature, top_k, top_p):
+    import torch
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    logits = (np.random.default_rng(7).standard_normal(4096) * 2.5).astype(np.float32)
+    scores = TemperatureLogitsWarper(temperature)(None, torch.tensor(logits)[None])
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    want = torch.softmax(scores, dim=-1)[0].numpy()
+    got = logits_to_probs(logits, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(np.flatnonzero(got), np.flatnonzero(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+
+
+def test_sampler_draws_by_inverse_cdf_across_blocks():
+    w = np.zeros(5000, np.float32)
+    w[[3, 2100, 4999]] = [1.0, 2.0, 1.0]  # cumulative 1, 3, 4 of 4: blocks 0, 2 and 4
+    assert [draw(w, u) for u in (0.0, 0.24, 0.26, 0.74, 0.76, 0.999999)] == [3, 3, 2100, 2100, 4999, 4999]
+    assert draw(np.array([2.0, 0.0, 2.0], np.float32), 0.5) == 2  # a point on an edge goes right, past zeros
+
+
+def test_a_sampler_allocates_nothing_vocabulary_sized_in_float64():
+    import tracemalloc
+
+    vocab = 151936
+    logits = (np.random.default_rng(3).standard_normal(vocab) * 3).astype(np.float32)
+    for params in (SamplingParams(temperature=0.8, seed=0), SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=0),
+                   SamplingParams(temperature=0.8, top_p=0.9, seed=0)):  # fmt: skip
+        sampler = Sampler(params)
+        sampler(logits)  # the scratch buffers are made once
+        tracemalloc.start()
+        for _ in range(3):
+            sampler(logits)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 4 * vocab, (params, peak)  # boolean masks only: less than one float32 copy
