@@ -23,12 +23,15 @@ from .artifact import (WEIGHTS_NONE, WEIGHTS_PACKED, WEIGHTS_RANDOM, Manifest, P
 from .random_weights import DeviceFill, RandomFill, make_random_weights
 from .shards import Shard
 from .threads import configure_cpu_threads
+from .weight_arena import WeightArena
 from .tvm_import import ensure_device_runtime, import_tvm
 
 # Exported functions ember calls, with their arity (weights included): the contract of DESIGN.md.
 REQUIRED_FUNCTIONS = {"create_kv": 5, "prefill": 4, "decode": 3}
 OPTIONAL_FUNCTIONS = {"decode1": 3}
 
+_NUMPY_DTYPES = {"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16",
+                 "uint8", "bool"}  # (bfloat16 and float8 need ml_dtypes: they keep TVM's own allocation)
 _HOST_ARCHS = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -162,7 +165,7 @@ def _first_line(err: BaseException) -> str:
 def load_packed_weights(folder: Path, manifest: Manifest, dev: Any) -> list[Any]:
     tvm = import_tvm()
     shards: dict[str, Shard] = {}
-    out: list[Any] = []
+    sources: list[tuple[ParamInfo, Shard]] = []
     for p in manifest.params:
         if p.file is None:
             raise ArtifactError(f"artifact {manifest.name}: parameter {p.name} has no file in the manifest")
@@ -176,7 +179,18 @@ def load_packed_weights(folder: Path, manifest: Manifest, dev: Any) -> list[Any]
             raise ArtifactError(f"{where} is missing")
         dtype, shape = shard.info(p.name)
         _check_tensor(where, p, shape, dtype)
-        out.append(tvm.runtime.empty(shape, dtype, dev).copyfrom(shard.array(p.name)))  # one copy, from the map
+        sources.append((p, shard))
+    # on the host: one huge-page arena for every tensor numpy can hold (runtime/weight_arena.py), shared with TVM
+    hosted = [i for i, (p, _) in enumerate(sources) if dev.dlpack_device_type() == 1 and p.dtype in _NUMPY_DTYPES]
+    arena = WeightArena([(sources[i][0].shape, sources[i][0].dtype) for i in hosted]) if hosted else None
+    views = dict(zip(hosted, arena.views)) if arena is not None else {}
+    out: list[Any] = []
+    for i, (p, shard) in enumerate(sources):
+        if i in views:
+            np.copyto(views[i], shard.array(p.name))  # one copy, from the map
+            out.append(tvm.runtime.from_dlpack(views[i]))
+        else:
+            out.append(tvm.runtime.empty(p.shape, p.dtype, dev).copyfrom(shard.array(p.name)))
     return out
 
 

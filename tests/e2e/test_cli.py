@@ -181,6 +181,7 @@ def test_force_replaces_an_artifact(artifact, hf_dir, tmp_path):
     shutil.copytree(artifact, out)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["notes"] = ["the old build"]  # still an ember artifact; marks which build is there
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     (out / "manifest.json").write_text(json.dumps(manifest))
     one_line_error(ember("compile", "--model", str(hf_dir), "--output", str(out)),
                    f"--output {out}: holds an ember artifact already; pass --force to replace it")

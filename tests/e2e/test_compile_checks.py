@@ -38,7 +38,7 @@ def fake_build(monkeypatch):
         calls.append("lower")
         return None, list(module.params)
 
-    def build(relax_mod, kind, target, library, cuda_graph):
+    def build(relax_mod, kind, target, library, cuda_graph, stage):
         calls.append("build")
         Path(library).write_bytes(b"not a library")
         return art.TargetInfo(kind=kind)
@@ -170,7 +170,7 @@ def test_force_replaces_atomically(hf_dir, tmp_path, fake_build, monkeypatch):
     out = compile_model(CompileRequest(model=str(hf_dir), output=str(tmp_path / "art")))
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    def broken(relax_mod, kind, target, library, cuda_graph):
+    def broken(relax_mod, kind, target, library, cuda_graph, stage):
         Path(library).write_bytes(b"half a library")
         raise RuntimeError("the kernel build failed midway")
 
