@@ -180,7 +180,7 @@ def test_force_replaces_atomically(hf_dir, tmp_path, fake_build, monkeypatch):
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old artifact, intact
     assert leftovers(tmp_path) == []
 
-    monkeypatch.setattr(compiler, "_build", lambda relax_mod, kind, target, library, cuda_graph: (
+    monkeypatch.setattr(compiler, "_build", lambda relax_mod, kind, target, library, cuda_graph, stage: (
         Path(library).write_bytes(b"new library"), art.TargetInfo(kind=kind))[1])
     compile_model(CompileRequest(model=str(hf_dir), output=str(out), force=True))
     assert (out / art.LIBRARY_FILE).read_bytes() == b"new library"
