@@ -37,7 +37,7 @@ static void attend(const DecodeArgs* a, int64_t b, int32_t h) {
     acc[c] = (f32x16){0};
   }
   float m = -5e4f, denom = 1.0f; /* TVM's initial state: lse of an empty sequence is -5e4 */
-  float s[KEY_BLOCK];
+  float s[KEY_BLOCK] __attribute__((aligned(64))) = {0}; /* scores, then probabilities */
   for (int64_t j0 = 0; j0 < len; j0 += KEY_BLOCK) {
     const int64_t n = len - j0 < KEY_BLOCK ? len - j0 : KEY_BLOCK;
     float block_max = m;
@@ -55,11 +55,17 @@ static void attend(const DecodeArgs* a, int64_t b, int32_t h) {
     denom *= rescale;
     for (int c = 0; c < chunks; ++c) acc[c] *= rescale;
     m = block_max;
+    f32x16 total = {0};
+    for (int64_t j = 0; j < n; j += 16) { /* the block's probabilities, 16 at a time (lanes past n are unused) */
+      f32x16 p = exp2_v(ld_f32(s + j) - m);
+      st_f32(s + j, p);
+      total += j + 16 <= n ? p : vsel(__builtin_convertvector(iota16(), f32x16) < (float)(n - j), p, splat(0.0f));
+    }
+    denom += hsum(total);
     page = j0 / ps, slot = j0 % ps;
     for (int64_t j = 0; j < n; ++j) {
       const float* v = a->pages + ((((int64_t)a->page_values[first + page] * 2 + 1) * a->h_kv + hk) * ps + slot) * D;
-      float p = exp2f(s[j] - m);
-      denom += p;
+      const float p = s[j];
       for (int c = 0; c < chunks; ++c) acc[c] += ld_f32(v + 16 * c) * p;
       if (++slot == ps) slot = 0, ++page;
     }

@@ -10,25 +10,6 @@
 
 #define PARALLEL_MIN_ELEMENTS 32768
 
-/* 2^x for x in [-126, 126]: 2^n * 2^f with n = round(x), f in [-0.5, 0.5], 2^f by Cephes' exp2f polynomial */
-EMBER_INLINE f32x16 exp2_v(f32x16 x) {
-  x = vsel(x < -126.0f, splat(-126.0f), x);
-  x = vsel(x > 126.0f, splat(126.0f), x);
-  f32x16 n = __builtin_convertvector(__builtin_convertvector(x + vsel(x >= 0.0f, splat(0.5f), splat(-0.5f)), i32x16), f32x16);
-  f32x16 f = x - n;
-  f32x16 p = splat(1.535336188319500e-4f);
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
-  i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
-  f32x16 scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
 EMBER_INLINE f32x16 silu_v(f32x16 g) { return g / (1.0f + exp2_v(g * -1.4426950408889634f)); }
 
 EMBER_INLINE float silu_s(float g) { return g / (1.0f + expf(-g)); }

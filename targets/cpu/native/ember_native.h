@@ -61,6 +61,7 @@ EMBER_INLINE u8x16 ld_u8(const uint8_t* p) {
   return v;
 }
 EMBER_INLINE f32x16 splat(float s) { return (f32x16){0} + s; }
+EMBER_INLINE i32x16 iota16(void) { return (i32x16){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}; }
 /* mask ? a : b, lane-wise (mask lanes are 0 or -1, as vector comparisons give) */
 EMBER_INLINE f32x16 vsel(i32x16 mask, f32x16 a, f32x16 b) { return (f32x16)(((i32x16)a & mask) | ((i32x16)b & ~mask)); }
 /* byte -> float widening through the ISA's own instructions (GCC scalarizes some vector-extension forms) */
@@ -144,6 +145,25 @@ EMBER_INLINE float hsum(f32x16 v) {
   f32x8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
   return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+/* 2^x for x in [-126, 126]: 2^n * 2^f with n = round(x), f in [-0.5, 0.5], 2^f by Cephes' exp2f polynomial */
+EMBER_INLINE f32x16 exp2_v(f32x16 x) {
+  x = vsel(x < -126.0f, splat(-126.0f), x);
+  x = vsel(x > 126.0f, splat(126.0f), x);
+  f32x16 n = __builtin_convertvector(__builtin_convertvector(x + vsel(x >= 0.0f, splat(0.5f), splat(-0.5f)), i32x16), f32x16);
+  f32x16 f = x - n;
+  f32x16 p = splat(1.535336188319500e-4f);
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
+  f32x16 scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
 }
 
 #endif
