@@ -149,7 +149,11 @@ def _paged(rng, lengths, h_kv, d, page_size):
     return pages, indptr, order, last, dense
 
 
-@pytest.mark.parametrize("lengths,h_q,h_kv,d", [([1, 37, 130], 6, 2, 64), ([0, 16, 200], 4, 4, 128), ([64], 9, 3, 64)])
+@pytest.mark.parametrize("lengths,h_q,h_kv,d", [
+    ([1, 37, 130], 6, 2, 64), ([0, 16, 200], 4, 4, 128), ([64], 9, 3, 64),
+    ([1000], 9, 3, 64),  # one long sequence: its keys split into segments, merged after
+    ([300, 700], 32, 2, 64),  # 16 query heads per kv head: two passes of the group
+])
 def test_decode_attention_matches_softmax(pool, lengths, h_q, h_kv, d):
     rng = np.random.default_rng(len(lengths) + d)
     page_size, sm_scale = 16, 1 / np.sqrt(d)
