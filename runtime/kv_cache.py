@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from .host_pages import with_huge_pages
 from ..errors import InputError
 from .tvm_import import import_tvm
 
@@ -39,7 +40,8 @@ class KVCache:
         self.page_size = page_size
         self.sliding_window = sliding_window  # HF convention
         args = [max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, int(sliding_window is not None)]
-        self.obj = vm["create_kv"](*(self._shape([int(n)]) for n in args))
+        create = vm["create_kv"]
+        self.obj = with_huge_pages(lambda: create(*(self._shape([int(n)]) for n in args)))
         get = tvm.get_global_func
         self._add = get("vm.builtin.kv_state_add_sequence")
         self._remove = get("vm.builtin.kv_state_remove_sequence")

@@ -28,3 +28,22 @@ def test_tvm_tensors_share_the_arena():
     assert tensor.numpy().tolist() == list(range(64))
     arena.views[0][0] = 42.0  # same memory: TVM sees the write
     assert tensor.numpy()[0] == 42.0
+
+
+def test_huge_pages_for_runtime_allocations_find_the_new_mapping():
+    import mmap
+
+    from ember.runtime import host_pages
+
+    made = []
+
+    def allocate():
+        region = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        made.append(region)
+        return "cache"
+
+    before = host_pages._anonymous_mappings()
+    assert host_pages.with_huge_pages(allocate) == "cache"
+    new = host_pages._anonymous_mappings() - before
+    base = np.frombuffer(made[0], dtype=np.uint8).ctypes.data
+    assert any(start <= base < end for start, end in new)  # the mapping allocate() made is the one advised
