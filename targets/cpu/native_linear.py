@@ -1,6 +1,6 @@
 """cpu lowerings of the linear layers onto the native dequantize-matmul kernel (native/linear.c).
 
-`quant_linear` (every packed scheme whose groups are multiples of 32 dividing K) and `linear` with a half-precision
+`quant_linear` (every packed scheme with groups of a multiple of 32, K a multiple of 32) and `linear` with a half-precision
 weight (q0f16, q0bf16) become one opaque PrimFunc whose body calls `ember_linear`: the weight is dequantized in
 registers (decode) or in an L2-sized panel (prefill), never written as a tensor, and no cast kernel runs over the
 weights. float32 activations only (the cpu default); anything else keeps the generic lowering (return None).
@@ -24,7 +24,7 @@ ATTRS = {"op_pattern": OPAQUE, "tirx.is_scheduled": True}
 
 
 def quant_format_code(fmt: QuantFormat, cols: int) -> int | None:
-    if fmt.group_size % 32 or cols % fmt.group_size:
+    if fmt.group_size % 32 or cols % 32:  # whole 32-blocks; a row's last group may be partial
         return None
     if fmt.bits == 8:
         return Q8

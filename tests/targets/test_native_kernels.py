@@ -105,13 +105,14 @@ def test_gguf_blocks_match_gguf_dequantize(pool, qtype, m, rows, cols):
 
 
 @pytest.mark.parametrize("m", [1, 5])
-def test_group_128_matches_the_scheme_dequantizer(pool, m):
+@pytest.mark.parametrize("cols", [384, 576])  # 576 = 4.5 groups of 128: a partial last group (SmolLM2's width)
+def test_group_128_matches_the_scheme_dequantizer(pool, m, cols):
     fmt = SCHEMES["q4f16g128"].format
-    w = _weights(9, 384, seed=m)
+    w = _weights(9, cols, seed=m)
     packed = quantize(w, fmt)
-    x = np.random.default_rng(m).normal(size=(m, 384)).astype(np.float32)
-    y = _linear(pool, x, packed.pieces(), None, 9, 384, 128, Q4)
-    expected = x.astype(np.float64) @ dequantize(packed, fmt, 384).astype(np.float64).T
+    x = np.random.default_rng(m).normal(size=(m, cols)).astype(np.float32)
+    y = _linear(pool, x, packed.pieces(), None, 9, cols, 128, Q4)
+    expected = x.astype(np.float64) @ dequantize(packed, fmt, cols).astype(np.float64).T
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 

@@ -5,8 +5,9 @@
  *   EMBER_Q4_1  as EMBER_Q4 plus fp16 mins,                                        W = s * q + m
  *   EMBER_Q8    int8[N, K],                                                          W = s * q
  *   EMBER_F16 / EMBER_BF16   half-precision [N, K] (no scales)
- * with fp16 scales (and mins) per `group` consecutive k of a row. Quantized formats need K % group == 0 and
- * group % 32 == 0 (the Python side checks it and keeps TIR's kernel otherwise). Accumulation is float32.
+ * with fp16 scales (and mins) per `group` consecutive k of a row (the last group of a row may be partial).
+ * Quantized formats need K and group multiples of 32 (the Python side checks it and keeps TIR's kernel
+ * otherwise). Accumulation is float32.
  *
  * Two kernels, both parallel over the rows n of W (contiguous chunks, one per thread):
  *  - GEMV (few rows of x: decode): W is read once and dequantized in registers. For 4-bit weights a byte holds
@@ -72,7 +73,7 @@ static void row_scales(const LinearArgs* a, int64_t n, int R, float* s, float* c
  * one widening, one shift, two permutes and two FMAs per row. xs is x split into even and odd halves. */
 EMBER_INLINE void gemv_q4_rows(const LinearArgs* a, int64_t n, int R, const float* xs, const float* s,
                                const float* c, float* y) {
-  const int64_t K = a->K, groups = K / a->group, per = a->group / 32, rb = K / 2;
+  const int64_t K = a->K, groups = (K + a->group - 1) / a->group, per = a->group / 32, rb = K / 2;
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 acc_e[4], acc_o[4], table[4];
   for (int r = 0; r < 4; ++r) acc_e[r] = acc_o[r] = _mm512_setzero_ps();
@@ -96,12 +97,12 @@ EMBER_INLINE void gemv_q4_rows(const LinearArgs* a, int64_t n, int R, const floa
  * and odd halves of x; W = s * q + c, so a row is sum_g s_g * (q . x)_g + c_g * (sum of x over g). */
 EMBER_INLINE void gemv_q4_rows(const LinearArgs* a, int64_t n, int R, const float* xs, const float* s,
                                const float* c, float* y) {
-  const int64_t K = a->K, groups = K / a->group, per = a->group / 32, rb = K / 2;
+  const int64_t K = a->K, groups = (K + a->group - 1) / a->group, per = a->group / 32, rb = K / 2;
   f32x16 acc[4] = {{0}, {0}, {0}, {0}};
   float corr[4] = {0, 0, 0, 0};
   for (int64_t g = 0; g < groups; ++g) {
     f32x16 xsum = {0};
-    for (int64_t b = g * per; b < (g + 1) * per; ++b) {
+    for (int64_t b = g * per; b < (g + 1) * per && b < K / 32; ++b) { /* the last group may be partial */
       f32x16 xe = ld_f32(xs + 32 * b), xo = ld_f32(xs + 32 * b + 16);
       xsum += xe + xo;
       for (int r = 0; r < R; ++r) {
@@ -118,10 +119,10 @@ EMBER_INLINE void gemv_q4_rows(const LinearArgs* a, int64_t n, int R, const floa
 #endif
 
 EMBER_INLINE void gemv_q8_rows(const LinearArgs* a, int64_t n, int R, const float* x, const float* s, float* y) {
-  const int64_t K = a->K, groups = K / a->group, per = a->group / 32;
+  const int64_t K = a->K, groups = (K + a->group - 1) / a->group, per = a->group / 32;
   f32x16 acc[4] = {{0}, {0}, {0}, {0}};
   for (int64_t g = 0; g < groups; ++g) {
-    for (int64_t b = g * per; b < (g + 1) * per; ++b) {
+    for (int64_t b = g * per; b < (g + 1) * per && b < K / 32; ++b) { /* the last group may be partial */
       f32x16 x0 = ld_f32(x + 32 * b), x1 = ld_f32(x + 32 * b + 16);
       for (int r = 0; r < R; ++r) {
         const int8_t* q = (const int8_t*)a->w + (n + r) * K + 32 * b;
@@ -157,7 +158,7 @@ EMBER_INLINE void gemv_half_rows(const LinearArgs* a, int64_t n, int R, const fl
 
 EMBER_INLINE void gemv_rows(const LinearArgs* a, int64_t n, int R, float* s, float* c) {
   float out[4];
-  const int64_t groups = a->group ? a->K / a->group : 0;
+  const int64_t groups = a->group ? (a->K + a->group - 1) / a->group : 0;
   if (a->fmt != EMBER_F16 && a->fmt != EMBER_BF16) row_scales(a, n, R, s, c, groups);
   for (int64_t m = 0; m < a->M; ++m) {
     const float* x = a->x + m * a->K;
@@ -172,7 +173,7 @@ EMBER_INLINE void gemv_rows(const LinearArgs* a, int64_t n, int R, float* s, flo
 }
 
 static int gemv_range(const LinearArgs* a, int64_t n0, int64_t n1) {
-  const int64_t groups = a->group ? a->K / a->group : 0;
+  const int64_t groups = a->group ? (a->K + a->group - 1) / a->group : 0;
   float* s = (float*)malloc((size_t)(8 * groups + 1) * sizeof(float));
   if (s == NULL) return -1;
   int64_t n = n0;
@@ -186,7 +187,7 @@ static int gemv_range(const LinearArgs* a, int64_t n0, int64_t n1) {
 
 /* Row n of W into float32 `out` (K values, natural order, then zeros up to a multiple of 16). */
 static void dequant_row(const LinearArgs* a, int64_t n, float* out, int64_t Kp) {
-  const int64_t K = a->K, groups = K / (a->group ? a->group : 1);
+  const int64_t K = a->K, groups = a->group ? (K + a->group - 1) / a->group : 0;
   if (a->fmt == EMBER_Q4 || a->fmt == EMBER_Q4_1) {
     const uint8_t* w = a->w + n * (K / 2);
     const int64_t per = a->group / 32;
