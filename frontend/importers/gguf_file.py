@@ -165,15 +165,11 @@ def read_gguf_file(path: str | os.PathLike[str]) -> GGUFFile:
             raise GGUFReadError(f"cannot map the file ({exc})") from None
     if buf[:4] != MAGIC:
         raise GGUFReadError(f"not a GGUF file (magic {buf[:4]!r}, expected {MAGIC!r})")
-    order = "<"
+    # A version that reads with its low 16 bits zero was written on a host of the other byte order (as gguf-py).
+    order = ">" if buf[4:6] == b"\0\0" and len(buf) >= 8 else "<"
     cursor = _Cursor(buf, order)
     cursor.offset = 4
     version = cursor.u32("the version")
-    if version & 0xFFFF == 0:  # a file written on a host of the other byte order
-        order = ">"
-        cursor = _Cursor(buf, order)
-        cursor.offset = 4
-        version = cursor.u32("the version")
     if version not in SUPPORTED_VERSIONS:
         raise GGUFReadError(f"GGUF version {version} is not supported (supported: {SUPPORTED_VERSIONS})")
     tensor_count = cursor.u64("the tensor count")
