@@ -6,8 +6,8 @@ Passes describe how each parameter is made from the checkpoint in `Param.info`; 
   info["concat_axis"]   axis to concatenate several sources on (horizontal fusion), default 0
   info["transform"]     name of a registered transform applied last (e.g. quantization packing), default a
                         plain cast to the parameter dtype
-Transforms register with `@transform("name")` and receive (float array, param) -> array of the param's
-shape and dtype.
+Transforms register with `@transform("name")` and receive (source, param) -> array of the param's shape and
+dtype, where the source is a float array or a `BlockSource` (quantized blocks, dequantized only by `floats()`).
 """
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ import numpy as np
 
 from ..errors import ModelFormatError
 from ..ir.graph import Module, Param
+from .block_source import BlockSource
 from .quant_schemes import GGML_TO_SCHEME
 
-Transform = Callable[[np.ndarray, Param], np.ndarray]
+Source = np.ndarray | BlockSource
+Transform = Callable[[Source, Param], np.ndarray]
 TRANSFORMS: dict[str, Transform] = {}
 
 
@@ -30,7 +32,9 @@ SOURCE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"}) | frozenset(GGML_TO_SCH
 class Provider(Protocol):
     def names(self) -> list[str]: ...
 
-    def get(self, name: str) -> np.ndarray: ...
+    def get(self, name: str) -> Source:
+        """The tensor: a float array, or a BlockSource for quantized storage (read lazily)."""
+        ...
 
     def header(self, name: str) -> tuple[tuple[int, ...], str]:
         """(shape, stored type: "F32", "BF16", "Q4_1"...) from the file's header, reading no tensor data."""
@@ -75,8 +79,9 @@ def check_sources(module: Module, provider: Provider) -> None:
                                    f"the config implies {list(want)}")
 
 
-def load_sources(param: Param, provider: Provider) -> np.ndarray:
-    """The float source tensor of `param` (concatenated if fused), shape-checked against the config."""
+def load_sources(param: Param, provider: Provider) -> Source:
+    """The source tensor of `param` (concatenated if fused), shape-checked against the config. Row-fused quantized
+    tensors of one type stay a (lazy) BlockSource; anything else fused is concatenated as float32."""
     names = sources_of(param)
     expected = param.info.get("source_shapes") or [None] * len(names)
     arrays = []
@@ -88,17 +93,26 @@ def load_sources(param: Param, provider: Provider) -> np.ndarray:
         arrays.append(array)
     if len(arrays) == 1:
         return arrays[0]
-    return np.concatenate([_to_float32(a) for a in arrays], axis=param.info.get("concat_axis", 0))
+    axis = param.info.get("concat_axis", 0)
+    fused = BlockSource.concat_rows(arrays) if axis == 0 else None
+    if fused is not None:
+        return fused
+    return np.concatenate([_to_float32(floats(a)) for a in arrays], axis=axis)
+
+
+def floats(source: Source) -> np.ndarray:
+    """The source's values as an array (dequantizing a BlockSource)."""
+    return source.values() if isinstance(source, BlockSource) else source
 
 
 def materialize(param: Param, provider: Provider) -> np.ndarray:
     """The array to store for `param`: sources loaded, fused, then transformed (or cast)."""
-    array = load_sources(param, provider)
+    source = load_sources(param, provider)
     name = param.info.get("transform")
     if name is not None:
-        out = TRANSFORMS[name](array, param)
+        out = TRANSFORMS[name](source, param)
     else:
-        out = cast(array, param.type.dtype)
+        out = cast(floats(source), param.type.dtype)
     expected = tuple(int(d) for d in param.type.shape)
     if tuple(out.shape) != expected or str(out.dtype) != param.type.dtype:
         raise AssertionError(f"materialize {param.name}: made {out.dtype}{list(out.shape)}, "

@@ -177,5 +177,25 @@ def from_ggml_blocks(raw: np.ndarray, ggml_type: str, cols: int) -> Packed:
     body = blocks[..., header:]
     if ggml_type == "Q8_0":
         return Packed(body.copy().view(np.int8).reshape(rows, cols), scales, mins)
-    codes = np.concatenate([body & 15, body >> 4], axis=-1)  # byte i holds k = i (low) and i + 16 (high)
-    return Packed(pack_nibbles(codes.reshape(rows, cols)), scales, mins)
+    return Packed(_ggml_nibbles_to_words(body), scales, mins)
+
+
+_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+
+
+def _compact_nibbles(x: np.ndarray) -> np.ndarray:
+    """uint64 holding 8 nibbles at bits 8i -> uint32 holding them at bits 4i."""
+    x = (x | (x >> np.uint64(4))) & np.uint64(0x00FF00FF00FF00FF)
+    x = (x | (x >> np.uint64(8))) & np.uint64(0x0000FFFF0000FFFF)
+    return ((x | (x >> np.uint64(16))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def _ggml_nibbles_to_words(body: np.ndarray) -> np.ndarray:
+    """The 16 code bytes of Q4_0/Q4_1 blocks (uint8 [N, blocks, 16]; byte i holds k = i low, k = i + 16 high) ->
+    pack_nibbles' words [N, blocks * 4], without unpacking to one byte per code: each half block as one uint64."""
+    rows, blocks, _ = body.shape
+    halves = np.ascontiguousarray(body).view("<u8").astype(np.uint64)  # [N, blocks, 2]: bytes 0-7, 8-15
+    words = np.empty((rows, blocks, 4), dtype=np.uint32)
+    words[..., 0:2] = _compact_nibbles(halves & _LOW_NIBBLES)  # k = 0-7, 8-15
+    words[..., 2:4] = _compact_nibbles((halves >> np.uint64(4)) & _LOW_NIBBLES)  # k = 16-23, 24-31
+    return words.reshape(rows, blocks * 4)

@@ -1,10 +1,9 @@
 """GGUF import: metadata -> transformers-style config, tensors -> HF names and layout.
 
-`open_gguf(path)` reads the header with `gguf_file.GGUFFile` (one memory map, zero copy; ~40x faster than
-`gguf.GGUFReader` on a 49k-token vocabulary), checks the metadata against the tensors and returns a `GGUFModel`.
-Tensors come out lazily as `GGUFTensor`s carrying the HF name, the GGML type and the HF shape; `raw()` gives the block
-bytes per row and `dequantize()` float32, both with the q/k rows that llama.cpp permutes for LLaMA rope put back in
-HF order.
+`open_gguf(path)` reads the header with gguf_file.py (one memory map, zero copy; metadata as plain Python values),
+checks it against the tensors and returns a `GGUFModel`. Tensors come out lazily as `GGUFTensor`s carrying the HF
+name, the GGML type and the HF shape; `raw()` gives the block bytes per row and `dequantize()` float32, both with the
+q/k rows that llama.cpp permutes for LLaMA rope put back in HF order.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from gguf.quants import dequantize as gguf_dequantize
 
 from ember.errors import ModelFormatError
 
-from .gguf_file import GGUFFile
+from .gguf_file import GGUFFile, GGUFReadError, read_gguf_file
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -133,14 +132,14 @@ class GGUFTensor:
 class GGUFModel:
     """An opened, checked GGUF file: plain metadata, HF config and lazily read tensors."""
 
-    def __init__(self, path: Path, reader: GGUFFile, metadata: dict[str, Any]) -> None:
+    def __init__(self, path: Path, reader: GGUFFile) -> None:
         self.path = path
-        self.metadata = metadata
+        self.metadata = reader.metadata
         self._reader = reader
-        self.architecture: str = _architecture(path, metadata)
+        self.architecture: str = _architecture(path, self.metadata)
         self._reader_tensors = {t.name: t for t in reader.tensors}
-        self._gguf_types = {t.name: GGMLQuantizationType(t.tensor_type) for t in reader.tensors}
-        self._gguf_shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+        self._gguf_types = {t.name: t.tensor_type for t in reader.tensors}
+        self._gguf_shapes = {t.name: tuple(reversed(t.dims)) for t in reader.tensors}
         _check_tensor_types(path, self._gguf_types)
         self._config = _hf_config(self)
         self._tensors = _build_tensors(self)
@@ -185,16 +184,15 @@ class GGUFModel:
 def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
     """Open and check a GGUF file (llama or qwen2). Raises ModelFormatError naming the file and field/tensor."""
     path = Path(path)
-    reader, metadata = _read(path)
-    return GGUFModel(path, reader, metadata)
+    return GGUFModel(path, _read(path))
 
 
 def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Only the metadata, as plain Python values (works on vocab-only files too)."""
-    return _read(Path(path))[1]
+    return _read(Path(path)).metadata
 
 
-def _read(path: Path) -> tuple[GGUFFile, dict[str, Any]]:
+def _read(path: Path) -> GGUFFile:
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such file")
     with open(path, "rb") as handle:
@@ -203,20 +201,11 @@ def _read(path: Path) -> tuple[GGUFFile, dict[str, Any]]:
         raise ModelFormatError(f"{path}: truncated GGUF file ({len(magic)} bytes)")
     if magic != GGUF_MAGIC:
         raise ModelFormatError(f"{path}: not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
-    size = path.stat().st_size
     try:
-        reader = GGUFFile(path)
-        metadata = reader.fields
-    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, OSError) as exc:
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise ModelFormatError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {reason}") from exc
-    for tensor in reader.tensors:
-        end = tensor.data_offset + tensor.n_bytes
-        if end > size:
-            raise ModelFormatError(
-                f"{path}: tensor {tensor.name}: truncated file, data ends at byte {end} but the file has {size}"
-            )
-    return reader, metadata
+        return read_gguf_file(path)
+    except (GGUFReadError, OSError) as exc:
+        size = path.stat().st_size
+        raise ModelFormatError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {exc}") from exc
 
 
 def describe_gguf(source: GGUFModel | str | os.PathLike[str]) -> dict[str, Any]:

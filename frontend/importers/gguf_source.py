@@ -1,71 +1,38 @@
 """A GGUF file as a model source: config, weights and tokenizer.
 
-Weights come out as float32 (HF layout). Tensors stored as Q8_0, Q4_0 or Q4_1 come out as `BlockArray`s: the same
-float32 values, plus the file's blocks (`ggml_type`, `ggml_blocks`) so that quantized schemes holding that type
-repack them instead of requantizing (passes/quant_weights.py). `formats()` tells the Quantize pass each tensor's type.
+Float tensors (F32, F16, BF16) come out as float32 arrays (HF layout). Quantized tensors come out as `BlockSource`s:
+the file's blocks, dequantized (with gguf-py, in HF row order) only if a consumer needs float values, so that
+schemes holding the file's type (Q8_0, Q4_0, Q4_1) repack the blocks without ever dequantizing them
+(passes/quant_weights.py). `formats()` tells the Quantize pass each tensor's type.
 """
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
+from ...passes.block_source import BlockSource
 from ..config import ModelConfig
 from ..source import ModelSource, TokenizerFiles
 
-REPACKABLE_TYPES = ("Q8_0", "Q4_0", "Q4_1")
-
-
-class BlockArray(np.ndarray):
-    """float32 values of a GGUF tensor that also carry its storage blocks (uint8 [rows, bytes per row]).
-
-    Row concatenation (how fused weights are made) concatenates the blocks too when all parts share one type; any
-    other derived array is a plain float array without blocks."""
-
-    ggml_type: str | None = None
-    ggml_blocks: np.ndarray | None = None
-
-    @classmethod
-    def wrap(cls, values: np.ndarray, ggml_type: str, blocks: np.ndarray) -> "BlockArray":
-        array = values.view(cls)
-        array.ggml_type, array.ggml_blocks = ggml_type, blocks
-        return array
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self.ggml_type, self.ggml_blocks = None, None  # views and results of numpy ops carry no blocks
-
-    def __array_function__(self, func, types, args, kwargs):
-        result = super().__array_function__(func, types, args, kwargs)
-        if func is np.concatenate:
-            parts, axis = args[0], kwargs.get("axis", args[1] if len(args) > 1 else 0)
-            kinds = {getattr(p, "ggml_type", None) for p in parts}
-            if axis == 0 and len(kinds) == 1 and None not in kinds and all(p.ndim == 2 for p in parts):
-                blocks = np.concatenate([p.ggml_blocks for p in parts], axis=0)
-                return BlockArray.wrap(np.asarray(result), kinds.pop(), blocks)
-            return np.asarray(result)
-        return result
+FLOAT_TYPES = frozenset({GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16})
 
 
 class GGUFWeights:
     def __init__(self, model) -> None:
         self.model = model
         self._by_name = {t.hf_name: t for t in model.tensors()}
-        self._last: tuple[str, np.ndarray] | None = None  # the pieces of a quantized weight read it in a row
 
     def names(self) -> list[str]:
         return list(self._by_name)
 
-    def get(self, name: str) -> np.ndarray:
-        if self._last is not None and self._last[0] == name:
-            return self._last[1]
+    def get(self, name: str) -> np.ndarray | BlockSource:
         tensor = self._by_name[name]
-        values = tensor.dequantize()
-        if tensor.ggml_type.name in REPACKABLE_TYPES:
-            values = BlockArray.wrap(values, tensor.ggml_type.name, tensor.raw())
-        self._last = (name, values)
-        return values
+        if tensor.ggml_type in FLOAT_TYPES:
+            return tensor.dequantize()  # F32: a view into the memory map
+        return BlockSource(tensor.ggml_type.name, tensor.shape, tensor.raw, tensor.dequantize, key=(self, name))
 
     def header(self, name: str) -> tuple[tuple[int, ...], str]:
         """(HF shape, GGUF tensor type) from the tensor infos; reads no tensor data."""

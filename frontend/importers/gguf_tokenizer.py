@@ -202,11 +202,17 @@ def _byte_to_unicode() -> dict[int, str]:
     return mapping
 
 
+@lru_cache(maxsize=1)
+def _byte_alphabet() -> frozenset[str]:
+    return frozenset(_byte_to_unicode().values())
+
+
 def _byte_level_spelling(token: str) -> str:
     """A vocabulary entry in the byte alphabet; entries already written in it are kept as they are."""
+    if _byte_alphabet().issuperset(token):
+        return token
     byte_map = _byte_to_unicode()
-    alphabet = set(byte_map.values())
-    return token if set(token) <= alphabet else "".join(byte_map[b] for b in token.encode("utf-8"))
+    return "".join(byte_map[b] for b in token.encode("utf-8"))
 
 
 def _byte_level_bpe(meta: _Metadata) -> tuple[Tokenizer, bool]:

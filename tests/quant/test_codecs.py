@@ -4,12 +4,13 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
-from ember.frontend.importers.gguf_source import BlockArray
 from ember.ir.graph import Param
+from ember.ir.types import TensorType
 from ember.passes import quant_weights
-from ember.passes.materialize import materialize
+from ember.passes.block_source import BlockSource
+from ember.passes.materialize import load_sources, materialize
 from ember.passes.quant_schemes import (
     SCHEMES,
     Packed,
@@ -108,6 +109,19 @@ class Provider:
         return name
 
 
+def block_source(blocks: np.ndarray, qtype: Q, dequantized: list | None = None, key=None) -> BlockSource:
+    """A BlockSource of GGUF blocks whose dequantizations are recorded in `dequantized`."""
+    rows, cols = blocks.shape[0], blocks.shape[1] // GGML_QUANT_SIZES[qtype][1] * GGML_QUANT_SIZES[qtype][0]
+
+    def values():
+        if dequantized is not None:
+            dequantized.append(qtype)
+        return gguf.quants.dequantize(blocks, qtype)
+
+    extra = {} if key is None else {"key": key}
+    return BlockSource(qtype.name, (rows, cols), lambda: blocks, values, **extra)
+
+
 def pieces_of(name: str, scheme: str, sources: list[str], rows: int, cols: int) -> list[Param]:
     fmt = SCHEMES[scheme].format
     kinds = ("quant_weight", "quant_scales", "quant_mins")
@@ -116,18 +130,20 @@ def pieces_of(name: str, scheme: str, sources: list[str], rows: int, cols: int) 
 
 
 def test_gguf_passthrough_through_materialize_with_row_fusion(monkeypatch):
-    """Q4_1 blocks of two tensors concatenated on rows (a fused weight) are repacked, never requantized."""
+    """Q4_1 blocks of two tensors concatenated on rows (a fused weight) are repacked once, never requantized nor
+    dequantized."""
     rng = np.random.default_rng(4)
-    arrays = {}
+    arrays, dequantized, blocks = {}, [], {}
     for name in ("a", "b"):
-        blocks = gguf.quants.quantize(rng.normal(0, 0.1, (8, 64)).astype(np.float32), Q.Q4_1)
-        arrays[name] = BlockArray.wrap(gguf.quants.dequantize(blocks, Q.Q4_1), "Q4_1", blocks)
-    calls = []
+        blocks[name] = gguf.quants.quantize(rng.normal(0, 0.1, (8, 64)).astype(np.float32), Q.Q4_1)
+        arrays[name] = block_source(blocks[name], Q.Q4_1, dequantized, key=name)
+    calls, repacks = [], []
     monkeypatch.setattr(quant_weights, "quantize", lambda *a: calls.append(a) or quantize(*a))
+    monkeypatch.setattr(quant_weights, "from_ggml_blocks", lambda *a: repacks.append(a) or from_ggml_blocks(*a))
     params = pieces_of("ab", "q4f16_1", ["a", "b"], 16, 64)
     made = [materialize(p, Provider(arrays)) for p in params]
-    assert calls == []  # repacked from blocks
-    expected = from_ggml_blocks(np.concatenate([arrays["a"].ggml_blocks, arrays["b"].ggml_blocks]), "Q4_1", 64)
+    assert calls == [] and dequantized == [] and len(repacks) == 1  # repacked from blocks, once for 3 pieces
+    expected = from_ggml_blocks(np.concatenate([blocks["a"], blocks["b"]]), "Q4_1", 64)
     for got, want in zip(made, expected.pieces()):
         np.testing.assert_array_equal(got, want)
 
@@ -135,29 +151,50 @@ def test_gguf_passthrough_through_materialize_with_row_fusion(monkeypatch):
 def test_other_schemes_requantize_and_quantize_once(monkeypatch):
     rng = np.random.default_rng(5)
     blocks = gguf.quants.quantize(rng.normal(0, 0.1, (8, 64)).astype(np.float32), Q.Q4_1)
-    source = BlockArray.wrap(gguf.quants.dequantize(blocks, Q.Q4_1), "Q4_1", blocks)
+    dequantized = []
     calls = []
     monkeypatch.setattr(quant_weights, "quantize", lambda *a: calls.append(a) or quantize(*a))
-    provider = Provider({"w": source})
+    provider = Provider({"w": block_source(blocks, Q.Q4_1, dequantized, key="w")})
     made = [materialize(p, provider) for p in pieces_of("w", "q4f16", ["w"], 8, 64)]
-    assert len(calls) == 1 and provider.reads == 2  # two pieces, one quantization
+    assert len(calls) == 1 and provider.reads == 2 and len(dequantized) == 1  # two pieces, one quantization
+    values = gguf.quants.dequantize(blocks, Q.Q4_1)
     np.testing.assert_array_equal(dequantize(Packed(*made), SCHEMES["q4f16"].format, 64),
-                                  dequantize(quantize(np.asarray(source), SCHEMES["q4f16"].format),
-                                             SCHEMES["q4f16"].format, 64))
+                                  dequantize(quantize(values, SCHEMES["q4f16"].format), SCHEMES["q4f16"].format, 64))
     # another tensor under the same name (a second compile in this process) is quantized again, not reused
-    provider.arrays["w"] = np.asarray(source) * 2
+    provider.arrays["w"] = values * 2
     scales = materialize(pieces_of("w", "q4f16", ["w"], 8, 64)[1], provider)
     assert len(calls) == 2
     np.testing.assert_array_equal(scales, made[1] * 2)
+    # and so is a block source of other data (keys tell tensors apart, not names)
+    provider.arrays["w"] = block_source(gguf.quants.quantize(values * 2, Q.Q4_1), Q.Q4_1, dequantized, key="w2")
+    materialize(pieces_of("w", "q4f16", ["w"], 8, 64)[1], provider)
+    assert len(calls) == 3
 
 
-def test_block_array_derivatives_drop_blocks():
+def test_float_consumers_get_exactly_gguf_dequantized_values():
+    blocks = gguf.quants.quantize(weights(4, 64), Q.Q8_0)
+    dequantized = []
+    source = block_source(blocks, Q.Q8_0, dequantized)
+    param = Param("w", TensorType((4, 64), "float32"), {"sources": ["w"]})
+    out = materialize(param, Provider({"w": source}))
+    assert dequantized == [Q.Q8_0]
+    np.testing.assert_array_equal(out, gguf.quants.dequantize(blocks, Q.Q8_0))
+
+
+def test_block_source_row_concatenation():
     blocks = gguf.quants.quantize(np.ones((2, 32), np.float32), Q.Q8_0)
-    array = BlockArray.wrap(gguf.quants.dequantize(blocks, Q.Q8_0), "Q8_0", blocks)
-    assert array.ggml_type == "Q8_0"
-    for derived in (array * 2, array.astype(np.float16), array[:1], np.concatenate([array, array], axis=1)):
-        assert getattr(derived, "ggml_blocks", None) is None
-    mixed = np.concatenate([array, np.ones((1, 32), np.float32)])
-    assert getattr(mixed, "ggml_blocks", None) is None and mixed.shape == (3, 32)
-    fused = np.concatenate([array, array], axis=0)
-    assert fused.ggml_type == "Q8_0" and fused.ggml_blocks.shape == (4, 34)
+    q4 = gguf.quants.quantize(np.ones((1, 32), np.float32), Q.Q4_1)
+    dequantized = []
+    a, b = block_source(blocks, Q.Q8_0, dequantized, key="a"), block_source(blocks, Q.Q8_0, dequantized, key="b")
+    fused = BlockSource.concat_rows([a, b])
+    assert fused.ggml_type == "Q8_0" and fused.shape == (4, 32) and fused.blocks().shape == (4, 34)
+    assert fused.key == BlockSource.concat_rows([a, b]).key != BlockSource.concat_rows([b, a]).key
+    assert dequantized == []
+    np.testing.assert_array_equal(fused.values(), np.concatenate([gguf.quants.dequantize(blocks, Q.Q8_0)] * 2))
+    assert BlockSource.concat_rows([a, block_source(q4, Q.Q4_1)]) is None  # mixed types: floats
+    assert BlockSource.concat_rows([a, np.ones((1, 32), np.float32)]) is None
+    param = Param("ab", TensorType((3, 32), "float32"), {"sources": ["a", "q4"]})
+    mixed = load_sources(param, Provider({"a": a, "q4": block_source(q4, Q.Q4_1)}))
+    assert isinstance(mixed, np.ndarray) and mixed.shape == (3, 32)
+    wide = Param("aa", TensorType((2, 64), "float32"), {"sources": ["a", "a"], "concat_axis": 1})
+    assert isinstance(load_sources(wide, Provider({"a": a})), np.ndarray)

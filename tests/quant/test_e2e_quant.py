@@ -16,6 +16,7 @@ from model_fixtures import VOCAB, hf_logits, load_gguf_model, random_llama, requ
 
 import ember
 from ember.compiler import CompileRequest, compile_model
+from ember.frontend.importers.gguf import GGUFTensor
 from ember.passes import quant_weights
 from ember.passes.quant_schemes import SCHEMES, quantize
 
@@ -110,12 +111,22 @@ def gguf_artifact(request, tmp_path_factory):
     quantized = []  # weights quantized from float values rather than repacked from GGUF blocks
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(quant_weights, "quantize", lambda w, fmt: quantized.append(w.shape) or quantize(w, fmt))
+        dequantized = spy_dequantize(patch)
         artifact = compile_model(CompileRequest(model=str(path), target="cpu", output=str(folder / "art")))
-    return request.param, path, artifact, ember.load(artifact, device="cpu"), quantized
+    return request.param, path, artifact, ember.load(artifact, device="cpu"), quantized, dequantized
+
+
+def spy_dequantize(patch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(GGUF tensor name, type) of every GGUF tensor dequantized to float values from now on."""
+    calls: list[tuple[str, str]] = []
+    original = GGUFTensor.dequantize
+    patch.setattr(GGUFTensor, "dequantize",
+                  lambda self: calls.append((self.gguf_name, self.ggml_type.name)) or original(self))
+    return calls
 
 
 def test_gguf_logits_equal_transformers(gguf_artifact):
-    case, path, _, engine, _ = gguf_artifact
+    case, path, _, engine, _, _ = gguf_artifact
     oracle = load_gguf_model(path)
     if case == "smollm2-like":  # the Q5_0 head is requantized into q8f16 (the q4f16_1 edge scheme)
         oracle = with_weights(oracle, lambda name, w: requantized(w, "q8f16") if name == "lm_head.weight" else None)
@@ -124,7 +135,7 @@ def test_gguf_logits_equal_transformers(gguf_artifact):
 
 
 def test_gguf_default_scheme_keeps_each_tensor_type(gguf_artifact):
-    case, _, artifact, _, quantized = gguf_artifact
+    case, _, artifact, _, quantized, _ = gguf_artifact
     manifest = json.loads((artifact / "manifest.json").read_text())
     default = GGUF_CASES[case][1]
     assert manifest["quantization"] == default
@@ -142,3 +153,39 @@ def test_gguf_default_scheme_keeps_each_tensor_type(gguf_artifact):
     else:  # an all-Q4_0 file keeps even its embedding and head in Q4_0
         assert schemes["model.embed_tokens.qweight"] == default == schemes["lm_head.qweight"]
         assert manifest["notes"] == [] and quantized == []
+
+
+def test_gguf_repacked_tensors_are_never_dequantized(gguf_artifact):
+    """A default compile repacks Q8_0 / Q4_0 / Q4_1 blocks without making float values: only float tensors and
+    requantized ones (the SmolLM2-like file's Q5_0 head) are dequantized, each once."""
+    case, _, _, _, _, dequantized = gguf_artifact
+    expected = {"F32", "F16", "Q5_0"} if case == "smollm2-like" else {"F32"} | ({case} & {"F16"})
+    assert {t for _, t in dequantized} == expected
+    assert len(dequantized) == len(set(dequantized))
+
+
+def test_gguf_q0f32_weights_are_exactly_gguf_dequantized(tmp_path, monkeypatch):
+    """--quant q0f32 of a Q4_1 / Q8_0 file stores exactly gguf-py's dequantized values (in HF layout, fused)."""
+    from safetensors.numpy import load_file
+
+    path = write_gguf(tmp_path / "tiny.gguf", random_llama(seed=3, num_hidden_layers=1), smollm2_like)
+    dequantized = spy_dequantize(monkeypatch)
+    artifact = compile_model(CompileRequest(model=str(path), target="cpu", quant="q0f32", output=str(tmp_path / "a")))
+    oracle = {k: v.numpy() for k, v in load_gguf_model(path).state_dict().items()}  # gguf-py's dequantize
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    stored = {}
+    for file in {p["file"] for p in manifest["params"]}:
+        stored.update(load_file(str(artifact / file)))
+    fused = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+             "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+    for name, value in stored.items():
+        prefix, _, part = name.rpartition(".layers.0.")
+        parts = next((v for k, v in fused.items() if part.startswith(k + ".")), None)
+        if parts is None:
+            expected = oracle[name]
+        else:
+            suffix = part.rpartition(".")[2]
+            expected = np.concatenate([oracle[f"{prefix}.layers.0.{p}.{suffix}"] for p in parts])
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, expected, err_msg=name)
+    assert {t for _, t in dequantized} >= {"Q4_1", "Q8_0"}
