@@ -94,7 +94,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
 
     stage.say(f"tracing {source.description or source.name} ({source.config.model_type}, "
               f"{source.config.num_hidden_layers} layers)")
-    module = build_module(source.config, source.name, dtype=dtype, static_decode=kind != "cpu")
+    module = build_module(source.config, source.name, dtype=dtype, static_decode=True)
     packs_weights = source.weights is not None and not request.random_weights
     if packs_weights:  # every tensor present, of a convertible type and the config's shape, before any kernel
         check_sources(module, source.weights)

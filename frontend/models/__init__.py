@@ -12,7 +12,8 @@ MODELS = {"llama": LlamaForCausalLM}
 
 def entry_points(static_decode: bool = False) -> dict[str, dict[str, TensorType]]:
     """prefill: a ragged batch (tokens of all sequences concatenated); decode: one token per sequence.
-    `decode1` is a batch-1 decode with static shapes, for GPU targets (GEMV schedules need them)."""
+    `decode1` is a batch-1 decode with static shapes: GPU GEMV schedules need them, and on cpu the VM then runs a
+    step with no shape arithmetic or dynamic allocation (SmolLM2 decode ~20 % faster)."""
     entries = {
         "prefill": {"ids": TensorType((1, "total_len"), "int32"), "logit_pos": TensorType(("num_logits",), "int32")},
         "decode": {"ids": TensorType(("batch", 1), "int32")},
