@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..runtime.tvm_import import import_tvm
+from ..runtime.tvm_import import import_tvm_with_compiler
 
-tvm = import_tvm()  # the compiler's first tvm import: keeps torch out (tvm_ffi imports it when it can, ~1.5 s)
+tvm = import_tvm_with_compiler()  # the compiler's first tvm import: keeps torch out (tvm_ffi imports it when it can, ~1.5 s)
 from tvm import relax, te, tirx  # noqa: E402
 from tvm.relax.frontend import nn  # noqa: E402
 from tvm.relax.frontend.nn import op  # noqa: E402

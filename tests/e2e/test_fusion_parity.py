@@ -126,8 +126,9 @@ def test_decode_launches_fewer_kernels(pair):
     print(f"\n{pair.case.family}: decode step kernels {len(kernels[False])} -> {len(kernels[True])}, "
           f"VM calls {len(calls[False])} -> {len(calls[True])}")
     assert any("concatenate" in k for k in kernels[False]) and not any("concatenate" in k for k in kernels[True])
-    # per layer: q, k, v GEMMs + concat -> one qkv GEMM; up + gate*silu*up -> gate_up + swiglu
-    assert len(kernels[True]) == len(kernels[False]) - 3 * layers
+    # per layer: q, k, v GEMMs + concat -> one qkv GEMM; up + gate*silu*up -> gate_up + swiglu; on cpu the GEMMs
+    # are opaque native calls, so the residual adds also join the norms (add_rms_norm) instead of GEMM epilogues
+    assert len(kernels[True]) <= len(kernels[False]) - 3 * layers
     assert len(calls[True]) < len(calls[False])
 
 
