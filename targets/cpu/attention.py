@@ -175,25 +175,33 @@ def _signature(func: tirx.PrimFunc) -> tuple[int, int, int, str] | None:
     return h_q, h_kv, d, str(params[0].dtype)
 
 
+def swap_kernel(mod: tvm.IRModule, name: str, make, keep_as: str | None = None) -> tvm.IRModule:
+    """Replace the PrimFunc `name` by `make(original)` (None: leave it), keeping its target and symbol; with
+    `keep_as`, the original stays in the module under that name (the replacement calls it for paths it leaves to
+    TVM). A module already holding `keep_as` was swapped before."""
+    names = [g.name_hint for g in mod.get_global_vars()]
+    if keep_as is not None and keep_as in names:
+        return mod
+    for gv, func in list(mod.functions_items()):
+        if gv.name_hint != name or not isinstance(func, tirx.PrimFunc):
+            continue
+        new = make(func)
+        if new is None:
+            continue
+        if func.attrs is not None and "target" in func.attrs:
+            new = new.with_attr("target", func.attrs["target"])
+        mod[gv] = new.with_attr("global_symbol", name)
+        if keep_as is not None:
+            mod[tvm.ir.GlobalVar(keep_as)] = func.with_attr("global_symbol", keep_as)
+    return mod
+
+
 @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUPrefillAttention")
 def replace_prefill_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Swap TVM's serial cpu ragged-prefill kernel for `prefill_ragged` (same signature); the original stays in
     the module as INLINE_ROPE for rotary_mode == 1."""
-    for gv, func in list(mod.functions_items()):
-        if gv.name_hint != NAME or not isinstance(func, tirx.PrimFunc) or INLINE_ROPE in [
-                g.name_hint for g in mod.get_global_vars()]:
-            continue
-        sig = _signature(func)
-        if sig is None:
-            continue
-        new = prefill_ragged(*sig)
-        if func.attrs is not None and "target" in func.attrs:
-            new = new.with_attr("target", func.attrs["target"])
-        mod[gv] = new.with_attr("global_symbol", NAME)
-        mod[tvm.ir.GlobalVar(INLINE_ROPE)] = func.with_attr("global_symbol", INLINE_ROPE)
-    return mod
-
-
+    return swap_kernel(mod, NAME, lambda f: None if (sig := _signature(f)) is None else prefill_ragged(*sig),
+                       keep_as=INLINE_ROPE)
 
 
 # ---------------------------------------------------------------------------------------------------- decode
@@ -260,20 +268,8 @@ def _decode_signature(func: tirx.PrimFunc) -> tuple[int, int, int, int] | None:
 @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUDecodeAttention")
 def replace_decode_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Swap TVM's serial cpu decode kernel for `decode_paged`; the original stays as DECODE_INLINE_ROPE."""
-    names = [g.name_hint for g in mod.get_global_vars()]
-    for gv, func in list(mod.functions_items()):
-        if gv.name_hint != DECODE_NAME or not isinstance(func, tirx.PrimFunc) or DECODE_INLINE_ROPE in names:
-            continue
-        sig = _decode_signature(func)
-        if sig is None:
-            continue
-        new = decode_paged(*sig)
-        if func.attrs is not None and "target" in func.attrs:
-            new = new.with_attr("target", func.attrs["target"])
-        mod[gv] = new.with_attr("global_symbol", DECODE_NAME)
-        mod[tvm.ir.GlobalVar(DECODE_INLINE_ROPE)] = func.with_attr("global_symbol", DECODE_INLINE_ROPE)
-    return mod
-
+    return swap_kernel(mod, DECODE_NAME, lambda f: None if (sig := _decode_signature(f)) is None
+                       else decode_paged(*sig), keep_as=DECODE_INLINE_ROPE)
 
 
 # ------------------------------------------------------------------------------------------------ rope split
@@ -334,20 +330,18 @@ def replace_rope_split(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tv
     scaling = rope.get("scaling") or {}
     if scaling.get("rope_type", "default") not in ("default", "llama3"):
         return mod
-    for gv, func in list(mod.functions_items()):
-        if gv.name_hint != ROPE_NAME or not isinstance(func, tirx.PrimFunc):
-            continue
+
+    def make(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         sig = _rope_signature(func)
         if sig is None:
-            continue
+            return None
         rotary = int(rope.get("rotary_dim") or sig[2])
         if rotary > 512 or rotary % 2 or rotary > sig[2]:
-            continue
-        new = rope_split(*sig, rotary, float(rope.get("theta", 10000.0)), scaling)
-        if func.attrs is not None and "target" in func.attrs:
-            new = new.with_attr("target", func.attrs["target"])
-        mod[gv] = new.with_attr("global_symbol", ROPE_NAME)
-    return mod
+            return None
+        return rope_split(*sig, rotary, float(rope.get("theta", 10000.0)), scaling)
+
+    return swap_kernel(mod, ROPE_NAME, make)
+
 
 __all__ = ["decode_paged", "prefill_ragged", "replace_decode_attention", "replace_prefill_attention",
-           "replace_rope_split", "rope_split"]
+           "replace_rope_split", "rope_split", "swap_kernel"]
