@@ -58,10 +58,7 @@ def compile_command(model: str, target: str, quant: str | None, dtype: str | Non
     request = CompileRequest(model=model, target=target, quant=quant, dtype=dtype, output=output, weights=weights,
                              random_weights=random_weights, print_after=set(print_after), cuda_graph=cuda_graph,
                              force=force)
-    if check_request(request) == "cuda":  # arguments first: a typo fails before any toolchain work
-        from .targets.cuda.stub_driver import prepare_cuda_compile_process
-
-        prepare_cuda_compile_process()
+    check_request(request).prepare_process()  # arguments first: a typo fails before any toolchain work
     with console_stage() as stage:
         path = compile_model(request, stage)
     click.echo(str(path))

@@ -8,39 +8,28 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError
 from .passes.quant_schemes import SCHEMES
 from .runtime.output_rules import check_destination
+from .targets.base import TARGETS, Target, parse_target, target_forms
 
 if TYPE_CHECKING:
     from .compiler import CompileRequest
 
-TARGETS = ("cpu", "cuda")  # metal: not until its pipeline exists
-TARGET_FORMS = "cpu, cuda, cuda:sm_XX[,sm_YY...]"
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def target_kind(target: str) -> str:
-    """"cpu" or "cuda" for a valid --target; the cuda arch list is parsed here too."""
-    if not isinstance(target, str):
-        raise ConfigError.about(f"{{target}} must be a string ({TARGET_FORMS}), got {target!r}")
-    kind, sep, _ = target.partition(":")
-    if kind == "metal":
-        raise ConfigError.about(f"{{target}} {target!r}: not supported yet (supported: {TARGET_FORMS})")
-    if kind not in TARGETS:
-        raise ConfigError.about(f"{{target}} {target!r}: unknown target (known: {TARGET_FORMS})")
-    if kind == "cpu" and sep:
-        raise ConfigError.about(f"{{target}} {target!r}: cpu takes no arch (EMBER_CPU_MCPU picks the LLVM cpu)")
-    if kind == "cuda":
-        from .targets.cuda.nvcc import parse_cuda_target  # no tvm import
-
-        try:
-            parse_cuda_target(target)
-        except ValueError as err:
-            raise ConfigError.about(f"{{target}}: {err}") from None
-    return kind
+def parse_target_arg(target: object) -> Target:
+    """The Target for a valid --target (no tvm import); a one-line error naming the argument otherwise."""
+    name = target.strip().partition(":")[0] if isinstance(target, str) else None
+    if name not in TARGETS:
+        raise ConfigError.about(f"{{target}} {target!r}: unknown target (known: {target_forms()})")
+    try:
+        return parse_target(target)
+    except ValueError as err:
+        raise ConfigError.about(f"{{target}}: {err}") from None
 
 
-def check_request(request: CompileRequest) -> str:
-    """Check what the arguments alone decide; returns the target kind."""
-    kind = target_kind(request.target)
+def check_request(request: CompileRequest) -> Target:
+    """Check what the arguments alone decide; returns the target."""
+    target = parse_target_arg(request.target)
     if request.quant is not None and request.quant not in SCHEMES:
         raise ConfigError.about(f"{{quant}} {request.quant!r}: unknown scheme (known: {', '.join(SCHEMES)})")
     if request.dtype is not None and request.dtype not in DTYPES:
@@ -50,7 +39,7 @@ def check_request(request: CompileRequest) -> str:
     _check_print_after(request)
     if request.output:  # the default path depends on the model's name and quant: checked once they are known
         check_destination(request.output, replace=request.force)
-    return kind
+    return target
 
 
 def _check_print_after(request: CompileRequest) -> None:

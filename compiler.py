@@ -4,8 +4,8 @@ The one place that ties frontend, passes and targets together. Everything that c
 any weight is read or any kernel is built: the arguments first (compile_args.py), then the config and the tensor
 headers. The artifact is written into a temporary folder and moved into place (runtime.artifact.ArtifactWriter,
 which applies runtime/output_rules.py), so a failed compile leaves nothing behind and replaces nothing.
-For cuda, the calling entry point must run `targets.cuda.stub_driver.prepare_cuda_compile_process()`
-before anything imports tvm.
+Targets are targets.base.Target objects; the calling entry point must run the target's `prepare_process()`
+(cuda: the stub driver) before anything imports tvm.
 """
 from __future__ import annotations
 
@@ -33,10 +33,9 @@ from .passes.quantize import SourceFormats, default_quant, quantization_notes
 from .runtime import artifact as art
 from .runtime.output_rules import check_destination
 from .runtime.tvm_import import import_tvm_with_compiler
+from .targets.base import BuildOptions, Target
 
 SHARD_BYTES = 1 << 30
-DEFAULT_DTYPE = {"cpu": "float32", "cuda": "float16"}
-DEFAULT_QUANT = {"cpu": "q0f32", "cuda": "q0f16"}
 
 
 @dataclass
@@ -79,22 +78,22 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     stage = stage or Stage()
     started = time.perf_counter()
     # Everything the arguments alone decide, before any model file is opened.
-    kind = check_request(request)
+    target = check_request(request)
     _require_compiler()
     # The config and the tensor headers (GGUF metadata and tensor infos, safetensors headers); no tensor data.
     stage.say(f"reading {request.model}")
     source = resolve_model(request.model, request.weights, random_weights=request.random_weights)
     formats = SourceFormats.of(source.weights)  # GGUF: each tensor's type; None for other sources
-    quant = request.quant or default_quant(formats) or DEFAULT_QUANT[kind]
+    quant = request.quant or default_quant(formats) or target.default_quant
     if formats is not None:  # no --quant and a quantized GGUF: each tensor keeps its type where ember has it
         formats.keep_native = request.quant is None and default_quant(formats) is not None
-    dtype = request.dtype or DEFAULT_DTYPE[kind]
-    output, replace, label = _output(request, source.name, quant)
+    dtype = request.dtype or target.default_dtype
+    output, replace, label = _output(request, target, source.name, quant)
     check_destination(output, replace=replace, label=label)
 
     stage.say(f"tracing {source.description or source.name} ({source.config.model_type}, "
               f"{source.config.num_hidden_layers} layers)")
-    module = build_module(source.config, source.name, dtype=dtype, static_decode=True)
+    module = build_module(source.config, source.name, dtype=dtype, static_decode=target.static_decode)
     packs_weights = source.weights is not None and not request.random_weights
     if packs_weights:  # every tensor present, of a convertible type and the config's shape, before any kernel
         check_sources(module, source.weights)
@@ -110,11 +109,11 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
         with stage.wait("loading TVM's compiler"):
             import_tvm_with_compiler()
     with stage.wait(f"lowering to TVM for {request.target}"):
-        relax_mod, param_order = _lower(module, kind, request.target, request.random_weights)
+        relax_mod, param_order = _lower(module, target, request.random_weights)
     with art.ArtifactWriter(output, replace=replace, label=label) as writer:
         (writer.path / IR_FILE).write_text(format_module(module))
-        target_info = _build(relax_mod, kind, request.target, writer.path / art.LIBRARY_FILE, request.cuda_graph,
-                             stage)  # fmt: skip
+        target_info = _build(relax_mod, target, writer.path / target.library_file,
+                             BuildOptions(cuda_graph=request.cuda_graph), stage)
         params = [_param_info(module, name) for name in param_order]
         weights_mode = art.WEIGHTS_NONE
         if request.random_weights:
@@ -132,7 +131,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
                                           chat_template=source.tokenizer.chat_template)
         manifest = art.Manifest(
             name=source.name, architecture=source.config.architecture, config=source.config.to_dict(),
-            quantization=quant, compute_dtype=dtype, target=target_info,
+            quantization=quant, compute_dtype=dtype, target=target_info, library=target.library_file,
             kv_cache=art.KVCacheInfo(**{k: getattr(module.kv_cache, k) for k in (
                 "num_layers", "num_attention_heads", "num_kv_heads", "head_dim", "dtype", "sliding_window")}),
             vocab_size=source.config.vocab_size, context_length=source.config.max_position_embeddings,
@@ -145,12 +144,11 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     return path
 
 
-def _output(request: CompileRequest, name: str, quant: str) -> tuple[Path, bool, str]:
+def _output(request: CompileRequest, target: Target, name: str, quant: str) -> tuple[Path, bool, str]:
     """Destination, whether an ember artifact there may be replaced, and how errors name it."""
     if request.output:
         return Path(request.output), request.force, "{output}"
-    label = request.target.replace(":", "-").replace(",", "-")
-    return Path("compiled") / f"{name}-{quant}-{label}", True, ""  # ember's own default path: it made what is there
+    return Path("compiled") / f"{name}-{quant}-{target.label}", True, ""  # ember's own default path: it made what is there
 
 
 def _require_compiler() -> None:
@@ -163,41 +161,14 @@ def _require_compiler() -> None:
                           "which cannot compile: compile in another process, or `import tvm` before ember.load")
 
 
-def _lower(module: Module, kind: str, target: str, random_fill: bool):
+def _lower(module: Module, target: Target, random_fill: bool):
     from .targets.lower import lower
 
-    if kind == "cpu":
-        from .targets.cpu import cpu_lowerings, cpu_target
-
-        return lower(module, cpu_target(), random_fill, overrides=cpu_lowerings())
-    if kind == "cuda":
-        from .targets.cuda.nvcc import parse_cuda_target
-        from .targets.cuda.pipeline import cuda_target
-
-        return lower(module, cuda_target(parse_cuda_target(target)), random_fill)
-    raise AssertionError(f"check_request let target {target!r} through")
+    return lower(module, target, random_fill)
 
 
-def _build(relax_mod, kind: str, target: str, library: Path, cuda_graph: bool, stage: Stage) -> art.TargetInfo:
-    if kind == "cpu":
-        from .targets.cpu import build_cpu, target_info
-
-        with stage.wait(f"building kernels for {target} (tvm.compile)"):
-            executable = build_cpu(relax_mod)
-        with stage.wait(f"linking {library.name}"):
-            executable.export_library(str(library))
-        return target_info()
-    from .targets.cuda.library_check import check_cuda_library
-    from .targets.cuda.nvcc import parse_cuda_target
-    from .targets.cuda.pipeline import build_cuda
-
-    archs = parse_cuda_target(target)
-    with stage.wait(f"building kernels for {target} (tvm.compile)"):
-        executable = build_cuda(relax_mod, archs, cuda_graph=cuda_graph)
-    with stage.wait(f"compiling and linking {library.name} (nvcc for {', '.join(archs)})"):
-        executable.export_library(str(library))
-    check_cuda_library(library, archs)
-    return art.TargetInfo(kind="cuda", archs=archs, host="llvm")
+def _build(relax_mod, target: Target, library: Path, options: BuildOptions, stage: Stage) -> art.TargetInfo:
+    return target.build(relax_mod, library, stage, options)
 
 
 def _exported_functions(relax_mod) -> list[str]:

@@ -21,6 +21,8 @@ from tvm.relax.frontend.nn import op  # noqa: E402
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache  # noqa: E402
 
 from ..ir.graph import PARAM, Function, Module, Node, Value
+from .base import Target
+from .gpu_schedule import PREFILL_DIMS_ATTR
 from . import random_fill as random_fill_fn
 from .rope import inverse_frequencies
 
@@ -29,6 +31,7 @@ CREATE_KV_ARGS = ("max_batch_size", "max_total_seq_len", "prefill_chunk_size", "
                   "support_sliding_window")
 
 
+PREFILL_FUNCTION = "prefill"  # the entry point that takes a whole prompt (frontend.models.entry_points)
 ATTENTION_OPS = ("paged_attention", "paged_attention_qkv")  # the ops that run attention through the KV cache
 
 
@@ -52,9 +55,10 @@ class _Interpreter:
     """Evaluates one IR function with nn ops while nn traces it into Relax."""
 
     def __init__(self, module: Module, params: dict[str, nn.Parameter], kv: PagedKVCache,
-                 overrides: Mapping[str, "Lowering"] | None = None) -> None:
+                 overrides: Mapping[str, "Lowering"] | None = None, dequant_stage: bool = True) -> None:
         self.module, self.params, self.kv = module, params, kv
         self.overrides = overrides or {}
+        self.dequant_stage = dequant_stage  # Target.dequant_stage: quantized weights dequantize in a block of their own
         self.env: dict[int, nn.Tensor] = {}
         self.symbols: dict[str, Any] = {}
         self._positions: nn.Tensor | None = None
@@ -238,16 +242,25 @@ def _gather_tokens(it, node, args):
     return _take(args[0], args[1], 1, "gather_tokens")
 
 
+def _prefill_dims(module: Module) -> list[str]:
+    """The symbolic dims of the prefill entry point's token ids (the number of prompt tokens per call)."""
+    prefill = module.functions.get(PREFILL_FUNCTION)
+    if prefill is None:
+        return []
+    ids = next((v for v in prefill.inputs if v.name == "ids"), None)
+    return [d for d in ids.type.shape if isinstance(d, str)] if ids is not None else []
+
+
 def _nn_spec(value: Value) -> nn.spec.Tensor:
     return nn.spec.Tensor(list(value.type.shape), value.type.dtype)
 
 
 class _LoweredModel(nn.Module):
-    def __init__(self, module: Module, target: tvm.target.Target,
-                 overrides: Mapping[str, Lowering] | None = None) -> None:
+    def __init__(self, module: Module, target: Target) -> None:
         self._ir = module
-        self._target = target
-        self._overrides = overrides
+        self._target = target.tvm_target()
+        self._overrides = target.lowerings()
+        self._dequant_stage = target.dequant_stage
         self._rope = _rope_config(module)
         self._param_map: dict[str, nn.Parameter] = {}
         for i, (name, param) in enumerate(module.params.items()):
@@ -258,7 +271,8 @@ class _LoweredModel(nn.Module):
     def method(self, function: Function) -> Callable[..., Any]:
         def run(*args):
             *inputs, kv = args
-            outputs = _Interpreter(self._ir, self._param_map, kv, self._overrides).run(function, list(inputs))
+            outputs = _Interpreter(self._ir, self._param_map, kv, self._overrides,
+                                   self._dequant_stage).run(function, list(inputs))
             return (*outputs, kv)
 
         # nn's exporter binds spec arguments by the method's signature.
@@ -298,14 +312,15 @@ class _LoweredModel(nn.Module):
         )
 
 
-def lower(module: Module, target: tvm.target.Target, random_fill: bool = False,
-          overrides: Mapping[str, Lowering] | None = None) -> tuple[tvm.IRModule, list[str]]:
+def lower(module: Module, target: Target, random_fill: bool = False) -> tuple[tvm.IRModule, list[str]]:
     """Returns the Relax module and the parameter names in argument order. With `random_fill`, the module
-    also exports `fill_random_<dtype>` for every parameter dtype (benchmark builds). `overrides` (op -> lowering)
-    are a target's own kernels: tried first, and a None result falls back to the generic lowering."""
+    also exports `fill_random_<dtype>` for every parameter dtype (benchmark builds). The target's own lowerings
+    (`Target.lowerings()`, op -> lowering) are tried first, and a None result falls back to the generic one.
+    The module records the prefill entry point's token-count dims (gpu_schedule.PREFILL_DIMS_ATTR) and the rope
+    the KV cache applies (ROPE_ATTR), for targets' schedules and kernel replacements."""
     if module.kv_cache is None:
         raise LoweringError(f"module {module.name} has no KV cache spec")
-    model = _LoweredModel(module, target, overrides)
+    model = _LoweredModel(module, target)
     spec: dict[str, Any] = {}
     for name, function in module.functions.items():
         setattr(model, name, model.method(function))
@@ -322,6 +337,7 @@ def lower(module: Module, target: tvm.target.Target, random_fill: bool = False,
     rope = model._rope  # what the KV cache's rope kernel computes, for targets that replace that kernel
     if rope is not None:
         mod = mod.with_attr(ROPE_ATTR, json.dumps({"rotary_dim": module.kv_cache.head_dim, **rope}))
+    mod = mod.with_attr(PREFILL_DIMS_ATTR, _prefill_dims(module))
     by_attr = {f"p{i:04d}": name for i, name in enumerate(module.params)}
     order = [by_attr[attr] for attr, _ in named]
     return mod, order

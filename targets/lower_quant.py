@@ -7,9 +7,9 @@
 For fp16/bf16 activations (GPUs) the dequant stage is a block of its own, which dlight inlines into the reduction
 (GEMV, decode at batch 1: each lane loads 4-byte words of codes) or into the shared-memory tile loads (Matmul,
 prefill). Its dtype is float32 when the token count is static (the GEMV form the quant-gemv guide measured) and
-the activation dtype otherwise, so that the Matmul rule can use tensor cores. For float32 activations (cpu) the
-value is written straight into the sum: dlight has no cpu GEMM rule, and an unscheduled stage would be computed
-whole. The epilogue is always there: dlight's cpu Reduction rule wants an injective last block, and then
+the activation dtype otherwise, so that the Matmul rule can use tensor cores. Where the target asks for no such
+stage (`Target.dequant_stage`, cpu) the value is written straight into the sum: dlight has no cpu GEMM rule, and an
+unscheduled stage would be computed whole. The epilogue is always there: dlight's cpu Reduction rule wants an injective last block, and then
 parallelizes over output elements. No kernel writes a dequantized weight tensor; values are computed in float32,
 so GGUF weights dequantize exactly as `gguf.quants.dequantize` does.
 `quant_embedding` is one injective kernel that gathers and dequantizes the rows of the requested ids.
@@ -57,7 +57,7 @@ def _quant_linear(it, node, args):
         packed, bias_t = list(tensors[:fmt.num_pieces]), tensors[fmt.num_pieces:]
         rows = packed[0].shape[0]
         lead = list(xt.shape[:-1])
-        if out_dtype == "float32":  # cpu: the value goes straight into the sum
+        if not it.dequant_stage:  # the value goes straight into the sum (Target.dequant_stage)
             def weight(n: Any, k: Any) -> Any:
                 return dequant_value(fmt, packed, n, k)
         else:

@@ -1,111 +1,49 @@
-"""The cpu target: LLVM for the build machine's architecture; used for tests and CPU deployments."""
+"""The cpu target: LLVM for the build machine's architecture plus ember's native kernels (build.py, native/)."""
 from __future__ import annotations
 
-import os
-import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import tvm
-from tvm import relax
-from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
-from tvm.s_tir import dlight as dl
+from ..base import BuildOptions, Progress, Target
 
-from ...runtime.artifact import TargetInfo
-from . import native, native_elementwise, native_linear
-from .attention import replace_decode_attention, replace_prefill_attention, replace_rope_split
-from .elementwise_schedule import Elementwise
-from .matmul_schedule import Matmul
+if TYPE_CHECKING:
+    import tvm
 
-MCPU_ENV = "EMBER_CPU_MCPU"
+    from ...runtime.artifact import TargetInfo
 
 
-def _host_x86_level() -> str | None:
-    """The highest x86-64 micro-architecture level (psABI v3/v4) this Linux host supports, or None."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return None
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        return None
-    have = set(flags)
-    v3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"} | ({"abm"} if "abm" in have else {"lzcnt"})
-    v4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
-    if not v3 <= have:
-        return None
-    return "x86-64-v4" if v4 <= have else "x86-64-v3"
+class CpuTarget(Target):
+    name = "cpu"
+    forms = "cpu"
+    default_quant = "q0f32"
+    default_dtype = "float32"
+    dequant_stage = False  # the native kernels take most linear layers; the generic path sums dequantized values
+
+    @classmethod
+    def parse(cls, spec: str) -> CpuTarget:
+        if spec != "cpu":
+            raise ValueError(f"cpu takes no arch, got {spec!r} (EMBER_CPU_MCPU picks the LLVM cpu)")
+        return cls(spec)
+
+    def tvm_target(self) -> tvm.target.Target:
+        from .build import cpu_target
+
+        return cpu_target()
+
+    def lowerings(self) -> Mapping[str, Any]:
+        from .build import cpu_lowerings
+
+        return cpu_lowerings()
+
+    def build(self, relax_mod: tvm.IRModule, library: Path, stage: Progress, options: BuildOptions) -> TargetInfo:
+        from .build import build_cpu, target_info
+
+        with stage.wait(f"building kernels for {self.spec} (tvm.compile)"):
+            executable = build_cpu(relax_mod)
+        with stage.wait(f"linking {library.name}"):
+            executable.export_library(str(library))
+        return target_info()
 
 
-def cpu_target() -> tvm.target.Target:
-    """LLVM for the build machine: on x86-64 the host's psABI level (v3 = AVX2+FMA+F16C, v4 = AVX-512), since
-    LLVM's default x86-64 baseline has neither FMA nor 256-bit vectors (artifacts then need such a cpu:
-    target_info records it). `EMBER_CPU_MCPU` overrides: `generic` for a portable artifact, or an LLVM cpu
-    name such as `znver3`."""
-    mcpu = os.environ.get(MCPU_ENV) or _host_x86_level()
-    return tvm.target.Target({"kind": "llvm", **({"mcpu": mcpu} if mcpu and mcpu != "generic" else {})})
-
-
-def target_info() -> TargetInfo:
-    """archs: the machine, then the LLVM cpu the kernels need (e.g. x86-64-v3: AVX2 + FMA), if any."""
-    mcpu = str(cpu_target().attrs.get("mcpu", "") or "")
-    return TargetInfo(kind="cpu", archs=[platform.machine()] + ([mcpu] if mcpu else []),
-                      host=str(cpu_target().attrs.get("mtriple", "")))
-
-
-def cpu_lowerings() -> dict:
-    """The cpu target's own lowerings (lower.lower's overrides): linear layers, SwiGLU and norms on the native
-    kernels."""
-    return {**native_linear.LOWERINGS, **native_elementwise.LOWERINGS}
-
-
-def schedule_rules() -> list:
-    """The dlight-style rules applied, first match wins, to every PrimFunc of a cpu build."""
-    return [Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), Elementwise()]
-
-
-def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's cpu pipeline plus ember's NT-matmul schedule (matmul_schedule.py: register-blocked, vectorized,
-    parallel; symbolic or static m), dlight's cpu GEMV/reduction schedules, a parallel vectorized schedule for
-    elementwise kernels (elementwise_schedule.py), and a parallel vectorized ragged-prefill attention kernel in
-    place of the KV cache's serial one (attention.py)."""
-
-    @tvm.transform.module_pass(opt_level=0)
-    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
-            seq = tvm.transform.Sequential(
-                [relax.transform.FuseTransposeMatmul()]
-                + cpu_pipeline.library_dispatch_passes(target)
-                + cpu_pipeline.legalize_passes(target)
-                + [replace_prefill_attention, replace_decode_attention, replace_rope_split,
-                   dl.ApplyDefaultSchedule(*schedule_rules())]
-                + cpu_pipeline.dataflow_lower_passes(target)
-                + cpu_pipeline.finalize_passes(target)
-            )
-            return seq(mod)
-
-    return run
-
-
-class CpuLibrary:
-    """A cpu build: TVM's executable plus ember's native kernels (native.py), linked together on export."""
-
-    def __init__(self, executable: tvm.runtime.Executable, objects: list[str]) -> None:
-        self.executable = executable
-        self.objects = objects
-
-    def export_library(self, path: str) -> None:
-        self.executable.export_library(str(path), addons=self.objects)
-
-    def load(self) -> tvm.runtime.Module:
-        """The library, exported to a temporary folder and loaded (in-process use: tests, tools)."""
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="ember-cpu-") as folder:  # a loaded library outlives its file
-            path = os.path.join(folder, "model.so")
-            self.export_library(path)
-            return tvm.runtime.load_module(path)
-
-
-def build_cpu(mod: tvm.IRModule) -> CpuLibrary:
-    target = cpu_target()
-    objects = native.native_objects(str(target.attrs.get("mcpu", "") or "") or None)
-    return CpuLibrary(tvm.compile(mod, target=target, relax_pipeline=_pipeline(target)), objects)
+__all__ = ["CpuTarget"]

@@ -1,15 +1,63 @@
 """CUDA target: build toolchain (stub driver, multi-arch nvcc, library checks) and pipeline.
 
-Importing this package stays light: it never imports tvm. Import the submodules you need:
+Importing this package stays light: it never imports tvm (CudaTarget imports what it needs when called). Import the submodules you need:
 `stub_driver` (before `import tvm`), `nvcc`, `library_check`, `pipeline`.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from ...errors import EmberError
+from ..base import BuildOptions, Progress, Target
+
+if TYPE_CHECKING:
+    import tvm
+
+    from ...runtime.artifact import TargetInfo
 
 
 class CudaToolchainError(EmberError, RuntimeError):
     """The CUDA build toolchain is missing or misused; the message is one line."""
 
 
-__all__ = ["CudaToolchainError"]
+class CudaTarget(Target):
+    name = "cuda"
+    forms = "cuda, cuda:sm_XX[,sm_YY...]"
+    default_quant = "q0f16"
+    default_dtype = "float16"
+
+    def __init__(self, spec: str, archs: list[str]) -> None:
+        super().__init__(spec)
+        self.archs = archs
+
+    @classmethod
+    def parse(cls, spec: str) -> CudaTarget:
+        from .nvcc import parse_cuda_target  # no tvm import
+
+        return cls(spec, parse_cuda_target(spec))
+
+    def prepare_process(self) -> None:
+        from .stub_driver import prepare_cuda_compile_process
+
+        prepare_cuda_compile_process()
+
+    def tvm_target(self) -> tvm.target.Target:
+        from .pipeline import cuda_target
+
+        return cuda_target(self.archs)
+
+    def build(self, relax_mod: tvm.IRModule, library: Path, stage: Progress, options: BuildOptions) -> TargetInfo:
+        from ...runtime.artifact import TargetInfo
+        from .library_check import check_cuda_library
+        from .pipeline import build_cuda
+
+        with stage.wait(f"building kernels for {self.spec} (tvm.compile)"):
+            executable = build_cuda(relax_mod, self.archs, cuda_graph=options.cuda_graph)
+        with stage.wait(f"compiling and linking {library.name} (nvcc for {', '.join(self.archs)})"):
+            executable.export_library(str(library))
+        check_cuda_library(library, self.archs)
+        return TargetInfo(kind="cuda", archs=self.archs, host="llvm")
+
+
+__all__ = ["CudaTarget", "CudaToolchainError"]

@@ -1,8 +1,8 @@
 """Relax/TIR pipeline and build entry point for cuda: the best-stock recipe.
 
 tvm-baseline-llama3-8b.md §7: FuseTransposeMatmul before legalization, TVM's default cuda phases,
-dlight rules chosen per PrimFunc (GEMV first for decode kernels, Matmul first for prefill kernels
-so they get WMMA), and TIR CSE disabled (it breaks the paged-KV `batch_tree_attn` kernel).
+dlight rules chosen per PrimFunc (targets/gpu_schedule.py: GEMV first for decode kernels, Matmul first
+for prefill kernels so they get WMMA), and TIR CSE disabled (it breaks the paged-KV `batch_tree_attn` kernel).
 
 tvm is imported lazily: importing this module before `prepare_cuda_compile_process()` must not
 import tvm, or the CUDA runtime would never load and kernels would ship as source.
@@ -16,9 +16,10 @@ import logging
 import sys
 import time
 import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from ..gpu_schedule import schedule_per_function
 from . import CudaToolchainError
 from .nvcc import multi_arch_compile, sm_number
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREFILL_DIMS: tuple[str, ...] = ("total_len",)
 # dlight's default; also the per-block static limit on sm_80, so one scheduled source fits both archs.
 MAX_SHARED_MEMORY_PER_BLOCK = 49152
 PASS_CONFIG = {"tirx.disable_cse_tir": True}
@@ -63,56 +63,7 @@ def decode_rules() -> list[ScheduleRule]:
             dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
 
 
-def symbolic_dims(func: tvm.tirx.PrimFunc) -> set[str]:
-    """Names of the free variables in a PrimFunc's buffer shapes and scalar (shape) parameters."""
-    from tvm import tirx
-
-    names: set[str] = set()
-    for param in func.params:
-        # TVM 0.27: a buffer parameter is a Var typed BufferType; a scalar one is a shape var itself.
-        if not isinstance(param.ty, tirx.buffer.BufferType):
-            names.add(param.name)
-            continue
-        for dim in param.shape:
-            names.update(v.name for v in tirx.analysis.undefined_vars(dim))
-    return names
-
-
-def is_prefill_kernel(func: tvm.tirx.PrimFunc, prefill_dims: Iterable[str] = PREFILL_DIMS) -> bool:
-    """A kernel of a prefill function: its signature uses a prefill token-count dim (`total_len`)."""
-    return not symbolic_dims(func).isdisjoint(prefill_dims)
-
-
-def schedule_per_function(prefill_dims: Iterable[str] = PREFILL_DIMS) -> tvm.transform.Pass:
-    """Like dlight's ApplyDefaultSchedule, but with the rule list picked per PrimFunc."""
-    import tvm
-    from tvm import tirx
-
-    dims = tuple(prefill_dims)
-    rule_sets = {True: prefill_rules(), False: decode_rules()}
-
-    def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = tvm.target.Target.current(allow_none=False)
-        updates = {}
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
-                continue
-            func_target = func.attrs.get("target", target)
-            for rule in rule_sets[is_prefill_kernel(func, dims)]:
-                space = rule.apply(func, func_target, False)
-                if space is None:
-                    continue
-                sch = space if not isinstance(space, list) else space[0]
-                updates[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-                break
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return mod
-
-    return tvm.transform.module_pass(transform, opt_level=0, name="ember.cuda.SchedulePerFunction")
-
-
-def cuda_relax_pipeline(target: tvm.target.Target, prefill_dims: Iterable[str] = PREFILL_DIMS) -> tvm.transform.Pass:
+def cuda_relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's default cuda phases, with FuseTransposeMatmul first and per-function dlight rules."""
     import tvm
     from tvm import relax
@@ -125,7 +76,7 @@ def cuda_relax_pipeline(target: tvm.target.Target, prefill_dims: Iterable[str] =
         raise CudaToolchainError("tvm.relax.backend.cuda.legalize_passes changed: expected exactly one "
                                  f"dlight ApplyDefaultSchedule, found {len(stock_schedules)}")
     legalize = [p for p in legalize if not isinstance(p, dl.ApplyDefaultSchedule)]
-    legalize.append(schedule_per_function(prefill_dims))
+    legalize.append(schedule_per_function(prefill_rules(), decode_rules(), "ember.cuda.SchedulePerFunction"))
     passes = (
         [relax.transform.FuseTransposeMatmul()]
         + tvm_cuda.library_dispatch_passes(target)

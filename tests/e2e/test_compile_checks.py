@@ -34,14 +34,14 @@ def fake_build(monkeypatch):
     """Lowering and the kernel build replaced by a stub library file; `calls` records that they ran."""
     calls: list[str] = []
 
-    def lower(module, kind, target, random_fill):
+    def lower(module, target, random_fill):
         calls.append("lower")
         return None, list(module.params)
 
-    def build(relax_mod, kind, target, library, cuda_graph, stage):
+    def build(relax_mod, target, library, options, stage):
         calls.append("build")
         Path(library).write_bytes(b"not a library")
-        return art.TargetInfo(kind=kind)
+        return art.TargetInfo(kind=target.name)
 
     monkeypatch.setattr(compiler, "_lower", lower)
     monkeypatch.setattr(compiler, "_build", build)
@@ -64,7 +64,7 @@ def leftovers(parent: Path) -> list[str]:
 
 @pytest.mark.parametrize("change, python, cli", [
     ({"quant": "q3f99"}, "quant 'q3f99': unknown scheme (known: q0f32", "--quant 'q3f99': unknown scheme"),
-    ({"target": "metal"}, "target 'metal': not supported yet", "--target 'metal': not supported yet"),
+    ({"target": "cpu:sm_90"}, "target: cpu takes no arch", "--target: cpu takes no arch"),
     ({"target": "tpu"}, "target 'tpu': unknown target", "--target 'tpu'"),
     ({"target": "cuda:sm_52"}, "target: invalid cuda target 'cuda:sm_52'", "--target: invalid cuda target"),
     ({"dtype": "float8"}, "dtype 'float8': unknown compute dtype", "--dtype 'float8'"),
@@ -139,7 +139,7 @@ def test_a_gguf_is_checked_from_its_header(tmp_path, fake_build, monkeypatch):
     monkeypatch.setattr(GGUFTensor, "raw", no_data)
     monkeypatch.setattr(GGUFTensor, "dequantize", no_data)
 
-    def stop(module, kind, target, random_fill):
+    def stop(module, target, random_fill):
         raise RuntimeError("reached lowering")
 
     monkeypatch.setattr(compiler, "_lower", stop)
@@ -170,7 +170,7 @@ def test_force_replaces_atomically(hf_dir, tmp_path, fake_build, monkeypatch):
     out = compile_model(CompileRequest(model=str(hf_dir), output=str(tmp_path / "art")))
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    def broken(relax_mod, kind, target, library, cuda_graph, stage):
+    def broken(relax_mod, target, library, options, stage):
         Path(library).write_bytes(b"half a library")
         raise RuntimeError("the kernel build failed midway")
 
@@ -180,8 +180,8 @@ def test_force_replaces_atomically(hf_dir, tmp_path, fake_build, monkeypatch):
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old artifact, intact
     assert leftovers(tmp_path) == []
 
-    monkeypatch.setattr(compiler, "_build", lambda relax_mod, kind, target, library, cuda_graph, stage: (
-        Path(library).write_bytes(b"new library"), art.TargetInfo(kind=kind))[1])
+    monkeypatch.setattr(compiler, "_build", lambda relax_mod, target, library, options, stage: (
+        Path(library).write_bytes(b"new library"), art.TargetInfo(kind=target.name))[1])
     compile_model(CompileRequest(model=str(hf_dir), output=str(out), force=True))
     assert (out / art.LIBRARY_FILE).read_bytes() == b"new library"
     art.verify_files(out, art.read_manifest(out))  # the new manifest describes what is there

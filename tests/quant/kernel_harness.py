@@ -12,7 +12,7 @@ from tvm import relax
 from tvm.relax.frontend import nn
 
 from ember.ir.graph import Node
-from ember.targets.cpu import build_cpu
+from ember.targets.cpu.build import build_cpu
 from ember.targets.lower import LOWERINGS
 
 

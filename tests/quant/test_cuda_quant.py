@@ -31,13 +31,16 @@ def test_cuda_rules_for_quantized_kernels(scheme, monkeypatch):
     """decode1 (batch 1, static): GEMV; prefill: Matmul; the dequantized weight never lands in global memory."""
     import tvm
 
+    from ember.targets.cuda import CudaTarget
     from ember.targets.cuda import pipeline as cuda
+    from ember.targets.gpu_schedule import is_prefill_kernel, prefill_dims
     from ember.targets.lower import lower
 
     module = PassManager(default_pipeline(scheme)).run(
         build_module(ModelConfig.from_dict(CONFIG), "tiny", dtype="float16", static_decode=True))
     target = cuda.cuda_target(["sm_90"])
-    relax_mod, _ = lower(module, target)
+    relax_mod, _ = lower(module, CudaTarget.parse("cuda:sm_90"))
+    assert prefill_dims(relax_mod) == ("total_len",)
     applied: list[tuple[str, bool, list[str]]] = []  # rule, prefill kernel?, buffer dtypes
 
     def spied(make_rules):
@@ -47,7 +50,7 @@ def test_cuda_rules_for_quantized_kernels(scheme, monkeypatch):
                 def apply(func, func_target, tune, rule=rule, inner=rule.apply):
                     space = inner(func, func_target, tune)
                     if space is not None:
-                        applied.append((type(rule).__name__, cuda.is_prefill_kernel(func), _dtypes(func)))
+                        applied.append((type(rule).__name__, is_prefill_kernel(func, ("total_len",)), _dtypes(func)))
                     return space
                 rule.apply = apply
             return rules

@@ -57,7 +57,7 @@ def test_quant_embedding_gathers_dequantized_rows(scheme):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_dequantize_happens_inside_the_matmul_kernel(scheme, dtype):
     """After the cpu pipeline, the one kernel reading packed codes writes y[..., N]; no buffer holds [N, K]."""
-    from ember.targets.cpu import _pipeline, cpu_target
+    from ember.targets.cpu.build import _pipeline, cpu_target
 
     rows, cols = 256, 512
     attrs, pieces, _ = quant_inputs(scheme, rows, cols)

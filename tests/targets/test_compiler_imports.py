@@ -11,7 +11,7 @@ import json, sys
 import ember.compiler, ember.describe
 from ember.frontend.importers import gguf_source, gguf_tokenizer
 from ember.targets import lower
-from ember.targets.cpu import build_cpu, cpu_lowerings
+from ember.targets.cpu.build import build_cpu, cpu_lowerings
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))))
 """
 

@@ -8,7 +8,7 @@ import tvm
 from tvm.s_tir import dlight as dl
 from tvm.script import tirx as T
 
-from ember.targets.cpu import cpu_target, schedule_rules
+from ember.targets.cpu.build import cpu_target, schedule_rules
 from ember.targets.cpu.matmul_schedule import Matmul, MatmulConfig
 
 K, N = 100, 37  # K % 8 != 0 (4-lane split), N prime (1-row tiles): the awkward case on purpose

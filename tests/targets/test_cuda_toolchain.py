@@ -61,6 +61,7 @@ BUILD_SCRIPT = textwrap.dedent('''
     spec = {"prefill": {"ids": nn.spec.Tensor([1, "total_len"], "int32"), "$": packed},
             "decode": {"ids": nn.spec.Tensor(["batch", 1], "int32"), "$": packed}}
     mod, _ = Tiny().export_tvm(spec=spec)
+    mod = mod.with_attr("ember_prefill_dims", ["total_len"])  # what targets.lower records
     if mode == "stub":
         from ember.targets.cuda.pipeline import build_cuda
         ex = build_cuda(mod, ["sm_80", "sm_90"])
@@ -218,7 +219,7 @@ def test_multi_arch_compile_restores_previous_hook(tmp_path: Path) -> None:
 def test_prefill_kernels_are_told_apart_by_shape_vars() -> None:
     from tvm import te, tirx
 
-    from ember.targets.cuda.pipeline import is_prefill_kernel, symbolic_dims
+    from ember.targets.gpu_schedule import is_prefill_kernel, symbolic_dims
 
     def kernel(rows: tirx.Var, name: str = "x") -> tirx.PrimFunc:
         x = te.placeholder((1, rows, 64), "float16", name=name)
@@ -227,12 +228,12 @@ def test_prefill_kernels_are_told_apart_by_shape_vars() -> None:
 
     total_len, batch = tirx.Var("total_len", "int64"), tirx.Var("batch", "int64")
     assert symbolic_dims(kernel(total_len)) == {"total_len"}
-    assert is_prefill_kernel(kernel(total_len))
-    assert not is_prefill_kernel(kernel(batch))
+    assert is_prefill_kernel(kernel(total_len), ("total_len",))
+    assert not is_prefill_kernel(kernel(batch), ("total_len",))
     # The name only appears as text (a buffer name), not as a shape variable: not a prefill kernel.
     assert "total_len" in kernel(batch, name="total_len_x").script()
-    assert not is_prefill_kernel(kernel(batch, name="total_len_x"))
-    assert is_prefill_kernel(kernel(batch), prefill_dims=("batch",))
+    assert not is_prefill_kernel(kernel(batch, name="total_len_x"), ("total_len",))
+    assert is_prefill_kernel(kernel(batch), ("batch",))
 
 
 # --- built libraries ----------------------------------------------------------------------------

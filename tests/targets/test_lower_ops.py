@@ -28,14 +28,15 @@ class Block(Module):
 def vm_and_params():
     import tvm
 
-    from ember.targets.cpu import build_cpu, cpu_target
+    from ember.targets.cpu import CpuTarget
+    from ember.targets.cpu.build import build_cpu
     from ember.targets.lower import lower
 
     module = trace(Block(), {"forward": {"x": TensorType((1, "t", 12), "float32"),
                                          "y": TensorType((1, 4, 6), "float32")}}, name="ops",
                    kv_cache=KVCacheSpec(num_layers=1, num_attention_heads=1, num_kv_heads=1, head_dim=8,
                                         dtype="float32"))
-    relax_mod, order = lower(module, cpu_target())
+    relax_mod, order = lower(module, CpuTarget.parse("cpu"))
     vm = tvm.runtime.vm.VirtualMachine(build_cpu(relax_mod).load(), tvm.cpu())
     rng = np.random.default_rng(0)
     params = {"ln_w": rng.normal(1, 0.1, 12).astype("float32"), "ln_b": rng.normal(0, 0.1, 12).astype("float32")}

@@ -14,7 +14,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from ember.passes.quant_schemes import SCHEMES, dequantize, from_ggml_blocks, quantize
-from ember.targets.cpu import _host_x86_level
+from ember.targets.cpu.build import _host_x86_level
 from ember.targets.cpu import native
 from ember.targets.cpu.native_linear import BF16, F16, Q4, Q4_1, Q8
 
