@@ -82,16 +82,34 @@ def test_aarch64_tvm_target_and_archs(monkeypatch):
 
 # -- builds ----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    """(quant, "cpu" | "cpu:aarch64") -> artifact folder, all from one tiny HF Llama (GQA 4:2, 2 layers)."""
-    folder = tmp_path_factory.mktemp("aarch64")
+def builds(tmp_path_factory, worker_id) -> dict[tuple[str, str], Path]:
+    """(quant, "cpu" | "cpu:aarch64") -> artifact folder, all from one tiny HF Llama (GQA 4:2, 2 layers). Under
+    xdist the workers share one set (the first builds it under a lock; the folder is the session's own)."""
+    if worker_id == "master":
+        return _build_all(tmp_path_factory.mktemp("aarch64"))
+    import fcntl
+
+    folder = tmp_path_factory.getbasetemp().parent / "aarch64-builds"
+    folder.mkdir(exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "done").is_file():
+            return _artifacts(folder)
+        out = _build_all(folder)
+        (folder / "done").write_text("")
+        return out
+
+
+def _artifacts(folder: Path) -> dict[tuple[str, str], Path]:
+    return {(quant, target): folder / f"{quant}-{target.replace(':', '-')}"
+            for quant in QUANTS for target in ("cpu", "cpu:aarch64")}
+
+
+def _build_all(folder: Path) -> dict[tuple[str, str], Path]:
     random_llama(seed=3).save_pretrained(folder / "hf")
-    out = {}
-    for quant in QUANTS:
-        for target in ("cpu", "cpu:aarch64"):
-            out[quant, target] = Path(compile_model(CompileRequest(
-                model=str(folder / "hf"), target=target, quant=quant,
-                output=str(folder / f"{quant}-{target.replace(':', '-')}"))))
+    out = _artifacts(folder)
+    for (quant, target), path in out.items():
+        compile_model(CompileRequest(model=str(folder / "hf"), target=target, quant=quant, output=str(path)))
     return out
 
 
