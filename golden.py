@@ -47,10 +47,12 @@ GREEDY_STEPS = 8
 PROMPT_SEED = 0x656D626572  # "ember"
 ENTRY_PREFIX = "verify_"
 GOLDEN_FILE = "verify/golden.safetensors"
-# max |logit diff| / max |golden logit| that `ember verify` accepts, per compute dtype. float32: cpu and cuda builds
-# agree to ~1e-6 of the scale (docs/measurements: 5e-7 at a scale of 0.9); half precision: ~1e-3 (fp16, cuda
-# against cpu) and 8x more for bfloat16's 3 fewer mantissa bits (see README "Verify an artifact").
-TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2}
+# max |logit diff| / max |golden logit| that `ember verify` accepts, per compute dtype, ~5x what two correct builds
+# differ by. float32: cpu and cuda agree to ~1e-6 of the scale (docs/measurements: 5e-7 at a scale of 0.9). Half
+# precision, SmolLM2 (30 layers), two cpu lowerings of one IR (TVM's generic kernels against the native ones between
+# casts): float16 2.8e-3, bfloat16 2.4e-2 (3 fewer mantissa bits: 8x); cuda float16 against cpu float32 on the tiny
+# parity models: ~1e-3.
+TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
 HALF_DTYPES = ("float16", "bfloat16")
 
 
@@ -110,9 +112,16 @@ def record(golden_plan: GoldenPlan, folder: Path, manifest: art.Manifest, stage:
     how = "its library" if own else f"a cpu build of the same IR, {manifest.compute_dtype}"
     with stage.wait(f"recording golden outputs for `ember verify` ({what}, {how})"), warnings.catch_warnings():
         warnings.simplefilter("ignore", CompilerLoadedWarning)  # this process compiles: of course it has TVM's compiler
-        loaded = _own_library(golden_plan, folder, manifest) if own else _reference_build(golden_plan, folder, manifest)
-        prompt = fixed_prompt(manifest.vocab_size, manifest.context_length)
-        run = run_prompt(loaded, prompt, GREEDY_STEPS)
+        try:
+            loaded = (_own_library if own else _reference_build)(golden_plan, folder, manifest)
+            prompt = fixed_prompt(manifest.vocab_size, manifest.context_length)
+            run = run_prompt(loaded, prompt, GREEDY_STEPS)
+        except Exception as err:  # the reference failed, not the artifact: ship it, say so
+            lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+            note = f"golden outputs not recorded: {type(err).__name__}: {lines[-1] if lines else ''}"
+            stage.say(f"warning: {note}")
+            manifest.notes.append(note)
+            return None
     write_golden(folder / GOLDEN_FILE, run)
     machine = platform.machine()
     reference = (f"this library on the compile host ({machine})" if own

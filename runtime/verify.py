@@ -188,8 +188,9 @@ def verification_weights(folder: Path, manifest: Manifest, dev: Any, vm: Any, ne
 def verify_numerics(folder: Path, manifest: Manifest, device: str) -> NumericsReport:
     info = manifest.verification
     if info is None:
-        return NumericsReport(NOT_RECORDED, reason="this artifact has no golden outputs (compiled by an older "
-                              "ember, or without weights)")
+        why = next((n for n in manifest.notes if n.startswith("golden outputs not recorded")), None)
+        return NumericsReport(NOT_RECORDED, reason=why or "this artifact has no golden outputs (compiled by an "
+                              "older ember, or without weights)")
     started = time.perf_counter()
     golden = read_golden(folder, manifest)
     report = NumericsReport(PASS, layers=info.layers, model_layers=manifest.kv_cache.num_layers,
