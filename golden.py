@@ -116,6 +116,8 @@ def record(golden_plan: GoldenPlan, folder: Path, manifest: art.Manifest, stage:
             loaded = (_own_library if own else _reference_build)(golden_plan, folder, manifest)
             prompt = fixed_prompt(manifest.vocab_size, manifest.context_length)
             run = run_prompt(loaded, prompt, GREEDY_STEPS)
+            if not (np.isfinite(run.prefill).all() and np.isfinite(run.decode).all()):
+                raise ValueError("the reference's logits are not finite")
         except Exception as err:  # the reference failed, not the artifact: ship it, say so
             lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
             note = f"golden outputs not recorded: {type(err).__name__}: {lines[-1] if lines else ''}"

@@ -87,8 +87,8 @@ class Comparison:
 
     name: str  # prefill | decode1 | decode
     rows: int
-    max_abs_diff: float
-    rel_diff: float  # max_abs_diff / logit scale
+    max_abs_diff: float | None  # None: some logit is not finite
+    rel_diff: float | None  # max_abs_diff / logit scale
     top1_agree: int  # rows whose argmax equals the golden argmax
     greedy_equal: bool  # the argmax tokens equal the golden greedy tokens
     finite: bool
@@ -130,13 +130,11 @@ class VerifyReport:
 def compare(name: str, ours: np.ndarray, golden: np.ndarray, greedy: list[int], scale: float) -> Comparison:
     """`greedy`: the golden token after each row (the argmax the golden run chose there)."""
     finite = bool(np.isfinite(ours).all())
-    diff = float(np.abs(ours.astype(np.float64) - golden).max()) if ours.size else 0.0
-    if not finite:
-        diff = float("inf")
+    diff = float(np.abs(ours.astype(np.float64) - golden).max()) if ours.size and finite else 0.0
     picks = ours.argmax(axis=-1).tolist() if ours.size else []
     agree = sum(int(a == b) for a, b in zip(picks, golden.argmax(axis=-1).tolist()))
-    return Comparison(name, int(ours.shape[0]), diff, diff / scale if scale > 0 else diff, agree,
-                      picks == list(greedy), finite)
+    return Comparison(name, int(ours.shape[0]), diff if finite else None,
+                      (diff / scale if scale > 0 else diff) if finite else None, agree, picks == list(greedy), finite)
 
 
 def _load(folder: Path, manifest: Manifest, device: str) -> LoadedArtifact:
@@ -207,7 +205,7 @@ def verify_numerics(folder: Path, manifest: Manifest, device: str) -> NumericsRe
             report.comparisons.append(compare("prefill", run.prefill, golden.prefill, _prefill_argmax(golden),
                                               scale))
         report.comparisons.append(compare(name, run.decode, golden.decode, golden.greedy[1:], scale))
-    bad = [c for c in report.comparisons if not c.finite or c.rel_diff > info.tolerance]
+    bad = [c for c in report.comparisons if c.rel_diff is None or c.rel_diff > info.tolerance]
     report.status = FAIL if bad else PASS
     report.seconds = time.perf_counter() - started
     return report
@@ -263,9 +261,12 @@ def format_report(report: VerifyReport) -> str:
         for c in n.comparisons:
             greedy = "" if c.name == "prefill" else ("  greedy tokens equal" if c.greedy_equal
                                                      else "  greedy tokens DIFFER")
-            mark = "" if c.finite and c.rel_diff <= (n.tolerance or 0) else "  <- over tolerance"
-            diff = f"{c.max_abs_diff:.3g}" if c.finite else "not finite"
-            lines.append(f"          {c.name:8s} {c.rows:3d} rows  max |diff| {diff} ({c.rel_diff:.2e} of scale)  "
+            if c.max_abs_diff is None or c.rel_diff is None:
+                diff, mark = "not finite (NaN or inf logits)", "  <- FAIL"
+            else:
+                diff = f"{c.max_abs_diff:.3g} ({c.rel_diff:.2e} of scale)"
+                mark = "" if c.rel_diff <= (n.tolerance or 0) else "  <- over tolerance"
+            lines.append(f"          {c.name:8s} {c.rows:3d} rows  max |diff| {diff}  "
                          f"top-1 {c.top1_agree}/{c.rows}{greedy}{mark}")
     lines.append("ok" if report.ok else "FAILED")
     return "\n".join(lines)

@@ -246,18 +246,22 @@ def test_a_corrupted_file_fails_the_file_check_naming_it(packed, tmp_path):
     assert code == 1 and out["files"]["status"] == "fail" and out["files"]["problems"][0] == "ir.txt: missing"
 
 
-def test_wrong_weights_fail_the_numerics(packed, tmp_path):
+@pytest.mark.parametrize("change, fragment", [(1.5, "<- over tolerance"), (np.nan, "not finite (NaN or inf")],
+                         ids=["scaled", "nan"])
+def test_wrong_weights_fail_the_numerics(packed, tmp_path, change, fragment):
     from safetensors.numpy import load_file, save_file
 
     art = copy_of(packed, tmp_path)
     shard = art / "params" / "params-00000.safetensors"
     tensors = load_file(shard)
-    tensors["model.norm.weight"] = tensors["model.norm.weight"] * np.float32(1.5)
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * np.float32(change)
     save_file(tensors, shard)
     reseal(art)  # the files now match the manifest: only the numerics can tell
     result = ember_verify(art)
     assert result.exit_code == 1 and "files     pass" in result.stdout and "numerics  FAIL" in result.stdout
-    assert result.stdout.count("<- over tolerance") == 3 and result.stdout.splitlines()[-1] == "FAILED"
+    assert result.stdout.count(fragment) == 3 and result.stdout.splitlines()[-1] == "FAILED"
+    code, out = report(art)  # strict JSON: no NaN or Infinity in it
+    assert code == 1 and json.loads(ember_verify(art, "--json").stdout, parse_constant=pytest.fail)
 
 
 def test_a_wrong_kernel_fails_the_numerics(packed, wrong_library, tmp_path):
