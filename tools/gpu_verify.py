@@ -54,11 +54,17 @@ def build(dest: Path, big: bool) -> None:
 
 
 def check(dest: Path) -> int:
+    from ember.errors import EmberError
     from ember.runtime.verify import verify_artifact
 
     failed = 0
     for art in sorted(p for p in dest.iterdir() if (p / "manifest.json").is_file()):
-        report = verify_artifact(art, device="cuda")
+        try:
+            report = verify_artifact(art, device="cuda")
+        except EmberError as err:
+            failed += 1
+            print(json.dumps({"artifact": str(art), "ok": False, "error": str(err)}), flush=True)
+            continue
         failed += not report.ok
         print(json.dumps(report.to_dict()), flush=True)
     maps = open("/proc/self/maps").read()
