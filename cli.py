@@ -13,12 +13,13 @@ def cli() -> None:
     """ember: compile LLMs ahead of time with TVM, then run them with the TVM runtime alone."""
 
 
-RUNTIME_COMMANDS = ("run", "chat", "bench")
+RUNTIME_COMMANDS = ("run", "chat", "bench", "verify")
 
 
 def main() -> None:
-    """Console entry point. `ember run`/`chat`/`bench` load the TVM runtime alone (no compiler library), exactly
-    as on a device and as `ember.load` does from Python: both reach TVM through `runtime.tvm_import.import_tvm`."""
+    """Console entry point. `ember run`/`chat`/`bench`/`verify` load the TVM runtime alone (no compiler library),
+    exactly as on a device and as `ember.load` does from Python: both reach TVM through
+    `runtime.tvm_import.import_tvm`."""
     cli()
 
 
