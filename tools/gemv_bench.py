@@ -42,7 +42,10 @@ QUICK = [(4, 2, 4, 2, 0), (4, 2, 4, 2, 1)]
 ODD = (1000, 1056)
 
 
-def cases(quick: bool) -> list[dict]:
+CONFIRM = [(4, 2, 4, 2, 0), (8, 2, 4, 2, 0), (4, 2, 2, 2, 0), (4, 2, 4, 2, 1), (8, 2, 4, 2, 1)]
+
+
+def cases(quick: bool, confirm: bool = False) -> list[dict]:
     from ember.ir.ops_quant import QuantFormat
     from ember.targets.cuda import native_gemv
 
@@ -53,7 +56,7 @@ def cases(quick: bool) -> list[dict]:
             if (shape == "lm_head") != (scheme == "q8f16") and shape != "o":
                 continue  # 4-bit: the layers; 8-bit: the LM head (+ o for a small shape)
             out.append({"scheme": scheme, "shape": shape, "n": n, "k": k, "kind": "stock"})
-            configs = QUICK if quick else (SWEEP8 if bits == 8 else SWEEP)
+            configs = QUICK if quick else CONFIRM if confirm else (SWEEP8 if bits == 8 else SWEEP)
             for cfg in configs:
                 if native_gemv.shared_bytes(code, k, native_gemv.GemvConfig(*cfg)) <= native_gemv.SHARED_LIMIT:
                     out.append({"scheme": scheme, "shape": shape, "n": n, "k": k, "kind": "ember",
@@ -135,9 +138,9 @@ def _prepare() -> None:
         prepare_cuda_compile_process()
 
 
-def build(out: Path, quick: bool) -> None:
+def build(out: Path, quick: bool, confirm: bool = False) -> None:
     _prepare()
-    build_cases(out, cases(quick))
+    build_cases(out, cases(quick, confirm))
 
 
 def build_cases(out: Path, todo: list[dict]) -> None:
@@ -298,7 +301,9 @@ def run(root: Path, out_path: Path) -> int:
                              "finite": bool(torch.isfinite(y).all())})
             us = _graph_time(torch, tvm_ffi, lambda i: f(tvm_x[0], *tvm_w[i % copies], *extra, tvm_y), copies,
                              per_graph=max(copies, 40))
-            ok = all(e["finite"] and e["rel_l2"] < 2e-3 for e in errs)
+            # x * 300 overflows fp16 outputs of the 8-bit head (|y| > 65504) in every kernel: judged only where the
+            # reference fits in fp16
+            ok = all(e["rel_l2"] < 2e-3 and e["finite"] for e, r in zip(errs, refs) if r.abs().max() < 60000)
             failed += not ok
             row = {"scheme": scheme, "shape": shape, "n": n, "k": k, "kind": case["kind"],
                    "config": case.get("config"), "default": case.get("default", False), "bias": bool(extra),
@@ -337,18 +342,47 @@ def run(root: Path, out_path: Path) -> int:
     return 1 if failed else 0
 
 
+def profile(root: Path, funcs: list[str]) -> None:
+    """Each named kernel twice on fresh data, nothing else (run under ncu)."""
+    import torch
+    from ember.runtime.tvm_import import ensure_device_runtime, import_tvm
+
+    tvm = import_tvm()
+    ensure_device_runtime("cuda")
+    lib = tvm.runtime.load_module(str(root / "gemv.so"))
+    todo = {c["func"]: c for c in json.loads((root / "cases.json").read_text())}
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(0)
+    for name in funcs:
+        case = todo[name]
+        pieces = [tvm.runtime.from_dlpack(p) for p in _packed(torch, case["scheme"], case["n"], case["k"], gen)]
+        x = tvm.runtime.from_dlpack(torch.randn((1, 1, case["k"]), device="cuda", generator=gen).half())
+        y = tvm.runtime.from_dlpack(torch.empty((1, 1, case["n"]), dtype=torch.float16, device="cuda"))
+        for _ in range(2):
+            lib[name](x, *pieces, y)
+        torch.cuda.synchronize()
+        print(name, case["scheme"], case["shape"], case.get("config"), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("dir", type=Path)
     b.add_argument("--quick", action="store_true")
+    b.add_argument("--confirm", action="store_true", help="the default configs and the runners-up only")
     r = sub.add_parser("run")
     r.add_argument("dir", type=Path)
     r.add_argument("out", type=Path)
+    pr = sub.add_parser("profile")
+    pr.add_argument("dir", type=Path)
+    pr.add_argument("funcs", nargs="+")
     args = parser.parse_args()
     if args.cmd == "build":
-        build(args.dir, args.quick)
+        build(args.dir, args.quick, args.confirm)
+        return 0
+    if args.cmd == "profile":
+        profile(args.dir, args.funcs)
         return 0
     return run(args.dir, args.out)
 

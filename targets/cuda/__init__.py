@@ -49,7 +49,7 @@ class CudaTarget(Target):
         return cuda_target(self.archs)
 
     def lowerings(self) -> Mapping[str, Any]:
-        """decode1's 4-bit linear layers on ember's GEMV (native_gemv.py); EMBER_CUDA_GEMV=0 keeps dlight's."""
+        """decode1's quantized linear layers on ember's GEMV (native_gemv.py); EMBER_CUDA_GEMV=0 keeps dlight's."""
         from . import native_gemv
 
         return native_gemv.LOWERINGS if native_gemv.enabled() else {}

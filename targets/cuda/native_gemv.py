@@ -1,10 +1,11 @@
 """cuda lowering of `quant_linear` at decode batch 1 onto ember's hand-written GEMV (kernels/gemv.cuh).
 
 The override takes a layer only where that kernel applies: fp16 activations whose leading dims are all static
-and multiply to 1 (the `decode1` entry point), a scheme of `SCHEMES` with whole 16-byte lane loads per group
-(`Layout.kValues` in gemv.cuh: 32 codes of 4-bit, 16 of 8-bit) and K a multiple of that, x fitting the kernel's
-shared-memory buffer, and a bias (if any) in fp16 or fp32. Everything else returns None: the generic lowering
-(lower_quant.py, scheduled by dlight) keeps it.
+and multiply to 1 (the `decode1` entry point), a scheme of `SCHEMES` (q4f16, q4f16_1, q4f16g128, q8f16: the
+4-bit layers and the 8-bit LM head) with whole 16-byte lane loads per group (`Layout.kValues` in gemv.cuh: 32
+codes of 4-bit, 16 of 8-bit) and K a multiple of that, x fitting the kernel's shared-memory buffer (K up to
+~23k), and a bias (if any) in fp16 or fp32. Everything else returns None: the generic lowering (lower_quant.py,
+scheduled by dlight) keeps it.
 
 The lowered op is an opaque PrimFunc (FuseOps and dlight leave it alone) whose body binds blockIdx.x and
 threadIdx.x and calls `ember::gemv::run<...>()`, a `__device__` template instantiated for the layer's shape;
@@ -30,8 +31,8 @@ VALUES_PER_LOAD = {Q4: 32, Q4_MIN: 32, Q8: 16}
 SHARED_LIMIT = 48 * 1024  # static shared memory per block, every arch
 OPAQUE = 8  # relax OpPatternKind.kOpaque
 ATTRS = {"op_pattern": OPAQUE, "tirx.is_scheduled": True}
-# Which ember schemes the override takes (by QuantFormat); the 8-bit kernel only where it beats dlight's.
-SCHEMES = (Q4, Q4_MIN)
+# The kernel's schemes that the override takes (all of them: each beat dlight's GEMV on every shape measured).
+SCHEMES = (Q4, Q4_MIN, Q8)
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,14 @@ def shared_bytes(code: int, cols: int, cfg: GemvConfig) -> int:
 
 
 def choose_config(code: int, rows: int, cols: int) -> GemvConfig:
-    """Launch shape for one layer (see tools/gemv_bench.py for the sweep these come from)."""
-    cfg = GemvConfig()
-    if shared_bytes(code, cols, cfg) > SHARED_LIMIT and cfg.async_copy:
-        cfg = GemvConfig(cfg.warps, cfg.rows, cfg.depth, cfg.per, 0)
-    return cfg
+    """Launch shape for one layer, from the sweep of tools/gemv_bench.py on an H200 (docs/measurements): 4 warps
+    of 2 rows with 4 steps of 16-byte loads in flight, in registers; 8 warps a block for long rows (fewer blocks
+    restage x) and for q4f16_1's tall layers; q4f16_1 with 2 steps in flight otherwise."""
+    if code == Q4_MIN:
+        return GemvConfig(8, 2, 4, 2, 0) if rows >= 16384 else GemvConfig(4, 2, 2, 2, 0)
+    if cols > 8192:
+        return GemvConfig(8, 2, 4, 2, 0)
+    return GemvConfig(4, 2, 4, 2, 0)
 
 
 def kernel_name(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig) -> str:

@@ -23,6 +23,7 @@ CONFIG = {"model_type": "llama", "vocab_size": 320, "hidden_size": 256, "interme
           "max_position_embeddings": 256, "tie_word_embeddings": False}
 # hidden 256, head_dim 64: fused qkv (4 + 2 + 2) * 64 = 512 rows, o 256, fused gate_up 1024, down 256 from K 512
 LAYERS = {(512, 256), (256, 256), (1024, 256), (256, 512)}
+HEAD = (320, 256)  # the LM head: q8f16 in every scheme here
 
 
 def _extern_calls(func) -> list[str]:
@@ -66,15 +67,17 @@ def _shape(name: str) -> tuple[int, int]:
     return int(args[1]), int(args[2])
 
 
-@pytest.mark.parametrize("scheme,code,group", [("q4f16", 0, 32), ("q4f16_1", 1, 32), ("q4f16g128", 0, 128)])
+@pytest.mark.parametrize("scheme,code,group", [("q4f16", 0, 32), ("q4f16_1", 1, 32), ("q4f16g128", 0, 128),
+                                               ("q8f16", 2, 32)])
 def test_decode1_linears_take_the_gemv(scheme, code, group):
-    """decode1's four 4-bit layers (qkv, o, gate_up, down) run ember's kernel; the q8f16 head, prefill and the
+    """decode1's four layers (qkv, o, gate_up, down) and its q8f16 LM head run ember's kernel; prefill and the
     symbolic-batch decode keep the generic lowering."""
     calls = gemv_calls(_lowered(scheme))
     assert calls["prefill"] == [] and calls["decode"] == []
-    assert {_shape(n) for n in calls["decode1"]} == LAYERS and len(calls["decode1"]) == 4
+    assert {_shape(n) for n in calls["decode1"]} == LAYERS | {HEAD} and len(calls["decode1"]) == 5
     for name in calls["decode1"]:
-        assert name.startswith(f"ember::gemv::run<{code}, ") and f", {group}, " in name
+        layer_code, layer_group = (2, 32) if _shape(name) == HEAD else (code, group)
+        assert name.startswith(f"ember::gemv::run<{layer_code}, ") and f", {layer_group}, " in name
 
 
 def test_gemv_off_by_environment(monkeypatch):
@@ -82,9 +85,9 @@ def test_gemv_off_by_environment(monkeypatch):
     assert all(calls == [] for calls in gemv_calls(_lowered("q4f16")).values())
 
 
-@pytest.mark.parametrize("scheme,dtype", [("q4f16", "float32"), ("q8f16", "float16"), ("q0f16", "float16")])
+@pytest.mark.parametrize("scheme,dtype", [("q4f16", "float32"), ("q0f16", "float16")])
 def test_other_dtypes_and_schemes_fall_back(scheme, dtype):
-    """fp32 activations (cuda --dtype float32), 8-bit and float weights: dlight's kernels, as before."""
+    """fp32 activations (cuda --dtype float32) and float weights: dlight's kernels, as before."""
     assert all(calls == [] for calls in gemv_calls(_lowered(scheme, dtype)).values())
 
 
@@ -111,13 +114,14 @@ def test_plan_takes_exactly_the_supported_cases():
     assert g.plan(_node(4, 32, True, 4096), _args([1, 1], 64, 4096, pieces=3))[0][0] == g.Q4_MIN
     assert g.plan(_node(4, 32, False, 96), _args([1], 8, 96, bias="float16"))[0][4] == g.HALF_BIAS
     assert g.plan(_node(4, 32, False, 96), _args([1], 8, 96, bias="float32"))[0][4] == g.FLOAT_BIAS
+    assert g.plan(_node(8, 32, False, 4096), _args([1, 1], 128256, 4096))[0][0] == g.Q8
     batch = tvm.tirx.Var("batch", "int64")
     refused = {
         "symbolic batch": (_node(4, 32, False, 4096), _args([batch, 1], 64, 4096)),
         "two rows": (_node(4, 32, False, 4096), _args([2, 1], 64, 4096)),
         "K not a multiple of 32": (_node(4, 8, False, 100), _args([1, 1], 64, 100)),
         "group 16": (_node(4, 16, False, 4096), _args([1, 1], 64, 4096)),
-        "8-bit (dlight's is as fast)": (_node(8, 32, False, 4096), _args([1, 1], 64, 4096)),
+        "8-bit, K not a multiple of 16": (_node(8, 8, False, 200), _args([1, 1], 64, 200)),
         "x over 48 KB of shared memory": (_node(4, 32, False, 32768), _args([1, 1], 64, 32768)),
         "bfloat16 bias": (_node(4, 32, False, 96), _args([1], 8, 96, bias="bfloat16")),
     }
@@ -131,8 +135,8 @@ def test_plan_takes_exactly_the_supported_cases():
 def test_configs_fit_shared_memory():
     from ember.targets.cuda import native_gemv as g
 
-    for code in (g.Q4, g.Q4_MIN):
-        for rows, cols in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (1000, 1056)):
+    for code in (g.Q4, g.Q4_MIN, g.Q8):
+        for rows, cols in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (1000, 1056), (128256, 4096)):
             cfg = g.choose_config(code, rows, cols)
             assert g.shared_bytes(code, cols, cfg) <= g.SHARED_LIMIT
             assert cfg.blocks(rows) * cfg.warps * cfg.rows >= rows
@@ -184,5 +188,5 @@ def test_nvcc_source_holds_the_gemv(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["defines"]
-    # hidden 128 (head_dim 32): qkv 256 x 128, o 128 x 128, gate_up 640 x 128, down 128 x 320
-    assert {_shape(n) for n in info["calls"]} == {(256, 128), (128, 128), (640, 128), (128, 320)}
+    # hidden 128 (head_dim 32): qkv 256 x 128, o 128 x 128, gate_up 640 x 128, down 128 x 320, head 320 x 128
+    assert {_shape(n) for n in info["calls"]} == {(256, 128), (128, 128), (640, 128), (128, 320), (320, 128)}
