@@ -43,9 +43,16 @@ ODD = (1000, 1056)
 
 
 CONFIRM = [(4, 2, 4, 2, 0), (8, 2, 4, 2, 0), (4, 2, 2, 2, 0), (4, 2, 4, 2, 1), (8, 2, 4, 2, 1)]
+# run_split (K across the warps of a block owning `rows` rows) beside the row-per-warp defaults
+SPLIT = [(4, 2, 4, 2, 0, 0), (8, 2, 4, 2, 0, 0), (4, 2, 2, 2, 0, 0), (4, 8, 1, 2, 0, 1), (4, 8, 2, 2, 0, 1),
+         (4, 4, 2, 2, 0, 1), (4, 4, 4, 2, 0, 1), (8, 8, 1, 2, 0, 1), (2, 8, 2, 2, 0, 1), (4, 16, 1, 2, 0, 1),
+         (4, 2, 4, 2, 0, 1)]
+SPLIT8 = [(4, 2, 4, 2, 0, 0), (4, 4, 2, 2, 0, 1), (4, 8, 1, 2, 0, 1), (4, 8, 2, 2, 0, 1)]
+CONFIG_SETS = {"sweep": (SWEEP, SWEEP8), "confirm": (CONFIRM, CONFIRM), "quick": (QUICK, QUICK),
+               "split": (SPLIT, SPLIT8)}
 
 
-def cases(quick: bool, confirm: bool = False) -> list[dict]:
+def cases(quick: bool, confirm: bool = False, configs: str | None = None) -> list[dict]:
     from ember.ir.ops_quant import QuantFormat
     from ember.targets.cuda import native_gemv
 
@@ -56,16 +63,19 @@ def cases(quick: bool, confirm: bool = False) -> list[dict]:
             if (shape == "lm_head") != (scheme == "q8f16") and shape != "o":
                 continue  # 4-bit: the layers; 8-bit: the LM head (+ o for a small shape)
             out.append({"scheme": scheme, "shape": shape, "n": n, "k": k, "kind": "stock"})
-            configs = QUICK if quick else CONFIRM if confirm else (SWEEP8 if bits == 8 else SWEEP)
-            for cfg in configs:
+            name = configs or ("quick" if quick else "confirm" if confirm else "sweep")
+            for cfg in CONFIG_SETS[name][bits == 8]:
+                cfg = tuple(cfg) + (0,) * (6 - len(cfg))
                 if native_gemv.shared_bytes(code, k, native_gemv.GemvConfig(*cfg)) <= native_gemv.SHARED_LIMIT:
                     out.append({"scheme": scheme, "shape": shape, "n": n, "k": k, "kind": "ember",
                                 "config": list(cfg)})
-        for cfg in QUICK:
+        odd = [(4, 2, 4, 2, 0, 0), (4, 2, 4, 2, 1, 0), (4, 8, 2, 2, 0, 1)]
+        for cfg in odd:
             out.append({"scheme": scheme, "shape": "odd", "n": ODD[0], "k": ODD[1], "kind": "ember",
                         "config": list(cfg)})
-        out.append({"scheme": scheme, "shape": "odd", "n": ODD[0], "k": ODD[1], "kind": "ember", "bias": True,
-                    "config": list(QUICK[0])})
+        for cfg in (odd[0], odd[2]):
+            out.append({"scheme": scheme, "shape": "odd", "n": ODD[0], "k": ODD[1], "kind": "ember", "bias": True,
+                        "config": list(cfg)})
     for i, case in enumerate(out):
         if case["kind"] == "ember":  # the config ember's lowering picks for this layer
             default = native_gemv.choose_config(native_gemv.scheme_code(QuantFormat(*SCHEMES[case["scheme"]]),
@@ -138,9 +148,9 @@ def _prepare() -> None:
         prepare_cuda_compile_process()
 
 
-def build(out: Path, quick: bool, confirm: bool = False) -> None:
+def build(out: Path, quick: bool, confirm: bool = False, configs: str | None = None) -> None:
     _prepare()
-    build_cases(out, cases(quick, confirm))
+    build_cases(out, cases(quick, confirm, configs))
 
 
 def build_cases(out: Path, todo: list[dict]) -> None:
@@ -371,6 +381,7 @@ def main() -> int:
     b.add_argument("dir", type=Path)
     b.add_argument("--quick", action="store_true")
     b.add_argument("--confirm", action="store_true", help="the default configs and the runners-up only")
+    b.add_argument("--configs", choices=sorted(CONFIG_SETS), help="which launch configs to build")
     r = sub.add_parser("run")
     r.add_argument("dir", type=Path)
     r.add_argument("out", type=Path)
@@ -379,7 +390,7 @@ def main() -> int:
     pr.add_argument("funcs", nargs="+")
     args = parser.parse_args()
     if args.cmd == "build":
-        build(args.dir, args.quick, args.confirm)
+        build(args.dir, args.quick, args.confirm, args.configs)
         return 0
     if args.cmd == "profile":
         profile(args.dir, args.funcs)

@@ -132,6 +132,33 @@ __device__ __forceinline__ float sum8(uint4 u) {
   return sum_half2(as_half2(u.x)) + sum_half2(as_half2(u.y)) + sum_half2(as_half2(u.z)) + sum_half2(as_half2(u.w));
 }
 
+// acc + one lane load of one row: the 16 weight bytes wv against x (xv as the layout pairs it), in fp16x2 over
+// PER words, then scaled in fp32.
+template <int SCHEME, int PER>
+__device__ __forceinline__ float accumulate(float acc, uint4 wv, const uint32_t* xv, __half scale, __half min,
+                                            float x_sum) {
+  const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+  float part = 0.0f;
+#pragma unroll
+  for (int p = 0; p < 4; p += PER) {
+    __half2 h = __float2half2_rn(0.0f);
+#pragma unroll
+    for (int q = 0; q < PER; ++q) {
+      const int word = p + q;
+      if (SCHEME == Q8) {
+        h = dot_q8_word(words[word], xv + 2 * word, h);
+      } else {
+        h = dot_q4_word(words[word], xv + 4 * word, h);
+      }
+    }
+    part += sum_half2(h);
+  }
+  const float s = __half2float(scale);
+  acc = fmaf(s * Layout<SCHEME>::kValueScale, part, acc);
+  if (SCHEME == Q4_MIN) acc = fmaf(fmaf(8.0f, s, __half2float(min)), x_sum, acc);
+  return acc;
+}
+
 // One block: WARPS warps, warp w owns rows (blockIdx.x * WARPS + w) * R + 0..R-1.
 template <int SCHEME, int N, int K, int G, int WARPS, int R, int D, int PER, int ASYNC, int BIAS>
 __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const void* s_ptr, const void* m_ptr,
@@ -257,25 +284,7 @@ __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const 
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           const uint4 wv = ASYNC ? ring[(d * R + r) * 32] : wr[ASYNC ? 0 : d][r];
-          const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-          float part = 0.0f;
-#pragma unroll
-          for (int p = 0; p < 4; p += PER) {
-            __half2 h = __float2half2_rn(0.0f);
-#pragma unroll
-            for (int q = 0; q < PER; ++q) {
-              const int word = p + q;
-              if (SCHEME == Q8) {
-                h = dot_q8_word(words[word], xv + 2 * word, h);
-              } else {
-                h = dot_q4_word(words[word], xv + 4 * word, h);
-              }
-            }
-            part += sum_half2(h);
-          }
-          const float s = __half2float(sr[d][r]);
-          acc[r] = fmaf(s * L::kValueScale, part, acc[r]);
-          if (kMin) acc[r] = fmaf(fmaf(8.0f, s, __half2float(mr[d][r])), xs_sum, acc[r]);
+          acc[r] = accumulate<SCHEME, PER>(acc[r], wv, xv, sr[d][r], mr[d][r], xs_sum);
         }
         load_step(step + D, d);  // refill this slot of the ring
       }
@@ -292,6 +301,141 @@ __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const 
   for (int r = 1; r < R; ++r) out = lane == r ? acc[r] : out;
   const int n = row0 + lane;
   if (lane < R && n < N) {
+    if (BIAS == HALF_BIAS) out += __half2float(reinterpret_cast<const __half*>(bias_ptr)[n]);
+    if (BIAS == FLOAT_BIAS) out += reinterpret_cast<const float*>(bias_ptr)[n];
+    reinterpret_cast<__half*>(y_ptr)[n] = __float2half(out);
+  }
+}
+
+// The same sum with K split across the block's warps instead of rows: a block owns R rows, warp w takes the warp
+// steps w, w + WARPS, ... of those rows and stages only its own part of x, so no block barrier stands between a
+// warp's first weight loads and their use (ptxas keeps at most ~4 loads in flight across a __syncthreads, which
+// costs `run` a second DRAM round trip on short rows). The warps' partial sums meet in shared memory at the end.
+template <int SCHEME, int N, int K, int G, int WARPS, int R, int D, int PER, int ASYNC, int BIAS>
+__device__ __forceinline__ void run_split(const void* x_ptr, const void* w_ptr, const void* s_ptr, const void* m_ptr,
+                                          const void* bias_ptr, void* y_ptr) {
+  using L = Layout<SCHEME>;
+  constexpr int V = L::kValues;
+  static_assert(K % V == 0 && G % V == 0 && ASYNC == 0, "run_split: whole lane loads, registers only");
+  static_assert(PER == 1 || PER == 2 || PER == 4, "PER: words per fp16 partial sum");
+  constexpr int C = K / V;
+  constexpr int S = (C + 31) / 32;
+  constexpr int J = (S + WARPS - 1) / WARPS;  // steps of the busiest warp
+  constexpr int GS = (K + G - 1) / G;
+  constexpr bool kMin = SCHEME == Q4_MIN;
+  constexpr int CHUNKS_PER_STEP = 32 * L::kChunks;  // 16-byte x chunks of one warp step
+
+  __shared__ uint4 xs[S * CHUNKS_PER_STEP];
+  __shared__ float xsum[kMin ? S * 32 : 1];
+  __shared__ float partial[WARPS][R];
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int row0 = blockIdx.x * R;
+
+  const uint4* wrow[R];
+  const __half* srow[R];
+  const __half* mrow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int n = row0 + r < N ? row0 + r : N - 1;
+    wrow[r] = reinterpret_cast<const uint4*>(w_ptr) + static_cast<size_t>(n) * C;
+    srow[r] = reinterpret_cast<const __half*>(s_ptr) + static_cast<size_t>(n) * GS;
+    mrow[r] = reinterpret_cast<const __half*>(m_ptr) + static_cast<size_t>(n) * GS;
+  }
+  uint4 wr[D][R];
+  __half sr[D][R];
+  __half mr[D][R];
+  auto load_step = [&](int j, int d) {  // this warp's j-th step into ring slot d
+    const int step = warp + j * WARPS;
+    const int c = step * 32 + lane;
+    const bool ok = j < J && step < S && (C % 32 == 0 || c < C);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      wr[d][r] = ok ? load_stream(wrow[r] + c) : make_uint4(0, 0, 0, 0);
+      sr[d][r] = ok ? load_half(srow[r] + c * V / G) : __float2half(0.0f);
+      mr[d][r] = ok && kMin ? load_half(mrow[r] + c * V / G) : __float2half(0.0f);
+    }
+  };
+#pragma unroll
+  for (int d = 0; d < D; ++d) load_step(d, d);
+
+  // This warp's part of x, in the pair order and swizzle of Layout (zero past K).
+  const bool x_aligned = (reinterpret_cast<uintptr_t>(x_ptr) & 15) == 0;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int step = warp + j * WARPS;
+    if (step < S) {
+#pragma unroll
+      for (int t = 0; t < L::kChunks; ++t) {
+        const int i = step * CHUNKS_PER_STEP + t * 32 + lane;
+        uint4 u = make_uint4(0, 0, 0, 0);
+        if (8 * i < K) {
+          if (x_aligned) {
+            u = __ldg(reinterpret_cast<const uint4*>(x_ptr) + i);
+          } else {
+            const unsigned short* h = reinterpret_cast<const unsigned short*>(x_ptr) + 8 * i;
+            u = make_uint4(__ldg(h) | (uint32_t(__ldg(h + 1)) << 16), __ldg(h + 2) | (uint32_t(__ldg(h + 3)) << 16),
+                           __ldg(h + 4) | (uint32_t(__ldg(h + 5)) << 16), __ldg(h + 6) | (uint32_t(__ldg(h + 7)) << 16));
+          }
+        }
+        const int c = i / L::kChunks;
+        const int jj = i % L::kChunks;
+        xs[L::slot(c, jj)] = pair_order<SCHEME>(u);
+        if (kMin) {  // the 4 chunks of lane load c sit in lanes 4a..4a+3
+          float part = sum8(u);
+          part += __shfl_xor_sync(0xffffffffu, part, 1);
+          part += __shfl_xor_sync(0xffffffffu, part, 2);
+          if (jj == 0) xsum[c] = part;
+        }
+      }
+    }
+  }
+  __syncwarp();
+
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+#pragma unroll
+  for (int base = 0; base < J; base += D) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const int j = base + d;
+      const int step = warp + j * WARPS;
+      if (j < J && step < S) {
+        const int c = step * 32 + lane;
+        uint32_t xv[4 * L::kChunks];
+#pragma unroll
+        for (int t = 0; t < L::kChunks; ++t) {
+          const uint4 v = xs[L::slot(c, t)];
+          xv[4 * t] = v.x;
+          xv[4 * t + 1] = v.y;
+          xv[4 * t + 2] = v.z;
+          xv[4 * t + 3] = v.w;
+        }
+        const float xs_sum = kMin ? xsum[c] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r] = accumulate<SCHEME, PER>(acc[r], wr[d][r], xv, sr[d][r], mr[d][r], xs_sum);
+      }
+      load_step(j + D, d);
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) partial[warp][r] = acc[r];
+  }
+  __syncthreads();
+  const int n = row0 + threadIdx.x;
+  if (threadIdx.x < R && n < N) {
+    float out = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) out += partial[w][threadIdx.x];
     if (BIAS == HALF_BIAS) out += __half2float(reinterpret_cast<const __half*>(bias_ptr)[n]);
     if (BIAS == FLOAT_BIAS) out += reinterpret_cast<const float*>(bias_ptr)[n];
     reinterpret_cast<__half*>(y_ptr)[n] = __float2half(out);
