@@ -43,13 +43,7 @@ ODD = (1000, 1056)
 
 
 CONFIRM = [(4, 2, 4, 2, 0), (8, 2, 4, 2, 0), (4, 2, 2, 2, 0), (4, 2, 4, 2, 1), (8, 2, 4, 2, 1)]
-# run_split (K across the warps of a block owning `rows` rows) beside the row-per-warp defaults
-SPLIT = [(4, 2, 4, 2, 0, 0), (8, 2, 4, 2, 0, 0), (4, 2, 2, 2, 0, 0), (4, 8, 1, 2, 0, 1), (4, 8, 2, 2, 0, 1),
-         (4, 4, 2, 2, 0, 1), (4, 4, 4, 2, 0, 1), (8, 8, 1, 2, 0, 1), (2, 8, 2, 2, 0, 1), (4, 16, 1, 2, 0, 1),
-         (4, 2, 4, 2, 0, 1)]
-SPLIT8 = [(4, 2, 4, 2, 0, 0), (4, 4, 2, 2, 0, 1), (4, 8, 1, 2, 0, 1), (4, 8, 2, 2, 0, 1)]
-CONFIG_SETS = {"sweep": (SWEEP, SWEEP8), "confirm": (CONFIRM, CONFIRM), "quick": (QUICK, QUICK),
-               "split": (SPLIT, SPLIT8)}
+CONFIG_SETS = {"sweep": (SWEEP, SWEEP8), "confirm": (CONFIRM, CONFIRM), "quick": (QUICK, QUICK)}
 
 
 def cases(quick: bool, confirm: bool = False, configs: str | None = None) -> list[dict]:
@@ -65,17 +59,14 @@ def cases(quick: bool, confirm: bool = False, configs: str | None = None) -> lis
             out.append({"scheme": scheme, "shape": shape, "n": n, "k": k, "kind": "stock"})
             name = configs or ("quick" if quick else "confirm" if confirm else "sweep")
             for cfg in CONFIG_SETS[name][bits == 8]:
-                cfg = tuple(cfg) + (0,) * (6 - len(cfg))
                 if native_gemv.shared_bytes(code, k, native_gemv.GemvConfig(*cfg)) <= native_gemv.SHARED_LIMIT:
                     out.append({"scheme": scheme, "shape": shape, "n": n, "k": k, "kind": "ember",
                                 "config": list(cfg)})
-        odd = [(4, 2, 4, 2, 0, 0), (4, 2, 4, 2, 1, 0), (4, 8, 2, 2, 0, 1)]
-        for cfg in odd:
+        for cfg in QUICK:
             out.append({"scheme": scheme, "shape": "odd", "n": ODD[0], "k": ODD[1], "kind": "ember",
                         "config": list(cfg)})
-        for cfg in (odd[0], odd[2]):
-            out.append({"scheme": scheme, "shape": "odd", "n": ODD[0], "k": ODD[1], "kind": "ember", "bias": True,
-                        "config": list(cfg)})
+        out.append({"scheme": scheme, "shape": "odd", "n": ODD[0], "k": ODD[1], "kind": "ember", "bias": True,
+                    "config": list(QUICK[0])})
     for i, case in enumerate(out):
         if case["kind"] == "ember":  # the config ember's lowering picks for this layer
             default = native_gemv.choose_config(native_gemv.scheme_code(QuantFormat(*SCHEMES[case["scheme"]]),

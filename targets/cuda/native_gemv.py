@@ -42,14 +42,13 @@ class GemvConfig:
     depth: int = 4  # warp steps of weight loads in flight per lane
     per: int = 2  # weight words summed in fp16x2 before the fp32 sum (8 4-bit codes a word)
     async_copy: int = 0  # 1: weights through a cp.async shared-memory ring instead of registers
-    split: int = 0  # 1: run_split, K split across the warps of a block that owns `rows` rows
 
     @property
     def threads(self) -> int:
         return 32 * self.warps
 
     def blocks(self, rows: int) -> int:
-        return -(-rows // (self.rows if self.split else self.warps * self.rows))
+        return -(-rows // (self.warps * self.rows))
 
 
 def scheme_code(fmt: QuantFormat, cols: int) -> int | None:
@@ -67,8 +66,7 @@ def shared_bytes(code: int, cols: int, cfg: GemvConfig) -> int:
     steps = -(-(cols // values) // 32)
     padded = steps * 32 * values
     ring = 16 * cfg.warps * cfg.depth * cfg.rows * 32 if cfg.async_copy else 0
-    partials = 4 * cfg.warps * cfg.rows if cfg.split else 0
-    return 2 * padded + (4 * steps * 32 if code == Q4_MIN else 0) + ring + partials
+    return 2 * padded + (4 * steps * 32 if code == Q4_MIN else 0) + ring
 
 
 def choose_config(code: int, rows: int, cols: int) -> GemvConfig:
@@ -84,7 +82,7 @@ def choose_config(code: int, rows: int, cols: int) -> GemvConfig:
 
 def kernel_name(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig) -> str:
     args = [code, rows, cols, group, cfg.warps, cfg.rows, cfg.depth, cfg.per, cfg.async_copy, bias]
-    return f"ember::gemv::{'run_split' if cfg.split else 'run'}<{', '.join(str(a) for a in args)}>"
+    return f"ember::gemv::run<{', '.join(str(a) for a in args)}>"
 
 
 def is_decode1(shape: list[Any]) -> bool:

@@ -18,6 +18,8 @@
 //   codes), the sums of x computed in fp32 while staging.
 // Everything is a template over the shape, so loops unroll and shared arrays are sized at compile time; TVM's
 // generated kernel (one launch_thread per axis, body = one call_extern) calls run<...>() with its pointers.
+// Measured on an H200 (docs/measurements/2026-12-02-h200-gemv.md): ~4.4 TB/s of weights in steady state (the
+// gate_up and LM head shapes), plus a fixed ~2.3 us per launch that dominates the small layers.
 #ifndef EMBER_GEMV_CUH
 #define EMBER_GEMV_CUH
 #include <cstdint>
@@ -35,14 +37,9 @@ __device__ __forceinline__ __half2 as_half2(uint32_t bits) {
   return h;
 }
 
-__device__ __forceinline__ uint32_t as_bits(__half2 h) {
-  uint32_t bits;
-  memcpy(&bits, &h, sizeof(bits));
-  return bits;
-}
-
-// Weights are read once: no L1 allocation, read-only path. volatile keeps the loads where the code puts them
-// (ptxas otherwise sinks the prologue's loads below the staging of x, which they are meant to overlap).
+// Weights are read once: no L1 allocation, read-only path. (ptxas still issues only ~4 of a lane's prologue loads
+// ahead of the staging barrier and the rest after it, volatile or not; the cp.async ring below avoids that, but
+// measured no faster except on very small layers.)
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -54,7 +51,8 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
 __device__ __forceinline__ __half load_half(const __half* p) { return __ldg(p); }
 
 // The other way to keep loads in flight (ASYNC=1): 16-byte cp.async copies into a shared-memory ring, which
-// ptxas cannot reschedule; each lane reads back only what it copied itself, so waiting on its own groups is enough.
+// ptxas issues where they stand; each lane reads back only what it copied itself, so waiting on its own groups is
+// enough.
 __device__ __forceinline__ void copy_async(void* smem, const void* global) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(global) : "memory");
@@ -238,7 +236,6 @@ __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const 
     }
   };
   if ((reinterpret_cast<uintptr_t>(x_ptr) & 15) == 0) {
-    // Unrolled: a loop here makes ptxas sink the prologue's weight loads below it.
 #pragma unroll
     for (int i0 = 0; i0 < XCHUNKS; i0 += THREADS) {
       const int i = i0 + threadIdx.x;
@@ -301,141 +298,6 @@ __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const 
   for (int r = 1; r < R; ++r) out = lane == r ? acc[r] : out;
   const int n = row0 + lane;
   if (lane < R && n < N) {
-    if (BIAS == HALF_BIAS) out += __half2float(reinterpret_cast<const __half*>(bias_ptr)[n]);
-    if (BIAS == FLOAT_BIAS) out += reinterpret_cast<const float*>(bias_ptr)[n];
-    reinterpret_cast<__half*>(y_ptr)[n] = __float2half(out);
-  }
-}
-
-// The same sum with K split across the block's warps instead of rows: a block owns R rows, warp w takes the warp
-// steps w, w + WARPS, ... of those rows and stages only its own part of x, so no block barrier stands between a
-// warp's first weight loads and their use (ptxas keeps at most ~4 loads in flight across a __syncthreads, which
-// costs `run` a second DRAM round trip on short rows). The warps' partial sums meet in shared memory at the end.
-template <int SCHEME, int N, int K, int G, int WARPS, int R, int D, int PER, int ASYNC, int BIAS>
-__device__ __forceinline__ void run_split(const void* x_ptr, const void* w_ptr, const void* s_ptr, const void* m_ptr,
-                                          const void* bias_ptr, void* y_ptr) {
-  using L = Layout<SCHEME>;
-  constexpr int V = L::kValues;
-  static_assert(K % V == 0 && G % V == 0 && ASYNC == 0, "run_split: whole lane loads, registers only");
-  static_assert(PER == 1 || PER == 2 || PER == 4, "PER: words per fp16 partial sum");
-  constexpr int C = K / V;
-  constexpr int S = (C + 31) / 32;
-  constexpr int J = (S + WARPS - 1) / WARPS;  // steps of the busiest warp
-  constexpr int GS = (K + G - 1) / G;
-  constexpr bool kMin = SCHEME == Q4_MIN;
-  constexpr int CHUNKS_PER_STEP = 32 * L::kChunks;  // 16-byte x chunks of one warp step
-
-  __shared__ uint4 xs[S * CHUNKS_PER_STEP];
-  __shared__ float xsum[kMin ? S * 32 : 1];
-  __shared__ float partial[WARPS][R];
-
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int row0 = blockIdx.x * R;
-
-  const uint4* wrow[R];
-  const __half* srow[R];
-  const __half* mrow[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int n = row0 + r < N ? row0 + r : N - 1;
-    wrow[r] = reinterpret_cast<const uint4*>(w_ptr) + static_cast<size_t>(n) * C;
-    srow[r] = reinterpret_cast<const __half*>(s_ptr) + static_cast<size_t>(n) * GS;
-    mrow[r] = reinterpret_cast<const __half*>(m_ptr) + static_cast<size_t>(n) * GS;
-  }
-  uint4 wr[D][R];
-  __half sr[D][R];
-  __half mr[D][R];
-  auto load_step = [&](int j, int d) {  // this warp's j-th step into ring slot d
-    const int step = warp + j * WARPS;
-    const int c = step * 32 + lane;
-    const bool ok = j < J && step < S && (C % 32 == 0 || c < C);
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      wr[d][r] = ok ? load_stream(wrow[r] + c) : make_uint4(0, 0, 0, 0);
-      sr[d][r] = ok ? load_half(srow[r] + c * V / G) : __float2half(0.0f);
-      mr[d][r] = ok && kMin ? load_half(mrow[r] + c * V / G) : __float2half(0.0f);
-    }
-  };
-#pragma unroll
-  for (int d = 0; d < D; ++d) load_step(d, d);
-
-  // This warp's part of x, in the pair order and swizzle of Layout (zero past K).
-  const bool x_aligned = (reinterpret_cast<uintptr_t>(x_ptr) & 15) == 0;
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int step = warp + j * WARPS;
-    if (step < S) {
-#pragma unroll
-      for (int t = 0; t < L::kChunks; ++t) {
-        const int i = step * CHUNKS_PER_STEP + t * 32 + lane;
-        uint4 u = make_uint4(0, 0, 0, 0);
-        if (8 * i < K) {
-          if (x_aligned) {
-            u = __ldg(reinterpret_cast<const uint4*>(x_ptr) + i);
-          } else {
-            const unsigned short* h = reinterpret_cast<const unsigned short*>(x_ptr) + 8 * i;
-            u = make_uint4(__ldg(h) | (uint32_t(__ldg(h + 1)) << 16), __ldg(h + 2) | (uint32_t(__ldg(h + 3)) << 16),
-                           __ldg(h + 4) | (uint32_t(__ldg(h + 5)) << 16), __ldg(h + 6) | (uint32_t(__ldg(h + 7)) << 16));
-          }
-        }
-        const int c = i / L::kChunks;
-        const int jj = i % L::kChunks;
-        xs[L::slot(c, jj)] = pair_order<SCHEME>(u);
-        if (kMin) {  // the 4 chunks of lane load c sit in lanes 4a..4a+3
-          float part = sum8(u);
-          part += __shfl_xor_sync(0xffffffffu, part, 1);
-          part += __shfl_xor_sync(0xffffffffu, part, 2);
-          if (jj == 0) xsum[c] = part;
-        }
-      }
-    }
-  }
-  __syncwarp();
-
-  float acc[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-#pragma unroll
-  for (int base = 0; base < J; base += D) {
-#pragma unroll
-    for (int d = 0; d < D; ++d) {
-      const int j = base + d;
-      const int step = warp + j * WARPS;
-      if (j < J && step < S) {
-        const int c = step * 32 + lane;
-        uint32_t xv[4 * L::kChunks];
-#pragma unroll
-        for (int t = 0; t < L::kChunks; ++t) {
-          const uint4 v = xs[L::slot(c, t)];
-          xv[4 * t] = v.x;
-          xv[4 * t + 1] = v.y;
-          xv[4 * t + 2] = v.z;
-          xv[4 * t + 3] = v.w;
-        }
-        const float xs_sum = kMin ? xsum[c] : 0.0f;
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] = accumulate<SCHEME, PER>(acc[r], wr[d][r], xv, sr[d][r], mr[d][r], xs_sum);
-      }
-      load_step(j + D, d);
-    }
-  }
-
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
-  }
-  if (lane == 0) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) partial[warp][r] = acc[r];
-  }
-  __syncthreads();
-  const int n = row0 + threadIdx.x;
-  if (threadIdx.x < R && n < N) {
-    float out = 0.0f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) out += partial[w][threadIdx.x];
     if (BIAS == HALF_BIAS) out += __half2float(reinterpret_cast<const __half*>(bias_ptr)[n]);
     if (BIAS == FLOAT_BIAS) out += reinterpret_cast<const float*>(bias_ptr)[n];
     reinterpret_cast<__half*>(y_ptr)[n] = __float2half(out);
