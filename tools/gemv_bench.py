@@ -81,7 +81,6 @@ def cases(quick: bool, confirm: bool = False, configs: str | None = None) -> lis
 def _primfunc(case: dict):
     """The PrimFunc ember's lowering makes for this case, through the cuda relax pipeline (dlight for stock)."""
     import tvm
-    from tvm import relax
     from tvm.relax.frontend import nn
 
     from ember.ir.ops_quant import QuantFormat
@@ -128,7 +127,7 @@ def _primfunc(case: dict):
         mod = pipeline.cuda_relax_pipeline(target)(mod)
     funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert len(funcs) == 1, [gv.name_hint for gv, _ in mod.functions_items()]
-    return funcs[0], relax
+    return funcs[0]
 
 
 def _prepare() -> None:
@@ -158,7 +157,7 @@ def build_cases(out: Path, todo: list[dict]) -> None:
     funcs = {}
     start = time.perf_counter()
     for case in todo:
-        func, _ = _primfunc(case)
+        func = _primfunc(case)
         funcs[case["func"]] = func.with_attr("global_symbol", case["func"])
     print(f"{len(funcs)} PrimFuncs in {time.perf_counter() - start:.1f} s", flush=True)
     target = pipeline.cuda_target(["sm_90"])
