@@ -1,0 +1,177 @@
+"""What a Mac's runtime provides to a metal library: the export tables of the macOS arm64 wheels of the TVM this
+build uses (downloaded once with pip into ~/.cache/ember/macos-wheels), and libSystem's exports (from the .tbd stub
+zig ships).
+
+A metal dylib leaves TVM's FFI symbols undefined (`-undefined dynamic_lookup`): dyld finds them in the images the
+process loaded with global visibility. On a Mac those are libtvm_ffi.dylib (tvm_ffi loads it RTLD_GLOBAL) and
+libtvm_runtime.dylib (tvm loads it RTLD_GLOBAL); the compiler and the Metal runtime sidecar are RTLD_LOCAL and
+provide nothing to it.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ...errors import EmberError
+
+WHEEL_PLATFORM = "macosx_14_0_arm64"
+WHEEL_PYTHON = "3.12"
+# distribution -> the dylibs in its wheel that the runtime loads RTLD_GLOBAL (see the module doc)
+GLOBAL_LIBRARIES = {
+    "apache-tvm-ffi": ("tvm_ffi/lib/libtvm_ffi.dylib",),
+    "apache-tvm": ("tvm/lib/libtvm_runtime.dylib",),
+}
+LIBSYSTEM = "/usr/lib/libSystem.B.dylib"
+DOWNLOAD_TIMEOUT_S = 600
+
+
+class MacosWheelsUnavailable(EmberError):
+    """The macOS wheels could not be found or downloaded (one line: why)."""
+
+
+@dataclass(frozen=True)
+class RuntimeExports:
+    """Symbols (Mach-O spelling, leading underscore) each providing library exports."""
+
+    libraries: dict[str, frozenset[str]]  # "apache-tvm-ffi 0.1.14.post1: tvm_ffi/lib/libtvm_ffi.dylib" -> symbols
+
+    def provider(self, symbol: str) -> str | None:
+        return next((name for name, symbols in self.libraries.items() if symbol in symbols), None)
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ember" / "macos-wheels"
+
+
+def pinned_versions() -> dict[str, str]:
+    """The versions this process compiles with (pyproject pins them): the Mac must run the same."""
+    try:
+        return {dist: metadata.version(dist) for dist in GLOBAL_LIBRARIES}
+    except metadata.PackageNotFoundError as err:
+        raise MacosWheelsUnavailable(f"{err.name} is not installed, so its macOS wheel cannot be chosen") from None
+
+
+def _wheel_name(dist: str) -> str:
+    return dist.replace("-", "_")
+
+
+def find_wheel(folder: Path, dist: str, version: str) -> Path | None:
+    pattern = re.compile(rf"{re.escape(_wheel_name(dist))}-{re.escape(version)}-.*macosx_\d+_\d+_arm64\.whl$")
+    found = sorted(p for p in folder.glob("*.whl") if pattern.match(p.name)) if folder.is_dir() else []
+    return found[0] if found else None
+
+
+def ensure_wheels(download: bool = True) -> dict[str, Path]:
+    """dist -> its macOS arm64 wheel in the cache, downloading the missing ones with pip."""
+    folder = cache_dir()
+    versions = pinned_versions()
+    wheels = {d: find_wheel(folder, d, v) for d, v in versions.items()}
+    missing = [f"{d}=={versions[d]}" for d, w in wheels.items() if w is None]
+    if missing and not download:
+        raise MacosWheelsUnavailable(f"not in {folder}: {', '.join(missing)}")
+    if missing:
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               "--platform", WHEEL_PLATFORM, "--python-version", WHEEL_PYTHON, "-d", str(folder), *missing]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise MacosWheelsUnavailable(f"pip download {' '.join(missing)}: {err}") from None
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise MacosWheelsUnavailable(f"pip download {' '.join(missing)} failed: {why}")
+        wheels = {d: find_wheel(folder, d, v) for d, v in versions.items()}
+        still = [d for d, w in wheels.items() if w is None]
+        if still:
+            raise MacosWheelsUnavailable(f"pip download gave no macOS arm64 wheel of {', '.join(still)}")
+    return {d: w for d, w in wheels.items() if w is not None}
+
+
+def dylib_exports(data: bytes) -> frozenset[str]:
+    """Exported symbol names of a Mach-O image (lief)."""
+    import lief
+
+    binary = lief.MachO.parse(data)
+    image = binary.at(0) if binary is not None else None
+    if image is None:
+        raise MacosWheelsUnavailable("not a Mach-O image")
+    return frozenset(s.name for s in image.exported_symbols)
+
+
+def wheel_exports(wheel: Path, members: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """member -> its exports; cached beside the wheel as JSON (the dylibs are megabytes)."""
+    cached = wheel.with_suffix(".exports.json")
+    if cached.is_file() and cached.stat().st_mtime >= wheel.stat().st_mtime:
+        table = json.loads(cached.read_text())
+        if set(table) == set(members):
+            return {m: frozenset(s) for m, s in table.items()}
+    out: dict[str, frozenset[str]] = {}
+    with zipfile.ZipFile(wheel) as archive:
+        for member in members:
+            try:
+                out[member] = dylib_exports(archive.read(member))
+            except KeyError:
+                raise MacosWheelsUnavailable(f"{wheel.name} has no {member}") from None
+    with tempfile.NamedTemporaryFile("w", dir=wheel.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump({m: sorted(s) for m, s in out.items()}, tmp)
+    os.replace(tmp.name, cached)
+    return out
+
+
+def libsystem_tbd() -> Path:
+    import ziglang
+
+    path = Path(ziglang.__file__).parent / "lib" / "libc" / "darwin" / "libSystem.tbd"
+    if not path.is_file():
+        raise MacosWheelsUnavailable(f"zig ships no libSystem stub at {path}")
+    return path
+
+
+_TBD_ENTRY = re.compile(r"^\s*-\s+targets:\s*\[([^\]]*)\]((?:(?!^\s*-\s+targets:).)*)", re.M | re.S)
+_TBD_LIST = re.compile(r"\b(symbols|weak-symbols|thread-local-symbols):\s*\[([^\]]*)\]", re.S)
+
+
+def tbd_exports(text: str, arch_target: str = "arm64-macos") -> frozenset[str]:
+    """Symbols a text-based stub (.tbd v4, every document in it) exports for `arch_target`."""
+    symbols: set[str] = set()
+    for doc in text.split("--- !tapi-tbd"):
+        section = doc.split("\nexports:", 1)
+        if len(section) != 2:
+            continue
+        exports = re.split(r"\n(?=[a-z-]+:)", section[1], maxsplit=1)[0]  # up to the next top-level key
+        for entry in _TBD_ENTRY.finditer(exports):
+            targets = {t.strip() for t in entry.group(1).split(",")}
+            if arch_target not in targets:
+                continue
+            for _kind, names in _TBD_LIST.findall(entry.group(2)):
+                symbols.update(n.strip().strip("'") for n in names.split(",") if n.strip())
+    return frozenset(s for s in symbols if not s.startswith("$ld$"))
+
+
+def runtime_exports(download: bool = True) -> RuntimeExports:
+    """The exports of the libraries a Mac's runtime-only ember process has loaded globally (libSystem aside)."""
+    versions = pinned_versions()
+    libraries: dict[str, frozenset[str]] = {}
+    for dist, wheel in ensure_wheels(download).items():
+        for member, symbols in wheel_exports(wheel, GLOBAL_LIBRARIES[dist]).items():
+            libraries[f"{dist} {versions[dist]}: {member}"] = symbols
+    return RuntimeExports(libraries)
+
+
+@functools.cache
+def libsystem_exports() -> frozenset[str]:
+    return tbd_exports(libsystem_tbd().read_text())
+
+
+__all__ = ["LIBSYSTEM", "MacosWheelsUnavailable", "RuntimeExports", "cache_dir", "ensure_wheels",
+           "libsystem_exports", "runtime_exports", "tbd_exports", "wheel_exports"]
