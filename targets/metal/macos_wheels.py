@@ -137,21 +137,23 @@ def libsystem_tbd() -> Path:
     return path
 
 
+# a top-level `exports:` or `reexports:` key and its indented block (symbols this library or its children export)
+_TBD_SECTION = re.compile(r"^(?:exports|reexports):[ \t]*\n((?:^[ \t].*\n?)*)", re.M)
 _TBD_ENTRY = re.compile(r"^\s*-\s+targets:\s*\[([^\]]*)\]((?:(?!^\s*-\s+targets:).)*)", re.M | re.S)
 _TBD_LIST = re.compile(r"\b(symbols|weak-symbols|thread-local-symbols):\s*\[([^\]]*)\]", re.S)
 
 
-def tbd_exports(text: str, arch_target: str = "arm64-macos") -> frozenset[str]:
-    """Symbols a text-based stub (.tbd v4, every document in it) exports for `arch_target`."""
+# Apple's stubs list many system libraries for arm64e only; an arm64 image links against those the same way.
+ARM64_TARGETS = ("arm64-macos", "arm64e-macos")
+
+
+def tbd_exports(text: str, arch_targets: tuple[str, ...] = ARM64_TARGETS) -> frozenset[str]:
+    """Symbols a text-based stub (.tbd v4, every document in it) exports for any of `arch_targets`."""
     symbols: set[str] = set()
-    for doc in text.split("--- !tapi-tbd"):
-        section = doc.split("\nexports:", 1)
-        if len(section) != 2:
-            continue
-        exports = re.split(r"\n(?=[a-z-]+:)", section[1], maxsplit=1)[0]  # up to the next top-level key
-        for entry in _TBD_ENTRY.finditer(exports):
+    for section in _TBD_SECTION.finditer(text):
+        for entry in _TBD_ENTRY.finditer(section.group(1)):
             targets = {t.strip() for t in entry.group(1).split(",")}
-            if arch_target not in targets:
+            if targets.isdisjoint(arch_targets):
                 continue
             for _kind, names in _TBD_LIST.findall(entry.group(2)):
                 symbols.update(n.strip().strip("'") for n in names.split(",") if n.strip())

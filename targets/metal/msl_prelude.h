@@ -1,8 +1,8 @@
 // ember's stand-in for <metal_stdlib>: just enough of the Metal Shading Language, as freestanding C++17, for clang
 // to parse the kernels TVM's metal codegen emits (targets/metal/msl_check.py installs it as `metal_stdlib`).
 // It declares what those kernels use, so a misspelled builtin or type is an error. It is looser than Metal:
-// address-space qualifiers are erased, attributes are ignored, half vectors are float vectors (so that MSL's
-// vector conversions parse as C casts between vectors of one size), and math functions are templates.
+// address-space qualifiers are erased, attributes are ignored, vector element types are not checked (see
+// below), and math functions are templates.
 #pragma once
 
 #define kernel
@@ -18,21 +18,25 @@ typedef unsigned long ulong;
 typedef _Float16 half;
 typedef __bf16 bfloat;
 
+// Every N-lane vector type is N x 8 bytes (signed, unsigned and floating kinds), so that MSL's element
+// conversions between vectors of one lane count, `(float4)char4_value`, parse as C casts (clang rejects a cast
+// between vectors of different sizes). The lane count and the names are checked; element types are not.
 #define EMBER_VECTORS(T, E) \
   typedef E T##2 __attribute__((ext_vector_type(2))); \
   typedef E T##3 __attribute__((ext_vector_type(3))); \
   typedef E T##4 __attribute__((ext_vector_type(4)));
-EMBER_VECTORS(bool, bool)
-EMBER_VECTORS(char, char)
-EMBER_VECTORS(uchar, unsigned char)
-EMBER_VECTORS(short, short)
-EMBER_VECTORS(ushort, unsigned short)
-EMBER_VECTORS(int, int)
-EMBER_VECTORS(uint, unsigned int)
+EMBER_VECTORS(bool, long)
+EMBER_VECTORS(char, long)
+EMBER_VECTORS(short, long)
+EMBER_VECTORS(int, long)
 EMBER_VECTORS(long, long)
+EMBER_VECTORS(uchar, unsigned long)
+EMBER_VECTORS(ushort, unsigned long)
+EMBER_VECTORS(uint, unsigned long)
 EMBER_VECTORS(ulong, unsigned long)
-EMBER_VECTORS(float, float)
-EMBER_VECTORS(half, float)
+EMBER_VECTORS(half, double)
+EMBER_VECTORS(float, double)
+EMBER_VECTORS(bfloat, double)
 #undef EMBER_VECTORS
 
 // MSL's vector constructors, `float4(a, b, c, d)` and `float4(x)`: a function-like macro is expanded only where
@@ -67,7 +71,7 @@ enum class mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_te
 void threadgroup_barrier(mem_flags flags);
 void simdgroup_barrier(mem_flags flags);
 
-template <class T, class U> T as_type(U value) { return __builtin_bit_cast(T, value); }
+template <class T, class U> T as_type(U value);  // a bit cast (sizes are not checked)
 template <class T, class C> T select(T if_false, T if_true, C condition);
 
 template <class T> T simd_shuffle(T value, ushort lane);
