@@ -11,8 +11,9 @@
 - After scheduling, every kernel's threadgroup is checked against the target's limit (limits.py).
 
 `metal_rules(portable=True)` gives the same lists for another GPU target (the numerics check on cuda,
-tools/metal_rules_on_cuda.py): every rule schedules as for Apple GPUs, and nothing Metal-only is emitted
-(SimdgroupMatmul is left out; a dl.gpu.Matmul result on simdgroup matrices is refused).
+tools/metal_rules_on_cuda.py): every rule schedules as for Apple GPUs, and nothing Metal-only is emitted:
+SimdgroupMatmul runs emulated (its tiles in local memory, the intrinsics as plain loops), and a dl.gpu.Matmul
+result on simdgroup matrices is refused.
 """
 from __future__ import annotations
 
@@ -51,13 +52,13 @@ def metal_rules(portable: bool = False) -> MetalRules:
     from .simdgroup import SimdgroupMatmul
 
     tail = [dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    prefill = [SimdgroupMatmul(), dl.gpu.Matmul(), dl.gpu.GEMV(), *tail]
+    prefill = [SimdgroupMatmul(emulate=portable), dl.gpu.Matmul(), dl.gpu.GEMV(), *tail]
     decode = [dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Matmul(), *tail]
     if not portable:
         return MetalRules(prefill, decode)
     from .portable import as_on_metal
 
-    return MetalRules(as_on_metal(prefill[1:]), as_on_metal(decode))
+    return MetalRules(as_on_metal(prefill), as_on_metal(decode))
 
 
 def metal_relax_pipeline(target: tvm.target.Target, rules: MetalRules | None = None) -> tvm.transform.Pass:
@@ -96,7 +97,7 @@ def build_metal(mod: tvm.IRModule, rules: MetalRules | None = None) -> Executabl
     """Compile a Relax module for Apple GPUs: arm64 host code, every kernel as MSL source."""
     import tvm
 
-    from ..cuda.pipeline import preload_tensor_intrinsics  # TVM's tensor intrinsics (simdgroup ones too), parsed cheaply
+    from ..tvmscript import preload_tensor_intrinsics
 
     target = metal_target()
     preload_tensor_intrinsics()

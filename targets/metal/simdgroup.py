@@ -23,8 +23,12 @@ from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.s_tir.dlight.gpu.matmul import (auto_inline_consumer_chain, auto_inline_producers, get_index_map,
                                          get_reduction_blocks)
-from tvm.s_tir.tensor_intrin import metal as metal_intrin
 from tvm.script import tirx as T
+
+from ..tvmscript import cheap_inspect_stack, preload_tensor_intrinsics
+
+preload_tensor_intrinsics()  # before tensor_intrin.metal: its package parses 248 intrinsics on import
+from tvm.s_tir.tensor_intrin import metal as metal_intrin  # noqa: E402
 
 if TYPE_CHECKING:
     from tvm.target import Target
@@ -113,10 +117,11 @@ def _store_f32_intrin() -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
 
 
 def _register_intrinsics() -> None:
-    if TensorIntrin.get(MMA_F16_F32, allow_missing=True) is None:
-        TensorIntrin.register(MMA_F16_F32, *_mixed_mma_intrin())
-    if TensorIntrin.get(STORE_F32_SHARED, allow_missing=True) is None:
-        TensorIntrin.register(STORE_F32_SHARED, *_store_f32_intrin())
+    with cheap_inspect_stack():
+        if TensorIntrin.get(MMA_F16_F32, allow_missing=True) is None:
+            TensorIntrin.register(MMA_F16_F32, *_mixed_mma_intrin())
+        if TensorIntrin.get(STORE_F32_SHARED, allow_missing=True) is None:
+            TensorIntrin.register(STORE_F32_SHARED, *_store_f32_intrin())
 
 
 def _intrinsics(accumulator: str) -> dict[str, str]:
@@ -145,10 +150,17 @@ class SimdgroupTile:
 
 
 class SimdgroupMatmul(GPUScheduleRule):
-    """GEMMs with half inputs on simdgroup matrices; float32 or float16 accumulation (see the module doc)."""
+    """GEMMs with half inputs on simdgroup matrices; float32 or float16 accumulation (see the module doc).
 
-    def __init__(self, tile: SimdgroupTile = SimdgroupTile()) -> None:
+    `emulate=True` is the same schedule with each simdgroup matrix in per-thread local memory and the tensor
+    intrinsics left as the loops they stand for (every lane of a simdgroup computes its fragments redundantly):
+    portable TIR that runs on another GPU, so the tiling, padding, staging and epilogue of this schedule can be
+    checked numerically where no Apple GPU is at hand. It says nothing about Apple's simdgroup instructions.
+    """
+
+    def __init__(self, tile: SimdgroupTile = SimdgroupTile(), emulate: bool = False) -> None:
         self.tile = tile
+        self.emulate = emulate
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tune: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "metal" or not self.is_target_available(target):
@@ -211,12 +223,13 @@ class SimdgroupMatmul(GPUScheduleRule):
             cooperative(staged)
             auto_inline_producers(sch, staged)
 
-        a_frag = sch.cache_read(main, 0, "metal.simdgroup")
-        b_frag = sch.cache_read(main, 1, "metal.simdgroup")
+        fragments = "local" if self.emulate else "metal.simdgroup"
+        a_frag = sch.cache_read(main, 0, fragments)
+        b_frag = sch.cache_read(main, 1, fragments)
         sch.compute_at(a_frag, k_frag)
         sch.compute_at(b_frag, k_frag)
         sch.transform_layout(b_frag, ("write", 0), lambda s, jj, kk: (s, kk, jj))  # B^T fragments for the mma
-        c_frag = sch.cache_write(main, 0, "metal.simdgroup")
+        c_frag = sch.cache_write(main, 0, fragments)
         c_staged = sch.cache_write(c_frag, 0, "shared")
         sch.reverse_compute_at(c_frag, sg_n, preserve_unit_loops=True)
         sch.reverse_compute_at(c_staged, bj, preserve_unit_loops=True)
@@ -228,9 +241,11 @@ class SimdgroupMatmul(GPUScheduleRule):
             r_out, r_in = sch.split(r, [None, FRAGMENT])
             c_out, c_in = sch.split(c, [None, FRAGMENT])
             sch.reorder(r_out, c_out, r_in, c_in)
-            sch.tensorize(r_in, names[intrin])
-        *_, i_in, _, _ = sch.get_loops(main)
-        sch.tensorize(i_in, names["compute"])
+            if not self.emulate:
+                sch.tensorize(r_in, names[intrin])
+        if not self.emulate:
+            *_, i_in, _, _ = sch.get_loops(main)
+            sch.tensorize(i_in, names["compute"])
 
         auto_inline_consumer_chain(sch, c_staged)  # the epilogue (cast, bias) runs on the threadgroup copy of C
         cooperative(c_staged)
