@@ -9,6 +9,8 @@ provide nothing to it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -81,20 +84,39 @@ def ensure_wheels(download: bool = True) -> dict[str, Path]:
         raise MacosWheelsUnavailable(f"not in {folder}: {', '.join(missing)}")
     if missing:
         folder.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--platform", WHEEL_PLATFORM, "--python-version", WHEEL_PYTHON, "-d", str(folder), *missing]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise MacosWheelsUnavailable(f"pip download {' '.join(missing)}: {err}") from None
-        if done.returncode != 0:
-            why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise MacosWheelsUnavailable(f"pip download {' '.join(missing)} failed: {why}")
-        wheels = {d: find_wheel(folder, d, v) for d, v in versions.items()}
+        with _locked(folder):  # parallel compiles (pytest -n) share the cache
+            wheels = {d: find_wheel(folder, d, v) for d, v in versions.items()}
+            missing = [f"{d}=={versions[d]}" for d, w in wheels.items() if w is None]
+            if missing:
+                _pip_download(folder, missing)
+            wheels = {d: find_wheel(folder, d, v) for d, v in versions.items()}
         still = [d for d, w in wheels.items() if w is None]
         if still:
             raise MacosWheelsUnavailable(f"pip download gave no macOS arm64 wheel of {', '.join(still)}")
     return {d: w for d, w in wheels.items() if w is not None}
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _pip_download(folder: Path, requirements: list[str]) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--platform", WHEEL_PLATFORM, "--python-version", WHEEL_PYTHON, "--retries", "1", "--timeout", "20",
+           "-d", str(folder), *requirements]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise MacosWheelsUnavailable(f"pip download {' '.join(requirements)}: {err}") from None
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MacosWheelsUnavailable(f"pip download {' '.join(requirements)} failed: {why}")
 
 
 def dylib_exports(data: bytes) -> frozenset[str]:

@@ -173,3 +173,26 @@ def test_build_fails_in_one_line_when_a_kernel_would_not_compile(built, tmp_path
         _build_library(built, tmp_path, monkeypatch, edit)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "model.dylib").exists()
+
+
+def test_build_without_the_macos_wheels_succeeds_with_a_note(built, tmp_path, monkeypatch):
+    from ember.targets.metal import macos_wheels
+
+    def offline(download: bool = True):
+        raise macos_wheels.MacosWheelsUnavailable("pip download apache-tvm==0.27.0.post1 failed: no network")
+
+    monkeypatch.setattr(macos_wheels, "runtime_exports", offline)
+    info, _ = _build_library(built, tmp_path, monkeypatch)
+    assert info.checks["macho"] == "skipped: pip download apache-tvm==0.27.0.post1 failed: no network"
+    assert (tmp_path / "model.dylib").is_file()
+
+
+def test_wheel_cache_without_download_names_what_is_missing(tmp_path, monkeypatch):
+    from ember.targets.metal import macos_wheels
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    wanted = ", ".join(f"{d}=={v}" for d, v in macos_wheels.pinned_versions().items())
+    assert "apache-tvm==" in wanted and "apache-tvm-ffi==" in wanted
+    with pytest.raises(macos_wheels.MacosWheelsUnavailable) as err:
+        macos_wheels.ensure_wheels(download=False)
+    assert str(err.value) == f"not in {tmp_path / 'ember' / 'macos-wheels'}: {wanted}"
