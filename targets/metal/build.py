@@ -42,10 +42,12 @@ def msl_kernels(executable: Any) -> dict[str, str]:
 
 
 def export(executable: Any, library: Path) -> None:
-    if platform.system() == "Darwin":
-        executable.export_library(str(library))  # the system compiler links for the Mac it runs on
+    from ..zig import MACOS_MIN, MACOS_TARGET, exporter
+
+    if platform.system() == "Darwin":  # the system compiler (TVM's default adds -undefined dynamic_lookup)
+        executable.export_library(str(library), options=[f"-mmacosx-version-min={MACOS_MIN}",
+                                                          f"-Wl,-install_name,@rpath/{library.name}"])
         return
-    from ..zig import MACOS_TARGET, exporter
 
     executable.export_library(str(library), fcompile=exporter(MACOS_TARGET))
 
