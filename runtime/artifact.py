@@ -66,6 +66,7 @@ class TargetInfo:
     kind: str  # "cpu" | "cuda" | "metal"
     archs: list[str] = field(default_factory=list)  # e.g. ["sm_80", "sm_90"]
     host: str = ""  # llvm triple of the host code
+    checks: dict[str, Any] = field(default_factory=dict)  # the target's static checks of its build (metal: MSL, Mach-O)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import ArtifactError, InputError
 from .artifact import (WEIGHTS_NONE, WEIGHTS_PACKED, WEIGHTS_RANDOM, Manifest, ParamInfo, check_files, read_manifest,
                        verify_files)
+from .platform_check import check_artifact_os, check_device_os
 from .random_weights import DeviceFill, RandomFill, make_random_weights
 from .shards import Shard
 from .threads import configure_cpu_threads
@@ -95,7 +96,9 @@ def _built_for(manifest: Manifest) -> str:
 
 
 def check_target(manifest: Manifest, kind: str) -> None:
-    """Refuse an artifact built for another device kind or another host architecture, before loading anything."""
+    """Refuse an artifact built for another system, device kind or host architecture, before loading anything."""
+    check_artifact_os(manifest)
+    check_device_os(kind)
     if manifest.target.kind != kind:
         raise ArtifactError(f"artifact {manifest.name} was built for {_built_for(manifest)}; it cannot run on {kind}")
     host_arch = artifact_host_arch(manifest)

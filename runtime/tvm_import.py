@@ -15,8 +15,9 @@ Each of these is undone right after `import tvm`, so the process can import torc
 A process that already imported tvm with its compiler keeps it as is: ember says so once (a warning) and runs
 on it. Such a process cannot drop the compiler; compile in one process and run in another to avoid that.
 
-In runtime-only mode TVM does not load its CUDA sidecar; `ensure_device_runtime("cuda")` loads
-`libtvm_runtime_cuda.so` itself (RTLD_LOCAL: it only registers functions in libtvm_ffi's global registry).
+In runtime-only mode TVM does not load its device sidecars; `ensure_device_runtime("cuda")` loads
+`libtvm_runtime_cuda.so` itself, `ensure_device_runtime("metal")` `libtvm_runtime_metal.dylib` (macOS wheels)
+(RTLD_LOCAL: they only register functions in libtvm_ffi's global registry).
 """
 from __future__ import annotations
 
@@ -166,21 +167,25 @@ def _known_type_keys_only() -> Iterator[None]:
         core._object_type_key_to_index = original
 
 
+# device kind -> TVM's runtime sidecar for it (loaded RTLD_LOCAL: it only registers functions in libtvm_ffi's registry)
+SIDECARS = {"cuda": ("CUDA", "libtvm_runtime_cuda.so", "it needs libcudart.so.13 and an NVIDIA driver"),
+            "metal": ("Metal", "libtvm_runtime_metal.dylib", "it needs macOS with Metal")}
+
+
 def ensure_device_runtime(kind: str) -> None:
     """Make sure TVM's runtime for `kind` ("cpu" | "cuda" | "metal") is registered, loading the sidecar if needed."""
     tvm = import_tvm()
     if kind == "cpu" or tvm.runtime.enabled(kind):
         return
-    if kind == "cuda":
-        lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    if kind in SIDECARS:
+        label, name, needs = SIDECARS[kind]
+        lib = Path(tvm.__file__).parent / "lib" / name
         if not lib.is_file():
-            raise ArtifactError(f"this TVM install has no CUDA runtime ({lib} is missing)")
+            raise ArtifactError(f"this TVM install has no {label} runtime ({lib} is missing)")
         try:
             _loaded_sidecars[kind] = ctypes.CDLL(str(lib), mode=ctypes.RTLD_LOCAL)
         except OSError as err:
-            raise ArtifactError(
-                f"cannot load TVM's CUDA runtime ({err}); it needs libcudart.so.13 and an NVIDIA driver"
-            ) from None
-        if tvm.runtime.enabled("cuda"):
+            raise ArtifactError(f"cannot load TVM's {label} runtime ({err}); {needs}") from None
+        if tvm.runtime.enabled(kind):
             return
     raise ArtifactError(f"this TVM install cannot run on {kind} (tvm.runtime.enabled({kind!r}) is False)")

@@ -80,6 +80,7 @@ class Target(ABC):
 TARGETS: dict[str, str] = {
     "cpu": "ember.targets.cpu:CpuTarget",
     "cuda": "ember.targets.cuda:CudaTarget",
+    "metal": "ember.targets.metal:MetalTarget",
 }
 
 

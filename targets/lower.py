@@ -163,10 +163,12 @@ def _rope(it, node, args):
     half = rotary // 2
 
     def compute(xt: te.Tensor, pos: te.Tensor, inv_freq: te.Tensor) -> te.Tensor:
+        seq = xt.shape[1]  # the kernel's own dim (x.shape's var is the Relax function's, undefined in the PrimFunc)
+
         def element(i, j, h, d):
             in_rot = d < rotary
             k = tirx.if_then_else(d < half, d, d - half)
-            angle = pos[i * s + j].astype("float32") * inv_freq[tirx.min(k, half - 1)]
+            angle = pos[i * seq + j].astype("float32") * inv_freq[tirx.min(k, half - 1)]
             partner = tirx.if_then_else(d < half, -xt[i, j, h, tirx.min(d + half, dim - 1)],
                                         xt[i, j, h, tirx.max(d - half, 0)]).astype("float32")
             rotated = xt[i, j, h, d].astype("float32") * tirx.cos(angle) + partner * tirx.sin(angle)

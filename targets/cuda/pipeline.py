@@ -9,17 +9,13 @@ import tvm, or the CUDA runtime would never load and kernels would ship as sourc
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
-import linecache
 import logging
-import sys
 import time
-import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..gpu_schedule import schedule_per_function
+from ..tvmscript import preload_tensor_intrinsics
 from . import CudaToolchainError
 from .nvcc import multi_arch_compile, sm_number
 
@@ -90,42 +86,6 @@ def cuda_relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
             return tvm.transform.Sequential(passes)(mod)
 
     return tvm.transform.module_pass(run, opt_level=0, name="ember.cuda.RelaxPipeline")
-
-
-def _frame_infos(frame: types.FrameType | None, context: int = 1) -> list[inspect.FrameInfo]:
-    infos = []
-    while frame is not None:
-        name, lineno = frame.f_code.co_filename, frame.f_lineno
-        line = linecache.getline(name, lineno) if context > 0 and not name.startswith("<") else ""
-        infos.append(inspect.FrameInfo(frame, name, lineno, frame.f_code.co_name, [line] if line else None,
-                                       0 if line else None))
-        frame = frame.f_back
-    return infos
-
-
-@contextlib.contextmanager
-def _cheap_inspect_stack() -> Iterator[None]:
-    # The TVMScript parser calls inspect.stack() per prim_func; for every `<frozen importlib...>` frame
-    # inspect scans all of sys.modules. Same frames and source lines, without that scan.
-    saved = inspect.stack, inspect.getouterframes
-    inspect.stack = lambda context=1: _frame_infos(sys._getframe(1), context)
-    inspect.getouterframes = _frame_infos
-    try:
-        yield
-    finally:
-        inspect.stack, inspect.getouterframes = saved
-
-
-def preload_tensor_intrinsics() -> None:
-    """Import `tvm.s_tir.tensor_intrin` (248 TVMScript intrinsics, parsed on first dlight Matmul use).
-
-    Imported plainly it costs ~30-45 s on the 2-core build box; under `_cheap_inspect_stack` ~5 s,
-    with identical registered intrinsics (checked: desc/impl scripts of all 124 match).
-    """
-    if "tvm.s_tir.tensor_intrin" in sys.modules:
-        return
-    with _cheap_inspect_stack():
-        import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
 def build_cuda(mod: tvm.IRModule, archs: list[str], cuda_graph: bool = False) -> Executable:
