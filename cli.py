@@ -13,12 +13,13 @@ def cli() -> None:
     """ember: compile LLMs ahead of time with TVM, then run them with the TVM runtime alone."""
 
 
-RUNTIME_COMMANDS = ("run", "chat", "bench")
+RUNTIME_COMMANDS = ("run", "chat", "bench", "verify")
 
 
 def main() -> None:
-    """Console entry point. `ember run`/`chat`/`bench` load the TVM runtime alone (no compiler library), exactly
-    as on a device and as `ember.load` does from Python: both reach TVM through `runtime.tvm_import.import_tvm`."""
+    """Console entry point. `ember run`/`chat`/`bench`/`verify` load the TVM runtime alone (no compiler library),
+    exactly as on a device and as `ember.load` does from Python: both reach TVM through
+    `runtime.tvm_import.import_tvm`."""
     cli()
 
 
@@ -29,7 +30,7 @@ from .passes.quant_help import QUANT_HELP  # noqa: E402  (dependency-free text)
 @click.option("--model", "model", required=True,
               help="Preset name (see `ember models`), Hugging Face folder, or .gguf file.")
 @click.option("--target", default="cpu", show_default=True,
-              help="cpu | cuda (sm_80 + sm_90 kernels) | cuda:sm_90[,sm_80...]")
+              help="cpu (this machine) | cpu:aarch64 (Linux arm64) | cuda (sm_80 + sm_90 kernels) | cuda:sm_90[,sm_80...]")
 @click.option("--quant", default=None, help=QUANT_HELP)
 @click.option("--dtype", default=None, type=click.Choice(["float32", "float16", "bfloat16"]),
               help="Compute dtype of activations (default float32 on cpu, float16 on GPUs).")

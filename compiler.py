@@ -20,6 +20,7 @@ from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
+from . import golden
 from .describe import IR_FILE
 from .compile_args import check_request
 from .errors import ConfigError, EmberError
@@ -104,6 +105,8 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     stage.say(f"running passes: {', '.join(manager.names)}")
     module = manager.run(module)
     source.notes.extend(quantization_notes(module))
+    golden_plan = golden.plan(module, source.config, target, quant=quant, dtype=dtype, fuse_rope=request.fuse_rope,
+                              fuse=request.fuse, formats=formats)  # a big model's truncation: its entry points
 
     if "tvm" not in sys.modules:
         with stage.wait("loading TVM's compiler"):
@@ -138,6 +141,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
             functions=_exported_functions(relax_mod), params=params, weights=weights_mode,
             tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes,
             source=source.path)
+        manifest.verification = golden.record(golden_plan, writer.path, manifest, stage)  # for `ember verify`
         stage.say("hashing files and writing the manifest")
         path = writer.commit(manifest)
     stage.say(f"wrote {path} in {time.perf_counter() - started:.1f} s")

@@ -5,6 +5,7 @@ Each kind gathers its facts into one dict; the text is those facts, one per line
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def _artifact_facts(folder: Path) -> tuple[dict[str, Any], list[str]]:
         "tokenizer": tok is not None, "chat_template": bool(tok and tok.chat_template),
         "context_length": manifest.context_length, "vocab_size": manifest.vocab_size,
         "size_bytes": size, "versions": manifest.versions, "notes": manifest.notes,
+        "verification": asdict(manifest.verification) if manifest.verification else None,
     }  # fmt: skip
     text = [
         f"artifact {folder}",
@@ -63,10 +65,20 @@ def _artifact_facts(folder: Path) -> tuple[dict[str, Any], list[str]]:
         f"functions: {', '.join(manifest.functions)}",
         f"passes: {', '.join(manifest.passes)}",
         f"tokenizer: {'yes' if tok else 'none'}" + (", chat template" if facts["chat_template"] else ""),
+        f"verification: {_verification(manifest)}",
         f"size on disk: {size / 1e6:.1f} MB",
         f"versions: {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}",
     ] + [f"note: {note}" for note in manifest.notes]
     return facts, text
+
+
+def _verification(manifest: Any) -> str:
+    info = manifest.verification
+    if info is None:
+        return "no golden outputs (`ember verify` checks the files only)"
+    what = "whole model" if info.layers is None else f"first {info.layers} layers"
+    return (f"golden outputs of the {what} ({len(info.prompt_ids)}-token prompt + {info.greedy_steps} greedy steps, "
+            f"tolerance {info.tolerance:.0e}), by {info.reference}")
 
 
 def _gguf_facts(path: Path) -> tuple[dict[str, Any], list[str]]:

@@ -5,6 +5,7 @@ An artifact is a folder:
     model.so          the kernels and the Relax VM bytecode (exported by TVM)
     params/*.safetensors   weights, in shards (absent for library-only or random-weight builds)
     tokenizer.json, tokenizer_config.json   (optional)
+    verify/golden.safetensors   golden outputs for `ember verify` (see `VerificationInfo`; optional)
 
 The compiler writes artifacts through `ArtifactWriter`; the runtime reads them with `read_manifest`.
 Integrity: the manifest records every file's size and sha256 and a sha256 of its own content. Every load checks
@@ -78,6 +79,27 @@ class TokenizerInfo:
 
 
 @dataclass
+class VerificationInfo:
+    """Golden outputs recorded at compile time (golden.py) for `ember verify` (runtime/verify.py): the logits of a
+    fixed prompt at every position and of `greedy_steps` greedy decode steps, computed on the compile host by a cpu
+    build of the same IR with the same weights. `layers` None: the whole model; else a truncation to that many
+    layers whose entry points (`entry_points`, e.g. prefill -> verify_prefill) are in the main library and read only
+    the weights in `params` (the others may be left uninitialised)."""
+
+    golden: str  # relative path of the safetensors file: prompt_ids, prefill_logits, decode_logits, greedy_ids
+    prompt_ids: list[int]
+    greedy_steps: int
+    tolerance: float  # max |logit diff| allowed, as a fraction of the logit scale (max |golden logit|)
+    compute_dtype: str
+    reference: str  # what computed the golden outputs, e.g. "cpu build of the same IR (x86_64)"
+    layers: int | None = None
+    entry_points: dict[str, str] = field(default_factory=dict)  # model function -> the library's (empty: same)
+    params: list[str] = field(default_factory=list)  # weights the entry points read (empty: all)
+    library: str = LIBRARY_FILE
+    seconds: float = 0.0  # what recording them added to the compile
+
+
+@dataclass
 class Manifest:
     name: str
     architecture: str
@@ -101,6 +123,7 @@ class Manifest:
     library: str = LIBRARY_FILE
     notes: list[str] = field(default_factory=list)  # e.g. what was requantized
     source: str | None = None  # the model file or folder it was compiled from, as given then (informational)
+    verification: VerificationInfo | None = None  # golden outputs for `ember verify` (absent in older manifests)
 
     @property
     def is_benchmark_build(self) -> bool:
@@ -122,6 +145,7 @@ class Manifest:
             data["kv_cache"] = KVCacheInfo(**raw["kv_cache"])
             data["params"] = [ParamInfo(**p) for p in raw["params"]]
             data["tokenizer"] = TokenizerInfo(**raw["tokenizer"]) if raw.get("tokenizer") else None
+            data["verification"] = VerificationInfo(**raw["verification"]) if raw.get("verification") else None
             return cls(**data)
         except (KeyError, TypeError) as err:
             raise ArtifactError(f"{source}: malformed manifest ({err})") from None

@@ -1,10 +1,11 @@
-"""Click commands `run`, `chat` and `bench` (cli.py registers them on the `ember` group)."""
+"""Click commands `run`, `chat`, `bench` and `verify` (cli.py registers them on the `ember` group)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -271,6 +272,54 @@ def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, re
             handle.write("".join(json.dumps(r) + "\n" for r in rows))
     if result.weights == "random":
         click.echo("note: random weights (benchmark build)", err=True)
+
+
+@click.command("verify")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
+@click.option("--skip-files", is_flag=True, help="Skip the sha256 check of every file (numerics only).")
+@click.option("--verbose", is_flag=True, help="Show full tracebacks.")
+@one_line_errors
+def verify(artifact: str, device: str, as_json: bool, skip_files: bool, verbose: bool) -> None:
+    """Check ARTIFACT: every file against the manifest's sha256, then its numerics on --device against the golden
+    outputs recorded at compile time. Exits 1 if either check fails."""
+    from .verify import format_report, verify_artifact
+
+    with _hash_progress(enabled=not as_json) as progress:
+        report = verify_artifact(artifact, device=device, skip_files=skip_files, progress=progress)
+    click.echo(json.dumps(report.to_dict()) if as_json else format_report(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+MIN_BAR_BYTES = 256 << 20  # hashing less than this takes about a second: no bar
+
+
+@contextlib.contextmanager
+def _hash_progress(enabled: bool) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A bar on stderr while files are hashed (terminals only, folders of MIN_BAR_BYTES or more)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("hashing"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = None
+
+        def tick(done: int, total: int, what: str) -> None:
+            nonlocal task
+            if total < MIN_BAR_BYTES:
+                return
+            if task is None:
+                task = bar.add_task(what, total=total)
+            bar.update(task, completed=done, description=what[-40:])
+
+        yield tick
 
 
 def _compiled_from_gguf(artifact: str) -> str:

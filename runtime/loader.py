@@ -101,13 +101,28 @@ def check_target(manifest: Manifest, kind: str) -> None:
     check_device_os(kind)
     if manifest.target.kind != kind:
         raise ArtifactError(f"artifact {manifest.name} was built for {_built_for(manifest)}; it cannot run on {kind}")
-    host_arch = _HOST_ARCHS.get(manifest.target.host.split("-")[0]) if manifest.target.host else None
+    host_arch = artifact_host_arch(manifest)
     machine = _HOST_ARCHS.get(platform.machine().lower())
     if host_arch and machine and host_arch != machine:
-        raise ArtifactError(
-            f"artifact {manifest.name} was built for a {host_arch} host ({manifest.target.host}); "
-            f"this machine is {machine}"
-        )
+        hint = (f" (run it on {_ARCH_MACHINES.get(host_arch, 'an ' + host_arch + ' machine')}, or compile it for "
+                f"this one with --target cpu)" if manifest.target.kind == "cpu" else "")
+        raise ArtifactError(f"artifact {manifest.name} was built for {_built_for(manifest)}, an {host_arch} host; "
+                            f"this machine is {machine}{hint}")
+
+
+_ARCH_MACHINES = {"aarch64": "a Linux arm64 machine", "x86_64": "a Linux x86-64 machine"}
+
+
+def artifact_host_arch(manifest: Manifest) -> str | None:
+    """The host arch an artifact's library is for: its host triple's arch, else (cpu builds for the build machine
+    record no triple) the first of its cpu archs; None when the manifest does not say."""
+    if manifest.target.host:
+        found = _HOST_ARCHS.get(manifest.target.host.split("-")[0].lower())
+        if found:
+            return found
+    if manifest.target.kind == "cpu" and manifest.target.archs:
+        return _HOST_ARCHS.get(manifest.target.archs[0].lower())
+    return None
 
 
 def check_device(manifest: Manifest, dev: Any, kind: str, index: int) -> None:

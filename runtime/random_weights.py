@@ -1,7 +1,8 @@
 """True-shape random weights for benchmark builds (`weights == "random"`), made at load time.
 
 The default fill is numpy with a fixed seed: normal(0, 0.02) for matrices and other float tensors, 1.0 for 1-D norm
-weights, uniform bits for integer (packed quantized) tensors. Drawing billions of normals in numpy is slow, so each
+weights, uniform bits for integer (packed quantized) tensors, and scales/mins that give quantized weights the same
+spread as float ones (`fill_stats`). Drawing billions of normals in numpy is slow, so each
 tensor is a random rotation of one seeded pool per dtype, tiled to its shape: values are distributed like the
 pool, distinct between tensors, and the whole fill runs at memory speed.
 
@@ -31,6 +32,35 @@ def is_norm_weight(param: ParamInfo) -> bool:
     return len(param.shape) == 1 and "norm" in param.name.lower()
 
 
+# Spread of the random codes a packed weight holds: uniform int8 (std 73.9) or uniform 4-bit codes 0..15 (std 4.61).
+_CODE_STD = {8: 73.9, 4: 4.61}
+
+
+def fill_stats(param: ParamInfo) -> tuple[float, float]:
+    """(std, mean) of a float tensor's random values, chosen so that every weight *as the model sees it* has std
+    MATRIX_STD around 0, quantized ones included: a scale of random codes is near MATRIX_STD / std(codes), and a
+    4-bit min cancels the codes' mean (q*s + m with m = -7.5 s). Uniform scales of std MATRIX_STD instead would make
+    4-bit weights ~9x (8-bit ~75x) too large, and a deep random model's activations then blow up in float16."""
+    if is_norm_weight(param):
+        return 0.0, 1.0
+    piece = param.name.rsplit(".", 1)[-1]
+    bits = _scheme_bits(param.scheme)
+    if bits is None or piece not in ("scales", "mins"):
+        return MATRIX_STD, 0.0
+    scale = MATRIX_STD / _CODE_STD[bits]
+    if piece == "scales":
+        return scale / 8, scale
+    return scale / 8, -7.5 * scale
+
+
+def _scheme_bits(scheme: str | None) -> int | None:
+    """4 or 8 for a quantized scheme name (q4f16_1, q8f16, ...), None for float ones (q0...)."""
+    if not scheme or len(scheme) < 2 or scheme[0] != "q" or not scheme[1].isdigit():
+        return None
+    bits = int(scheme[1])
+    return bits if bits in _CODE_STD else None
+
+
 class NumpyFill:
     """Seeded host-side fill, copied to the device tensor by tensor."""
 
@@ -54,7 +84,11 @@ class NumpyFill:
         if is_norm_weight(param):
             return np.ones(param.shape, dtype=np_dtype)
         pool = np.roll(self._pool(param.dtype), -int(self.rng.integers(POOL_SIZE)))
-        return np.resize(pool, tuple(param.shape))
+        values = np.resize(pool, tuple(param.shape))
+        std, mean = fill_stats(param)
+        if np.issubdtype(np_dtype, np.integer) or (std, mean) == (MATRIX_STD, 0.0):
+            return values
+        return (values.astype(np.float32) * (std / MATRIX_STD) + mean).astype(np_dtype)
 
     def __call__(self, param: ParamInfo, index: int, device: Any) -> Any:
         tvm = import_tvm()
@@ -63,7 +97,7 @@ class NumpyFill:
 
 class DeviceFill:
     """The library's compiled `fill_random_<dtype>(n, seed, scale_ppm, offset_ppm)`: weights are made on the
-    device itself (no host arrays, no copies), uniform with std 0.02 for matrices, 1.0 for norm weights."""
+    device itself (no host arrays, no copies), uniform with the std and mean of `fill_stats`."""
 
     def __init__(self, vm: Any, seed: int = 0) -> None:
         self.vm, self.seed = vm, seed
@@ -75,11 +109,10 @@ class DeviceFill:
     def __call__(self, param: ParamInfo, index: int, device: Any) -> Any:
         tvm = import_tvm()
         shape = tvm.runtime.ShapeTuple
-        norm = is_norm_weight(param)
+        std, mean = fill_stats(param)
         n = int(np.prod(param.shape))
         flat = self.vm[f"fill_random_{param.dtype}"](
-            shape([n]), shape([self.seed * 1_000_003 + index]), shape([0 if norm else int(MATRIX_STD * 1e6)]),
-            shape([1_000_000 if norm else 0]))
+            shape([n]), shape([self.seed * 1_000_003 + index]), shape([round(std * 1e6)]), shape([round(mean * 1e6)]))
         return flat._create_view(tuple(param.shape))
 
 

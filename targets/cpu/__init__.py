@@ -1,4 +1,5 @@
-"""The cpu target: LLVM for the build machine's architecture plus ember's native kernels (build.py, native/)."""
+"""The cpu target: LLVM for the build machine's architecture plus ember's native kernels (build.py, native/);
+`cpu:aarch64` cross-builds the same for Linux arm64 (arch.py)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base import BuildOptions, Progress, Target
+from .arch import CrossArch, parse_arch
 
 if TYPE_CHECKING:
     import tvm
@@ -15,21 +17,29 @@ if TYPE_CHECKING:
 
 class CpuTarget(Target):
     name = "cpu"
-    forms = "cpu"
+    forms = "cpu, cpu:aarch64"
     default_quant = "q0f32"
     default_dtype = "float32"
     dequant_stage = False  # the native kernels take most linear layers; the generic path sums dequantized values
 
+    def __init__(self, spec: str, arch: CrossArch | None = None) -> None:
+        super().__init__(spec)
+        self.arch = arch  # None: the build machine
+
     @classmethod
     def parse(cls, spec: str) -> CpuTarget:
-        if spec != "cpu":
-            raise ValueError(f"cpu takes no arch, got {spec!r} (EMBER_CPU_MCPU picks the LLVM cpu)")
-        return cls(spec)
+        if spec == "cpu":
+            return cls(spec)
+        _, _, suffix = spec.partition(":")
+        if not spec.startswith("cpu:") or not suffix:
+            raise ValueError(f"{spec!r}: use cpu (the build machine) or cpu:aarch64 (Linux arm64)")
+        arch = parse_arch(suffix)
+        return cls(f"cpu:{arch.name}", arch)  # cpu:arm64 is cpu:aarch64 (one default folder name)
 
     def tvm_target(self) -> tvm.target.Target:
         from .build import cpu_target
 
-        return cpu_target()
+        return cpu_target(self.arch)
 
     def lowerings(self) -> Mapping[str, Any]:
         from .build import cpu_lowerings
@@ -40,10 +50,18 @@ class CpuTarget(Target):
         from .build import build_cpu, target_info
 
         with stage.wait(f"building kernels for {self.spec} (tvm.compile)"):
-            executable = build_cpu(relax_mod)
-        with stage.wait(f"linking {library.name}"):
+            executable = build_cpu(relax_mod, self.arch)
+        if self.arch is None:
+            with stage.wait(f"linking {library.name}"):
+                executable.export_library(str(library))
+            return target_info()
+        from .elf_check import check_cross_library
+
+        with stage.wait(f"linking {library.name} for {self.arch.zig_target} (zig)"):
             executable.export_library(str(library))
-        return target_info()
+        with stage.wait(f"checking {library.name} against the {self.arch.name} TVM runtime wheels"):
+            check_cross_library(library, self.arch)
+        return target_info(self.arch)
 
 
 __all__ = ["CpuTarget"]

@@ -5,8 +5,9 @@ Importing this package stays light: it never imports tvm (CudaTarget imports wha
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...errors import EmberError
 from ..base import BuildOptions, Progress, Target
@@ -46,6 +47,12 @@ class CudaTarget(Target):
         from .pipeline import cuda_target
 
         return cuda_target(self.archs)
+
+    def lowerings(self) -> Mapping[str, Any]:
+        """decode1's quantized linear layers on ember's GEMV (native_gemv.py); EMBER_CUDA_GEMV=0 keeps dlight's."""
+        from . import native_gemv
+
+        return native_gemv.LOWERINGS if native_gemv.enabled() else {}
 
     def build(self, relax_mod: tvm.IRModule, library: Path, stage: Progress, options: BuildOptions) -> TargetInfo:
         from ...runtime.artifact import TargetInfo

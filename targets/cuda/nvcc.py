@@ -1,7 +1,8 @@
 """Target-spec parsing and a multi-arch nvcc hook for TVM's CUDA codegen.
 
 TVM hands all kernels of a module to `tvm_callback_cuda_compile` as one CUDA source. The hook here
-compiles that source once per arch, in parallel, and packs the cubins into one fatbin
+puts ember's own device code in front of it where the kernels call into it (device_code.py), compiles
+that source once per arch, in parallel, and packs the cubins into one fatbin
 (tvm-baseline-llama3-8b.md §8: on 2 cores this costs no more wall time than one arch).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import CudaToolchainError
+from .device_code import with_device_sources
 
 DEFAULT_ARCHS: tuple[str, ...] = ("sm_80", "sm_90")
 MIN_SM = 75  # CUDA 13 dropped everything older than Turing
@@ -135,7 +137,7 @@ def multi_arch_compile(archs: Sequence[str]) -> Iterator[CompileStats]:
 
     def hook(code: str, *_: object) -> bytearray:
         try:
-            return bytearray(compile_fatbin(code, archs, stats))
+            return bytearray(compile_fatbin(with_device_sources(code), archs, stats))
         except CudaToolchainError as err:
             stats.error = err
             raise

@@ -54,7 +54,8 @@ def test_artifact_for_another_host_cpu_is_refused(artifact_copy):
 
     other = "aarch64-unknown-linux-gnu" if platform.machine() == "x86_64" else "x86_64-unknown-linux-gnu"
     edit_manifest(artifact_copy, target={"kind": "cpu", "archs": [], "host": other})
-    with pytest.raises(ArtifactError, match=f"was built for a {other.split('-')[0]} host"):
+    with pytest.raises(ArtifactError, match=f"was built for cpu \\({other}\\), an {other.split('-')[0]} host; "
+                                            f"this machine is {platform.machine()} \\(run it on "):
         Engine.load(artifact_copy)
 
 

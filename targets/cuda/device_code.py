@@ -1,0 +1,29 @@
+"""ember's own CUDA device code (kernels/*.cuh), prepended to the source TVM generates before nvcc compiles it.
+
+Lowerings such as native_gemv.py emit PrimFuncs whose kernels call `ember::<namespace>::...` device functions
+(call_extern); TVM hands every kernel of a module to the nvcc hook as one source, so the definitions go in front
+of it. A source is added only when the generated code names its namespace.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).with_name("kernels")
+# (what the generated code calls, the file that defines it)
+SOURCES: tuple[tuple[str, str], ...] = (("ember::gemv::", "gemv.cuh"),)
+
+
+def needed_sources(code: str) -> list[str]:
+    return [name for marker, name in SOURCES if marker in code]
+
+
+def with_device_sources(code: str) -> str:
+    """`code` with the definitions of the ember device functions it calls in front (unchanged if none)."""
+    names = needed_sources(code)
+    if not names:
+        return code
+    parts = [f'#line 1 "{name}"\n{(KERNEL_DIR / name).read_text(encoding="utf-8")}' for name in names]
+    return "\n".join(parts) + '\n#line 1 "tvm_kernels.cu"\n' + code
+
+
+__all__ = ["KERNEL_DIR", "SOURCES", "needed_sources", "with_device_sources"]

@@ -1,0 +1,165 @@
+"""cuda lowering of `quant_linear` at decode batch 1 onto ember's hand-written GEMV (kernels/gemv.cuh).
+
+The override takes a layer only where that kernel applies: fp16 activations whose leading dims are all static
+and multiply to 1 (the `decode1` entry point), a scheme of `SCHEMES` (q4f16, q4f16_1, q4f16g128, q8f16: the
+4-bit layers and the 8-bit LM head) with whole 16-byte lane loads per group (`Layout.kValues` in gemv.cuh: 32
+codes of 4-bit, 16 of 8-bit) and K a multiple of that, x fitting the kernel's shared-memory buffer (K up to
+~23k), and a bias (if any) in fp16 or fp32. Everything else returns None: the generic lowering (lower_quant.py,
+scheduled by dlight) keeps it.
+
+The lowered op is an opaque PrimFunc (FuseOps and dlight leave it alone) whose body binds blockIdx.x and
+threadIdx.x and calls `ember::gemv::run<...>()`, a `__device__` template instantiated for the layer's shape;
+device_code.py prepends the kernel source to TVM's generated CUDA before nvcc compiles it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm import te, tirx
+from tvm.relax.frontend.nn import op
+
+from ...ir.ops_quant import QuantFormat
+
+ENV = "EMBER_CUDA_GEMV"  # "0" turns the override off (the stock dlight GEMV everywhere, for A/B runs)
+Q4, Q4_MIN, Q8 = 0, 1, 2  # gemv.cuh's Scheme
+NO_BIAS, HALF_BIAS, FLOAT_BIAS = 0, 1, 2  # gemv.cuh's Bias
+VALUES_PER_LOAD = {Q4: 32, Q4_MIN: 32, Q8: 16}
+SHARED_LIMIT = 48 * 1024  # static shared memory per block, every arch
+OPAQUE = 8  # relax OpPatternKind.kOpaque
+ATTRS = {"op_pattern": OPAQUE, "tirx.is_scheduled": True}
+# The kernel's schemes that the override takes (all of them: each beat dlight's GEMV on every shape measured).
+SCHEMES = (Q4, Q4_MIN, Q8)
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    warps: int = 4  # warps per block
+    rows: int = 2  # rows per warp (one x fragment serves them all)
+    depth: int = 4  # warp steps of weight loads in flight per lane
+    per: int = 2  # weight words summed in fp16x2 before the fp32 sum (8 4-bit codes a word)
+    async_copy: int = 0  # 1: weights through a cp.async shared-memory ring instead of registers
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps
+
+    def blocks(self, rows: int) -> int:
+        return -(-rows // (self.warps * self.rows))
+
+
+def scheme_code(fmt: QuantFormat, cols: int) -> int | None:
+    """gemv.cuh's Scheme for this format, or None where the kernel's lane loads do not fit it."""
+    code = Q8 if fmt.bits == 8 else (Q4_MIN if fmt.has_min else Q4)
+    values = VALUES_PER_LOAD[code]
+    if fmt.group_size % values or cols % values:
+        return None
+    return code
+
+
+def shared_bytes(code: int, cols: int, cfg: GemvConfig) -> int:
+    """gemv.cuh's static shared memory: x (padded to whole steps), sums of x (Q4_MIN), the cp.async ring."""
+    values = VALUES_PER_LOAD[code]
+    steps = -(-(cols // values) // 32)
+    padded = steps * 32 * values
+    ring = 16 * cfg.warps * cfg.depth * cfg.rows * 32 if cfg.async_copy else 0
+    return 2 * padded + (4 * steps * 32 if code == Q4_MIN else 0) + ring
+
+
+def choose_config(code: int, rows: int, cols: int) -> GemvConfig:
+    """Launch shape for one layer, from the sweep of tools/gemv_bench.py on an H200 (docs/measurements): 4 warps
+    of 2 rows with 4 steps of 16-byte loads in flight, in registers; 8 warps a block for long rows (fewer blocks
+    restage x) and for q4f16_1's tall layers; q4f16_1 with 2 steps in flight otherwise."""
+    if code == Q4_MIN:
+        return GemvConfig(8, 2, 4, 2, 0) if rows >= 16384 else GemvConfig(4, 2, 2, 2, 0)
+    if cols > 8192:
+        return GemvConfig(8, 2, 4, 2, 0)
+    return GemvConfig(4, 2, 4, 2, 0)
+
+
+def kernel_name(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig) -> str:
+    args = [code, rows, cols, group, cfg.warps, cfg.rows, cfg.depth, cfg.per, cfg.async_copy, bias]
+    return f"ember::gemv::run<{', '.join(str(a) for a in args)}>"
+
+
+def is_decode1(shape: list[Any]) -> bool:
+    """Leading dims all static and of product 1."""
+    dims = []
+    for d in shape:
+        if isinstance(d, tirx.IntImm):
+            d = int(d.value)
+        if not isinstance(d, int):
+            return False
+        dims.append(d)
+    return math.prod(dims) == 1
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+def _bias_code(bias: list[Any]) -> int | None:
+    if not bias:
+        return NO_BIAS
+    return {"float16": HALF_BIAS, "float32": FLOAT_BIAS}.get(bias[0].dtype)
+
+
+def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig):
+    """te compute of y[..., rows] = x[..., cols] . W^T (+ bias) through ember::gemv::run."""
+    name = kernel_name(code, rows, cols, group, bias, cfg)
+    blocks, threads = cfg.blocks(rows), cfg.threads
+
+    def compute(xt: te.Tensor, *tensors: te.Tensor) -> te.Tensor:
+        lead = list(xt.shape[:-1])
+
+        def body(ins, outs):
+            x, pieces = ins[0], list(ins[1:])
+            bias_buf = pieces.pop() if bias != NO_BIAS else x
+            weight, scales = pieces[0], pieces[1]
+            mins = pieces[2] if len(pieces) > 2 else weight
+            bx = tirx.IterVar(tvm.ir.Range(0, blocks), tirx.Var("blockIdx.x", "int32"), tirx.IterVar.ThreadIndex,
+                              "blockIdx.x")
+            tx = tirx.IterVar(tvm.ir.Range(0, threads), tirx.Var("threadIdx.x", "int32"), tirx.IterVar.ThreadIndex,
+                              "threadIdx.x")
+            # access_ptr: the buffer's own element offset included (a view with a byte offset stays right)
+            ptrs = [b.access_ptr("r") for b in (x, weight, scales, mins, bias_buf)] + [outs[0].access_ptr("w")]
+            call = tirx.Evaluate(tirx.call_extern("int32", name, *ptrs))
+            return tirx.AttrStmt(bx, "thread_extent", blocks, tirx.AttrStmt(tx, "thread_extent", threads, call))
+
+        return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_gemv")
+
+    return compute
+
+
+def plan(node: Any, args: list, config: GemvConfig | None = None) -> tuple[tuple[int, int, int, int, int],
+                                                                          GemvConfig] | None:
+    """((scheme code, rows, cols, group, bias code), launch config) if the kernel takes this node, else None."""
+    fmt = QuantFormat.from_attrs(node.attrs)
+    x = args[0]
+    cols = int(node.attrs["in_features"])
+    code = scheme_code(fmt, cols)
+    if code not in SCHEMES or x.dtype != "float16" or not is_decode1(list(x.shape[:-1])):
+        return None
+    bias = _bias_code(list(args[1 + fmt.num_pieces:]))
+    if bias is None:
+        return None
+    rows = int(args[1].shape[0])
+    cfg = config or choose_config(code, rows, cols)
+    if shared_bytes(code, cols, cfg) > SHARED_LIMIT:
+        return None
+    return (code, rows, cols, fmt.group_size, bias), cfg
+
+
+def lower_quant_linear(it: Any, node: Any, args: list, config: GemvConfig | None = None) -> Any:
+    planned = plan(node, args, config)
+    if planned is None:
+        return None
+    (code, rows, cols, group, bias), cfg = planned
+    compute = gemv_compute(code, rows, cols, group, bias, cfg)
+    return op.tensor_expr_op(compute, f"{node.attrs['scheme']}_gemv", list(args), attrs=ATTRS)
+
+
+LOWERINGS = {"quant_linear": lower_quant_linear}
