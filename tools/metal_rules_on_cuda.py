@@ -1,8 +1,9 @@
 """The numerics of the Metal schedules, checked on an NVIDIA GPU (no Mac at hand).
 
-A cuda build whose kernels are scheduled by metal's rule lists (targets/metal/pipeline.metal_rules(portable=True):
-every dlight rule with Apple's configurations, the simdgroup GEMM emulated with plain loops), next to a stock cuda
-build and a cpu build of the same model and weights. On the GPU the metal-rules build must match the cpu build as
+A cuda build lowered as a metal build is (generic lowerings, the KV cache's kernels made for the metal target) and
+scheduled by metal's rule lists (targets/metal/pipeline.metal_rules(portable=True): every dlight rule with Apple's
+configurations, the simdgroup GEMM emulated with plain loops), next to a stock cuda build and a cpu build of the
+same model and weights. On the GPU the metal-rules build must match the cpu build as
 closely as the stock cuda build does. What this cannot check: Apple's simdgroup_* instructions and the Metal
 compiler itself (`ember verify` on a Mac does).
 
@@ -25,10 +26,16 @@ PROMPT_LEN = 40  # > 32 rows: the prefill GEMMs run more than one row tile
 
 
 def use_metal_rules_for_cuda() -> None:
-    """Make the cuda pipeline schedule with metal's (portable) rule lists; call before the build."""
+    """Make cuda builds lower and schedule as metal builds do; call before the build: the generic lowerings (not
+    cuda's own GEMV kernels), the KV cache's kernels made for the metal target, metal's (portable) rule lists."""
+    from ember.targets.cuda import CudaTarget
     from ember.targets.cuda import pipeline as cuda
+    from ember.targets.metal import MetalTarget
     from ember.targets.metal.pipeline import metal_rules
 
+    metal = MetalTarget.parse("metal")
+    CudaTarget.lowerings = lambda self: metal.lowerings()
+    CudaTarget.tvm_target = lambda self: metal.tvm_target()
     cuda.prefill_rules = lambda: metal_rules(portable=True).prefill
     cuda.decode_rules = lambda: metal_rules(portable=True).decode
 

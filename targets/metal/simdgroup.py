@@ -180,7 +180,7 @@ class SimdgroupMatmul(GPUScheduleRule):
             return None
         try:
             self._schedule(sch, main, accumulator)
-        except (tvm.error.TVMError, s_tir.ScheduleError, AssertionError):  # a shape the intrinsics cannot cover: next rule
+        except (tvm.error.TVMError, s_tir.ScheduleError, AssertionError):  # intrinsics cannot cover it: next rule
             return None
         return sch
 

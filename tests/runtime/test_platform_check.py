@@ -30,7 +30,8 @@ def refused(error: type[Exception], message: str):
 
 def test_metal_artifact_on_linux(on):
     on("Linux", "x86_64")
-    with refused(ArtifactError, "artifact tiny was built for metal (Apple silicon, macOS); this machine is Linux x86_64"):
+    message = "artifact tiny was built for metal (Apple silicon, macOS); this machine is Linux x86_64"
+    with refused(ArtifactError, message):
         platform_check.check_artifact_os(METAL)
     platform_check.check_artifact_os(CUDA)
     platform_check.check_artifact_os(CPU)
@@ -40,7 +41,8 @@ def test_cuda_and_cpu_artifacts_on_a_mac(on):
     on("Darwin", "arm64")
     with refused(ArtifactError, "artifact tiny was built for cuda (sm_80, sm_90; Linux); this machine is macOS arm64"):
         platform_check.check_artifact_os(CUDA)
-    with refused(ArtifactError, "artifact tiny was built for cpu (x86_64, x86-64-v4; Linux); this machine is macOS arm64"):
+    message = "artifact tiny was built for cpu (x86_64, x86-64-v4; Linux); this machine is macOS arm64"
+    with refused(ArtifactError, message):
         platform_check.check_artifact_os(CPU)
     platform_check.check_artifact_os(METAL)
 

@@ -156,8 +156,9 @@ def _misspell_a_builtin(kernels: dict[str, str]) -> dict[str, str]:
 
 
 def _add_a_64k_threadgroup_array(kernels: dict[str, str]) -> dict[str, str]:
-    text = ("#include <metal_stdlib>\nusing namespace metal;\nkernel void big_kernel(device float* out [[ buffer(0) ]]) "
-            "{\n  threadgroup float scratch[16384];\n  out[0] = scratch[0];\n}\n")
+    text = ("#include <metal_stdlib>\nusing namespace metal;\n"
+            "kernel void big_kernel(device float* out [[ buffer(0) ]]) {\n"
+            "  threadgroup float scratch[16384];\n  out[0] = scratch[0];\n}\n")
     return {**kernels, "big_kernel": text}
 
 
