@@ -30,7 +30,8 @@ from .passes.quant_help import QUANT_HELP  # noqa: E402  (dependency-free text)
 @click.option("--model", "model", required=True,
               help="Preset name (see `ember models`), Hugging Face folder, or .gguf file.")
 @click.option("--target", default="cpu", show_default=True,
-              help="cpu (this machine) | cpu:aarch64 (Linux arm64) | cuda (sm_80 + sm_90 kernels) | cuda:sm_90[,sm_80...]")
+              help="cpu (this machine) | cpu:aarch64 (Linux arm64) | cuda (sm_80 + sm_90 kernels) | cuda:sm_90[,sm_80...] "
+                   "| metal (Apple M1 and later, macOS 13+)")
 @click.option("--quant", default=None, help=QUANT_HELP)
 @click.option("--dtype", default=None, type=click.Choice(["float32", "float16", "bfloat16"]),
               help="Compute dtype of activations (default float32 on cpu, float16 on GPUs).")
