@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,12 +17,15 @@ from ember.targets.cpu.build import build_cpu
 from ember.targets.lower import LOWERINGS
 
 
-def export_op(op: str, attrs: dict[str, Any], specs: dict[str, tuple[list[Any], str]]) -> tvm.IRModule:
-    """A Relax module whose `main(*inputs)` applies the lowering of `op`; specs: name -> (shape, dtype)."""
+def export_op(op: str, attrs: dict[str, Any], specs: dict[str, tuple[list[Any], str]],
+              dequant_stage: bool = False) -> tvm.IRModule:
+    """A Relax module whose `main(*inputs)` applies the generic lowering of `op`; specs: name -> (shape, dtype).
+    `dequant_stage`: Target.dequant_stage of the target whose form is built (False: cpu's; True: the GPU targets')."""
     node = Node(op, [], dict(attrs))
+    interpreter = SimpleNamespace(dequant_stage=dequant_stage)  # what the lowerings read of targets.lower's
 
     def main(self, *args):
-        return LOWERINGS[op](None, node, list(args))
+        return LOWERINGS[op](interpreter, node, list(args))
 
     params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("self", *specs)]
     main.__signature__ = inspect.Signature(params)
@@ -33,11 +37,11 @@ def export_op(op: str, attrs: dict[str, Any], specs: dict[str, tuple[list[Any], 
 
 
 def run_op(op: str, attrs: dict[str, Any], inputs: dict[str, np.ndarray],
-           shapes: dict[str, list[Any]] | None = None) -> np.ndarray:
+           shapes: dict[str, list[Any]] | None = None, dequant_stage: bool = False) -> np.ndarray:
     """Build for cpu and run on `inputs`; `shapes` may give symbolic dims (str) for some inputs."""
     shapes = shapes or {}
     specs = {n: (shapes.get(n, list(a.shape)), str(a.dtype)) for n, a in inputs.items()}
-    vm = relax.VirtualMachine(build_cpu(export_op(op, attrs, specs)).load(), tvm.cpu())
+    vm = relax.VirtualMachine(build_cpu(export_op(op, attrs, specs, dequant_stage)).load(), tvm.cpu())
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs.values()]).numpy()
 
 

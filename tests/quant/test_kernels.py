@@ -35,9 +35,10 @@ def test_quant_linear_f32_with_bias(scheme, cols):
 @pytest.mark.parametrize("scheme", QUANTIZED)
 @pytest.mark.parametrize("tokens", [[1, 1], ["b", 1]])  # static (the GEMV form) and symbolic batch
 def test_quant_linear_f16(scheme, tokens):
+    """The GPU targets' form (a dequant stage, Target.dequant_stage), built for cpu."""
     attrs, pieces, w = quant_inputs(scheme, 64, 128, seed=2)
     x = np.random.default_rng(3).normal(0, 1, (1, 1, 128)).astype(np.float16)
-    y = run_op("quant_linear", attrs, {"x": x, **pieces}, shapes={"x": tokens + [128]})
+    y = run_op("quant_linear", attrs, {"x": x, **pieces}, shapes={"x": tokens + [128]}, dequant_stage=True)
     assert y.dtype == np.float16
     if tokens[0] != 1:  # a GEMM-shaped kernel dequantizes to the activation dtype (tensor cores on GPUs)
         w = w.astype(np.float16).astype(np.float32)
