@@ -65,16 +65,10 @@ def load_artifact(
 ) -> LoadedArtifact:
     folder = Path(path)
     manifest = read_manifest(folder)
-    kind, index = parse_device(device)
+    kind, _ = parse_device(device)
     check_target(manifest, kind)
     (verify_files if verify else check_files)(folder, manifest)
-    if kind == "cpu":
-        configure_cpu_threads()
-    ensure_device_runtime(kind)
-    tvm = import_tvm()
-    dev = tvm.device(kind, index)
-    check_device(manifest, dev, kind, index)
-    vm = load_vm(folder, manifest, dev)
+    tvm, dev, vm = open_on_device(folder, manifest, device)
     if weights is not None:
         params = weights_from_mapping(manifest, weights, dev)
     elif manifest.weights == WEIGHTS_PACKED:
@@ -93,6 +87,20 @@ def load_artifact(
 def _built_for(manifest: Manifest) -> str:
     detail = ", ".join(manifest.target.archs) or manifest.target.host
     return f"{manifest.target.kind} ({detail})" if detail else manifest.target.kind
+
+
+def open_on_device(folder: Path, manifest: Manifest, device: str) -> tuple[Any, Any, Any]:
+    """(tvm, the device, the library's VM on it): the device kind's runtime loaded (cpu: the thread pool sized
+    first), the artifact checked against the device, the library loaded."""
+    kind, index = parse_device(device)
+    check_target(manifest, kind)
+    if kind == "cpu":
+        configure_cpu_threads()
+    ensure_device_runtime(kind)
+    tvm = import_tvm()
+    dev = tvm.device(kind, index)
+    check_device(manifest, dev, kind, index)
+    return tvm, dev, load_vm(folder, manifest, dev)
 
 
 def check_target(manifest: Manifest, kind: str) -> None:

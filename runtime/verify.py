@@ -27,10 +27,9 @@ import numpy as np
 from ..errors import ArtifactError
 from .artifact import WEIGHTS_PACKED, WEIGHTS_RANDOM, Manifest, read_manifest
 from .golden_run import PromptRun, artifact_view, read_golden, run_prompt
-from .loader import LoadedArtifact, check_device, check_target, load_packed_weights, load_vm, parse_device
+from .loader import LoadedArtifact, load_packed_weights, open_on_device, parse_device
 from .random_weights import DeviceFill
-from .threads import configure_cpu_threads
-from .tvm_import import ensure_device_runtime, import_tvm
+from .tvm_import import import_tvm
 
 Progress = Callable[[int, int, str], None]  # (bytes done, bytes in all, file being hashed)
 HASH_CHUNK = 1 << 22
@@ -140,15 +139,7 @@ def compare(name: str, ours: np.ndarray, golden: np.ndarray, greedy: list[int], 
 def _load(folder: Path, manifest: Manifest, device: str) -> LoadedArtifact:
     """The library on `device` with the weights the verification reads; weights it does not read (a truncation's
     later layers) are allocated and left uninitialised."""
-    kind, index = parse_device(device)
-    check_target(manifest, kind)
-    if kind == "cpu":
-        configure_cpu_threads()
-    ensure_device_runtime(kind)
-    tvm = import_tvm()
-    dev = tvm.device(kind, index)
-    check_device(manifest, dev, kind, index)
-    vm = load_vm(folder, manifest, dev)
+    tvm, dev, vm = open_on_device(folder, manifest, device)
     info = manifest.verification
     assert info is not None
     missing = [f for f in info.entry_points.values() if f not in manifest.functions]

@@ -8,7 +8,7 @@ target knows the frontend's symbol names.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import tvm
@@ -72,4 +72,31 @@ def schedule_per_function(prefill_rules: Sequence[ScheduleRule], decode_rules: S
     return tvm.transform.module_pass(transform, opt_level=0, name=name)
 
 
-__all__ = ["PREFILL_DIMS_ATTR", "is_prefill_kernel", "prefill_dims", "schedule_per_function", "symbolic_dims"]
+def gpu_relax_pipeline(target: tvm.target.Target, backend: Any, prefill_rules: Sequence[ScheduleRule],
+                       decode_rules: Sequence[ScheduleRule], name: str, after_schedule: Sequence[Any] = (),
+                       error: type[Exception] = RuntimeError) -> tvm.transform.Pass:
+    """A TVM backend's phases (`backend`: e.g. tvm.relax.backend.cuda.pipeline) with FuseTransposeMatmul first and
+    its one stock dlight ApplyDefaultSchedule replaced by `schedule_per_function`; `after_schedule` passes follow
+    legalization (checks of the scheduled kernels)."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    legalize = backend.legalize_passes(target)
+    stock = [p for p in legalize if isinstance(p, dl.ApplyDefaultSchedule)]
+    if len(stock) != 1:
+        raise error(f"{backend.__name__}.legalize_passes changed: expected exactly one dlight "
+                    f"ApplyDefaultSchedule, found {len(stock)}")
+    legalize = [p for p in legalize if not isinstance(p, dl.ApplyDefaultSchedule)]
+    legalize.append(schedule_per_function(prefill_rules, decode_rules, f"{name}.SchedulePerFunction"))
+    passes = ([relax.transform.FuseTransposeMatmul()] + backend.library_dispatch_passes(target) + legalize
+              + list(after_schedule) + backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
+
+    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return tvm.transform.module_pass(run, opt_level=0, name=f"{name}.RelaxPipeline")
+
+
+__all__ = ["PREFILL_DIMS_ATTR", "gpu_relax_pipeline", "is_prefill_kernel", "prefill_dims", "schedule_per_function", "symbolic_dims"]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..gpu_schedule import schedule_per_function
+from ..gpu_schedule import gpu_relax_pipeline
 from ..tvmscript import preload_tensor_intrinsics
 from . import CudaToolchainError
 from .nvcc import multi_arch_compile, sm_number
@@ -61,31 +61,10 @@ def decode_rules() -> list[ScheduleRule]:
 
 def cuda_relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's default cuda phases, with FuseTransposeMatmul first and per-function dlight rules."""
-    import tvm
-    from tvm import relax
     from tvm.relax.backend.cuda import pipeline as tvm_cuda
-    from tvm.s_tir import dlight as dl
 
-    legalize = tvm_cuda.legalize_passes(target)
-    stock_schedules = [p for p in legalize if isinstance(p, dl.ApplyDefaultSchedule)]
-    if len(stock_schedules) != 1:
-        raise CudaToolchainError("tvm.relax.backend.cuda.legalize_passes changed: expected exactly one "
-                                 f"dlight ApplyDefaultSchedule, found {len(stock_schedules)}")
-    legalize = [p for p in legalize if not isinstance(p, dl.ApplyDefaultSchedule)]
-    legalize.append(schedule_per_function(prefill_rules(), decode_rules(), "ember.cuda.SchedulePerFunction"))
-    passes = (
-        [relax.transform.FuseTransposeMatmul()]
-        + tvm_cuda.library_dispatch_passes(target)
-        + legalize
-        + tvm_cuda.dataflow_lower_passes(target)
-        + tvm_cuda.finalize_passes(target)
-    )
-
-    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
-            return tvm.transform.Sequential(passes)(mod)
-
-    return tvm.transform.module_pass(run, opt_level=0, name="ember.cuda.RelaxPipeline")
+    return gpu_relax_pipeline(target, tvm_cuda, prefill_rules(), decode_rules(), "ember.cuda",
+                              error=CudaToolchainError)
 
 
 def build_cuda(mod: tvm.IRModule, archs: list[str], cuda_graph: bool = False) -> Executable:

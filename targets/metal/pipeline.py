@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..gpu_schedule import schedule_per_function
+from ..gpu_schedule import gpu_relax_pipeline
 from . import TVM_TAG, MetalBuildError
 
 if TYPE_CHECKING:
@@ -62,35 +62,13 @@ def metal_rules(portable: bool = False) -> MetalRules:
 
 
 def metal_relax_pipeline(target: tvm.target.Target, rules: MetalRules | None = None) -> tvm.transform.Pass:
-    import tvm
-    from tvm import relax
     from tvm.relax.backend.gpu_generic import pipeline as generic
-    from tvm.s_tir import dlight as dl
 
     from .limits import check_threadgroups
 
     rules = rules or metal_rules()
-    legalize = generic.legalize_passes(target)
-    stock = [p for p in legalize if isinstance(p, dl.ApplyDefaultSchedule)]
-    if len(stock) != 1:
-        raise MetalBuildError("tvm.relax.backend.gpu_generic.legalize_passes changed: expected exactly one dlight "
-                              f"ApplyDefaultSchedule, found {len(stock)}")
-    legalize = [p for p in legalize if not isinstance(p, dl.ApplyDefaultSchedule)]
-    legalize.append(schedule_per_function(rules.prefill, rules.decode, "ember.metal.SchedulePerFunction"))
-    passes = (
-        [relax.transform.FuseTransposeMatmul()]
-        + generic.library_dispatch_passes(target)
-        + legalize
-        + [check_threadgroups(target)]
-        + generic.dataflow_lower_passes(target)
-        + generic.finalize_passes(target)
-    )
-
-    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
-            return tvm.transform.Sequential(passes)(mod)
-
-    return tvm.transform.module_pass(run, opt_level=0, name="ember.metal.RelaxPipeline")
+    return gpu_relax_pipeline(target, generic, rules.prefill, rules.decode, "ember.metal",
+                              after_schedule=[check_threadgroups(target)], error=MetalBuildError)
 
 
 def build_metal(mod: tvm.IRModule, rules: MetalRules | None = None) -> Executable:
