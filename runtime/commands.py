@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..errors import EmberError
+from ..errors import EmberError, InputError
 
 _DEVICE_HELP = "cpu, cuda or cuda:N"
 PEERS = ("hf", "hf:compile", "llama.cpp")  # `ember bench --peer`
@@ -231,15 +231,19 @@ def chat(
               help="The GGUF file llama-bench runs (default: the one the artifact was compiled from).")
 @click.option("--output", "output", default=None, type=click.Path(dir_okay=False),
               help="Also write the JSON rows to this file.")
+@click.option("--profile", is_flag=True,
+              help="Also print the top kernels of a decode step by GPU time, per batch size (cuda; needs torch).")
 @click.option("--verbose", is_flag=True, help="Show full tracebacks.")
 @one_line_errors
 def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, repeats: int, peer: str | None,
-          llama_bench: str | None, gguf: str | None, output: str | None, verbose: bool) -> None:
+          llama_bench: str | None, gguf: str | None, output: str | None, profile: bool, verbose: bool) -> None:
     """Time prefill, TTFT and decode of ARTIFACT (JSON lines on stdout), beside a peer when asked."""
     from .bench import ratio_rows, run_bench, run_peer
 
     lengths = [int(x) for x in prefill.split(",") if x]
     sizes = [int(x) for x in batches.split(",") if x]
+    if profile and not device.startswith("cuda"):
+        raise InputError.about("{--profile} reads CUDA kernel times: use it with --device cuda")
     if peer == "llama.cpp":  # before timing anything: the peer's inputs must exist
         from .peer_llamacpp import find_llama_bench
 
@@ -265,6 +269,11 @@ def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, re
         theirs = run_peer(peer, engine.manifest.config, device, lengths, steps)
     if peer:
         rows += theirs + [{"ratio": r} for r in ratio_rows(result.rows(), theirs)]
+    if profile:
+        from .profile import profile_decode
+
+        for size in sizes:
+            rows += profile_decode(engine, size, steps=min(steps, 32))
     for row in rows:
         click.echo(json.dumps(row))
     if output:
