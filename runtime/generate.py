@@ -1,10 +1,14 @@
 """Text generation for one sequence, read top to bottom: sample -> prefill -> decode_one -> generate.
 
+Artifacts with the device sampler (cuda builds) sample on the device: a decode step returns the token id and
+the logits never reach the host (`DeviceSampler`); other artifacts sample the host logits with `Sampler`.
+
 Timings: TTFT is prompt-in to first-token-out (prefill + first sample). Decode speed is (N - 1) / (T_N - T_1):
 the tokens after the first, over the time from the first token to the last, so prefill never leaks into it.
 """
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,6 +67,38 @@ def decode_one(runner: ModelRunner, token: int) -> np.ndarray:
     return runner.decode([SEQ_ID], [token], reuse=True)[0]
 
 
+class HostSampler:
+    """Host logits, sampled in numpy."""
+
+    def __init__(self, runner: ModelRunner, sampling: SamplingParams, prompt: np.ndarray) -> None:
+        self.runner, self.sampler = runner, Sampler(sampling, prompt=prompt.tolist())
+
+    def first(self, logits: np.ndarray) -> int:
+        return self.sampler(logits)
+
+    def next(self, token: int) -> int:
+        return self.sampler(decode_one(self.runner, token))
+
+
+class DeviceSampler:
+    """Sampling on the device: the penalty table's slot is reset with the prompt, then every decode returns the id.
+    An unseeded generation draws its seed from the OS."""
+
+    def __init__(self, runner: ModelRunner, sampling: SamplingParams, prompt: np.ndarray) -> None:
+        seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+        self.runner = runner
+        runner.reset_penalties(SEQ_ID, prompt)
+        self.buf = runner.set_sampling([(sampling, seed, SEQ_ID)])
+        self.seq, self.token = [SEQ_ID], [0]
+
+    def first(self, logits: np.ndarray) -> int:
+        return self.runner.sample_logits(logits, self.buf)
+
+    def next(self, token: int) -> int:
+        self.token[0] = token
+        return int(self.runner.decode_sample(self.seq, self.token, self.buf)[0])
+
+
 def generate(
     runner: ModelRunner,
     prompt: Sequence[int],
@@ -80,21 +116,21 @@ def generate(
     if ids.size == 0:
         raise InputError("the prompt is empty")
     runner.check_budget(ids.size, max_tokens)
-    sampler = Sampler(sampling)
     stops = set(eos_token_ids)
     detok: StreamDecoder | None = tokenizer.stream_decoder() if tokenizer is not None else None
 
     runner.reset()
     runner.add_sequence(SEQ_ID)
     try:
+        sampler = (DeviceSampler if runner.has_device_sampler else HostSampler)(runner, sampling, ids)
         t0 = time.perf_counter()
         logits = prefill(runner, ids)
         t_prefill = time.perf_counter() - t0
         tokens: list[int] = []
         stamps: list[float] = []
         finish = "length"
+        token = sampler.first(logits)
         while True:
-            token = sampler(logits)
             stamps.append(time.perf_counter() - t0)
             if token in stops:
                 finish = "stop"
@@ -105,7 +141,7 @@ def generate(
                     stream(piece)
             if len(tokens) == max_tokens:
                 break
-            logits = decode_one(runner, token)
+            token = sampler.next(token)
     finally:
         runner.remove_sequence(SEQ_ID)
     if detok is not None and stream is not None and (tail := detok.flush()):

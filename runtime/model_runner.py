@@ -1,4 +1,5 @@
-"""The compiled model behind a narrow API: ragged chunked prefill and batched decode, returning float32 logits.
+"""The compiled model behind a narrow API: ragged chunked prefill and batched decode, returning float32 logits,
+or (artifacts with the device sampler, `sample` in the manifest: cuda builds) sampled token ids.
 
 Token ids are checked against the vocabulary before any call (the compiled `take` does no bounds check and an
 out-of-range id can crash the process), and sequence lengths against the context length.
@@ -13,6 +14,7 @@ import numpy as np
 from ..errors import InputError
 from .kv_cache import KVCache
 from .loader import LoadedArtifact
+from .sampler import DEVICE_INFO_FIELDS, DEVICE_PARAMS, STEP, SamplingParams, device_params
 from .tvm_import import import_tvm
 
 # Cap on one prefill's logits when every position is returned (score): 64 Mi floats = 256 MiB.
@@ -51,6 +53,12 @@ class ModelRunner:
         self._decode = self._vm["decode"]
         self._decode1 = self._vm["decode1"] if "decode1" in m.functions else None
         self._decode_io: dict[int, tuple[Any, np.ndarray, Any]] = {}  # see _decode_buffers
+        self._sample = self._vm["sample"] if "sample" in m.functions else None
+        self._sample_reset = self._vm["sample_reset"] if "sample_reset" in m.functions else None
+        self._sample_io: dict[int, SampleBuffers] = {}  # see sample_buffers
+        self._counts: Any = None  # int32 [max_batch_size, vocab] on the device: the penalty table, one slot a row
+        self._prefill_logits: Any = None  # float32 [1, 1, vocab] on the device: a prefill's last logits, to sample
+        self.max_batch_size = max_batch_size
         self.kv = KVCache(
             self._vm,
             max_batch_size=max_batch_size,
@@ -148,6 +156,15 @@ class ModelRunner:
     def decode(self, seq_ids: Sequence[int], tokens: Sequence[int], reuse: bool = False) -> np.ndarray:
         """One new token for each sequence; returns float32 logits (len(seq_ids), vocab). With reuse=True they are a
         view of a host buffer that the next decode of this batch size overwrites (nothing allocated per token)."""
+        logits = self._decode_step(seq_ids, tokens)
+        if not reuse:
+            return logits.numpy()[:, 0, :]
+        _, host, host_view = self._decode_buffers(len(seq_ids))
+        logits.copyto(host_view)
+        return host[:, 0, :]
+
+    def _decode_step(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> Any:
+        """The decode call: device logits float32 [batch, 1, vocab]."""
         if len(seq_ids) != len(tokens):
             raise InputError(f"{len(seq_ids)} sequence ids but {len(tokens)} tokens")
         if not seq_ids:
@@ -157,14 +174,71 @@ class ModelRunner:
             self._check_growth(s, 1)
         batch = len(seq_ids)
         fn = self._decode1 if (self._decode1 is not None and batch == 1) else self._decode
-        ids_in, host, host_view = self._decode_buffers(batch)
+        ids_in, _, _ = self._decode_buffers(batch)
         ids_in.copyfrom(ids.reshape(-1, 1))
         with self.kv.forward(list(seq_ids), [1] * batch):
             logits, self.kv.obj = fn(ids_in, self.kv.obj, self._params)
-        if not reuse:
-            return logits.numpy()[:, 0, :]
-        logits.copyto(host_view)
-        return host[:, 0, :]
+        return logits
+
+    # -- sampling on the device (cuda artifacts) -------------------------------------------------------------
+    @property
+    def has_device_sampler(self) -> bool:
+        return self._sample is not None and self._sample_reset is not None
+
+    def _require_sampler(self) -> None:
+        if not self.has_device_sampler:
+            raise InputError(f"{self.name}: this artifact has no device sampler (`sample` is exported by cuda builds)")
+
+    def sample_buffers(self, batch: int) -> SampleBuffers:
+        self._require_sampler()
+        if batch not in self._sample_io:
+            self._sample_io[batch] = SampleBuffers(self._tvm, self._dev, batch)
+        return self._sample_io[batch]
+
+    def set_sampling(self, rows: Sequence[tuple[SamplingParams, int, int]]) -> SampleBuffers:
+        """The parameter rows of a batch (one per sequence, in decode order): (params, seed, penalty slot);
+        steps start at 0. Returns the batch size's buffers (params[i] may be edited in place)."""
+        buf = self.sample_buffers(len(rows))
+        for i, (params, seed, slot) in enumerate(rows):
+            if not 0 <= slot < self.max_batch_size:
+                raise InputError(f"penalty slot {slot} must be in [0, {self.max_batch_size})")
+            device_params(params, seed, slot, 0, out=buf.params[i])
+        return buf
+
+    def reset_penalties(self, slot: int, prompt: Sequence[int]) -> None:
+        """Clear one slot of the device penalty table and count the prompt's tokens in it (once per generation)."""
+        self._require_sampler()
+        if not 0 <= slot < self.max_batch_size:
+            raise InputError(f"penalty slot {slot} must be in [0, {self.max_batch_size})")
+        tvm = self._tvm
+        if self._counts is None:
+            self._counts = tvm.runtime.empty((self.max_batch_size, self.vocab_size), "int32", self._dev)
+        ids = self.check_tokens(prompt, what="prompt token")
+        self._counts = self._sample_reset(self._counts, tvm.runtime.tensor(ids, self._dev),
+                                          tvm.runtime.tensor(np.array([slot], np.int32), self._dev))
+
+    def _sample_on_device(self, logits: Any, buf: SampleBuffers) -> np.ndarray:
+        if self._counts is None:
+            raise InputError("reset_penalties(slot, prompt) must come before the first device sample")
+        buf.params_dev.copyfrom(buf.params)
+        self._sample(logits, buf.params_dev, self._counts, buf.ids_dev, buf.info_dev)
+        buf.ids_dev.copyto(buf.ids_view)
+        buf.params.view(np.int32)[:, STEP] += 1
+        return buf.ids
+
+    def sample_logits(self, logits: np.ndarray, buf: SampleBuffers) -> int:
+        """One token from host logits [vocab] on the device (the first token after a prefill; batch 1)."""
+        if self._prefill_logits is None:
+            self._prefill_logits = self._tvm.runtime.empty((1, 1, self.vocab_size), "float32", self._dev)
+        self._prefill_logits.copyfrom(np.ascontiguousarray(logits, np.float32).reshape(1, 1, -1))
+        return int(self._sample_on_device(self._prefill_logits, buf)[0])
+
+    def decode_sample(self, seq_ids: Sequence[int], tokens: Sequence[int], buf: SampleBuffers) -> np.ndarray:
+        """One decode step whose logits are sampled on the device: returns the next token ids (int32 [batch], a
+        buffer the next call of this batch size overwrites). `buf` (set_sampling) holds each row's parameters;
+        its step advances by one per call. Nothing is allocated per token."""
+        logits = self._decode_step(seq_ids, tokens)
+        return self._sample_on_device(logits, buf)
 
     def _decode_buffers(self, batch: int) -> tuple[Any, np.ndarray, Any]:
         """Per batch size, made once: the device ids tensor, and a host logits array with its TVM view (64-byte
@@ -178,3 +252,18 @@ class ModelRunner:
             self._decode_io[batch] = (tvm.runtime.empty((batch, 1), "int32", self._dev), host,
                                       tvm.runtime.from_dlpack(host))  # fmt: skip
         return self._decode_io[batch]
+
+
+class SampleBuffers:
+    """Made once per batch size for the device sampler: parameter rows (host and device), the sampled ids (device,
+    and a host array with its TVM view) and the kernel's per-row report (device)."""
+
+    def __init__(self, tvm: Any, dev: Any, batch: int) -> None:
+        self.params = np.zeros((batch, DEVICE_PARAMS), np.float32)
+        self.params_dev = tvm.runtime.empty((batch, DEVICE_PARAMS), "float32", dev)
+        self.ids_dev = tvm.runtime.empty((batch,), "int32", dev)
+        self.info_dev = tvm.runtime.empty((batch, len(DEVICE_INFO_FIELDS)), "int32", dev)
+        raw = np.empty(batch * 4 + 64, dtype=np.uint8)
+        start = -raw.ctypes.data % 64
+        self.ids = raw[start : start + batch * 4].view(np.int32)
+        self.ids_view = tvm.runtime.from_dlpack(self.ids)

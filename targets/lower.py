@@ -336,6 +336,9 @@ def lower(module: Module, target: Target, random_fill: bool = False) -> tuple[tv
             setattr(model, random_fill_fn.function_name(dtype), random_fill_fn.fill_method(dtype))
             spec[random_fill_fn.function_name(dtype)] = random_fill_fn.fill_spec()
     mod, named = model.export_tvm(spec=spec)
+    extend = getattr(target, "extend_module", None)  # a target's own entry points (cuda: the device sampler)
+    if extend is not None:
+        mod = extend(mod)
     rope = model._rope  # what the KV cache's rope kernel computes, for targets that replace that kernel
     if rope is not None:
         mod = mod.with_attr(ROPE_ATTR, json.dumps({"rotary_dim": module.kv_cache.head_dim, **rope}))

@@ -54,6 +54,12 @@ class CudaTarget(Target):
 
         return native_gemv.LOWERINGS if native_gemv.enabled() else {}
 
+    def extend_module(self, relax_mod: tvm.IRModule) -> tvm.IRModule:
+        """Adds `sample` and `sample_reset`, sampling on the device (sampling.py)."""
+        from .sampling import add_sampler
+
+        return add_sampler(relax_mod)
+
     def build(self, relax_mod: tvm.IRModule, library: Path, stage: Progress, options: BuildOptions) -> TargetInfo:
         from ...runtime.artifact import TargetInfo
         from .library_check import check_cuda_library

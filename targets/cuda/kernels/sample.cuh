@@ -1,0 +1,447 @@
+// ember's token sampler on the device: for each row of float32 logits [b, vocab] (one block of THREADS threads
+// per row), penalties, temperature, top-k / top-p / min-p truncation and a seeded draw; writes the token id (and
+// what was kept, for checks) and counts the token in the row's slot of the penalty table.
+//
+// The distribution is runtime/sampler.py's, in this order (penalties as transformers' / OpenAI's processors,
+// warpers in transformers' order):
+//   l  = logit; if the token was seen (prompt or output) and repetition != 1: l < 0 ? l * r : l / r
+//   l -= presence * (generated > 0) + frequency * generated          (generated tokens only)
+//   x  = l / temperature  (temperature 0: argmax of l, lowest id on ties, NaN first, as numpy.argmax)
+//   top-k keeps x >= the k-th largest x (ties kept)
+//   w  = exp(x - max x); top-p keeps the smallest most-likely set of kept w reaching p * (1 - 1e-6) of their
+//        sum (among equal w the lower ids first)
+//   min-p keeps w >= min_p (w is p / p_max: the max token has w = 1; after top-p, as transformers orders it)
+//   the token: argmax over kept of (x - max x) + Gumbel noise (Gumbel-max is an exact draw from w / sum w)
+// No sort: the thresholds come from a radix select over the order-preserving bits of x (top-k, counts) and of w
+// (top-p, masses), 11 + 11 + 10 bits with 2048-bin histograms in shared memory, stopping as soon as the cut bin
+// holds the whole remainder (top-k) or one token (top-p). Each pass reads the row from global memory (L2).
+//
+// Penalty table: int32 [slots, vocab], entry = generated count | PROMPT_FLAG if the token is in the prompt.
+// reset() clears a slot and flags a prompt's tokens; run() adds 1 to the sampled token's entry (params FLAGS bit 0).
+// Randomness: a splitmix64 hash of (seed, step, token id): a seeded generation reproduces on any device.
+#ifndef EMBER_SAMPLE_CUH
+#define EMBER_SAMPLE_CUH
+#include <cstdint>
+
+namespace ember {
+namespace sample {
+
+// params: float32 [b, PARAMS] per row; the integer fields hold int32 bits (the host writes them through a view)
+enum Param : int {
+  TEMPERATURE = 0, TOP_K = 1, TOP_P = 2, MIN_P = 3, REPETITION = 4, PRESENCE = 5, FREQUENCY = 6,
+  SEED_LO = 7, SEED_HI = 8, STEP = 9, SLOT = 10, FLAGS = 11, PARAMS = 12
+};
+// info: int32 [b, INFO] per row: tokens kept, the top-k cut key, the top-p cut key (0: no cut)
+enum Info : int { KEPT = 0, TOP_K_KEY = 1, TOP_P_KEY = 2, INFO = 3 };
+constexpr int PROMPT_FLAG = 1 << 30;
+constexpr int COUNT_MASK = PROMPT_FLAG - 1;
+constexpr int UPDATE_COUNTS = 1;
+constexpr int BINS = 2048;
+
+__device__ __forceinline__ uint32_t float_key(float f) {  // larger float -> larger key
+  const uint32_t b = __float_as_uint(f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ float key_float(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {  // splitmix64's finalizer
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Gumbel noise -log(E), E = -log(1 - v) an exponential variate; v from 64 random bits. log1pf keeps E accurate
+// near 0, where the largest noise (the one that wins) comes from.
+__device__ __forceinline__ float gumbel(uint64_t base, int i) {
+  const uint64_t h = mix64(base + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull);
+  const float v = fmaxf(__ull2float_rn(h) * 5.421010862427522e-20f, 1e-30f);  // h / 2^64
+  const float e = -log1pf(-v);
+  return -__logf(e);
+}
+
+struct Row {
+  float temperature, top_p, min_p, repetition, presence, frequency;
+  int top_k, slot, flags;
+  uint64_t noise;
+  bool penalize;
+};
+
+__device__ __forceinline__ Row load_row(const float* params, bool have_counts) {
+  Row r;
+  r.temperature = params[TEMPERATURE];
+  r.top_p = params[TOP_P];
+  r.min_p = params[MIN_P];
+  r.repetition = params[REPETITION];
+  r.presence = params[PRESENCE];
+  r.frequency = params[FREQUENCY];
+  r.top_k = __float_as_int(params[TOP_K]);
+  r.slot = __float_as_int(params[SLOT]);
+  r.flags = __float_as_int(params[FLAGS]);
+  const uint64_t seed = (uint64_t)(uint32_t)__float_as_int(params[SEED_LO]) |
+                        ((uint64_t)(uint32_t)__float_as_int(params[SEED_HI]) << 32);
+  const uint32_t step = (uint32_t)__float_as_int(params[STEP]);
+  r.noise = mix64(mix64(seed) ^ (0x632be59bd9b4e019ull * (uint64_t)(step + 1)));
+  r.penalize = have_counts && (r.repetition != 1.0f || r.presence != 0.0f || r.frequency != 0.0f);
+  return r;
+}
+
+// The logit after penalties, rounded op by op as numpy float32 does (no FMA contraction).
+__device__ __forceinline__ float penalize(float l, int c, const Row& r) {
+  if (c != 0 && r.repetition != 1.0f) l = l < 0.0f ? __fmul_rn(l, r.repetition) : __fdiv_rn(l, r.repetition);
+  const int g = c & COUNT_MASK;
+  if (g != 0) l = __fsub_rn(l, __fadd_rn(r.presence, __fmul_rn(r.frequency, (float)g)));
+  return l;
+}
+
+// f(i, l) for every token of the row, l the logit after penalties. 16-byte loads, UNROLL of them in flight per
+// thread (one block per row: the loads in flight, not the threads, set how fast a pass reads the row from L2).
+template <int THREADS, typename F>
+__device__ __forceinline__ void for_each(const float* logits, const int* counts, int vocab, const Row& r, F&& f) {
+  constexpr int UNROLL = 4;
+  const bool pen = r.penalize;
+  int start = 0;
+  if (((reinterpret_cast<uintptr_t>(logits) | reinterpret_cast<uintptr_t>(counts)) & 15) == 0) {
+    const int n4 = vocab / 4;
+    const float4* l4 = reinterpret_cast<const float4*>(logits);
+    const int4* c4 = reinterpret_cast<const int4*>(counts);
+    int j = threadIdx.x;
+    for (; j + (UNROLL - 1) * THREADS < n4; j += UNROLL * THREADS) {
+      float4 v[UNROLL];
+      int4 c[UNROLL];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) v[u] = __ldg(l4 + j + u * THREADS);
+      if (pen) {
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) c[u] = c4[j + u * THREADS];
+      }
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int i = 4 * (j + u * THREADS);
+        f(i + 0, pen ? penalize(v[u].x, c[u].x, r) : v[u].x);
+        f(i + 1, pen ? penalize(v[u].y, c[u].y, r) : v[u].y);
+        f(i + 2, pen ? penalize(v[u].z, c[u].z, r) : v[u].z);
+        f(i + 3, pen ? penalize(v[u].w, c[u].w, r) : v[u].w);
+      }
+    }
+    for (; j < n4; j += THREADS) {
+      const float4 v = __ldg(l4 + j);
+      int4 c = make_int4(0, 0, 0, 0);
+      if (pen) c = c4[j];
+      const int i = 4 * j;
+      f(i + 0, pen ? penalize(v.x, c.x, r) : v.x);
+      f(i + 1, pen ? penalize(v.y, c.y, r) : v.y);
+      f(i + 2, pen ? penalize(v.z, c.z, r) : v.z);
+      f(i + 3, pen ? penalize(v.w, c.w, r) : v.w);
+    }
+    start = 4 * n4;
+  }
+  for (int i = start + threadIdx.x; i < vocab; i += THREADS) f(i, pen ? penalize(logits[i], counts[i], r) : logits[i]);
+}
+
+// -- block reductions and scans ---------------------------------------------------------------------------------
+template <int THREADS>
+struct Shared {
+  uint32_t count[BINS];
+  float mass[BINS];
+  uint64_t red64[THREADS / 32];
+  float redf[THREADS / 32];
+  uint32_t redu[THREADS / 32];
+  int found_bin, lowest_bin;
+  float found_before;
+  uint32_t found_count;
+};
+
+template <int THREADS>
+__device__ __forceinline__ uint64_t block_max_u64(uint64_t v, Shared<THREADS>& s) {
+  for (int o = 16; o; o >>= 1) {
+    const uint64_t other = __shfl_xor_sync(0xffffffffu, v, o);
+    v = other > v ? other : v;
+  }
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) s.red64[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = s.red64[0];
+  for (int w = 1; w < THREADS / 32; ++w) v = s.red64[w] > v ? s.red64[w] : v;
+  return v;
+}
+
+template <int THREADS>
+__device__ __forceinline__ float block_max(float v, Shared<THREADS>& s) {
+  for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) s.redf[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = s.redf[0];
+  for (int w = 1; w < THREADS / 32; ++w) v = fmaxf(v, s.redf[w]);
+  return v;
+}
+
+template <int THREADS>
+__device__ __forceinline__ uint32_t block_sum_u32(uint32_t v, Shared<THREADS>& s) {
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) s.redu[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = 0;
+  for (int w = 0; w < THREADS / 32; ++w) v += s.redu[w];
+  return v;
+}
+
+// Exclusive prefix sum over threads (in thread order) of v.
+template <int THREADS, typename T>
+__device__ __forceinline__ T block_exclusive_scan(T v, T* warp_totals) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  T inc = v;
+  for (int o = 1; o < 32; o <<= 1) {
+    const T up = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += up;
+  }
+  __syncthreads();
+  if (lane == 31) warp_totals[warp] = inc;
+  __syncthreads();
+  T before = 0;
+  for (int w = 0; w < warp; ++w) before += warp_totals[w];
+  return before + inc - v;
+}
+
+// The bin, counted from the top, where the running total (of counts or masses, starting at `above`) reaches
+// `need`: total(bins above) < need <= total(bins above) + bin. Where rounding leaves the masses short of `need`,
+// the lowest non-empty bin. Leaves s.found_bin, s.found_before (total above the bin), s.found_count (its count).
+template <int THREADS, int NB, typename T>
+__device__ void find_bin(const T* hist, T above, T need, Shared<THREADS>& s) {
+  constexpr int PER = NB / THREADS;
+  const int first = NB - 1 - threadIdx.x * PER;  // this thread's bins: first, first - 1, ... (descending)
+  T mine = 0;
+#pragma unroll
+  for (int q = 0; q < PER; ++q) mine += hist[first - q];
+  __shared__ T totals[THREADS / 32];
+  T cum = above + block_exclusive_scan<THREADS, T>(mine, totals);
+  if (threadIdx.x == 0) {
+    s.found_bin = -1;
+    s.lowest_bin = NB;
+  }
+  __syncthreads();
+  int lowest = NB;
+#pragma unroll
+  for (int q = 0; q < PER; ++q) {
+    const int bin = first - q;
+    const T h = hist[bin];
+    if (cum < need && cum + h >= need) {
+      s.found_bin = bin;
+      s.found_before = (float)cum;
+    }
+    if (s.count[bin] != 0) lowest = bin;
+    cum += h;
+  }
+  if (lowest < NB) atomicMin(&s.lowest_bin, lowest);
+  __syncthreads();
+  if (s.found_bin < 0 && threadIdx.x == 0) {  // rounding: everything down to the lowest non-empty bin (rare)
+    T before = above;
+    for (int j = NB - 1; j > s.lowest_bin; --j) before += hist[j];
+    s.found_bin = s.lowest_bin < NB ? s.lowest_bin : 0;
+    s.found_before = (float)before;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) s.found_count = s.count[s.found_bin];
+  __syncthreads();
+}
+
+template <int THREADS, int NB>
+__device__ __forceinline__ void clear_hist(Shared<THREADS>& s) {
+  for (int j = threadIdx.x; j < NB; j += THREADS) {
+    s.count[j] = 0;
+    s.mass[j] = 0.0f;
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ int level_shift(int level) { return level == 0 ? 21 : (level == 1 ? 10 : 0); }
+__device__ __forceinline__ uint32_t level_bins(int level) { return level == 2 ? 1024u : 2048u; }
+
+// -- the kernel body ---------------------------------------------------------------------------------------------
+// Grid: blockIdx.x = row. Without counts (have_counts 0) no penalties and nothing is counted; info may be null.
+template <int THREADS>
+__device__ void run(const float* __restrict__ all_logits, const float* __restrict__ all_params, int* counts,
+                    int* ids, int* info, int vocab, int have_counts) {
+  __shared__ Shared<THREADS> s;
+  const int row = blockIdx.x;
+  const float* logits = all_logits + (size_t)row * vocab;
+  const Row r = load_row(all_params + (size_t)row * PARAMS, have_counts != 0);
+  int* slot_counts = have_counts ? counts + (size_t)r.slot * vocab : nullptr;
+  const int tid = threadIdx.x;
+  int pick;
+  int kept = 1;
+  uint32_t k_key = 0, p_key = 0;
+
+  if (!(r.temperature > 0.0f)) {  // greedy: argmax with the lowest id on ties, NaN above everything (numpy)
+    uint64_t best = 0;
+    for_each<THREADS>(logits, slot_counts, vocab, r, [&](int i, float l) {
+      const uint32_t key = (l != l) ? 0xffffffffu : float_key(l);
+      const uint64_t v = ((uint64_t)key << 32) | (uint32_t)(0xffffffffu - (uint32_t)i);
+      best = v > best ? v : best;
+    });
+    best = block_max_u64<THREADS>(best, s);
+    pick = (int)(0xffffffffu - (uint32_t)best);
+  } else {
+    const float t = r.temperature;
+    const bool top_k = r.top_k > 0 && r.top_k < vocab;
+    // pass 1: the max of x, and the top-k histogram of its first digit
+    if (top_k) clear_hist<THREADS, BINS>(s);
+    float m = -INFINITY;
+    for_each<THREADS>(logits, slot_counts, vocab, r, [&](int, float l) {
+      const float x = __fdiv_rn(l, t);
+      m = fmaxf(m, x);
+      if (top_k) atomicAdd(&s.count[float_key(x) >> 21], 1u);
+    });
+    m = block_max<THREADS>(m, s);
+
+    // top-k: the key K of the k-th largest x, or the floor of a bin holding exactly the rest of the k
+    uint32_t k_floor = 0;
+    if (top_k) {
+      uint32_t prefix = 0, above = 0;
+      for (int level = 0;; ++level) {
+        const int shift = level_shift(level);
+        if (level > 0) {
+          clear_hist<THREADS, BINS>(s);
+          const int up = level_shift(level - 1);
+          const uint32_t mask = level_bins(level) - 1;
+          for_each<THREADS>(logits, slot_counts, vocab, r, [&](int, float l) {
+            const uint32_t key = float_key(__fdiv_rn(l, t));
+            if ((key >> up) == prefix) atomicAdd(&s.count[(key >> shift) & mask], 1u);
+          });
+        }
+        __syncthreads();
+        if (level == 2) find_bin<THREADS, 1024, uint32_t>(s.count, above, (uint32_t)r.top_k, s);
+        else find_bin<THREADS, BINS, uint32_t>(s.count, above, (uint32_t)r.top_k, s);
+        prefix = (prefix << (level == 2 ? 10 : 11)) | (uint32_t)s.found_bin;
+        const uint32_t before = (uint32_t)s.found_before;
+        if (level == 2 || before + s.found_count == (uint32_t)r.top_k) {
+          k_floor = prefix << shift;
+          break;
+        }
+        above = before;
+      }
+      k_key = k_floor;
+    }
+
+    // top-p: the cut key C on w among the top-k survivors; ties at C kept in id order up to `last_tie`
+    const bool top_p = r.top_p < 1.0f;
+    uint32_t p_floor = 0, tie_key = 0;
+    int last_tie = 0x7fffffff;
+    if (top_p) {
+      uint32_t prefix = 0;
+      float above = 0.0f, need = 0.0f;
+      for (int level = 0;; ++level) {
+        const int shift = level_shift(level);
+        const int up = level > 0 ? level_shift(level - 1) : 0;
+        const uint32_t mask = level_bins(level) - 1;
+        clear_hist<THREADS, BINS>(s);
+        for_each<THREADS>(logits, slot_counts, vocab, r, [&](int, float l) {
+          const float x = __fdiv_rn(l, t);
+          if (top_k && float_key(x) < k_floor) return;
+          const float w = __expf(x - m);
+          const uint32_t key = float_key(w);
+          if (level == 0 || (key >> up) == prefix) {
+            const uint32_t bin = (key >> shift) & mask;
+            atomicAdd(&s.count[bin], 1u);
+            atomicAdd(&s.mass[bin], w);
+          }
+        });
+        __syncthreads();
+        if (level == 0) {
+          float mine = 0.0f;
+          for (int j = tid; j < BINS; j += THREADS) mine += s.mass[j];
+          for (int o = 16; o; o >>= 1) mine += __shfl_xor_sync(0xffffffffu, mine, o);
+          if ((tid & 31) == 0) s.redf[tid >> 5] = mine;
+          __syncthreads();
+          float total = 0.0f;
+          for (int w = 0; w < THREADS / 32; ++w) total += s.redf[w];
+          need = r.top_p * total * (1.0f - 1e-6f);
+        }
+        if (level == 2) find_bin<THREADS, 1024, float>(s.mass, above, need, s);
+        else find_bin<THREADS, BINS, float>(s.mass, above, need, s);
+        prefix = (prefix << (level == 2 ? 10 : 11)) | (uint32_t)s.found_bin;
+        if (s.found_count == 1 || level == 2) {
+          p_floor = prefix << shift;
+          if (level == 2 && s.found_count > 1) {  // several tokens of this exact w: keep the first `ties` by id
+            const float c = key_float(prefix);
+            const float room = fminf((need - s.found_before) / c, 1e9f);
+            const int ties = max(1, min((int)s.found_count, (int)ceilf(room)));
+            if (ties < (int)s.found_count) {
+              tie_key = prefix;
+              int seen = 0;  // scan in id order, a tile of THREADS tokens at a time (rare path: scalar loads)
+              for (int base = 0; base < vocab; base += THREADS) {
+                const int i = base + tid;
+                bool eq = false;
+                if (i < vocab) {
+                  const float l = logits[i];
+                  const float x = __fdiv_rn(r.penalize ? penalize(l, slot_counts[i], r) : l, t);
+                  eq = !(top_k && float_key(x) < k_floor) && float_key(__expf(x - m)) == prefix;
+                }
+                const int before = block_exclusive_scan<THREADS, int>(eq ? 1 : 0, (int*)s.redu);
+                if (eq && seen + before + 1 == ties) s.found_bin = i;
+                seen += (int)block_sum_u32<THREADS>(eq ? 1u : 0u, s);
+                if (seen >= ties) break;
+              }
+              __syncthreads();
+              last_tie = s.found_bin;
+            }
+          }
+          break;
+        }
+        above = s.found_before;
+      }
+      p_key = p_floor;
+    }
+
+    // the draw: Gumbel-max over the kept tokens
+    const bool need_w = top_p || r.min_p > 0.0f;
+    const float min_p = r.min_p;
+    uint64_t best = 0;
+    uint32_t n_kept = 0;
+    for_each<THREADS>(logits, slot_counts, vocab, r, [&](int i, float l) {
+      const float x = __fdiv_rn(l, t);
+      if (top_k && float_key(x) < k_floor) return;
+      if (need_w) {
+        const float w = __expf(x - m);
+        const uint32_t key = float_key(w);
+        if (top_p && (key < p_floor || (key == tie_key && i > last_tie))) return;
+        if (w < min_p) return;
+      }
+      ++n_kept;
+      const float score = (x - m) + gumbel(r.noise, i);
+      const uint64_t v = ((uint64_t)float_key(score) << 32) | (uint32_t)(0xffffffffu - (uint32_t)i);
+      best = v > best ? v : best;
+    });
+    best = block_max_u64<THREADS>(best, s);
+    kept = (int)block_sum_u32<THREADS>(n_kept, s);
+    pick = (int)(0xffffffffu - (uint32_t)best);
+  }
+  if (tid == 0) {
+    ids[row] = pick;
+    if (info != nullptr) {
+      info[row * INFO + KEPT] = kept;
+      info[row * INFO + TOP_K_KEY] = (int)k_key;
+      info[row * INFO + TOP_P_KEY] = (int)p_key;
+    }
+    if (slot_counts != nullptr && (r.flags & UPDATE_COUNTS) && pick >= 0 && pick < vocab) slot_counts[pick] += 1;
+  }
+}
+
+// Clear slot `*slot` of the penalty table and flag the n prompt tokens (one block).
+template <int THREADS>
+__device__ void reset(int* counts, const int* prompt, const int* slot, int n, int vocab) {
+  int* row = counts + (size_t)(*slot) * vocab;
+  for (int i = threadIdx.x; i < vocab; i += THREADS) row[i] = 0;
+  __syncthreads();
+  for (int j = threadIdx.x; j < n; j += THREADS) {
+    const int id = prompt[j];
+    if (id >= 0 && id < vocab) row[id] = PROMPT_FLAG;
+  }
+}
+
+}  // namespace sample
+}  // namespace ember
+#endif  // EMBER_SAMPLE_CUH
