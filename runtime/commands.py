@@ -106,12 +106,25 @@ def sampling_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def penalty_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--min-p and the penalties (`run`)."""
+    command = click.option("--frequency-penalty", default=0.0, show_default=True, type=float,
+                           help="OpenAI's: logit -= penalty * count in the output.")(command)
+    command = click.option("--presence-penalty", default=0.0, show_default=True, type=float,
+                           help="OpenAI's: logit -= penalty if in the output.")(command)
+    command = click.option("--repetition-penalty", default=1.0, show_default=True, type=float,
+                           help="transformers': over prompt and output tokens; 1 = off.")(command)
+    command = click.option("--min-p", default=0.0, show_default=True, type=float, help="0 = off.")(command)
+    return command
+
+
 @click.command("run")
 @click.argument("artifact", type=click.Path(file_okay=False))
 @click.option("--prompt", "-p", default=None, help="Prompt text (tokenized with the artifact's tokenizer).")
 @click.option("--prompt-ids", default=None, help="Prompt as token ids ('1,2,3'), instead of --prompt.")
 @click.option("--max-tokens", "-n", default=128, show_default=True, type=int, help="Most tokens to generate.")
 @sampling_options
+@penalty_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (token ids, text, timings).")
 @click.option("--verbose", is_flag=True, help="Tracebacks on errors; load details.")
 @one_line_errors
@@ -124,6 +137,10 @@ def run(
     top_k: int,
     top_p: float,
     seed: int | None,
+    min_p: float,
+    repetition_penalty: float,
+    presence_penalty: float,
+    frequency_penalty: float,
     device: str,
     check: bool,
     as_json: bool,
@@ -135,19 +152,13 @@ def run(
     if (prompt is None) == (prompt_ids is None):
         raise InputError("give exactly one of --prompt and --prompt-ids")
     ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
+                    repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                    frequency_penalty=frequency_penalty)
     _check_before_load(artifact, device, ids, max_tokens, **sampling)
     engine = _load(artifact, device, verbose, check)
     stream = None if as_json or engine.tokenizer is None else _stream_to_stdout
-    result = engine.generate(
-        prompt if prompt is not None else ids,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        stream=stream,
-    )
+    result = engine.generate(prompt if prompt is not None else ids, max_tokens=max_tokens, stream=stream, **sampling)
     if as_json:
         click.echo(json.dumps({"artifact": engine.manifest.name, "device": device, **result.to_dict()}))
         return

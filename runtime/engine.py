@@ -103,8 +103,14 @@ class Engine:
         top_p: float = 1.0,
         seed: int | None = None,
         stream: Callable[[str], None] | None = None,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
     ) -> GenerationResult:
-        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
+                                  repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                                  frequency_penalty=frequency_penalty)
         check_max_tokens(max_tokens)
         if stream is not None and not callable(stream):
             raise InputError.about(f"{{stream}} must be a function taking a str, got {type(stream).__name__}")

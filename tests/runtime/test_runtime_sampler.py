@@ -178,3 +178,124 @@ def test_a_sampler_allocates_nothing_vocabulary_sized_in_float64():
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < 4 * vocab, (params, peak)  # boolean masks only: less than one float32 copy
+
+
+# -- min-p and penalties ------------------------------------------------------------------------------------------
+def brute_force_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                      repetition: float = 1.0, presence: float = 0.0, frequency: float = 0.0,
+                      prompt=(), generated=()) -> np.ndarray:
+    """The definition, written out in float64 with a full sort: penalties, temperature, top-k, top-p, min-p."""
+    x = logits.astype(np.float64).copy()
+    seen = sorted(set(prompt) | set(generated))
+    if repetition != 1.0:
+        x[seen] = np.where(x[seen] < 0, x[seen] * repetition, x[seen] / repetition)
+    counts = np.bincount(np.asarray(generated, dtype=np.int64), minlength=x.size)
+    x -= presence * (counts > 0) + frequency * counts
+    x /= temperature
+    keep = np.ones(x.size, bool)
+    if 0 < top_k < x.size:
+        keep &= x >= np.sort(x)[::-1][top_k - 1]
+    w = np.where(keep, np.exp(x - x.max()), 0.0)
+    if top_p < 1.0:
+        order = np.argsort(-w, kind="stable")
+        before = np.cumsum(w[order]) - w[order]
+        nucleus_ = np.zeros(x.size, bool)
+        nucleus_[order[before < top_p * w.sum() * (1 - 1e-6)]] = True
+        w = np.where(nucleus_, w, 0.0)
+    if min_p > 0.0:
+        w = np.where(w >= min_p * w.max(), w, 0.0)
+    return w / w.sum()
+
+
+@pytest.mark.parametrize("case", range(24))
+def test_min_p_and_penalties_match_the_definition(case):
+    rng = np.random.default_rng(100 + case)
+    vocab = int(rng.integers(50, 3000))
+    logits = (rng.standard_normal(vocab) * rng.uniform(0.5, 3)).astype(np.float32)
+    prompt = rng.integers(0, vocab, int(rng.integers(0, 30))).tolist()
+    generated = rng.integers(0, vocab, int(rng.integers(0, 30))).tolist()
+    kwargs = dict(temperature=float(rng.uniform(0.3, 1.5)), top_k=int(rng.choice([0, 5, 40])),
+                  top_p=float(rng.choice([1.0, 0.9, 0.5])), min_p=float(rng.choice([0.0, 0.05, 0.2])))
+    penalties = dict(repetition_penalty=float(rng.choice([1.0, 1.3, 0.8])),
+                     presence_penalty=float(rng.choice([0.0, 0.5, -0.3])),
+                     frequency_penalty=float(rng.choice([0.0, 0.4])))
+    got = logits_to_probs(logits, SamplingParams(**kwargs, **penalties), prompt=prompt, generated=generated)
+    want = brute_force_probs(logits, kwargs["temperature"], kwargs["top_k"], kwargs["top_p"], kwargs["min_p"],
+                             penalties["repetition_penalty"], penalties["presence_penalty"],
+                             penalties["frequency_penalty"], prompt, generated)
+    np.testing.assert_array_equal(np.flatnonzero(got), np.flatnonzero(want))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-8)
+
+
+def test_min_p_keeps_tokens_at_least_min_p_of_the_max():
+    probs = logits_to_probs(LOGITS, SamplingParams(temperature=1.0, min_p=0.5))  # 0.4 max: keep p >= 0.2
+    np.testing.assert_allclose(probs, [0, 0.4 / 0.9, 0.2 / 0.9, 0.3 / 0.9], rtol=F32)
+    probs = logits_to_probs(LOGITS, SamplingParams(temperature=1.0, top_p=0.75, min_p=0.6))  # after top-p: 0.24 cut
+    np.testing.assert_allclose(probs, [0, 0.4 / 0.7, 0, 0.3 / 0.7], rtol=F32)
+
+
+def test_min_p_matches_transformers():
+    import torch
+    from transformers.generation.logits_process import MinPLogitsWarper, TemperatureLogitsWarper, TopPLogitsWarper
+
+    logits = (np.random.default_rng(8).standard_normal(4096) * 2.5).astype(np.float32)
+    scores = TemperatureLogitsWarper(0.8)(None, torch.tensor(logits)[None])
+    scores = MinPLogitsWarper(0.05)(None, TopPLogitsWarper(0.95)(None, scores))
+    want = torch.softmax(scores, dim=-1)[0].numpy()
+    got = logits_to_probs(logits, SamplingParams(temperature=0.8, top_p=0.95, min_p=0.05))
+    np.testing.assert_array_equal(np.flatnonzero(got), np.flatnonzero(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+
+
+def test_repetition_penalty_matches_transformers_and_greedy_sees_it():
+    import torch
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    logits = (np.random.default_rng(9).standard_normal(500) * 2).astype(np.float32)
+    history = [3, 3, 10, int(np.argmax(logits)), 499]
+    want = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([history]), torch.tensor(logits)[None])[0].numpy()
+    sampler = Sampler(SamplingParams(repetition_penalty=1.7), prompt=history[:3])
+    for t in history[3:]:
+        sampler.record(t)
+    np.testing.assert_array_equal(sampler.penalize(logits), want)
+    assert sampler(logits) == int(np.argmax(want))
+
+
+def test_presence_and_frequency_count_generated_tokens_only():
+    sampler = Sampler(SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), prompt=[0, 1])
+    logits = np.zeros(4, np.float32)
+    np.testing.assert_array_equal(sampler.penalize(logits), logits)  # the prompt does not count
+    for t in (2, 2, 3):
+        sampler.record(t)
+    np.testing.assert_array_equal(sampler.penalize(logits), [0, 0, -1.0, -0.75])
+    sampler = Sampler(SamplingParams(frequency_penalty=10.0, seed=0))
+    first = sampler(np.array([1.0, 0.9], np.float32))
+    assert first == 0 and sampler(np.array([1.0, 0.9], np.float32)) == 1  # the drawn token counts itself
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"min_p": -0.1}, r"min_p must be in \[0, 1\]"),
+        ({"min_p": 1.5}, r"min_p must be in \[0, 1\]"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty must be a finite number > 0"),
+        ({"presence_penalty": float("nan")}, "presence_penalty must be a finite number"),
+        ({"frequency_penalty": "1"}, "frequency_penalty must be a finite number"),
+    ],
+)
+def test_bad_new_sampling_arguments(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_device_params_row_layout():
+    from ember.runtime.sampler import DEVICE_PARAM_FIELDS, device_params
+
+    row = device_params(SamplingParams(temperature=0.5, top_k=7, top_p=0.9, min_p=0.1, repetition_penalty=1.2,
+                                       presence_penalty=0.3, frequency_penalty=0.4), seed=(5 << 32) | 9, slot=3, step=2)
+    ints = row.view(np.int32)
+    f = {n: i for i, n in enumerate(DEVICE_PARAM_FIELDS)}
+    assert row[f["temperature"]] == np.float32(0.5) and row[f["top_p"]] == np.float32(0.9)
+    assert row[f["repetition_penalty"]] == np.float32(1.2) and row[f["frequency_penalty"]] == np.float32(0.4)
+    assert [ints[f[k]] for k in ("top_k", "seed_lo", "seed_hi", "step", "slot", "flags")] == [7, 9, 5, 2, 3, 1]

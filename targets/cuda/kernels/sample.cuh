@@ -38,8 +38,9 @@ constexpr int COUNT_MASK = PROMPT_FLAG - 1;
 constexpr int UPDATE_COUNTS = 1;
 constexpr int BINS = 2048;
 
-__device__ __forceinline__ uint32_t float_key(float f) {  // larger float -> larger key
-  const uint32_t b = __float_as_uint(f);
+__device__ __forceinline__ uint32_t float_key(float f) {  // larger float -> larger key; -0 and +0 one key
+  uint32_t b = __float_as_uint(f);
+  b = b == 0x80000000u ? 0u : b;  // -0 == +0 as numpy compares them (ties at a cut, argmax's first of equals)
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 __device__ __forceinline__ float key_float(uint32_t k) {
