@@ -49,10 +49,12 @@ class CudaTarget(Target):
         return cuda_target(self.archs)
 
     def lowerings(self) -> Mapping[str, Any]:
-        """decode1's quantized linear layers on ember's GEMV (native_gemv.py); EMBER_CUDA_GEMV=0 keeps dlight's."""
-        from . import native_gemv
+        """decode1's quantized linear layers on ember's GEMV (native_gemv.py), the batched decode's on its low-batch
+        GEMM (native_lowbatch.py); EMBER_CUDA_GEMV=0 keeps dlight's for both, EMBER_CUDA_LOWBATCH=0 for the latter."""
+        from . import native_gemv, native_lowbatch
 
-        return native_gemv.LOWERINGS if native_gemv.enabled() else {}
+        table = dict(native_gemv.LOWERINGS) if native_gemv.enabled() else {}
+        return native_lowbatch.merged(table) if native_lowbatch.enabled() else table
 
     def build(self, relax_mod: tvm.IRModule, library: Path, stage: Progress, options: BuildOptions) -> TargetInfo:
         from ...runtime.artifact import TargetInfo
