@@ -40,6 +40,7 @@ class LowBatchConfig:
     tiles: int = 4  # 8-row n-tiles per block (one x fragment serves them all)
     chunks: int = 1  # 16-row batch chunks accumulated per pass over the weights
     depth: int = 2  # k-tiles of weight loads in flight per lane
+    async_x: int = 0  # 1: x through a per-lane cp.async shared-memory ring, issued with the weight loads
 
     @property
     def threads(self) -> int:
@@ -48,8 +49,10 @@ class LowBatchConfig:
     def blocks(self, rows: int) -> int:
         return -(-rows // (8 * self.tiles))
 
-    def shared_bytes(self) -> int:
-        return 4 * self.warps * self.chunks * self.tiles * 4 * 32 if self.warps > 1 else 4
+    def shared_bytes(self, code: int = Q4) -> int:
+        red = 4 * self.warps * self.chunks * self.tiles * 4 * 32 if self.warps > 1 else 4
+        x_copies = self.chunks * 2 * (4 if code != Q8 else 2)  # 16-byte x copies per lane and k-tile
+        return red + (16 * self.warps * self.depth * x_copies * 32 if self.async_x else 16)
 
 
 def scheme_code(fmt: QuantFormat, cols: int) -> int | None:
@@ -69,7 +72,7 @@ def choose_config(code: int, rows: int, cols: int) -> LowBatchConfig:
 
 
 def kernel_name(code: int, rows: int, cols: int, group: int, bias: int, cfg: LowBatchConfig) -> str:
-    args = [code, rows, cols, group, cfg.warps, cfg.tiles, cfg.chunks, cfg.depth, bias]
+    args = [code, rows, cols, group, cfg.warps, cfg.tiles, cfg.chunks, cfg.depth, cfg.async_x, bias]
     return f"ember::lowbatch::run<{', '.join(str(a) for a in args)}>"
 
 
@@ -156,7 +159,7 @@ def plan(it: Any, node: Any, args: list, config: LowBatchConfig | None = None) -
         return None
     rows = int(args[1].shape[0])
     cfg = config or choose_config(code, rows, cols)
-    if cfg.shared_bytes() > SHARED_LIMIT:
+    if cfg.shared_bytes(code) > SHARED_LIMIT:
         return None
     return (code, rows, cols, fmt.group_size, bias), cfg
 

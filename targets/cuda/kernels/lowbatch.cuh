@@ -51,6 +51,17 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {  // weights: read
   return v;
 }
 
+// x through a per-lane shared-memory ring (XA=1): 16-byte cp.async copies issued D k-tiles ahead with the weight
+// loads (zero-filled past b or K); each lane reads back only what it copied, so waiting on its own groups suffices.
+__device__ __forceinline__ void copy_x_async(void* smem, const void* global, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(global), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int PENDING>
+__device__ __forceinline__ void copy_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory"); }
+
 template <uint32_t MASK>
 __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t magic) {  // (a & MASK) | magic, one LOP3
   uint32_t r;
@@ -59,7 +70,7 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t magic) {  // (a 
 }
 
 __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
+  asm(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -127,7 +138,7 @@ __device__ __forceinline__ uint4 load_x(const __half* x, int r, int b, int k, bo
                     h[6] | (uint32_t(h[7]) << 16));
 }
 
-template <int SCHEME, int N, int K, int G, int WARPS, int NT, int CH, int D, int BIAS>
+template <int SCHEME, int N, int K, int G, int WARPS, int NT, int CH, int D, int XA, int BIAS>
 __device__ __forceinline__ void run(int b, const void* x_ptr, const void* w_ptr, const void* s_ptr,
                                     const void* m_ptr, const void* bias_ptr, void* y_ptr) {
   using T = Tile<SCHEME>;
@@ -162,6 +173,11 @@ __device__ __forceinline__ void run(int b, const void* x_ptr, const void* w_ptr,
   const __half* xh = reinterpret_cast<const __half*>(x_ptr);
   const bool aligned = (reinterpret_cast<uintptr_t>(x_ptr) & 15) == 0;
   __shared__ float red[WARPS > 1 ? WARPS * ACC * 32 : 1];
+  constexpr int XSLOT = CH * 2 * T::kXChunks;  // 16-byte x copies per lane and k-tile
+  __shared__ uint4 xring[XA ? WARPS * D * XSLOT * 32 : 1];
+  uint4* xr = xring + warp * D * XSLOT * 32 + lane;  // XA: copy (d, i) at xr[(d * XSLOT + i) * 32]
+  // XA needs 16-byte aligned rows (else the direct loads, which handle any alignment)
+  const bool use_xa = XA && aligned;
 
   const int chunks = (b + 15) / 16;
   for (int c0 = 0; c0 < chunks; c0 += CH) {
@@ -192,6 +208,24 @@ __device__ __forceinline__ void run(int b, const void* x_ptr, const void* w_ptr,
           mr[d][j] = __float2half(0.0f);
         }
       }
+      if (XA && use_xa) {
+        const int k0 = tile * T::kK + t * T::kLane;
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = (c0 + c) * 16 + g + 8 * h;
+#pragma unroll
+            for (int q = 0; q < T::kXChunks; ++q) {
+              const int k = k0 + 8 * q;
+              const bool valid = r < b && k < K;  // else zero-filled
+              const __half* p = valid ? xh + static_cast<size_t>(r) * K + k : xh;
+              if (ok) copy_x_async(xr + (d * XSLOT + (c * 2 + h) * T::kXChunks + q) * 32, p, valid);
+            }
+          }
+        }
+        copy_commit();  // one group per tile, empty or not, so that wait_group counts tiles
+      }
     };
 #pragma unroll
     for (int d = 0; d < D; ++d) load_tile(d, d);
@@ -207,6 +241,7 @@ __device__ __forceinline__ void run(int b, const void* x_ptr, const void* w_ptr,
             const int k0 = tile * T::kK + t * T::kLane;  // this lane's physical k
             // A fragments of every chunk: x rows g and g + 8 at k0 .. k0 + kLane
             uint32_t xa[CH][2][T::kXChunks * 4];
+            if (XA && use_xa) copy_wait<D - 1>();  // this tile's group is done (D - 1 younger ones may be pending)
 #pragma unroll
             for (int c = 0; c < CH; ++c) {
               const int r0 = (c0 + c) * 16 + g;
@@ -214,7 +249,8 @@ __device__ __forceinline__ void run(int b, const void* x_ptr, const void* w_ptr,
               for (int h = 0; h < 2; ++h) {
 #pragma unroll
                 for (int q = 0; q < T::kXChunks; ++q) {
-                  uint4 v = load_x<K>(xh, r0 + 8 * h, b, k0 + 8 * q, aligned);
+                  uint4 v = XA && use_xa ? xr[(d * XSLOT + (c * 2 + h) * T::kXChunks + q) * 32]
+                                         : load_x<K>(xh, r0 + 8 * h, b, k0 + 8 * q, aligned);
                   if (SCHEME != Q8) v = pair_order(v);
                   xa[c][h][4 * q] = v.x;
                   xa[c][h][4 * q + 1] = v.y;
