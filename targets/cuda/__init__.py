@@ -49,10 +49,14 @@ class CudaTarget(Target):
         return cuda_target(self.archs)
 
     def lowerings(self) -> Mapping[str, Any]:
-        """decode1's quantized linear layers on ember's GEMV (native_gemv.py); EMBER_CUDA_GEMV=0 keeps dlight's."""
-        from . import native_gemv
+        """decode1's quantized linear layers on ember's GEMV (native_gemv.py), the batched decode's on its low-batch
+        GEMM (native_lowbatch.py); EMBER_CUDA_GEMV=0 keeps dlight's for both, EMBER_CUDA_LOWBATCH=0 for the latter.
+        add_rms_norm on one kernel (native_norm.py; EMBER_CUDA_NORM=0 keeps the generic add + norm)."""
+        from . import native_gemv, native_lowbatch, native_norm
 
-        return native_gemv.LOWERINGS if native_gemv.enabled() else {}
+        table = dict(native_gemv.LOWERINGS) if native_gemv.enabled() else {}
+        table = native_lowbatch.merged(table) if native_lowbatch.enabled() else table
+        return {**table, **native_norm.LOWERINGS} if native_norm.enabled() else table
 
     def extend_module(self, relax_mod: tvm.IRModule) -> tvm.IRModule:
         """Adds `sample` and `sample_reset`, sampling on the device (sampling.py)."""

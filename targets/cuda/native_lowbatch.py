@@ -1,0 +1,193 @@
+"""cuda lowering of `quant_linear` in the batched `decode` function onto ember's tensor-core GEMM (kernels/lowbatch.cuh).
+
+The override takes a layer only where that kernel applies: fp16 activations whose leading dims are one symbolic
+batch dim and 1s (the `decode` entry point: x is (batch, 1, K)), in a function that has none of the prefill entry
+point's token-count dims (prefill keeps dlight's tensor-core Matmul; a static decode1 is native_gemv's), a scheme
+whose 16-byte lane loads lie inside one group (32 codes of 4-bit, 16 of 8-bit) with K a multiple of that, and a
+bias (if any) in fp16 or fp32. Everything else returns None: the generic lowering keeps it.
+
+The lowered op is an opaque PrimFunc whose body binds blockIdx.x / threadIdx.x and calls
+`ember::lowbatch::run<...>(b, ...)`; the grid depends only on N, the batch b is a kernel argument (the kernel loops
+over chunks of 16 rows). device_code.py prepends the kernel source to TVM's generated CUDA.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm import te, tirx
+from tvm.relax.frontend.nn import op
+
+from ...ir.ops_quant import QuantFormat
+
+ENV = "EMBER_CUDA_LOWBATCH"  # "0" turns the override off (dlight's kernels for the batched decode, for A/B runs)
+GEMV_ENV = "EMBER_CUDA_GEMV"  # native_gemv's switch: "0" turns this one off too (all stock)
+Q4, Q4_MIN, Q8 = 0, 1, 2  # lowbatch.cuh's Scheme
+NO_BIAS, HALF_BIAS, FLOAT_BIAS = 0, 1, 2  # lowbatch.cuh's Bias
+VALUES_PER_LOAD = {Q4: 32, Q4_MIN: 32, Q8: 16}
+SHARED_LIMIT = 48 * 1024
+OPAQUE = 8  # relax OpPatternKind.kOpaque
+ATTRS = {"op_pattern": OPAQUE, "tirx.is_scheduled": True}
+PREFILL_FUNCTION = "prefill"  # targets/lower.py's entry point that takes a whole prompt
+
+
+@dataclass(frozen=True)
+class LowBatchConfig:
+    warps: int = 8  # warps per block, splitting K
+    tiles: int = 4  # 8-row n-tiles per block (one x fragment serves them all)
+    chunks: int = 1  # 16-row batch chunks accumulated per pass over the weights
+    depth: int = 2  # k-tiles of weight loads in flight per lane
+    async_x: int = 0  # 1: x through a per-lane cp.async shared-memory ring, issued with the weight loads
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps
+
+    def blocks(self, rows: int) -> int:
+        return -(-rows // (8 * self.tiles))
+
+    def shared_bytes(self, code: int = Q4) -> int:
+        red = 4 * self.warps * self.chunks * self.tiles * 4 * 32 if self.warps > 1 else 4
+        x_copies = self.chunks * 2 * (4 if code != Q8 else 2)  # 16-byte x copies per lane and k-tile
+        return red + (16 * self.warps * self.depth * x_copies * 32 if self.async_x else 16)
+
+
+def scheme_code(fmt: QuantFormat, cols: int) -> int | None:
+    """lowbatch.cuh's Scheme for this format, or None where its lane loads do not fit it."""
+    if fmt.bits not in (4, 8):
+        return None
+    code = Q8 if fmt.bits == 8 else (Q4_MIN if fmt.has_min else Q4)
+    values = VALUES_PER_LOAD[code]
+    if fmt.group_size % values or cols % values:
+        return None
+    return code
+
+
+def choose_config(code: int, rows: int, cols: int) -> LowBatchConfig:
+    """Launch shape for one layer (tools/lowbatch_bench.py sweeps the alternatives)."""
+    return LowBatchConfig(8, 4, 1, 2)
+
+
+def kernel_name(code: int, rows: int, cols: int, group: int, bias: int, cfg: LowBatchConfig) -> str:
+    args = [code, rows, cols, group, cfg.warps, cfg.tiles, cfg.chunks, cfg.depth, cfg.async_x, bias]
+    return f"ember::lowbatch::run<{', '.join(str(a) for a in args)}>"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0" and os.environ.get(GEMV_ENV, "1") != "0"
+
+
+def _static(d: Any) -> int | None:
+    if isinstance(d, tirx.IntImm):
+        return int(d.value)
+    return d if isinstance(d, int) else None
+
+
+def batch_dim(shape: list[Any]) -> Any | None:
+    """The one symbolic dim of leading dims that are otherwise 1s, or None."""
+    symbolic = [d for d in shape if _static(d) is None]
+    if len(symbolic) != 1 or math.prod(_static(d) for d in shape if _static(d) is not None) != 1:
+        return None
+    return symbolic[0]
+
+
+def _prefill_dims(it: Any) -> set[str]:
+    module = getattr(it, "module", None)
+    prefill = module.functions.get(PREFILL_FUNCTION) if module is not None else None
+    if prefill is None:
+        return set()
+    return {d for v in prefill.inputs for d in v.type.shape if isinstance(d, str)}
+
+
+def in_prefill(it: Any, batch: Any) -> bool:
+    """The function being interpreted uses a prefill token-count dim, or the batch dim is one."""
+    dims = _prefill_dims(it)
+    name = getattr(batch, "name", None)
+    return bool(dims & set(getattr(it, "symbols", {}) or {})) or name in dims
+
+
+def _bias_code(bias: list[Any]) -> int | None:
+    if not bias:
+        return NO_BIAS
+    return {"float16": HALF_BIAS, "float32": FLOAT_BIAS}.get(bias[0].dtype)
+
+
+def lowbatch_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: LowBatchConfig):
+    """te compute of y[b, 1, rows] = x[b, 1, cols] . W^T (+ bias) through ember::lowbatch::run."""
+    name = kernel_name(code, rows, cols, group, bias, cfg)
+    blocks, threads = cfg.blocks(rows), cfg.threads
+
+    def compute(xt: te.Tensor, *tensors: te.Tensor) -> te.Tensor:
+        lead = list(xt.shape[:-1])
+
+        def body(ins, outs):
+            x, pieces = ins[0], list(ins[1:])
+            bias_buf = pieces.pop() if bias != NO_BIAS else x
+            weight, scales = pieces[0], pieces[1]
+            mins = pieces[2] if len(pieces) > 2 else weight
+            count = math.prod(x.shape[:-1]) if len(x.shape) > 1 else 1
+            bx = tirx.IterVar(tvm.ir.Range(0, blocks), tirx.Var("blockIdx.x", "int32"), tirx.IterVar.ThreadIndex,
+                              "blockIdx.x")
+            tx = tirx.IterVar(tvm.ir.Range(0, threads), tirx.Var("threadIdx.x", "int32"), tirx.IterVar.ThreadIndex,
+                              "threadIdx.x")
+            ptrs = [b.access_ptr("r") for b in (x, weight, scales, mins, bias_buf)] + [outs[0].access_ptr("w")]
+            call = tirx.Evaluate(tirx.call_extern("int32", name, tirx.Cast("int32", count), *ptrs))
+            return tirx.AttrStmt(bx, "thread_extent", blocks, tirx.AttrStmt(tx, "thread_extent", threads, call))
+
+        return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_lowbatch")
+
+    return compute
+
+
+def plan(it: Any, node: Any, args: list, config: LowBatchConfig | None = None) -> tuple[
+        tuple[int, int, int, int, int], LowBatchConfig] | None:
+    """((scheme code, rows, cols, group, bias code), launch config) if the kernel takes this node, else None."""
+    fmt = QuantFormat.from_attrs(node.attrs)
+    x = args[0]
+    cols = int(node.attrs["in_features"])
+    code = scheme_code(fmt, cols)
+    if code is None or x.dtype != "float16":
+        return None
+    batch = batch_dim(list(x.shape[:-1]))
+    if batch is None or in_prefill(it, batch):
+        return None
+    bias = _bias_code(list(args[1 + fmt.num_pieces:]))
+    if bias is None:
+        return None
+    rows = int(args[1].shape[0])
+    cfg = config or choose_config(code, rows, cols)
+    if cfg.shared_bytes(code) > SHARED_LIMIT:
+        return None
+    return (code, rows, cols, fmt.group_size, bias), cfg
+
+
+def lower_quant_linear(it: Any, node: Any, args: list, config: LowBatchConfig | None = None) -> Any:
+    planned = plan(it, node, args, config)
+    if planned is None:
+        return None
+    (code, rows, cols, group, bias), cfg = planned
+    compute = lowbatch_compute(code, rows, cols, group, bias, cfg)
+    return op.tensor_expr_op(compute, f"{node.attrs['scheme']}_lowbatch", list(args), attrs=ATTRS)
+
+
+LOWERINGS = {"quant_linear": lower_quant_linear}
+
+
+def merged(table: dict[str, Any]) -> dict[str, Any]:
+    """`table` (op -> lowering) with this module's lowerings tried after any that is already there for an op."""
+    out = dict(table)
+    for name, lowering in LOWERINGS.items():
+        first = out.get(name)
+        if first is None:
+            out[name] = lowering
+            continue
+
+        def chained(it: Any, node: Any, args: list, first=first, second=lowering) -> Any:
+            result = first(it, node, args)
+            return result if result is not None else second(it, node, args)
+
+        out[name] = chained
+    return out
