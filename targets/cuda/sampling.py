@@ -10,22 +10,44 @@ Both write into tensors the caller made (call_tir_inplace), so a decode loop tha
 The params row layout (`Param` in sample.cuh) is runtime/sampler.py's DEVICE_PARAM_FIELDS (device_params()).
 The kernels are opaque PrimFuncs whose body binds blockIdx.x / threadIdx.x and call_extern's the templates, as
 native_gemv.py does; device_code.py prepends sample.cuh to the generated CUDA.
+
+Two kernels compute the same thing: "split" (the default) cuts each row into slices, one block each (32 blocks
+per row up to 8 rows, 16 above), for up to GROUPS rows at once (`run_split`); "row" is one block of 1024 threads per
+row (`run`, the first version, kept as a fallback: `add_sampler(mod, variant="row")`, or EMBER_DEVICE_SAMPLER=row
+when compiling).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ...runtime.sampler import DEVICE_INFO_FIELDS, DEVICE_PARAMS
 
-THREADS = 1024  # one block per row
+THREADS = 1024  # the row kernel: one block per row
+# The split kernel: GROUPS rows at once at most; SPLIT blocks of SPLIT_THREADS per row up to SMALL_BATCH rows, else
+# SPLIT_LARGE: at most 256 blocks, resident at once on an H200 (2 blocks per SM at its 116 registers per thread)
+SPLIT_THREADS, GROUPS, SPLIT, SPLIT_LARGE, SMALL_BATCH = 256, 16, 32, 16, 8
+VARIANTS = ("split", "row")
 PARAMS = DEVICE_PARAMS  # the row layout is runtime/sampler.py's DEVICE_PARAM_FIELDS
 INFO = len(DEVICE_INFO_FIELDS)
 SAMPLE_FUNCTION, RESET_FUNCTION = "sample", "sample_reset"
 FUNCTIONS = (SAMPLE_FUNCTION, RESET_FUNCTION)
 
 
-def sample_kernel() -> Any:
+def default_variant() -> str:
+    variant = os.environ.get("EMBER_DEVICE_SAMPLER", "split")
+    if variant not in VARIANTS:
+        raise ValueError(f"EMBER_DEVICE_SAMPLER must be one of {VARIANTS}, got {variant!r}")
+    return variant
+
+
+def sample_kernel(variant: str = "split") -> Any:
     from tvm.script import tirx as T
+
+    if variant == "split":
+        return _split_kernel()
+    if variant != "row":
+        raise ValueError(f"unknown sampler variant {variant!r} (one of {VARIANTS})")
 
     @T.prim_func(private=True)
     def kernel(var_logits: T.handle, var_params: T.handle, var_counts: T.handle, var_ids: T.handle,
@@ -42,6 +64,29 @@ def sample_kernel() -> Any:
         T.evaluate(T.call_extern("int32", f"ember::sample::run<{THREADS}>", logits.access_ptr("r"),
                                  params.access_ptr("r"), counts.access_ptr("rw"), ids.access_ptr("w"),
                                  info.access_ptr("w"), T.Cast("int32", v), 1))
+
+    return kernel
+
+
+def _split_kernel() -> Any:
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True)
+    def kernel(var_logits: T.handle, var_params: T.handle, var_counts: T.handle, var_ids: T.handle,
+               var_info: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True, "tirx.noalias": True})
+        b, v, slots = T.int64(), T.int64(), T.int64()
+        logits = T.match_buffer(var_logits, (b, 1, v), "float32")
+        params = T.match_buffer(var_params, (b, PARAMS), "float32")
+        counts = T.match_buffer(var_counts, (slots, v), "int32")
+        ids = T.match_buffer(var_ids, (b,), "int32")
+        info = T.match_buffer(var_info, (b, INFO), "int32")
+        bx = T.launch_thread("blockIdx.x", T.min(b, T.int64(GROUPS)) * T.if_then_else(
+            b <= T.int64(SMALL_BATCH), T.int64(SPLIT), T.int64(SPLIT_LARGE)))
+        tx = T.launch_thread("threadIdx.x", SPLIT_THREADS)
+        T.evaluate(T.call_extern("int32", f"ember::sample::run_split<{SPLIT_THREADS}>", logits.access_ptr("r"),
+                                 params.access_ptr("r"), counts.access_ptr("rw"), ids.access_ptr("w"),
+                                 info.access_ptr("w"), T.Cast("int32", v), 1, T.Cast("int32", b)))
 
     return kernel
 
@@ -65,8 +110,10 @@ def reset_kernel() -> Any:
     return kernel
 
 
-def add_sampler(mod: Any) -> Any:
-    """`mod` with the Relax functions `sample` and `sample_reset` (and their kernels) added."""
+def add_sampler(mod: Any, variant: str | None = None, name: str = SAMPLE_FUNCTION, reset: bool = True) -> Any:
+    """`mod` with the Relax functions `sample` (or `name`) and `sample_reset` (unless not `reset`) and their kernels
+    added; `variant` picks the sample kernel (default: default_variant())."""
+    variant = variant or default_variant()
     from tvm import relax, tirx
     from tvm.relax.type import TensorType
 
@@ -79,12 +126,14 @@ def add_sampler(mod: Any) -> Any:
     logits, params = tensor("logits", [b, 1, v], "float32"), tensor("params", [b, PARAMS], "float32")
     counts, ids, info = tensor("counts", [slots, v], "int32"), tensor("ids", [b], "int32"), tensor(
         "info", [b, INFO], "int32")
-    with bb.function(SAMPLE_FUNCTION, [logits, params, counts, ids, info], private=False):
-        kernel = bb.add_func(sample_kernel(), "ember_sample")
+    with bb.function(name, [logits, params, counts, ids, info], private=False):
+        kernel = bb.add_func(sample_kernel(variant), f"ember_{name}")
         out = bb.emit(relax.call_tir_inplace(kernel, [logits, params, counts, ids, info], [3, 4],
                                              [ids.ty, info.ty]))
         bb.emit_func_output(out)
 
+    if not reset:
+        return bb.get()
     counts, prompt, slot = tensor("counts", [slots, v], "int32"), tensor("prompt", [n], "int32"), tensor(
         "slot", [1], "int32")
     with bb.function(RESET_FUNCTION, [counts, prompt, slot], private=False):
@@ -94,4 +143,5 @@ def add_sampler(mod: Any) -> Any:
     return bb.get()
 
 
-__all__ = ["FUNCTIONS", "INFO", "PARAMS", "RESET_FUNCTION", "SAMPLE_FUNCTION", "THREADS", "add_sampler"]
+__all__ = ["FUNCTIONS", "GROUPS", "INFO", "PARAMS", "RESET_FUNCTION", "SAMPLE_FUNCTION", "SPLIT", "THREADS", "VARIANTS",
+           "add_sampler", "default_variant"]

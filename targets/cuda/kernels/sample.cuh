@@ -154,8 +154,8 @@ struct Shared {
   uint32_t found_count;
 };
 
-template <int THREADS>
-__device__ __forceinline__ uint64_t block_max_u64(uint64_t v, Shared<THREADS>& s) {
+template <int THREADS, typename S>
+__device__ __forceinline__ uint64_t block_max_u64(uint64_t v, S& s) {
   for (int o = 16; o; o >>= 1) {
     const uint64_t other = __shfl_xor_sync(0xffffffffu, v, o);
     v = other > v ? other : v;
@@ -168,8 +168,8 @@ __device__ __forceinline__ uint64_t block_max_u64(uint64_t v, Shared<THREADS>& s
   return v;
 }
 
-template <int THREADS>
-__device__ __forceinline__ float block_max(float v, Shared<THREADS>& s) {
+template <int THREADS, typename S>
+__device__ __forceinline__ float block_max(float v, S& s) {
   for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   __syncthreads();
   if ((threadIdx.x & 31) == 0) s.redf[threadIdx.x >> 5] = v;
@@ -179,8 +179,8 @@ __device__ __forceinline__ float block_max(float v, Shared<THREADS>& s) {
   return v;
 }
 
-template <int THREADS>
-__device__ __forceinline__ uint32_t block_sum_u32(uint32_t v, Shared<THREADS>& s) {
+template <int THREADS, typename S>
+__device__ __forceinline__ uint32_t block_sum_u32(uint32_t v, S& s) {
   for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   __syncthreads();
   if ((threadIdx.x & 31) == 0) s.redu[threadIdx.x >> 5] = v;
@@ -428,6 +428,403 @@ __device__ void run(const float* __restrict__ all_logits, const float* __restric
       info[row * INFO + TOP_P_KEY] = (int)p_key;
     }
     if (slot_counts != nullptr && (r.flags & UPDATE_COUNTS) && pick >= 0 && pick < vocab) slot_counts[pick] += 1;
+  }
+}
+
+// -- the split kernel: SPLIT blocks per row ---------------------------------------------------------------------
+// The same select and draw as run(), with a row's vocabulary cut into `split` contiguous slices, one block each, so
+// that every pass over the row runs on `split` SMs. groups = min(batch, GROUPS) groups of `split` consecutive blocks
+// (split = gridDim.x / groups <= MAX_SPLIT, chosen by the launch: targets/cuda/sampling.py); a group takes the rows
+// group, group + groups, ... Between passes the blocks of a group meet at a barrier in global memory; the launch
+// keeps the grid small enough to be resident at once (<= 256 blocks), and blocks start in order anyway, so a group
+// never waits on a block that cannot start. Each pass: every
+// block builds its histogram in shared memory, adds its non-empty bins into the group's global histogram; after the
+// barrier every block reads the merged histogram and takes the same decision (the same bins, the same cut), so
+// the blocks run the same sequence of barriers. Top-p masses are summed in 64-bit fixed point (w * 2^40, rounded):
+// exact and independent of the order of the additions, so a seeded call reproduces; each token's mass is within
+// 2^-41 of its float32 w, so a sum over n tokens is within n * 2^-41 (6e-8 for 128256 tokens, total >= 1 since the
+// largest w is 1) of the exact sum of the float32 weights: inside the 1e-6 slack of the host's `need`.
+// Ties at a top-p cut (several tokens of the cut's exact w, only some kept): the kept ones are the first in id
+// order; each block counts its own, one more barrier gives every block the count before its slice.
+// The draw is run()'s Gumbel-max (the same hash of (seed, step, token id): the same token for the same seed), each
+// block over its slice, combined by block 0 of the group, which also writes the outputs and the penalty count.
+// Workspace: per group in global memory, zero when the kernel starts and when it ends (each row clears what it
+// used after its last barrier); per-block slots and histograms alternate between two sets (row parity), so a
+// block that runs ahead into the next row never writes what a slower block of the same group still reads.
+constexpr int MAX_SPLIT = 32;  // blocks per row at most: one warp's lanes read the per-block values
+constexpr int GROUPS = 16;     // rows sampled at once at most
+constexpr int K_LEVELS = 3, P_LEVELS = 3;
+constexpr float FIX_SCALE = 1099511627776.0f;  // 2^40
+
+struct Workspace {
+  unsigned int arrived;     // blocks at the current barrier (the last one resets it)
+  unsigned int pad0[31];
+  unsigned int generation;  // barriers passed (wrapping)
+  unsigned int pad1[31];
+  float maxv[2][MAX_SPLIT];
+  unsigned long long best[2][MAX_SPLIT];
+  unsigned int kept[2][MAX_SPLIT];
+  unsigned int ties[2][MAX_SPLIT];
+  unsigned int count[2][K_LEVELS + P_LEVELS][BINS];
+  unsigned long long mass[2][P_LEVELS][BINS];
+};
+__device__ Workspace g_workspace[GROUPS];
+
+template <int THREADS>
+struct SplitShared {
+  uint32_t count[BINS];  // this block's histogram, then the group's merged one
+  unsigned long long mass[BINS];
+  uint64_t red64[THREADS / 32];
+  float redf[THREADS / 32];
+  uint32_t redu[THREADS / 32];
+  int found_bin, lowest_bin, last_tie;
+  unsigned long long found_before;
+  uint32_t found_count;
+};
+
+__device__ __forceinline__ unsigned long long fixed_mass(float w) { return __float2ull_rn(w * FIX_SCALE); }
+
+// All `split` blocks of a group: writes before it are seen by every block of the group after it. The last block
+// to arrive resets the count, then bumps the generation the others wait on (the count is 0 between barriers, so
+// any split works and a call leaves the workspace as it found it).
+__device__ __forceinline__ void group_barrier(Workspace& ws, int split) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned int* generation = &ws.generation;
+    const unsigned int gen = *generation;  // cannot move before this block arrives
+    __threadfence();
+    if (atomicAdd(&ws.arrived, 1u) == (unsigned int)split - 1u) {
+      atomicExch(&ws.arrived, 0u);
+      __threadfence();
+      atomicAdd(&ws.generation, 1u);
+    } else {
+      while (*generation == gen) __nanosleep(20);
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+template <int THREADS, typename S>
+__device__ __forceinline__ unsigned long long block_sum_u64(unsigned long long v, S& s) {
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) s.red64[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = 0;
+  for (int w = 0; w < THREADS / 32; ++w) v += s.red64[w];
+  return v;
+}
+
+// run()'s find_bin on the merged histogram: `hist` (counts or fixed-point masses), `cnt` the counts.
+template <int THREADS, int NB, typename T>
+__device__ void split_find_bin(const T* hist, const uint32_t* cnt, T above, T need, SplitShared<THREADS>& s) {
+  constexpr int PER = NB / THREADS;
+  static_assert(PER * THREADS == NB, "bins per thread");
+  const int first = NB - 1 - threadIdx.x * PER;
+  T mine = 0;
+#pragma unroll
+  for (int q = 0; q < PER; ++q) mine += hist[first - q];
+  __shared__ T totals[THREADS / 32];
+  T cum = above + block_exclusive_scan<THREADS, T>(mine, totals);
+  if (threadIdx.x == 0) {
+    s.found_bin = -1;
+    s.lowest_bin = NB;
+  }
+  __syncthreads();
+  int lowest = NB;
+#pragma unroll
+  for (int q = 0; q < PER; ++q) {
+    const int bin = first - q;
+    const T h = hist[bin];
+    if (cum < need && cum + h >= need) {
+      s.found_bin = bin;
+      s.found_before = (unsigned long long)cum;
+    }
+    if (cnt[bin] != 0) lowest = bin;
+    cum += h;
+  }
+  if (lowest < NB) atomicMin(&s.lowest_bin, lowest);
+  __syncthreads();
+  if (s.found_bin < 0 && threadIdx.x == 0) {  // not reached with exact sums; kept as run()'s fallback
+    T before = above;
+    for (int j = NB - 1; j > s.lowest_bin; --j) before += hist[j];
+    s.found_bin = s.lowest_bin < NB ? s.lowest_bin : 0;
+    s.found_before = (unsigned long long)before;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) s.found_count = cnt[s.found_bin];
+  __syncthreads();
+}
+
+template <int THREADS>
+__device__ __forceinline__ void clear_local(SplitShared<THREADS>& s, bool masses) {
+  for (int j = threadIdx.x; j < BINS; j += THREADS) {
+    s.count[j] = 0;
+    if (masses) s.mass[j] = 0ull;
+  }
+  __syncthreads();
+}
+
+// This block's non-empty bins into the group's histogram (before the barrier).
+template <int THREADS>
+__device__ __forceinline__ void merge_local(const SplitShared<THREADS>& s, unsigned int* count,
+                                            unsigned long long* mass, int nb) {
+  __syncthreads();
+  for (int j = threadIdx.x; j < nb; j += THREADS) {
+    const uint32_t c = s.count[j];
+    if (c != 0) {
+      atomicAdd(count + j, c);
+      if (mass != nullptr) atomicAdd(mass + j, s.mass[j]);
+    }
+  }
+}
+
+// The group's merged histogram into shared memory (after the barrier; L2 reads: other SMs wrote it).
+template <int THREADS>
+__device__ __forceinline__ void load_merged(SplitShared<THREADS>& s, const unsigned int* count,
+                                            const unsigned long long* mass, int nb) {
+  for (int j = threadIdx.x; j < nb; j += THREADS) {
+    s.count[j] = __ldcg(count + j);
+    if (mass != nullptr) s.mass[j] = __ldcg(mass + j);
+  }
+  __syncthreads();
+}
+
+// Grid: min(batch, GROUPS) * split blocks (split consecutive blocks per group, split <= MAX_SPLIT), THREADS each.
+template <int THREADS>
+__device__ void run_split(const float* __restrict__ all_logits, const float* __restrict__ all_params, int* counts,
+                          int* ids, int* info, int vocab, int have_counts, int batch) {
+  static_assert(MAX_SPLIT == 32, "one lane per block of the group");
+  __shared__ SplitShared<THREADS> s;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int groups = min(batch, GROUPS), split = (int)gridDim.x / groups;
+  const int part = (int)blockIdx.x % split, group = (int)blockIdx.x / split;
+  const bool mine_lane = lane < split;  // lanes reading the group's per-block values
+  Workspace& ws = g_workspace[group];
+  const int per = ((vocab + split - 1) / split + 3) & ~3;  // a multiple of 4: 16-byte loads stay aligned
+  const int lo = min(vocab, part * per);
+  const int n = min(vocab, lo + per) - lo;
+  int parity = 0;
+  for (int row = group; row < batch; row += groups, parity ^= 1) {
+    const float* logits = all_logits + (size_t)row * vocab + lo;
+    const Row r = load_row(all_params + (size_t)row * PARAMS, have_counts != 0);
+    int* row_counts = have_counts ? counts + (size_t)r.slot * vocab : nullptr;
+    const int* slice_counts = row_counts != nullptr ? row_counts + lo : nullptr;
+    bool used_hist = false;
+    int kept = 1;
+    uint32_t k_key = 0, p_key = 0;
+
+    if (!(r.temperature > 0.0f)) {  // greedy, as run()
+      uint64_t best = 0;
+      for_each<THREADS>(logits, slice_counts, n, r, [&](int i, float l) {
+        const uint32_t key = (l != l) ? 0xffffffffu : float_key(l);
+        const uint64_t v = ((uint64_t)key << 32) | (uint32_t)(0xffffffffu - (uint32_t)(lo + i));
+        best = v > best ? v : best;
+      });
+      best = block_max_u64<THREADS>(best, s);
+      if (tid == 0) __stcg(&ws.best[parity][part], (unsigned long long)best);
+    } else {
+      const float t = r.temperature;
+      const bool top_k = r.top_k > 0 && r.top_k < vocab;
+      // pass 1: the max of x, and the top-k histogram of its first digit
+      if (top_k) clear_local<THREADS>(s, false);
+      float m = -INFINITY;
+      for_each<THREADS>(logits, slice_counts, n, r, [&](int, float l) {
+        const float x = __fdiv_rn(l, t);
+        m = fmaxf(m, x);
+        if (top_k) atomicAdd(&s.count[float_key(x) >> 21], 1u);
+      });
+      m = block_max<THREADS>(m, s);
+      if (tid == 0) __stcg(&ws.maxv[parity][part], m);
+      if (top_k) merge_local<THREADS>(s, ws.count[parity][0], nullptr, BINS);
+      group_barrier(ws, split);
+      m = mine_lane ? __ldcg(&ws.maxv[parity][lane]) : -INFINITY;
+      for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+
+      uint32_t k_floor = 0;
+      if (top_k) {
+        used_hist = true;
+        uint32_t prefix = 0, above = 0;
+        for (int level = 0;; ++level) {
+          const int shift = level_shift(level);
+          const int nb = (int)level_bins(level);
+          unsigned int* merged = ws.count[parity][level];
+          if (level > 0) {
+            clear_local<THREADS>(s, false);
+            const int up = level_shift(level - 1);
+            const uint32_t mask = level_bins(level) - 1;
+            for_each<THREADS>(logits, slice_counts, n, r, [&](int, float l) {
+              const uint32_t key = float_key(__fdiv_rn(l, t));
+              if ((key >> up) == prefix) atomicAdd(&s.count[(key >> shift) & mask], 1u);
+            });
+            merge_local<THREADS>(s, merged, nullptr, nb);
+            group_barrier(ws, split);
+          }
+          load_merged<THREADS>(s, merged, nullptr, nb);
+          if (level == 2) split_find_bin<THREADS, 1024, uint32_t>(s.count, s.count, above, (uint32_t)r.top_k, s);
+          else split_find_bin<THREADS, BINS, uint32_t>(s.count, s.count, above, (uint32_t)r.top_k, s);
+          prefix = (prefix << (level == 2 ? 10 : 11)) | (uint32_t)s.found_bin;
+          const uint32_t before = (uint32_t)s.found_before;
+          if (level == 2 || before + s.found_count == (uint32_t)r.top_k) {
+            k_floor = prefix << shift;
+            break;
+          }
+          above = before;
+        }
+        k_key = k_floor;
+      }
+
+      // top-p on w among the top-k survivors; ties at the cut key kept in id order (up to last_tie in this slice)
+      const bool top_p = r.top_p < 1.0f;
+      uint32_t p_floor = 0, tie_key = 0;
+      int last_tie = 0x7fffffff;
+      if (top_p) {
+        used_hist = true;
+        uint32_t prefix = 0;
+        unsigned long long above = 0, need = 0;
+        for (int level = 0;; ++level) {
+          const int shift = level_shift(level);
+          const int up = level > 0 ? level_shift(level - 1) : 0;
+          const int nb = (int)level_bins(level);
+          const uint32_t mask = level_bins(level) - 1;
+          unsigned int* merged_count = ws.count[parity][K_LEVELS + level];
+          unsigned long long* merged_mass = ws.mass[parity][level];
+          clear_local<THREADS>(s, true);
+          for_each<THREADS>(logits, slice_counts, n, r, [&](int, float l) {
+            const float x = __fdiv_rn(l, t);
+            if (top_k && float_key(x) < k_floor) return;
+            const float w = __expf(x - m);
+            const uint32_t key = float_key(w);
+            if (level == 0 || (key >> up) == prefix) {
+              const uint32_t bin = (key >> shift) & mask;
+              atomicAdd(&s.count[bin], 1u);
+              atomicAdd(&s.mass[bin], fixed_mass(w));
+            }
+          });
+          merge_local<THREADS>(s, merged_count, merged_mass, nb);
+          group_barrier(ws, split);
+          if (level == 2) {  // keep this block's own counts (the ties in its slice) in the unused upper half
+            for (int j = tid; j < 1024; j += THREADS) s.count[1024 + j] = s.count[j];
+            __syncthreads();
+          }
+          load_merged<THREADS>(s, merged_count, merged_mass, nb);
+          if (level == 0) {
+            unsigned long long mine = 0;
+            for (int j = tid; j < BINS; j += THREADS) mine += s.mass[j];
+            const unsigned long long total = block_sum_u64<THREADS>(mine, s);
+            need = (unsigned long long)((double)total * (double)r.top_p * (1.0 - 1e-6));
+          }
+          if (level == 2) split_find_bin<THREADS, 1024, unsigned long long>(s.mass, s.count, above, need, s);
+          else split_find_bin<THREADS, BINS, unsigned long long>(s.mass, s.count, above, need, s);
+          prefix = (prefix << (level == 2 ? 10 : 11)) | (uint32_t)s.found_bin;
+          if (s.found_count == 1 || level == 2) {
+            p_floor = prefix << shift;
+            if (level == 2 && s.found_count > 1) {  // several tokens of this exact w: the first `ties` by id
+              const unsigned long long q = fixed_mass(key_float(prefix));  // each one's mass, as summed
+              const unsigned long long room = need - s.found_before;       // > 0: the cut bin reaches need
+              const unsigned long long want = q == 0 ? (unsigned long long)s.found_count : (room + q - 1) / q;
+              const int ties = (int)max(1ull, min((unsigned long long)s.found_count, want));
+              if (ties < (int)s.found_count) {
+                tie_key = prefix;
+                const int mine = (int)s.count[1024 + s.found_bin];
+                if (tid == 0) __stcg(&ws.ties[parity][part], (unsigned int)mine);
+                group_barrier(ws, split);
+                const int v = mine_lane ? (int)__ldcg(&ws.ties[parity][lane]) : 0;  // ties in the slices before
+                int inc = v;
+                for (int o = 1; o < 32; o <<= 1) {
+                  const int up_v = __shfl_up_sync(0xffffffffu, inc, o);
+                  if (lane >= o) inc += up_v;
+                }
+                const int before_me = __shfl_sync(0xffffffffu, inc - v, part);
+                const int room_here = ties - before_me;  // how many of this slice's ties are kept
+                if (room_here <= 0) {
+                  last_tie = -1;
+                } else if (room_here < mine) {  // the last kept tie is here: scan the slice in id order
+                  int seen = 0;
+                  if (tid == 0) s.last_tie = -1;
+                  __syncthreads();
+                  for (int base = 0; base < n; base += THREADS) {
+                    const int i = base + tid;
+                    bool eq = false;
+                    if (i < n) {
+                      const float l = logits[i];
+                      const float x = __fdiv_rn(r.penalize ? penalize(l, slice_counts[i], r) : l, t);
+                      eq = !(top_k && float_key(x) < k_floor) && float_key(__expf(x - m)) == prefix;
+                    }
+                    const int rank = block_exclusive_scan<THREADS, int>(eq ? 1 : 0, (int*)s.redu);
+                    if (eq && seen + rank + 1 == room_here) s.last_tie = lo + i;
+                    seen += (int)block_sum_u32<THREADS>(eq ? 1u : 0u, s);
+                    if (seen >= room_here) break;
+                  }
+                  __syncthreads();
+                  last_tie = s.last_tie;
+                }
+              }
+            }
+            break;
+          }
+          above = s.found_before;
+        }
+        p_key = p_floor;
+      }
+
+      // the draw: Gumbel-max over this slice's kept tokens
+      const bool need_w = top_p || r.min_p > 0.0f;
+      const float min_p = r.min_p;
+      uint64_t best = 0;
+      uint32_t n_kept = 0;
+      for_each<THREADS>(logits, slice_counts, n, r, [&](int il, float l) {
+        const int i = lo + il;
+        const float x = __fdiv_rn(l, t);
+        if (top_k && float_key(x) < k_floor) return;
+        if (need_w) {
+          const float w = __expf(x - m);
+          const uint32_t key = float_key(w);
+          if (top_p && (key < p_floor || (key == tie_key && i > last_tie))) return;
+          if (w < min_p) return;
+        }
+        ++n_kept;
+        const float score = (x - m) + gumbel(r.noise, i);
+        const uint64_t v = ((uint64_t)float_key(score) << 32) | (uint32_t)(0xffffffffu - (uint32_t)i);
+        best = v > best ? v : best;
+      });
+      best = block_max_u64<THREADS>(best, s);
+      const uint32_t kept_here = block_sum_u32<THREADS>(n_kept, s);
+      if (tid == 0) {
+        __stcg(&ws.best[parity][part], (unsigned long long)best);
+        __stcg(&ws.kept[parity][part], kept_here);
+      }
+    }
+    group_barrier(ws, split);
+    if (part == 0 && tid < 32) {  // block 0 of the group: the row's token and report
+      uint64_t best = mine_lane ? __ldcg(&ws.best[parity][lane]) : 0ull;
+      uint32_t total_kept = (mine_lane && r.temperature > 0.0f) ? __ldcg(&ws.kept[parity][lane]) : 0u;
+      for (int o = 16; o; o >>= 1) {
+        const uint64_t other = __shfl_xor_sync(0xffffffffu, best, o);
+        best = other > best ? other : best;
+        total_kept += __shfl_xor_sync(0xffffffffu, total_kept, o);
+      }
+      if (r.temperature > 0.0f) kept = (int)total_kept;
+      const int pick = (int)(0xffffffffu - (uint32_t)best);
+      if (lane == 0) {
+        ids[row] = pick;
+        if (info != nullptr) {
+          info[row * INFO + KEPT] = kept;
+          info[row * INFO + TOP_K_KEY] = (int)k_key;
+          info[row * INFO + TOP_P_KEY] = (int)p_key;
+        }
+        if (row_counts != nullptr && (r.flags & UPDATE_COUNTS) && pick >= 0 && pick < vocab) row_counts[pick] += 1;
+      }
+    }
+    if (used_hist) {  // after the row's last barrier nobody reads this row's histograms: clear this block's share
+      constexpr int ALL_C = (K_LEVELS + P_LEVELS) * BINS, ALL_M = P_LEVELS * BINS;
+      const int nc = (ALL_C + split - 1) / split, nm = (ALL_M + split - 1) / split;
+      unsigned int* c = &ws.count[parity][0][0];
+      unsigned long long* mm = &ws.mass[parity][0][0];
+      for (int j = part * nc + tid; j < min(ALL_C, (part + 1) * nc); j += THREADS) __stcg(c + j, 0u);
+      for (int j = part * nm + tid; j < min(ALL_M, (part + 1) * nm); j += THREADS) __stcg(mm + j, 0ull);
+    }
   }
 }
 
