@@ -43,7 +43,7 @@ from .passes.quant_help import QUANT_HELP  # noqa: E402  (dependency-free text)
 @click.option("--weights", default=None, help="Folder of safetensors weights to pack (for presets).")
 @click.option("--random-weights", is_flag=True,
               help="Benchmark build: the runtime makes true-shape random weights on the device at load time.")
-@click.option("--cuda-graph/--no-cuda-graph", default=False, show_default=True,
+@click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="GPU targets: capture the static-shape parts of each step into CUDA graphs.")
 @click.option("--print-after", "print_after", multiple=True,
               help="Print the IR after this pass (repeatable; 'all' for every pass).")

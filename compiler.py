@@ -51,7 +51,7 @@ class CompileRequest:
     print_after: set[str] = field(default_factory=set)
     fuse_rope: bool = True
     fuse: bool = True  # fusion passes (qkv, gate_up, swiglu, add+rms_norm); off for A/B checks
-    cuda_graph: bool = False  # capture static-shape regions into CUDA graphs (GPU targets)
+    cuda_graph: bool = True  # capture static-shape regions into CUDA graphs (GPU targets)
     force: bool = False  # replace an ember artifact at `output` (the default path needs no force: ember made it)
 
 

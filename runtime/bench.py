@@ -16,6 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from .engine import Engine
+from .sampler import SamplingParams
+
+GREEDY = SamplingParams()
 
 
 @dataclass
@@ -27,7 +30,10 @@ class BenchResult:
     prefill: dict[int, float] = field(default_factory=dict)  # prompt length -> tok/s
     ttft_ms: float = 0.0  # 128-token prompt
     decode: dict[int, float] = field(default_factory=dict)  # batch -> tok/s (all sequences together)
+    tpot_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (p50, p99) of one step
     weight_bytes: int = 0
+    copy_GBps: float | None = None  # device copy bandwidth measured in the same run (read + write)
+    memory_used_bytes: int | None = None  # on the GPU after the decode runs (largest batch)
 
     def rows(self) -> list[dict[str, Any]]:
         base = {"engine": "ember", "model": self.name, "quant": self.quantization, "device": self.device,
@@ -36,8 +42,17 @@ class BenchResult:
         out.append({**base, "metric": "ttft_128_ms", "value": round(self.ttft_ms, 2)})
         for batch, v in self.decode.items():
             row = {**base, "metric": f"decode_b{batch}_tok_s", "value": round(v, 1)}
-            if batch == 1 and self.weight_bytes:
-                row["weight_GBps"] = round(self.weight_bytes * v / 1e9, 1)
+            if batch in self.tpot_ms:
+                row["tpot_p50_ms"], row["tpot_p99_ms"] = (round(t, 3) for t in self.tpot_ms[batch])
+            if self.weight_bytes:
+                steps_per_s = v / batch
+                row["weight_bytes_per_step"] = self.weight_bytes
+                row["weight_GBps"] = round(self.weight_bytes * steps_per_s / 1e9, 1)
+                if self.copy_GBps:
+                    row["copy_GBps"] = round(self.copy_GBps, 1)
+                    row["roofline_fraction"] = round(self.weight_bytes * steps_per_s / 1e9 / self.copy_GBps, 3)
+            if self.memory_used_bytes is not None:
+                row["gpu_memory_used_GB"] = round(self.memory_used_bytes / 1e9, 2)
             out.append(row)
         return out
 
@@ -60,8 +75,10 @@ def measure_prefill(engine: Engine, length: int, repeats: int, rng: np.random.Ge
     return best
 
 
-def measure_decode(engine: Engine, batch: int, steps: int, prompt: int, rng: np.random.Generator) -> float:
-    """Tokens per second over all `batch` sequences, greedy, EOS ignored."""
+def measure_decode(engine: Engine, batch: int, steps: int, prompt: int, rng: np.random.Generator
+                   ) -> tuple[float, np.ndarray]:
+    """(tokens per second over all `batch` sequences, the time of each step in seconds), greedy, EOS ignored.
+    Artifacts with the device sampler (cuda) pick the tokens on the device: only their ids reach the host."""
     runner = engine.runner
     seqs = list(range(batch))
     runner.reset()
@@ -69,14 +86,51 @@ def measure_decode(engine: Engine, batch: int, steps: int, prompt: int, rng: np.
         runner.add_sequence(s)
     prompts = [rng.integers(0, runner.vocab_size, size=prompt).astype(np.int32) for _ in seqs]
     logits = runner.prefill(seqs, prompts)
-    stamps = []
-    for _ in range(steps):
-        tokens = [int(t) for t in np.argmax(logits, axis=-1)]
-        stamps.append(time.perf_counter())
-        logits = runner.decode(seqs, tokens, reuse=True)
+    tokens = np.argmax(logits, axis=-1).astype(np.int32)
+    stamps = np.empty(steps)
+    if runner.has_device_sampler:
+        for s, p in zip(seqs, prompts):
+            runner.reset_penalties(s, p)
+        buf = runner.set_sampling([(GREEDY, 0, s) for s in seqs])
+        for i in range(steps):
+            stamps[i] = time.perf_counter()
+            tokens = runner.decode_sample(seqs, tokens, buf)
+    else:
+        for i in range(steps):
+            stamps[i] = time.perf_counter()
+            tokens = np.argmax(runner.decode(seqs, tokens, reuse=True), axis=-1)
     for s in seqs:
         runner.remove_sequence(s)
-    return batch * (steps - 1) / (stamps[-1] - stamps[0])
+    return batch * (steps - 1) / (stamps[-1] - stamps[0]), np.diff(stamps)
+
+
+def copy_bandwidth(engine: Engine, nbytes: int = 1 << 30, repeats: int = 5) -> float | None:
+    """Bytes per second of a device-to-device copy (read + write counted), best of `repeats`; None on the cpu."""
+    if engine.artifact.manifest.target.kind == "cpu":
+        return None
+    tvm = engine.runner._tvm
+    dev = engine.artifact.device
+    src = tvm.runtime.empty((nbytes // 4,), "float32", dev)
+    dst = tvm.runtime.empty((nbytes // 4,), "float32", dev)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        dev.sync()
+        start = time.perf_counter()
+        src.copyto(dst)
+        dev.sync()
+        best = min(best, time.perf_counter() - start)
+    del src, dst
+    return 2 * nbytes / best
+
+
+def device_memory_used(engine: Engine) -> int | None:
+    """Bytes in use on the GPU now (total - available, as the driver reports them); None where not reported."""
+    dev = engine.artifact.device
+    try:
+        total, free = int(dev.total_global_memory), int(dev.available_global_memory)
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return None
+    return total - free if total > 0 and free >= 0 else None
 
 
 def run_bench(engine: Engine, device: str, prefill_lengths: list[int], batches: list[int], steps: int,
@@ -90,7 +144,13 @@ def run_bench(engine: Engine, device: str, prefill_lengths: list[int], batches: 
     result.ttft_ms = measure_prefill(engine, 128, repeats, rng) * 1e3
     measure_decode(engine, 1, 8, 128, rng)  # warm-up
     for batch in batches:
-        result.decode[batch] = max(measure_decode(engine, batch, steps, 128, rng) for _ in range(max(1, repeats - 1)))
+        runs = [measure_decode(engine, batch, steps, 128, rng) for _ in range(max(1, repeats - 1))]
+        best, intervals = max(runs, key=lambda run: run[0])
+        result.decode[batch] = best
+        result.tpot_ms[batch] = (float(np.percentile(intervals, 50) * 1e3), float(np.percentile(intervals, 99) * 1e3))
+    result.memory_used_bytes = device_memory_used(engine)
+    bandwidth = copy_bandwidth(engine)
+    result.copy_GBps = bandwidth / 1e9 if bandwidth else None
     return result
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    cuda_graph: bool = False  # capture static-shape regions into CUDA graphs (cuda only)
+    cuda_graph: bool = True  # capture static-shape regions into CUDA graphs (cuda only)
 
 
 class Progress:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""decode1 with ember's cuda GEMV (native_gemv.py) against the cpu build of the same model and weights.
+"""ember's cuda kernels inside whole models (GEMV at decode1, low-batch GEMM at batched decode, add+RMSNorm,
+decode attention) and CUDA graphs, against the cpu build of the same model and weights.
 
 Here:   python tools/gemv_parity.py build DIR
         tiny HF models (a llama, and a qwen2 for the qkv bias), each compiled for cpu, for cuda (ember's GEMV at
@@ -7,7 +8,10 @@ Here:   python tools/gemv_parity.py build DIR
 On the GPU (runtime-only ember):  python tools/gemv_parity.py check DIR
         the same prompt prefilled in every build, then 24 decode1 steps fed the cpu build's greedy tokens; the
         logits of every step are compared (max abs error over the logit scale, top-1 agreement) and greedy
-        generation of 24 tokens is compared. One JSON line per (model, scheme); exit 1 if a check fails.
+        generation of 24 tokens is compared; then 4 sequences (other prompts) decode together for 12 steps (the
+        batched `decode`), fed the cpu build's batched greedy tokens, logits compared the same way. "cuda-graph"
+        (--cuda-graph) must give the logits of "cuda" (no graphs). One JSON line per (model, scheme); exit 1 if a
+        check fails.
 """
 from __future__ import annotations
 
@@ -25,9 +29,11 @@ MODELS = {  # name -> (transformers config class, kwargs, schemes)
                               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                               "tie_word_embeddings": True}, ("q4f16_1",)),
 }
-BUILDS = {"cpu": (["--target", "cpu"], {}), "cuda": (["--target", "cuda:sm_90"], {}),
-          "cuda-stock": (["--target", "cuda:sm_90"], {"EMBER_CUDA_GEMV": "0"})}
+BUILDS = {"cpu": (["--target", "cpu"], {}), "cuda": (["--target", "cuda:sm_90", "--no-cuda-graph"], {}),
+          "cuda-graph": (["--target", "cuda:sm_90", "--cuda-graph"], {}),
+          "cuda-stock": (["--target", "cuda:sm_90", "--no-cuda-graph"], {"EMBER_CUDA_GEMV": "0", "EMBER_CUDA_NORM": "0"})}
 STEPS = 24
+BATCH, BATCH_STEPS = 4, 12
 # cuda computes in fp16, cpu in fp32: logits differ by fp16 rounding through 2 layers. Against the cpu build the
 # bound is loose; against the stock cuda build (same fp16 pipeline, only the GEMV differs) it is tighter.
 TOL_CPU, TOL_STOCK = 5e-2, 2e-2
@@ -68,6 +74,41 @@ def _steps(engine, prompt: list[int], tokens: list[int]):
     return np.stack(logits)
 
 
+def _batched_steps(engine, prompts: list[list[int]], tokens: list[list[int]]):
+    """Logits [step, seq, vocab]: the prefill's, then BATCH_STEPS - 1 batched decodes fed `tokens`."""
+    import numpy as np
+
+    runner = engine.runner
+    runner.reset()
+    seqs = list(range(len(prompts)))
+    for s in seqs:
+        runner.add_sequence(s)
+    logits = [runner.prefill(seqs, prompts)]
+    for step in range(BATCH_STEPS - 1):
+        logits.append(runner.decode(seqs, [t[step] for t in tokens]).copy())
+    runner.reset()
+    return np.stack(logits)
+
+
+def _batched_reference(cpu, prompts: list[list[int]]):
+    """The cpu build's batched greedy tokens and logits."""
+    import numpy as np
+
+    runner = cpu.runner
+    runner.reset()
+    seqs = list(range(len(prompts)))
+    for s in seqs:
+        runner.add_sequence(s)
+    logits = [runner.prefill(seqs, prompts)]
+    tokens = []
+    for _ in range(BATCH_STEPS - 1):
+        step = [int(t) for t in logits[-1].argmax(-1)]
+        tokens.append(step)
+        logits.append(runner.decode(seqs, step).copy())
+    runner.reset()
+    return np.stack(logits), [list(col) for col in zip(*tokens)]
+
+
 def check(root: Path) -> int:
     import numpy as np
 
@@ -76,15 +117,20 @@ def check(root: Path) -> int:
     failed = 0
     for model in MODELS:
         for scheme_dir in sorted(p for p in (root / model).iterdir() if (p / "cpu").is_dir()):
-            cpu = ember.load(scheme_dir / "cpu", device="cpu")
-            prompt = np.random.default_rng(7).integers(0, cpu.manifest.vocab_size, size=20).tolist()
+            cpu = ember.load(scheme_dir / "cpu", device="cpu", max_batch_size=BATCH)
+            rng = np.random.default_rng(7)
+            prompt = rng.integers(0, cpu.manifest.vocab_size, size=20).tolist()
+            prompts = [rng.integers(0, cpu.manifest.vocab_size, size=n).tolist() for n in (5, 17, 33, 9)]
+            batch_ref, batch_tokens = _batched_reference(cpu, prompts)
             greedy = cpu.generate(prompt, max_tokens=STEPS, temperature=0.0).token_ids
             ref = _steps(cpu, prompt, greedy)
             scale = float(np.abs(ref).max())
             row: dict = {"model": model, "scheme": scheme_dir.name, "logit_scale": scale}
             logits = {}
-            for build in ("cuda", "cuda-stock"):
-                engine = ember.load(scheme_dir / build, device="cuda")
+            for build in ("cuda", "cuda-graph", "cuda-stock"):
+                if not (scheme_dir / build).is_dir():
+                    continue
+                engine = ember.load(scheme_dir / build, device="cuda", max_batch_size=BATCH)
                 assert engine.runner._decode1 is not None, "decode1 missing"
                 logits[build] = _steps(engine, prompt, greedy)
                 gen = engine.generate(prompt, max_tokens=STEPS, temperature=0.0).token_ids
@@ -92,9 +138,19 @@ def check(root: Path) -> int:
                               "prefill_max_err_vs_cpu": float(np.abs(logits[build][0] - ref[0]).max() / scale),
                               "top1_agree": float((logits[build].argmax(-1) == ref.argmax(-1)).mean()),
                               "greedy_equal_cpu": gen == greedy}
+                batched = _batched_steps(engine, prompts, batch_tokens)
+                logits[build + "-batched"] = batched
+                row[build]["batched_decode_max_err_vs_cpu"] = float(np.abs(batched[1:] - batch_ref[1:]).max() / scale)
+                row[build]["batched_top1_agree"] = float((batched.argmax(-1) == batch_ref.argmax(-1)).mean())
+            if "cuda-graph" in logits:
+                row["graph_max_err_vs_cuda"] = float(max(np.abs(logits["cuda-graph"] - logits["cuda"]).max(),
+                                                         np.abs(logits["cuda-graph-batched"] - logits["cuda-batched"]).max())
+                                                     / scale)
             vs_stock = float(np.abs(logits["cuda"][1:] - logits["cuda-stock"][1:]).max() / scale)
             row["decode_max_err_vs_stock"] = vs_stock
-            row["ok"] = bool(row["cuda"]["decode_max_err_vs_cpu"] < TOL_CPU and vs_stock < TOL_STOCK)
+            row["ok"] = bool(row["cuda"]["decode_max_err_vs_cpu"] < TOL_CPU and vs_stock < TOL_STOCK
+                             and row["cuda"]["batched_decode_max_err_vs_cpu"] < TOL_CPU
+                             and row.get("graph_max_err_vs_cuda", 0.0) < 1e-6)
             failed += not row["ok"]
             print(json.dumps(row), flush=True)
     return 1 if failed else 0

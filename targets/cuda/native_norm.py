@@ -53,6 +53,8 @@ def add_rms_norm_compute(width: int, eps: float):
     def compute(at: te.Tensor, bt: te.Tensor, wt: te.Tensor) -> list[te.Tensor]:
         lead = list(at.shape[:-1])
         rows = math.prod(lead) if lead else 1
+        if not isinstance(rows, int):
+            rows = tirx.Cast("int32", rows)  # thread extents are int32; a symbolic batch is an int64 var
 
         def body(ins, outs):
             bx = tirx.IterVar(tvm.ir.Range(0, rows), tirx.Var("blockIdx.x", "int32"), tirx.IterVar.ThreadIndex,
