@@ -3,8 +3,12 @@
 
 Here:   python tools/sample_check.py build DIR
         DIR/sampler.so: a library holding only the `sample` / `sample_reset` entry points (as cuda artifacts
-        export them), and DIR/tiny-cuda: a tiny llama compiled for cuda:sm_90 (q4f16), for the runtime path.
+        export them: the split kernel) and `sample_row` (the one-block-per-row kernel, for comparison), and
+        DIR/tiny-cuda: a tiny llama compiled for cuda:sm_90 (q4f16), for the runtime path.
 On the GPU (runtime-only TVM, torch):  python tools/sample_check.py run DIR [OUT.jsonl]
+        Three parts, each in a child process with a time limit (a kernel that hangs costs its part, not the run):
+        "split" (the checks below on the split kernel, split == row on large rows, and the timing of both),
+        "row" (the same checks on the row kernel; its timing too when the split part failed), "runtime".
         greedy == numpy.argmax (b 1 and 16, vocab 128256 and 151936, ties and a NaN); per sampling setting, the
         empirical distribution of 20000 draws (one call of 20000 rows, one step each) against the host's exact
         distribution by total variation, under a bound from the null distribution of that statistic; kept counts
@@ -29,6 +33,8 @@ DRAWS = 20000
 SMALL_VOCAB = 1000
 BIG_VOCABS = (128256, 151936)
 TIMING_CALLS = 200
+VARIANT_FUNCTIONS = {"split": "sample", "row": "sample_row"}
+PART_TIMEOUT_S = {"split": 110, "row": 70, "runtime": 70}  # all three: give the device call >= 270 s
 
 
 def build(root: Path) -> None:
@@ -36,7 +42,9 @@ def build(root: Path) -> None:
     code = ("import sys\nfrom ember.targets.cuda.stub_driver import prepare_cuda_compile_process\n"
             "prepare_cuda_compile_process()\nimport tvm\nfrom ember.targets.cuda.sampling import add_sampler\n"
             "from ember.targets.cuda.pipeline import build_cuda\n"
-            "build_cuda(add_sampler(tvm.IRModule()), ['sm_90']).export_library(sys.argv[1])\n")
+            "mod = add_sampler(tvm.IRModule(), variant='split')\n"
+            "mod = add_sampler(mod, variant='row', name='sample_row', reset=False)\n"
+            "build_cuda(mod, ['sm_90']).export_library(sys.argv[1])\n")
     subprocess.run([sys.executable, "-c", code, str(root / "sampler.so")], check=True)
     print(f"built {root / 'sampler.so'}", flush=True)
     import torch
@@ -53,7 +61,7 @@ def build(root: Path) -> None:
 
 # -- the run side ------------------------------------------------------------------------------------------------
 class Device:
-    def __init__(self, lib: Path) -> None:
+    def __init__(self, lib: Path, variant: str = "split") -> None:
         import torch  # noqa: F401  (before tvm, as tools/gemv_bench.py does)
         from ember.runtime.tvm_import import ensure_device_runtime, import_tvm
 
@@ -64,7 +72,9 @@ class Device:
         self.tvm = tvm
         self.dev = tvm.cuda(0)
         self.vm = VirtualMachine(tvm.runtime.load_module(str(lib)), self.dev)
-        self.sample_fn, self.reset_fn = self.vm["sample"], self.vm["sample_reset"]
+        self.variant = variant
+        self.fns = {v: self.vm[name] for v, name in VARIANT_FUNCTIONS.items()}
+        self.sample_fn, self.reset_fn = self.fns[variant], self.vm["sample_reset"]
 
     def put(self, a: np.ndarray):
         return self.tvm.runtime.tensor(np.ascontiguousarray(a), self.dev)
@@ -72,13 +82,15 @@ class Device:
     def tables(self, slots: int, vocab: int):
         return self.put(np.zeros((slots, vocab), np.int32))
 
-    def sample(self, logits_dev, params: np.ndarray, counts_dev) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, logits_dev, params: np.ndarray, counts_dev, variant: str | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         from ember.runtime.sampler import DEVICE_INFO_FIELDS
 
         b = params.shape[0]
-        ids = self.put(np.zeros(b, np.int32))
+        ids = self.put(np.full(b, -1, np.int32))
         info = self.put(np.zeros((b, len(DEVICE_INFO_FIELDS)), np.int32))
-        self.sample_fn(logits_dev, self.put(params), counts_dev, ids, info)
+        fn = self.sample_fn if variant is None else self.fns[variant]
+        fn(logits_dev, self.put(params), counts_dev, ids, info)
         return ids.numpy(), info.numpy()
 
 
@@ -92,7 +104,12 @@ def rows(params_list, seed: int = 7, steps=None, slot: int = 0, flags: int = 0) 
     return out
 
 
+VARIANT = {"name": None}  # the kernel the current part checks (tagged onto its records)
+
+
 def emit(out, record: dict) -> None:
+    if VARIANT["name"] and "variant" not in record:
+        record = {"variant": VARIANT["name"], **record}
     line = json.dumps(record)
     print(line, flush=True)
     out.write(line + "\n")
@@ -254,7 +271,7 @@ def check_penalty_table(d: Device, out) -> bool:
     return good
 
 
-def time_settings(d: Device, out) -> None:
+def time_settings(d: Device, out, variants: tuple[str, ...] = ("split", "row")) -> None:
     import torch
     from ember.runtime.sampler import Sampler, SamplingParams
 
@@ -267,8 +284,10 @@ def time_settings(d: Device, out) -> None:
                 ("greedy + penalties", {"repetition_penalty": 1.1, "frequency_penalty": 0.2})]
     vocab = 128256
     rng = np.random.default_rng(4)
-    for b in (1, 16):
+    for b, half in ((1, False), (16, False), (1, True)):
         x = (rng.standard_normal((b, 1, vocab)) * 2.5).astype(np.float32)
+        if half:  # logits of a float16 LM head: exact ties at the top-p cut (the tie path)
+            x = x.astype(np.float16).astype(np.float32)
         logits = d.put(x)
         counts = d.tables(b, vocab)
         for r in range(b):
@@ -276,47 +295,93 @@ def time_settings(d: Device, out) -> None:
         ids = d.put(np.zeros(b, np.int32))
         info = d.put(np.zeros((b, 3), np.int32))
         for name, kwargs in settings:
-            params = SamplingParams(**kwargs)
-            p = rows([params] * b)
-            for r in range(b):
-                p[r].view(np.int32)[10] = r  # own slot
-            p_dev = d.put(p)
-            for _ in range(10):
-                d.sample_fn(logits, p_dev, counts, ids, info)
-            d.dev.sync()
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            t0 = time.perf_counter()
-            start.record()
-            for _ in range(TIMING_CALLS):
-                d.sample_fn(logits, p_dev, counts, ids, info)
-            stop.record()
-            d.dev.sync()
-            torch.cuda.synchronize()
-            wall = (time.perf_counter() - t0) / TIMING_CALLS
-            event = start.elapsed_time(stop) / TIMING_CALLS * 1e-3
-            # one call then its ids to the host: what a decode step pays
-            t1 = time.perf_counter()
-            for _ in range(50):
-                d.sample_fn(logits, p_dev, counts, ids, info)
-                ids.numpy()
-            with_copy = (time.perf_counter() - t1) / 50
-            record = {"check": "timing", "setting": name, "batch": b, "vocab": vocab, "calls": TIMING_CALLS,
-                      "us_per_call_events": event * 1e6, "us_per_call_wall": wall * 1e6,
-                      "us_per_call_with_ids_to_host": with_copy * 1e6, "kept_row0": int(info.numpy()[0, 0])}
-            if b == 1:  # the host path for the same row: logits to the host, numpy Sampler
-                host_x = x[0, 0]
-                s = Sampler(params)
-                s(host_x)
-                t2 = time.perf_counter()
-                for _ in range(20):
+            if half and "top_p" not in kwargs:
+                continue
+            for variant in variants:
+                fn = d.fns[variant]
+                params = SamplingParams(**kwargs)
+                p = rows([params] * b)
+                for r in range(b):
+                    p[r].view(np.int32)[10] = r  # own slot
+                p_dev = d.put(p)
+                for _ in range(10):
+                    fn(logits, p_dev, counts, ids, info)
+                d.dev.sync()
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                t0 = time.perf_counter()
+                start.record()
+                for _ in range(TIMING_CALLS):
+                    fn(logits, p_dev, counts, ids, info)
+                stop.record()
+                d.dev.sync()
+                torch.cuda.synchronize()
+                wall = (time.perf_counter() - t0) / TIMING_CALLS
+                event = start.elapsed_time(stop) / TIMING_CALLS * 1e-3
+                # one call then its ids to the host: what a decode step pays
+                t1 = time.perf_counter()
+                for _ in range(50):
+                    fn(logits, p_dev, counts, ids, info)
+                    ids.numpy()
+                with_copy = (time.perf_counter() - t1) / 50
+                label = name + (" (float16 logits)" if half else "")
+                record = {"check": "timing", "variant": variant, "setting": label, "batch": b, "vocab": vocab,
+                          "calls": TIMING_CALLS, "us_per_call_events": event * 1e6, "us_per_call_wall": wall * 1e6,
+                          "us_per_call_with_ids_to_host": with_copy * 1e6, "kept_row0": int(info.numpy()[0, 0])}
+                if b == 1 and variant == variants[0]:  # the host path for the same row: logits to the host, numpy
+                    host_x = x[0, 0]
+                    s = Sampler(params)
                     s(host_x)
-                record["host_sampler_us"] = (time.perf_counter() - t2) / 20 * 1e6
-            emit(out, record)
+                    t2 = time.perf_counter()
+                    for _ in range(20):
+                        s(host_x)
+                    record["host_sampler_us"] = (time.perf_counter() - t2) / 20 * 1e6
+                emit(out, record)
         t3 = time.perf_counter()
         for _ in range(50):
             logits.numpy()
         emit(out, {"check": "timing", "setting": "logits to host (pageable, numpy)", "batch": b, "vocab": vocab,
                    "us_per_call_wall": (time.perf_counter() - t3) / 50 * 1e6})
+
+
+def check_split_vs_row(d: Device, out) -> bool:
+    """Both kernels on the same large rows and seeds, at batch sizes on both sides of the split kernel's grid
+    choices (32 blocks per row up to 8 rows, 16 above; 16 rows at once): the same ids wherever the kept sets agree
+    (the same Gumbel noise), and kept sets that differ only on top-p rows, by the float32 rounding of the row
+    kernel's masses (the split kernel sums exactly)."""
+    from ember.runtime.sampler import SamplingParams
+
+    rng = np.random.default_rng(9)
+    ok = True
+    vocab = 128256
+    for b in (1, 5, 8, 9, 16, 33):
+        x = (rng.standard_normal((b, 1, vocab)) * rng.uniform(1, 4, (b, 1, 1))).astype(np.float32)
+        x[::2] = x[::2].astype(np.float16).astype(np.float32)  # ties at the cuts
+        plist = []
+        for i in range(b):
+            kind = i % 6
+            plist.append(SamplingParams(
+                temperature=0.0 if kind == 5 else float(rng.uniform(0.5, 1.2)),
+                top_k=int(rng.integers(1, 3000)) if kind in (0, 3) else 0,
+                top_p=float(rng.uniform(0.3, 0.98)) if kind in (1, 3) else 1.0,
+                min_p=float(rng.uniform(0.01, 0.2)) if kind in (2, 3) else 0.0))
+        logits = d.put(x)
+        counts = d.tables(1, vocab)
+        ids_s, info_s = d.sample(logits, rows(plist), counts, "split")
+        ids_r, info_r = d.sample(logits, rows(plist), counts, "row")
+        same_kept = info_s[:, 0] == info_r[:, 0]
+        top_p_rows = np.array([p.top_p < 1.0 for p in plist])
+        bad_kept = np.flatnonzero(~same_kept & ~top_p_rows)
+        rounding = np.flatnonzero(~same_kept & top_p_rows)
+        bad_ids = np.flatnonzero(same_kept & (ids_s != ids_r))
+        in_range = bool(np.all((ids_s >= 0) & (ids_s < vocab)))
+        good = bad_kept.size == 0 and bad_ids.size == 0 and rounding.size <= max(1, b // 10) and in_range and bool(
+            np.all(np.abs(info_s[rounding, 0] - info_r[rounding, 0]) <= 2))
+        ok &= good
+        emit(out, {"check": "split_vs_row", "batch": b, "vocab": vocab, "ids_in_range": in_range,
+                   "kept_differs_non_top_p": bad_kept.tolist(), "kept_differs_top_p": rounding.tolist(),
+                   "kept_split_row": [[int(info_s[i, 0]), int(info_r[i, 0])] for i in rounding[:5]],
+                   "ids_differ_same_kept": bad_ids.tolist(), "ok": bool(good)})
+    return ok
 
 
 def check_runtime(root: Path, out) -> bool:
@@ -349,31 +414,66 @@ def check_runtime(root: Path, out) -> bool:
     return ok
 
 
-def run(root: Path, out_path: Path) -> int:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+def run_part(part: str, root: Path, out_path: Path) -> int:
+    """One part of the run (in this process), appending its JSON lines to out_path."""
     ok = True
-    with out_path.open("w") as out:
-        d = Device(root / "sampler.so")
-        for check in (check_greedy, check_distributions, check_kept_counts, check_penalty_table):
+    with out_path.open("a") as out:
+        if part == "runtime":
+            checks, timing = [], None
+        else:
+            VARIANT["name"] = part
+            checks = [check_greedy, check_distributions, check_kept_counts, check_penalty_table]
+            if part == "split":
+                checks.append(check_split_vs_row)
+            timing = ("split", "row") if part == "split" else (("row",) if os.environ.get("SAMPLE_CHECK_TIME_ROW")
+                                                               else None)
+        d = None if part == "runtime" else Device(root / "sampler.so", part)
+        for check in checks:
             try:
                 ok &= check(d, out)
             except Exception as err:  # keep going: one device call has to report everything
                 ok = False
                 emit(out, {"check": check.__name__, "error": repr(err)})
+        if timing:
+            try:
+                time_settings(d, out, timing)
+            except Exception as err:
+                emit(out, {"check": "timing", "error": repr(err)})
+        if part == "runtime":
+            try:
+                ok &= check_runtime(root, out)
+            except Exception as err:
+                ok = False
+                emit(out, {"check": "runtime", "error": repr(err)})
+    return 0 if ok else 1
+
+
+def run(root: Path, out_path: Path) -> int:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("")
+    results = {}
+    for part in ("split", "row", "runtime"):
+        env = dict(os.environ)
+        if part == "row" and results.get("split") not in (0, 1):  # the split part died: time the row kernel
+            env["SAMPLE_CHECK_TIME_ROW"] = "1"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "part", part, str(root), str(out_path)]
+        t0 = time.perf_counter()
         try:
-            time_settings(d, out)
-        except Exception as err:
-            emit(out, {"check": "timing", "error": repr(err)})
-        try:
-            ok &= check_runtime(root, out)
-        except Exception as err:
-            ok = False
-            emit(out, {"check": "runtime", "error": repr(err)})
-        emit(out, {"check": "all", "ok": bool(ok)})
+            results[part] = subprocess.run(cmd, env=env, timeout=PART_TIMEOUT_S[part]).returncode
+        except subprocess.TimeoutExpired:
+            results[part] = "timeout"
+        with out_path.open("a") as out:
+            emit(out, {"check": "part", "part": part, "result": results[part],
+                       "seconds": round(time.perf_counter() - t0, 1), "ok": results[part] == 0})
+    ok = all(r == 0 for r in results.values())
+    with out_path.open("a") as out:
+        emit(out, {"check": "all", "parts": results, "ok": ok})
     return 0 if ok else 1
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 4 and argv[0] == "part":
+        return run_part(argv[1], Path(argv[2]), Path(argv[3]))
     if len(argv) < 2 or argv[0] not in ("build", "run"):
         print(__doc__)
         return 2
