@@ -62,7 +62,8 @@ class ModelRunner:
         self.kv = KVCache(
             self._vm,
             max_batch_size=max_batch_size,
-            max_total_seq_len=context_length * max_batch_size,
+            # whole pages per sequence: each one can reach context_length however the others fill their pages
+            max_total_seq_len=-(-context_length // m.kv_cache.page_size) * m.kv_cache.page_size * max_batch_size,
             prefill_chunk_size=self.prefill_chunk_size,
             page_size=m.kv_cache.page_size,
             sliding_window=m.kv_cache.sliding_window,
