@@ -60,11 +60,14 @@ def decode_rules() -> list[ScheduleRule]:
 
 
 def cuda_relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's default cuda phases, with FuseTransposeMatmul first and per-function dlight rules."""
+    """TVM's default cuda phases, with FuseTransposeMatmul first, per-function dlight rules and ember's decode
+    attention kernel (attention.py) in place of TVM's."""
     from tvm.relax.backend.cuda import pipeline as tvm_cuda
 
+    from .attention import replace_decode_attention  # TVM's decode attention -> ember's split-K kernel
+
     return gpu_relax_pipeline(target, tvm_cuda, prefill_rules(), decode_rules(), "ember.cuda",
-                              error=CudaToolchainError)
+                              after_schedule=[replace_decode_attention], error=CudaToolchainError)
 
 
 def build_cuda(mod: tvm.IRModule, archs: list[str], cuda_graph: bool = False) -> Executable:

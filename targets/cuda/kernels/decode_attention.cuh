@@ -1,0 +1,243 @@
+// ember's split-K ("flash decoding") attention over the paged KV cache, for decode (one query row per sequence).
+// Same inputs and outputs as TVM's `batch_decode_paged_kv` (relax/frontend/nn/llm/_decode_kernels.py):
+//   q      [B, HKV * GROUP, D]                      (fp16 or bf16)
+//   pages  [max_pages, 2 (K, V), HKV, PAGE, D]
+//   indptr [B + 1], values [nnz_pages]: the pages of sequence b are values[indptr[b] .. indptr[b + 1])
+//   last   [B]: tokens in the last page of sequence b (length = (pages - 1) * PAGE + last)
+//   out    [B, HKV * GROUP, D], lse [B, HKV * GROUP] (float32)
+// TVM's conventions: scores in the log2 domain, s = q.k * sm_scale * log2(e); lse = max + log2(sum 2^(s - max));
+// an empty sequence gives out = 0 and lse = -5e4 (TVM's initial state m = -5e4, d = 1).
+//
+// Plan: the context of each (sequence, kv head) is cut into `chunks` contiguous ranges of tokens (chunks is chosen
+// by the host from the batch size and the page count, the same for every sequence of a call). `split` runs one
+// block per (chunk, kv head, sequence) with the GROUP query heads of that kv head: a row of K or V is D / 8 lanes
+// of 16-byte loads, so a warp reads 32 / (D / 8) tokens at once, U of them in flight per lane; each lane keeps
+// the online-softmax state (max, sum, its 8 output columns) of every query head in fp32 registers. The block's
+// token slots are merged through shared memory; with one chunk the block writes out and lse itself, otherwise its
+// unnormalized partial (o, max, sum) goes to a workspace and `merge` (one block per (sequence, query head))
+// combines the chunks.
+#ifndef EMBER_DECODE_ATTENTION_CUH
+#define EMBER_DECODE_ATTENTION_CUH
+#include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace ember {
+namespace attn {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kEmpty = -1e30f;   // running max before any token (finite: 2^(kEmpty - kEmpty) must be 1, not NaN)
+constexpr float kTvmEmptyLse = -5e4f;
+
+__device__ __forceinline__ float2 to_float2(uint32_t bits, const __half*) {
+  __half2 h;
+  memcpy(&h, &bits, sizeof(h));
+  return __half22float2(h);
+}
+__device__ __forceinline__ float2 to_float2(uint32_t bits, const __nv_bfloat16*) {
+  __nv_bfloat162 h;
+  memcpy(&h, &bits, sizeof(h));
+  return __bfloat1622float2(h);
+}
+__device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+
+// 8 values from one 16-byte load, as floats
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& v, float* f) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 p = to_float2(w[i], static_cast<const T*>(nullptr));
+    f[2 * i] = p.x;
+    f[2 * i + 1] = p.y;
+  }
+}
+
+// K and V are read once per call: read-only path, no L1 allocation.
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// One block per (chunk = blockIdx.x, kv head = blockIdx.y, sequence = blockIdx.z), 32 * WARPS threads.
+// ws_o [B, HKV, GROUP, chunks, D], ws_ml [B, HKV, GROUP, chunks, 2]: written only when chunks > 1.
+template <int D, int HKV, int GROUP, int PAGE, int WARPS, int U, typename T>
+__device__ __forceinline__ void split(const T* __restrict__ q, const T* __restrict__ pages,
+                                      const int* __restrict__ indptr, const int* __restrict__ values,
+                                      const int* __restrict__ last, T* __restrict__ out, float* __restrict__ lse,
+                                      float* __restrict__ ws_o, float* __restrict__ ws_ml, int chunks,
+                                      float sm_scale) {
+  static_assert(D % 8 == 0 && 32 % (D / 8) == 0, "a row of K must be a power-of-two number of lanes <= 32");
+  constexpr int LANES = D / 8;          // lanes per row
+  constexpr int ROWS = 32 / LANES;      // rows (tokens) per warp at once
+  constexpr int SLOTS = WARPS * ROWS;   // token slots per block
+  constexpr int NT = 32 * WARPS;
+  const int c = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int col = lane % LANES;
+  const int slot = warp * ROWS + lane / LANES;
+
+  const int p0 = indptr[b], p1 = indptr[b + 1];
+  const int len = p1 > p0 ? (p1 - p0 - 1) * PAGE + last[b] : 0;
+  const int per = (len + chunks - 1) / chunks;
+  const int start = min(len, c * per), end = min(len, start + per);
+
+  const float scale = sm_scale * kLog2e;
+  float qf[GROUP][8];
+#pragma unroll
+  for (int h = 0; h < GROUP; ++h) {
+    const T* row = q + (static_cast<size_t>(b) * HKV * GROUP + kvh * GROUP + h) * D + col * 8;
+    unpack8<T>(*reinterpret_cast<const uint4*>(row), qf[h]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) qf[h][i] *= scale;
+  }
+  float m[GROUP], l[GROUP], acc[GROUP][8];
+#pragma unroll
+  for (int h = 0; h < GROUP; ++h) {
+    m[h] = kEmpty;
+    l[h] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[h][i] = 0.f;
+  }
+
+  const int* pt = values + p0;
+  const size_t page_stride = static_cast<size_t>(2) * HKV * PAGE * D;  // one page: K then V of every kv head
+  const size_t v_offset = static_cast<size_t>(HKV) * PAGE * D;
+  const T* head = pages + static_cast<size_t>(kvh) * PAGE * D + col * 8;
+
+  // the same trip count in every thread of the block (the row reductions shuffle within the warp)
+  for (int t0 = start; t0 < end; t0 += SLOTS * U) {
+    uint4 kr[U], vr[U];
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int t = t0 + u * SLOTS + slot;
+      ok[u] = t < end;
+      if (ok[u]) {
+        const T* row = head + static_cast<size_t>(pt[t / PAGE]) * page_stride + static_cast<size_t>(t % PAGE) * D;
+        kr[u] = load_stream(row);
+        vr[u] = load_stream(row + v_offset);
+      } else {
+        kr[u] = make_uint4(0, 0, 0, 0);
+        vr[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    float s[U][GROUP];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float k[8];
+      unpack8<T>(kr[u], k);
+#pragma unroll
+      for (int h = 0; h < GROUP; ++h) {
+        float x = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x = fmaf(qf[h][i], k[i], x);
+#pragma unroll
+        for (int o = LANES / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+        s[u][h] = x;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < GROUP; ++h) {
+      float mx = m[h];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = ok[u] ? fmaxf(mx, s[u][h]) : mx;
+      const float corr = exp2f(m[h] - mx);
+      m[h] = mx;
+      l[h] *= corr;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[h][i] *= corr;
+#pragma unroll
+      for (int u = 0; u < U; ++u) s[u][h] = ok[u] ? exp2f(s[u][h] - mx) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float v[8];
+      unpack8<T>(vr[u], v);
+#pragma unroll
+      for (int h = 0; h < GROUP; ++h) {
+        l[h] += s[u][h];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[h][i] = fmaf(s[u][h], v[i], acc[h][i]);
+      }
+    }
+  }
+
+  // merge the block's token slots
+  __shared__ float sh_o[SLOTS][GROUP][D];
+  __shared__ float sh_m[SLOTS][GROUP], sh_l[SLOTS][GROUP];
+  __shared__ float sh_w[SLOTS][GROUP];  // 2^(m_slot - M)
+  __shared__ float sh_max[GROUP], sh_sum[GROUP];
+#pragma unroll
+  for (int h = 0; h < GROUP; ++h) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sh_o[slot][h][col * 8 + i] = acc[h][i];
+    if (col == 0) {
+      sh_m[slot][h] = m[h];
+      sh_l[slot][h] = l[h];
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < GROUP) {
+    const int h = threadIdx.x;
+    float mx = kEmpty;
+    for (int j = 0; j < SLOTS; ++j) mx = fmaxf(mx, sh_m[j][h]);
+    float sum = 0.f;
+    for (int j = 0; j < SLOTS; ++j) {
+      const float w = exp2f(sh_m[j][h] - mx);
+      sh_w[j][h] = w;
+      sum += w * sh_l[j][h];
+    }
+    sh_max[h] = mx;
+    sh_sum[h] = sum;
+  }
+  __syncthreads();
+  const int qh0 = kvh * GROUP;
+  for (int e = threadIdx.x; e < GROUP * D; e += NT) {
+    const int h = e / D, i = e % D;
+    float o = 0.f;
+#pragma unroll
+    for (int j = 0; j < SLOTS; ++j) o = fmaf(sh_w[j][h], sh_o[j][h][i], o);
+    const float sum = sh_sum[h];
+    if (chunks == 1) {
+      const size_t row = static_cast<size_t>(b) * HKV * GROUP + qh0 + h;
+      store(out + row * D + i, sum > 0.f ? o / sum : 0.f);
+      if (i == 0) lse[row] = sum > 0.f ? sh_max[h] + log2f(sum) : kTvmEmptyLse;
+    } else {
+      const size_t part = (static_cast<size_t>(b) * HKV * GROUP + qh0 + h) * chunks + c;
+      ws_o[part * D + i] = o;
+      if (i == 0) {
+        ws_ml[2 * part] = sh_max[h];
+        ws_ml[2 * part + 1] = sum;
+      }
+    }
+  }
+}
+
+// One block per (sequence, query head) = blockIdx.x, D threads: combines the chunks' partials.
+template <int D, typename T>
+__device__ __forceinline__ void merge(const float* __restrict__ ws_o, const float* __restrict__ ws_ml,
+                                      T* __restrict__ out, float* __restrict__ lse, int chunks) {
+  const size_t bh = blockIdx.x;
+  const int i = threadIdx.x;
+  const float* ml = ws_ml + 2 * bh * chunks;
+  float mx = kEmpty;
+  for (int c = 0; c < chunks; ++c) mx = fmaxf(mx, ml[2 * c]);
+  float sum = 0.f, o = 0.f;
+  const float* po = ws_o + bh * chunks * D + i;
+  for (int c = 0; c < chunks; ++c) {
+    const float w = exp2f(ml[2 * c] - mx);
+    sum = fmaf(w, ml[2 * c + 1], sum);
+    o = fmaf(w, po[static_cast<size_t>(c) * D], o);
+  }
+  store(out + bh * D + i, sum > 0.f ? o / sum : 0.f);
+  if (i == 0) lse[bh] = sum > 0.f ? mx + log2f(sum) : kTvmEmptyLse;
+}
+
+}  // namespace attn
+}  // namespace ember
+#endif  // EMBER_DECODE_ATTENTION_CUH
