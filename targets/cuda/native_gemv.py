@@ -18,19 +18,16 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import tvm
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
 from ...ir.ops_quant import QuantFormat
+from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
 
 ENV = "EMBER_CUDA_GEMV"  # "0" turns the override off (the stock dlight GEMV everywhere, for A/B runs)
 Q4, Q4_MIN, Q8 = 0, 1, 2  # gemv.cuh's Scheme
-NO_BIAS, HALF_BIAS, FLOAT_BIAS = 0, 1, 2  # gemv.cuh's Bias
 VALUES_PER_LOAD = {Q4: 32, Q4_MIN: 32, Q8: 16}
 SHARED_LIMIT = 48 * 1024  # static shared memory per block, every arch
-OPAQUE = 8  # relax OpPatternKind.kOpaque
-ATTRS = {"op_pattern": OPAQUE, "tirx.is_scheduled": True}
 # The kernel's schemes that the override takes (all of them: each beat dlight's GEMV on every shape measured).
 SCHEMES = (Q4, Q4_MIN, Q8)
 
@@ -101,12 +98,6 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
 
 
-def _bias_code(bias: list[Any]) -> int | None:
-    if not bias:
-        return NO_BIAS
-    return {"float16": HALF_BIAS, "float32": FLOAT_BIAS}.get(bias[0].dtype)
-
-
 def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig):
     """te compute of y[..., rows] = x[..., cols] . W^T (+ bias) through ember::gemv::run."""
     name = kernel_name(code, rows, cols, group, bias, cfg)
@@ -120,14 +111,9 @@ def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: Ge
             bias_buf = pieces.pop() if bias != NO_BIAS else x
             weight, scales = pieces[0], pieces[1]
             mins = pieces[2] if len(pieces) > 2 else weight
-            bx = tirx.IterVar(tvm.ir.Range(0, blocks), tirx.Var("blockIdx.x", "int32"), tirx.IterVar.ThreadIndex,
-                              "blockIdx.x")
-            tx = tirx.IterVar(tvm.ir.Range(0, threads), tirx.Var("threadIdx.x", "int32"), tirx.IterVar.ThreadIndex,
-                              "threadIdx.x")
             # access_ptr: the buffer's own element offset included (a view with a byte offset stays right)
             ptrs = [b.access_ptr("r") for b in (x, weight, scales, mins, bias_buf)] + [outs[0].access_ptr("w")]
-            call = tirx.Evaluate(tirx.call_extern("int32", name, *ptrs))
-            return tirx.AttrStmt(bx, "thread_extent", blocks, tirx.AttrStmt(tx, "thread_extent", threads, call))
+            return launch(tirx.call_extern("int32", name, *ptrs), blocks, threads)
 
         return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_gemv")
 
@@ -143,7 +129,7 @@ def plan(node: Any, args: list, config: GemvConfig | None = None) -> tuple[tuple
     code = scheme_code(fmt, cols)
     if code not in SCHEMES or x.dtype != "float16" or not is_decode1(list(x.shape[:-1])):
         return None
-    bias = _bias_code(list(args[1 + fmt.num_pieces:]))
+    bias = bias_code(list(args[1 + fmt.num_pieces:]))
     if bias is None:
         return None
     rows = int(args[1].shape[0])

@@ -17,20 +17,17 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import tvm
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
 from ...ir.ops_quant import QuantFormat
+from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
 
 ENV = "EMBER_CUDA_LOWBATCH"  # "0" turns the override off (dlight's kernels for the batched decode, for A/B runs)
 GEMV_ENV = "EMBER_CUDA_GEMV"  # native_gemv's switch: "0" turns this one off too (all stock)
 Q4, Q4_MIN, Q8 = 0, 1, 2  # lowbatch.cuh's Scheme
-NO_BIAS, HALF_BIAS, FLOAT_BIAS = 0, 1, 2  # lowbatch.cuh's Bias
 VALUES_PER_LOAD = {Q4: 32, Q4_MIN: 32, Q8: 16}
 SHARED_LIMIT = 48 * 1024
-OPAQUE = 8  # relax OpPatternKind.kOpaque
-ATTRS = {"op_pattern": OPAQUE, "tirx.is_scheduled": True}
 PREFILL_FUNCTION = "prefill"  # targets/lower.py's entry point that takes a whole prompt
 
 
@@ -109,12 +106,6 @@ def in_prefill(it: Any, batch: Any) -> bool:
     return bool(dims & set(getattr(it, "symbols", {}) or {})) or name in dims
 
 
-def _bias_code(bias: list[Any]) -> int | None:
-    if not bias:
-        return NO_BIAS
-    return {"float16": HALF_BIAS, "float32": FLOAT_BIAS}.get(bias[0].dtype)
-
-
 def lowbatch_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: LowBatchConfig):
     """te compute of y[b, 1, rows] = x[b, 1, cols] . W^T (+ bias) through ember::lowbatch::run."""
     name = kernel_name(code, rows, cols, group, bias, cfg)
@@ -129,13 +120,8 @@ def lowbatch_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg
             weight, scales = pieces[0], pieces[1]
             mins = pieces[2] if len(pieces) > 2 else weight
             count = math.prod(x.shape[:-1]) if len(x.shape) > 1 else 1
-            bx = tirx.IterVar(tvm.ir.Range(0, blocks), tirx.Var("blockIdx.x", "int32"), tirx.IterVar.ThreadIndex,
-                              "blockIdx.x")
-            tx = tirx.IterVar(tvm.ir.Range(0, threads), tirx.Var("threadIdx.x", "int32"), tirx.IterVar.ThreadIndex,
-                              "threadIdx.x")
             ptrs = [b.access_ptr("r") for b in (x, weight, scales, mins, bias_buf)] + [outs[0].access_ptr("w")]
-            call = tirx.Evaluate(tirx.call_extern("int32", name, tirx.Cast("int32", count), *ptrs))
-            return tirx.AttrStmt(bx, "thread_extent", blocks, tirx.AttrStmt(tx, "thread_extent", threads, call))
+            return launch(tirx.call_extern("int32", name, tirx.Cast("int32", count), *ptrs), blocks, threads)
 
         return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_lowbatch")
 
@@ -154,7 +140,7 @@ def plan(it: Any, node: Any, args: list, config: LowBatchConfig | None = None) -
     batch = batch_dim(list(x.shape[:-1]))
     if batch is None or in_prefill(it, batch):
         return None
-    bias = _bias_code(list(args[1 + fmt.num_pieces:]))
+    bias = bias_code(list(args[1 + fmt.num_pieces:]))
     if bias is None:
         return None
     rows = int(args[1].shape[0])

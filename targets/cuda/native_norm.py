@@ -11,12 +11,11 @@ import math
 import os
 from typing import Any
 
-import tvm
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
-OPAQUE = 8  # relax OpPatternKind.kOpaque
-ATTRS = {"op_pattern": OPAQUE, "tirx.is_scheduled": True}
+from .extern_kernel import ATTRS, launch
+
 MAX_VEC = 4  # 16-byte chunks of a row per thread, held in registers
 ENV = "EMBER_CUDA_NORM"  # "0": the generic lowering (a Relax add + the TE norm), for A/B runs
 
@@ -57,14 +56,9 @@ def add_rms_norm_compute(width: int, eps: float):
             rows = tirx.Cast("int32", rows)  # thread extents are int32; a symbolic batch is an int64 var
 
         def body(ins, outs):
-            bx = tirx.IterVar(tvm.ir.Range(0, rows), tirx.Var("blockIdx.x", "int32"), tirx.IterVar.ThreadIndex,
-                              "blockIdx.x")
-            tx = tirx.IterVar(tvm.ir.Range(0, threads), tirx.Var("threadIdx.x", "int32"),
-                              tirx.IterVar.ThreadIndex, "threadIdx.x")
             ptrs = [ins[0].access_ptr("r"), ins[1].access_ptr("r"), ins[2].access_ptr("r"),
                     outs[0].access_ptr("w"), outs[1].access_ptr("w")]
-            call = tirx.Evaluate(tirx.call_extern("int32", name, *ptrs, tirx.const(eps, "float32")))
-            return tirx.AttrStmt(bx, "thread_extent", rows, tirx.AttrStmt(tx, "thread_extent", threads, call))
+            return launch(tirx.call_extern("int32", name, *ptrs, tirx.const(eps, "float32")), rows, threads)
 
         shape = lead + [width]
         return te.extern([shape, shape], [at, bt, wt], body, dtype=["float16", "float16"], name="ember_add_rms_norm")
