@@ -23,6 +23,7 @@ _ENTRY_PTX, _ENTRY_ELF = 1, 2
 _ELF_MAGIC = b"\x7fELF"
 _ELFOSABI_CUDA = 0x41
 _EM_CUDA = 190
+_PDL_TAG = b"tirx.use_programtic_dependent_launch"  # pdl.TAG, stored once per tagged kernel's function info
 _PTX_TEXT = re.compile(rb"\.version \d+\.\d+\s+\.target sm_\d+")
 
 
@@ -35,6 +36,7 @@ class CudaLibraryReport:
     cubin_archs: list[str] = field(default_factory=list)
     ptx_images: int = 0
     global_sources: int = 0
+    pdl_kernels: int = 0  # kernels launched with programmatic dependent launch (their launch-param tag, pdl.py)
 
     @property
     def has_ptx(self) -> bool:
@@ -88,7 +90,8 @@ def inspect_cuda_library(path: str | os.PathLike[str]) -> CudaLibraryReport:
     """Scan a library's bytes for fatbins, cubins (inside fatbins or bare), PTX and `__global__` text."""
     with open(path, "rb") as f:
         data = f.read()
-    report = CudaLibraryReport(path=os.fspath(path), global_sources=data.count(b"__global__"))
+    report = CudaLibraryReport(path=os.fspath(path), global_sources=data.count(b"__global__"),
+                               pdl_kernels=data.count(_PDL_TAG))
     spans = list(_fatbins(data))
     report.fatbins = len(spans)
     for start, end in spans:

@@ -25,6 +25,8 @@ from ...ir.ops_quant import QuantFormat
 from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
 
 ENV = "EMBER_CUDA_GEMV"  # "0" turns the override off (the stock dlight GEMV everywhere, for A/B runs)
+SWIGLU_ENV = "EMBER_CUDA_GEMV_SWIGLU"  # "0": the down projection reads the swiglu kernel's output (A/B runs)
+PLAIN, SWIGLU = 0, 1  # gemv.cuh's Act: what the kernel stages as x
 Q4, Q4_MIN, Q8 = 0, 1, 2  # gemv.cuh's Scheme
 VALUES_PER_LOAD = {Q4: 32, Q4_MIN: 32, Q8: 16}
 SHARED_LIMIT = 48 * 1024  # static shared memory per block, every arch
@@ -77,8 +79,9 @@ def choose_config(code: int, rows: int, cols: int) -> GemvConfig:
     return GemvConfig(4, 2, 4, 2, 0)
 
 
-def kernel_name(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig) -> str:
+def kernel_name(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig, act: int = PLAIN) -> str:
     args = [code, rows, cols, group, cfg.warps, cfg.rows, cfg.depth, cfg.per, cfg.async_copy, bias]
+    args += [act] if act != PLAIN else []
     return f"ember::gemv::run<{', '.join(str(a) for a in args)}>"
 
 
@@ -98,9 +101,10 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
 
 
-def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig):
-    """te compute of y[..., rows] = x[..., cols] . W^T (+ bias) through ember::gemv::run."""
-    name = kernel_name(code, rows, cols, group, bias, cfg)
+def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig, act: int = PLAIN):
+    """te compute of y[..., rows] = x[..., cols] . W^T (+ bias) through ember::gemv::run; with act SWIGLU the input
+    is [gate | up] (2 * cols wide) and x = silu(gate) * up."""
+    name = kernel_name(code, rows, cols, group, bias, cfg, act)
     blocks, threads = cfg.blocks(rows), cfg.threads
 
     def compute(xt: te.Tensor, *tensors: te.Tensor) -> te.Tensor:
@@ -118,6 +122,15 @@ def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: Ge
         return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_gemv")
 
     return compute
+
+
+def swiglu_input(it: Any, node: Any) -> Any | None:
+    """The lowered [gate | up] tensor if this linear's input is a swiglu's output (the down projection), else None.
+    The swiglu kernel itself is then left without readers and dropped by Relax's dead-code elimination."""
+    producer = node.inputs[0].producer
+    if producer is None or producer.op != "swiglu" or os.environ.get(SWIGLU_ENV, "1") == "0":
+        return None
+    return it.get(producer.inputs[0])
 
 
 def plan(node: Any, args: list, config: GemvConfig | None = None) -> tuple[tuple[int, int, int, int, int],
@@ -144,8 +157,11 @@ def lower_quant_linear(it: Any, node: Any, args: list, config: GemvConfig | None
     if planned is None:
         return None
     (code, rows, cols, group, bias), cfg = planned
-    compute = gemv_compute(code, rows, cols, group, bias, cfg)
-    return op.tensor_expr_op(compute, f"{node.attrs['scheme']}_gemv", list(args), attrs=ATTRS)
+    gate_up = swiglu_input(it, node)
+    act = SWIGLU if gate_up is not None and gate_up.dtype == "float16" else PLAIN
+    inputs = [gate_up, *args[1:]] if act == SWIGLU else list(args)
+    compute = gemv_compute(code, rows, cols, group, bias, cfg, act)
+    return op.tensor_expr_op(compute, f"{node.attrs['scheme']}_gemv", inputs, attrs=ATTRS)
 
 
 LOWERINGS = {"quant_linear": lower_quant_linear}

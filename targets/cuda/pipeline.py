@@ -72,19 +72,23 @@ def cuda_relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
 def build_cuda(mod: tvm.IRModule, archs: list[str], cuda_graph: bool = False) -> Executable:
     """Compile a Relax module to one executable with a cubin per arch (no PTX, no CUDA source).
-    `cuda_graph`: TVM's RewriteCUDAGraph captures the static-shape regions of each function into CUDA graphs."""
+    `cuda_graph`: TVM's RewriteCUDAGraph captures the static-shape regions of each function into CUDA graphs.
+    On sm_90+ builds ember's kernels launch with programmatic dependent launch (pdl.py)."""
     import tvm
 
     if not tvm.runtime.enabled("cuda"):
         raise CudaToolchainError("tvm's CUDA runtime is not loaded, so kernels would be embedded as source: "
                                  "call prepare_cuda_compile_process() before `import tvm`")
+    from . import pdl
+
     target = cuda_target(archs)
+    tir_pipeline = pdl.register_pipeline() if pdl.enabled(archs) else "default"
     start = time.perf_counter()
     preload_tensor_intrinsics()
     config = {**PASS_CONFIG, "relax.backend.use_cuda_graph": cuda_graph}
     with target, tvm.transform.PassContext(opt_level=3, config=config), multi_arch_compile(archs) as stats:
         try:
-            ex = tvm.compile(mod, target=target, relax_pipeline=cuda_relax_pipeline(target), tir_pipeline="default")
+            ex = tvm.compile(mod, target=target, relax_pipeline=cuda_relax_pipeline(target), tir_pipeline=tir_pipeline)
         except Exception as err:
             if stats.error is not None:
                 raise stats.error from err

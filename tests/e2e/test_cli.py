@@ -156,6 +156,7 @@ def test_cuda_compile_without_gpu_holds_kernels_for_each_arch(hf_dir, tmp_path):
     report = inspect_cuda_library(tmp_path / "cuda" / "model.so")
     assert sorted(report.cubin_archs) == ["sm_80", "sm_90"]
     assert report.global_sources == 0 and not report.has_ptx
+    assert report.pdl_kernels == 0  # sm_80 has no programmatic dependent launch (targets/cuda/pdl.py)
 
 
 # -- issue 8: --output never destroys what ember did not write; arguments fail before any heavy work ----------------

@@ -80,6 +80,38 @@ def test_decode1_linears_take_the_gemv(scheme, code, group):
         assert name.startswith(f"ember::gemv::run<{layer_code}, ") and f", {layer_group}, " in name
 
 
+def _down_input_width(relax_mod) -> int:
+    """Width of what decode1's down-projection GEMV (256 rows from K 512) reads."""
+    from tvm import relax
+
+    prims = {gv.name_hint: f for gv, f in relax_mod.functions_items()}
+    widths = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+            names = _extern_calls(prims[expr.args[0].name_hint])
+            if any(n.startswith("ember::gemv::run<0, 256, 512,") for n in names):
+                widths.append(int(expr.args[1].fields[0].ty.shape[-1]))
+
+    relax.analysis.post_order_visit(relax_mod["decode1"].body, visit)
+    assert len(widths) == 1
+    return widths[0]
+
+
+def test_down_projection_computes_swiglu_while_staging(monkeypatch):
+    """decode1's down GEMV reads gate_up (1024 wide) and applies SwiGLU itself (Act 1); the swiglu kernel is left
+    without readers (Relax's dead-code elimination drops it). EMBER_CUDA_GEMV_SWIGLU=0 keeps it."""
+    relax_mod = _lowered("q4f16")
+    down = [n for n in gemv_calls(relax_mod)["decode1"] if _shape(n) == (256, 512)]
+    assert down == ["ember::gemv::run<0, 256, 512, 32, 4, 2, 4, 2, 0, 0, 1>"]
+    assert _down_input_width(relax_mod) == 1024
+    monkeypatch.setenv("EMBER_CUDA_GEMV_SWIGLU", "0")
+    relax_mod = _lowered("q4f16")
+    assert [n for n in gemv_calls(relax_mod)["decode1"] if _shape(n) == (256, 512)] == [
+        "ember::gemv::run<0, 256, 512, 32, 4, 2, 4, 2, 0, 0>"]
+    assert _down_input_width(relax_mod) == 512
+
+
 def test_gemv_off_by_environment(monkeypatch):
     monkeypatch.setenv("EMBER_CUDA_GEMV", "0")
     assert all(calls == [] for calls in gemv_calls(_lowered("q4f16")).values())
@@ -149,8 +181,9 @@ def test_device_sources_are_prepended_only_when_called():
     assert with_device_sources(plain) == plain
     calling = 'extern "C" __global__ void k(half* x) { ember::gemv::run<0, 8, 32, 32, 4, 2, 4, 2, 0, 0>(x); }'
     code = with_device_sources(calling)
-    assert code.endswith(calling) and (KERNEL_DIR / "gemv.cuh").read_text() in code
-    assert code.index("namespace gemv") < code.index(calling)
+    gemv = (KERNEL_DIR / "gemv.cuh").read_text()
+    assert code.endswith(calling) and gemv[gemv.index("namespace ember"):] in code  # after the inlined pdl.cuh
+    assert code.index("namespace pdl") < code.index("namespace gemv") < code.index(calling)
 
 
 BUILD = textwrap.dedent("""

@@ -65,6 +65,11 @@ def test_tiny_cuda_artifact_exports_the_sampler(tmp_path: Path):
                     "-o", str(tmp_path / "art"), "--target", "cuda:sm_90"], check=True, capture_output=True)
     functions = json.loads((tmp_path / "art" / "manifest.json").read_text())["functions"]
     assert {"decode1", "sample", "sample_reset"} <= set(functions)
+    # sm_90 only: ember's GEMV, low-batch, norm and attention kernels launch with PDL (targets/cuda/pdl.py); a
+    # 1-layer q4f16 model has, per distinct shape, several of them
+    from ember.targets.cuda.library_check import inspect_cuda_library
+
+    assert inspect_cuda_library(tmp_path / "art" / "model.so").pdl_kernels >= 8
 
 
 # -- the split kernel's select and draw, modelled in numpy (split_sampler_model.py) against the host Sampler -------

@@ -22,6 +22,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "pdl.cuh"
+
 namespace ember {
 namespace attn {
 
@@ -81,6 +83,8 @@ __device__ __forceinline__ void split(const T* __restrict__ q, const T* __restri
   const int col = lane % LANES;
   const int slot = warp * ROWS + lane / LANES;
 
+  pdl::launch_dependents();
+  pdl::wait();  // q and the pages come from the kernels before
   const int p0 = indptr[b], p1 = indptr[b + 1];
   const int len = p1 > p0 ? (p1 - p0 - 1) * PAGE + last[b] : 0;
   const int per = (len + chunks - 1) / chunks;
@@ -224,6 +228,8 @@ __device__ __forceinline__ void merge(const float* __restrict__ ws_o, const floa
                                       T* __restrict__ out, float* __restrict__ lse, int chunks) {
   const size_t bh = blockIdx.x;
   const int i = threadIdx.x;
+  pdl::launch_dependents();
+  pdl::wait();  // the split kernel's partials
   const float* ml = ws_ml + 2 * bh * chunks;
   float mx = kEmpty;
   for (int c = 0; c < chunks; ++c) mx = fmaxf(mx, ml[2 * c]);

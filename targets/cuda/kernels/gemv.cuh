@@ -25,6 +25,8 @@
 #include <cstdint>
 #include <cuda_fp16.h>
 
+#include "pdl.cuh"
+
 namespace ember {
 namespace gemv {
 
@@ -157,8 +159,25 @@ __device__ __forceinline__ float accumulate(float acc, uint4 wv, const uint32_t*
   return acc;
 }
 
+enum Act : int { PLAIN = 0, SWIGLU = 1 };
+
+// SWIGLU input: x_ptr holds [gate | up] (2K halves) and the GEMV's x is silu(gate) * up, computed in fp32 and
+// rounded to fp16 while staging, as the separate swiglu kernel (lower_fused.py) would write it.
+__device__ __forceinline__ uint4 swiglu8(uint4 gate, uint4 up) {
+  const __half2* g = reinterpret_cast<const __half2*>(&gate);
+  const __half2* u = reinterpret_cast<const __half2*>(&up);
+  uint4 out;
+  __half2* o = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 gf = __half22float2(g[j]), uf = __half22float2(u[j]);
+    o[j] = __floats2half2_rn(gf.x / (1.0f + __expf(-gf.x)) * uf.x, gf.y / (1.0f + __expf(-gf.y)) * uf.y);
+  }
+  return out;
+}
+
 // One block: WARPS warps, warp w owns rows (blockIdx.x * WARPS + w) * R + 0..R-1.
-template <int SCHEME, int N, int K, int G, int WARPS, int R, int D, int PER, int ASYNC, int BIAS>
+template <int SCHEME, int N, int K, int G, int WARPS, int R, int D, int PER, int ASYNC, int BIAS, int ACT = PLAIN>
 __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const void* s_ptr, const void* m_ptr,
                                     const void* bias_ptr, void* y_ptr) {
   using L = Layout<SCHEME>;
@@ -219,9 +238,12 @@ __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const 
     }
     if (ASYNC) copy_commit();  // one group per step, empty or not, so that wait_group counts steps
   };
-  // The first D steps of weights are requested before x is staged: the loads overlap the staging.
+  // The first D steps of weights are requested before x is staged: the loads overlap the staging and, launched
+  // with PDL, the end of the kernel that writes x (weights are never written during a step).
+  pdl::launch_dependents();
 #pragma unroll
   for (int d = 0; d < D; ++d) load_step(d, d);
+  pdl::wait();
 
   const __half* xh = reinterpret_cast<const __half*>(x_ptr);
   auto stage = [&](int i, uint4 u) {
@@ -235,24 +257,27 @@ __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const 
       if (j == 0) xsum[c] = part;
     }
   };
+  auto chunk_at = [&](int e0, bool aligned) -> uint4 {  // the 8 input halves at e0 (aligned: one 16-byte load)
+    if (aligned) return __ldg(reinterpret_cast<const uint4*>(xh + e0));
+    uint16_t h[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) h[e] = __ldg(reinterpret_cast<const unsigned short*>(xh) + e0 + e);
+    return make_uint4(h[0] | (uint32_t(h[1]) << 16), h[2] | (uint32_t(h[3]) << 16),
+                      h[4] | (uint32_t(h[5]) << 16), h[6] | (uint32_t(h[7]) << 16));
+  };
+  auto x_chunk = [&](int i, bool aligned) -> uint4 {  // chunk i of the GEMV's x (zero past K)
+    if (8 * i >= K) return make_uint4(0, 0, 0, 0);
+    if (ACT == SWIGLU) return swiglu8(chunk_at(8 * i, aligned), chunk_at(K + 8 * i, aligned));
+    return chunk_at(8 * i, aligned);
+  };
   if ((reinterpret_cast<uintptr_t>(x_ptr) & 15) == 0) {
 #pragma unroll
     for (int i0 = 0; i0 < XCHUNKS; i0 += THREADS) {
       const int i = i0 + threadIdx.x;
-      if (XCHUNKS % THREADS == 0 || i < XCHUNKS) {
-        stage(i, 8 * i < K ? __ldg(reinterpret_cast<const uint4*>(xh) + i) : make_uint4(0, 0, 0, 0));
-      }
+      if (XCHUNKS % THREADS == 0 || i < XCHUNKS) stage(i, x_chunk(i, true));
     }
   } else {
-    for (int i = threadIdx.x; i < XCHUNKS; i += THREADS) {
-      uint16_t h[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      if (8 * i < K) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) h[e] = __ldg(reinterpret_cast<const unsigned short*>(xh) + 8 * i + e);
-      }
-      stage(i, make_uint4(h[0] | (uint32_t(h[1]) << 16), h[2] | (uint32_t(h[3]) << 16),
-                          h[4] | (uint32_t(h[5]) << 16), h[6] | (uint32_t(h[7]) << 16)));
-    }
+    for (int i = threadIdx.x; i < XCHUNKS; i += THREADS) stage(i, x_chunk(i, false));
   }
   __syncthreads();
 

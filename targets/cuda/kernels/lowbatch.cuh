@@ -26,6 +26,8 @@
 #include <cstdint>
 #include <cuda_fp16.h>
 
+#include "pdl.cuh"
+
 namespace ember {
 namespace lowbatch {
 
@@ -179,6 +181,8 @@ __device__ __forceinline__ void run(int b, const void* x_ptr, const void* w_ptr,
   // XA needs 16-byte aligned rows (else the direct loads, which handle any alignment)
   const bool use_xa = XA && aligned;
 
+  pdl::launch_dependents();
+  pdl::wait();  // x (read with the weights in load_tile) comes from the kernel before
   const int chunks = (b + 15) / 16;
   for (int c0 = 0; c0 < chunks; c0 += CH) {
     float acc[CH][NT][4];

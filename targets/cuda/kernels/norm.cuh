@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cuda_fp16.h>
 
+#include "pdl.cuh"
+
 namespace ember {
 namespace norm {
 
@@ -38,6 +40,8 @@ __device__ __forceinline__ void add_rms_norm(const void* a_ptr, const void* b_pt
   uint4* sum = reinterpret_cast<uint4*>(sum_ptr) + row * CHUNKS;
   uint4* out = reinterpret_cast<uint4*>(out_ptr) + row * CHUNKS;
 
+  pdl::launch_dependents();
+  pdl::wait();  // a and b come from the kernels before
   __half2 s[VEC][4];
   float sq = 0.0f;
 #pragma unroll
