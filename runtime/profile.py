@@ -4,8 +4,11 @@ CUPTI, through torch.profiler, records every kernel and copy of the process (TVM
 timestamps, so the table is of real durations in a real decode loop, not of kernels timed one at a time. torch is
 imported only here, only when asked: the runtime itself never needs it.
 
-Per step: wall time, the sum of kernel and copy durations ("busy"), and the rest ("idle": launch gaps and host
-work between kernels). Kernels are grouped by name with their calls and microseconds per step.
+Per step: wall time, the time some kernel or copy was running ("busy": the union of their intervals, since with
+programmatic dependent launch a kernel starts before the previous one ends and its duration includes waiting
+for it), and the rest ("idle": launch gaps and host work between kernels). Kernels are grouped by name with their
+calls and microseconds per step (durations as recorded, so overlapping kernels add up to more than busy), then the
+kernels the GPU sat idle before ("idle_before": where the launch gaps are).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from .engine import Engine
+from .sampler import SamplingParams
 
 GPU_EVENTS = ("kernel", "gpu_memcpy", "gpu_memset")
 
@@ -55,14 +59,21 @@ def profile_decode(engine: Engine, batch: int, steps: int = 32, prompt: int = 12
     for s in seqs:
         runner.add_sequence(s)
     logits = runner.prefill(seqs, [rng.integers(0, runner.vocab_size, size=prompt).astype(np.int32) for _ in seqs])
-    tokens = [int(t) for t in np.argmax(logits, axis=-1)]
+    tokens = np.argmax(logits, axis=-1).astype(np.int32)
+    if runner.has_device_sampler:  # the loop `ember bench` times: greedy sampling on the device, ids to the host
+        buf = runner.set_sampling([(SamplingParams(), 0, s) for s in seqs])
+
+        def step(tokens: np.ndarray) -> np.ndarray:
+            return runner.decode_sample(seqs, tokens, buf)
+    else:
+        def step(tokens: np.ndarray) -> np.ndarray:
+            return np.argmax(runner.decode(seqs, tokens, reuse=True), axis=-1).astype(np.int32)
     for _ in range(4):  # warm-up (CUDA graph capture, first launches)
-        logits = runner.decode(seqs, tokens, reuse=True)
+        tokens = step(tokens)
     with make() as prof:
         start = time.perf_counter()
         for _ in range(steps):
-            tokens = [int(t) for t in np.argmax(logits, axis=-1)]
-            logits = runner.decode(seqs, tokens, reuse=True)
+            tokens = step(tokens)
         wall = time.perf_counter() - start
     for s in seqs:
         runner.remove_sequence(s)
@@ -77,11 +88,14 @@ def summarize(events: list[dict[str, Any]], steps: int, wall_s: float, batch: in
               quant: str) -> list[dict[str, Any]]:
     by_name: dict[str, list[float]] = defaultdict(list)
     spans = []
+    named: list[tuple[float, float, str]] = []
     for e in events:
         if e.get("cat") in GPU_EVENTS and e.get("ph") == "X":
-            by_name[short_name(str(e.get("name", "?")))].append(float(e.get("dur", 0.0)))
+            name = short_name(str(e.get("name", "?")))
+            by_name[name].append(float(e.get("dur", 0.0)))
             spans.append((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))))
-    busy = sum(sum(d) for d in by_name.values())
+            named.append((*spans[-1], name))
+    busy = covered(spans)
     first, last = (min(s for s, _ in spans), max(t for _, t in spans)) if spans else (0.0, 0.0)
     summary = {"profile": "decode", "model": model, "quant": quant, "batch": batch, "steps": steps,
                "step_ms": round(wall_s / steps * 1e3, 3), "gpu_busy_ms_per_step": round(busy / steps / 1e3, 3),
@@ -90,12 +104,41 @@ def summarize(events: list[dict[str, Any]], steps: int, wall_s: float, batch: in
     summary["gpu_idle_fraction"] = round(1 - summary["gpu_busy_ms_per_step"] / summary["step_ms"], 3) \
         if summary["step_ms"] else None
     rows = [summary]
+    total = sum(sum(d) for d in by_name.values())
     ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
     for name, durs in ranked[:top]:
         rows.append({"kernel": name, "calls_per_step": round(len(durs) / steps, 2),
                      "us_per_step": round(sum(durs) / steps, 1), "us_per_call": round(float(np.median(durs)), 2),
-                     "share": round(sum(durs) / busy, 4) if busy else 0.0})
+                     "share": round(sum(durs) / total, 4) if total else 0.0})
+    gaps = idle_before(named)
+    for name, us in sorted(gaps.items(), key=lambda kv: -kv[1])[:GAP_ROWS]:
+        rows.append({"idle_before": name, "us_per_step": round(us / steps, 1)})
     return rows
 
 
-__all__ = ["profile_decode", "summarize", "short_name"]
+GAP_ROWS = 6  # the kernels most often waited for: where the idle time of a step sits
+
+
+def idle_before(named: list[tuple[float, float, str]]) -> dict[str, float]:
+    """Idle GPU time (no kernel or copy running) right before each kernel started, summed by kernel name: the
+    launches that the GPU waited for. The first event of the trace has none."""
+    out: dict[str, float] = defaultdict(float)
+    reach = None
+    for start, end, name in sorted(named):
+        if reach is not None and start > reach:
+            out[name] += start - reach
+        reach = end if reach is None else max(reach, end)
+    return dict(out)
+
+
+def covered(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+__all__ = ["covered", "idle_before", "profile_decode", "summarize", "short_name"]

@@ -17,7 +17,7 @@ def test_summarize_groups_kernels_and_splits_busy_from_idle() -> None:
         {"ph": "X", "cat": "cpu_op", "name": "ignored", "ts": 0, "dur": 1000},  # host events are not GPU time
     ]
     rows = summarize(events, steps=steps, wall_s=80e-6, batch=1, top=2, model="m", quant="q")
-    summary, first, second = rows
+    summary, first, second = rows[:3]
     assert summary["launches_per_step"] == 3.0
     assert summary["gpu_busy_ms_per_step"] == round(28 / steps / 1e3, 3)
     assert summary["step_ms"] == 0.04
@@ -26,10 +26,26 @@ def test_summarize_groups_kernels_and_splits_busy_from_idle() -> None:
     assert first == {"kernel": "gemv_kernel", "calls_per_step": 1.0, "us_per_step": 11.0, "us_per_call": 11.0,
                      "share": round(22 / 28, 4)}
     assert second["kernel"] == "norm_kernel" and second["us_per_step"] == 2.0
-    assert len(rows) == 3  # top=2
+    # idle before: norm 2 + 1, memcpy 1 + 1, gemv 4 (after the first step's copy): per step of 2
+    assert rows[3:] == [{"idle_before": "gemv_kernel", "us_per_step": 2.0},
+                        {"idle_before": "norm_kernel", "us_per_step": 1.5},
+                        {"idle_before": "Memcpy DtoH", "us_per_step": 1.0}]
 
 
 def test_short_name_drops_signature_and_shortens_templates() -> None:
     assert short_name("void fused_rope_kernel(half*, int)") == "fused_rope_kernel"
     long = "void ember::gemv::run<" + ", ".join(["4096"] * 40) + ">(void const*)"
     assert len(short_name(long)) == 90 and short_name(long).endswith("...")
+
+
+def test_overlapping_kernels_count_once_in_busy() -> None:
+    """With programmatic dependent launch a kernel starts before the previous one ends: busy is the union."""
+    from ember.runtime.profile import covered
+
+    assert covered([(0, 10), (8, 12), (20, 25), (21, 22)]) == 17
+    assert covered([]) == 0
+    events = [_kernel("gemv_kernel", 0, 10), _kernel("norm_kernel", 6, 6), _kernel("gemv_kernel", 14, 4)]
+    summary, first, second, gap = summarize(events, steps=1, wall_s=20e-6, batch=1, top=2, model="m", quant="q")
+    assert gap == {"idle_before": "gemv_kernel", "us_per_step": 2.0}
+    assert summary["gpu_busy_ms_per_step"] == 0.016 and summary["gpu_idle_fraction"] == 0.2
+    assert first["share"] == round(14 / 20, 4) and second["share"] == round(6 / 20, 4)  # of recorded durations
