@@ -3,7 +3,7 @@
 Llama-3-8B layer shape: the batch-1 GEMV (decode1) and the tensor-core kernel of the batched decode.
 
 Here (no GPU, nvcc on PATH):
-    python tools/linear_bench.py build DIR [--configs sweep|default]
+    python tools/linear_bench.py build DIR [--configs sweep|confirm|default]
 compiles, for every shape, ember's kernels in each swept launch config and the generic `linear` lowering (dlight,
 what q0f16 decode ran before) into DIR/linear.so for sm_90, with DIR/cases.json. On the GPU (torch there;
 runtime-only TVM on PYTHONPATH):
@@ -28,6 +28,8 @@ SHAPES = gb.SHAPES
 ODD = (1000, 1048)  # correctness only: rows not filling a block, a partial k-tile, a bias
 GEMV_SWEEP = [(4, 2, 4), (4, 4, 4), (8, 2, 4), (4, 2, 8), (4, 1, 8), (8, 1, 8)]  # (warps, rows, depth)
 MMA_SWEEP = [(8, 4, 1, 4), (4, 4, 1, 4), (8, 2, 1, 4), (4, 2, 1, 8), (8, 4, 2, 2), (4, 4, 2, 4)]  # (w, nt, ch, d)
+CONFIRM_GEMV = [(8, 2, 4), (8, 1, 8)]
+CONFIRM_MMA = [(8, 4, 2, 2), (4, 4, 4, 2), (8, 2, 4, 2), (4, 4, 2, 2), (8, 2, 2, 2)]
 BATCHES = (16, 1, 4, 64, 2, 8, 32)  # batch 16 first: the target, measured before any budget runs out
 CHECK_BATCHES = (1, 4, 16, 64)
 
@@ -38,8 +40,9 @@ def cases(configs: str = "sweep") -> list[dict]:
     out = []
     for shape, (n, k) in list(SHAPES.items()) + [("odd", ODD)]:
         odd = shape == "odd"
-        gemvs = [nl.choose_gemv(n, k)] if odd or configs == "default" else [nl.GemvConfig(*c) for c in GEMV_SWEEP]
-        mmas = [nl.choose_mma(n, k)] if odd or configs == "default" else [nl.MmaConfig(*c) for c in MMA_SWEEP]
+        gemv_set, mma_set = (CONFIRM_GEMV, CONFIRM_MMA) if configs == "confirm" else (GEMV_SWEEP, MMA_SWEEP)
+        gemvs = [nl.choose_gemv(n, k)] if odd or configs == "default" else [nl.GemvConfig(*c) for c in gemv_set]
+        mmas = [nl.choose_mma(n, k)] if odd or configs == "default" else [nl.MmaConfig(*c) for c in mma_set]
         if not odd:
             out.append({"shape": shape, "n": n, "k": k, "kind": "stock", "batched": False})
             out.append({"shape": shape, "n": n, "k": k, "kind": "stock", "batched": True})
@@ -253,7 +256,7 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("dir", type=Path)
-    b.add_argument("--configs", choices=("sweep", "default"), default="sweep")
+    b.add_argument("--configs", choices=("sweep", "confirm", "default"), default="sweep")
     r = sub.add_parser("run")
     r.add_argument("dir", type=Path)
     r.add_argument("out", type=Path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -194,10 +195,15 @@ extern "C" __global__ void __launch_bounds__({threads}) kern({params}) {{ ember:
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
-@pytest.mark.parametrize("kind,args", [("gemv", "28672, 4096, 4, 2, 4, 0"), ("gemv", "4096, 14336, 4, 2, 4, 1"),
-                                       ("gemv", "1000, 1048, 4, 2, 4, 2"), ("mma", "28672, 4096, 8, 4, 1, 4, 0"),
-                                       ("mma", "4096, 14336, 8, 4, 1, 4, 1"), ("mma", "1000, 1048, 8, 4, 1, 4, 2")])
-def test_kernel_compiles_without_spills(tmp_path, kind, args):
+# (kernel, template args, spill bytes allowed): 8 warps x 4 n-tiles x 2 chunks needs ~200 registers and ptxas
+# settles on 128 with 20 bytes spilled under __launch_bounds__(256) (as TVM's kernel has it); the H200 numbers of
+# docs/measurements/2026-12-02-h200-f16-* were measured with that spill.
+@pytest.mark.parametrize("kind,args,spill", [
+    ("gemv", "28672, 4096, 8, 2, 4, 0", 0), ("gemv", "4096, 14336, 8, 2, 4, 1", 0),
+    ("gemv", "1000, 1048, 8, 1, 8, 2", 0),
+    ("mma", "4096, 14336, 8, 2, 2, 2, 1", 0), ("mma", "1000, 1048, 4, 4, 1, 4, 2", 0),
+    ("mma", "128256, 4096, 4, 4, 4, 2, 0", 0), ("mma", "28672, 4096, 8, 4, 2, 2, 0", 32)])
+def test_kernel_compiles_without_spills(tmp_path, kind, args, spill):
     from ember.targets.cuda.device_code import with_device_sources
 
     warps = int(args.split(",")[2])
@@ -210,7 +216,9 @@ def test_kernel_compiles_without_spills(tmp_path, kind, args):
     result = subprocess.run(["nvcc", "-arch=sm_90", "-O3", "-std=c++17", "--cubin", "-Xptxas", "-v", str(src),
                              "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert re.search(r"0 bytes spill stores, 0 bytes spill loads", result.stderr), result.stderr
-    if kind == "mma":
-        sass = subprocess.run(["cuobjdump", "-sass", str(tmp_path / "k.cubin")], capture_output=True, text=True)
-        assert sass.returncode != 0 or "HMMA" in sass.stdout
+    stores, loads = map(int, re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr).groups())
+    assert stores <= spill and loads <= spill, result.stderr
+    cuobjdump = Path(shutil.which("nvcc")).resolve().with_name("cuobjdump")
+    if kind == "mma" and cuobjdump.is_file():
+        sass = subprocess.run([str(cuobjdump), "-sass", str(tmp_path / "k.cubin")], capture_output=True, text=True)
+        assert sass.returncode == 0 and "HMMA.16816.F32" in sass.stdout, sass.stderr
