@@ -2,9 +2,10 @@
 """ember's cuda kernels inside whole models (GEMV at decode1, low-batch GEMM at batched decode, add+RMSNorm,
 decode attention) and CUDA graphs, against the cpu build of the same model and weights.
 
-Here:   python tools/gemv_parity.py build DIR
+Here:   python tools/gemv_parity.py build DIR [SCHEME,...]
         tiny HF models (a llama, and a qwen2 for the qkv bias), each compiled for cpu, for cuda (ember's GEMV at
-        decode1) and for cuda with EMBER_CUDA_GEMV=0 (dlight's GEMV, as before), per 4-bit scheme.
+        decode1) and for cuda with EMBER_CUDA_GEMV=0 (dlight's GEMV, as before), per scheme (4-bit, and q0f16 for
+        the fp16-weight kernels of native_linear.py), or only the schemes named.
 On the GPU (runtime-only ember):  python tools/gemv_parity.py check DIR
         the same prompt prefilled in every build, then 24 decode1 steps fed the cpu build's greedy tokens; the
         logits of every step are compared (max abs error over the logit scale, top-1 agreement) and greedy
@@ -24,10 +25,10 @@ from pathlib import Path
 MODELS = {  # name -> (transformers config class, kwargs, schemes)
     "llama": ("LlamaConfig", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 704,
                               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
-              ("q4f16", "q4f16_1", "q4f16g128")),
+              ("q4f16", "q4f16_1", "q4f16g128", "q0f16")),
     "qwen2": ("Qwen2Config", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 416,
                               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                              "tie_word_embeddings": True}, ("q4f16_1",)),
+                              "tie_word_embeddings": True}, ("q4f16_1", "q0f16")),
 }
 BUILDS = {"cpu": (["--target", "cpu"], {}), "cuda": (["--target", "cuda:sm_90", "--no-cuda-graph"], {}),
           "cuda-graph": (["--target", "cuda:sm_90", "--cuda-graph"], {}),
@@ -39,7 +40,7 @@ BATCH, BATCH_STEPS = 4, 12
 TOL_CPU, TOL_STOCK = 5e-2, 2e-2
 
 
-def build(root: Path) -> None:
+def build(root: Path, only: set[str] | None = None) -> None:
     import torch
     import transformers
 
@@ -53,6 +54,8 @@ def build(root: Path) -> None:
                     p.normal_(0, 0.5)
         hf.save_pretrained(root / model / "hf")
         for scheme in schemes:
+            if only and scheme not in only:
+                continue
             for name, (args, env) in BUILDS.items():
                 out = root / model / scheme / name
                 subprocess.run(["ember", "compile", "--model", str(root / model / "hf"), "--quant", scheme, "-o",
@@ -160,7 +163,7 @@ def check(root: Path) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["build"]:
-        build(Path(sys.argv[2]))
+        build(Path(sys.argv[2]), set(sys.argv[3].split(",")) if len(sys.argv) > 3 else None)
     elif sys.argv[1:2] == ["check"]:
         sys.exit(check(Path(sys.argv[2])))
     else:

@@ -51,11 +51,14 @@ class CudaTarget(Target):
     def lowerings(self) -> Mapping[str, Any]:
         """decode1's quantized linear layers on ember's GEMV (native_gemv.py), the batched decode's on its low-batch
         GEMM (native_lowbatch.py); EMBER_CUDA_GEMV=0 keeps dlight's for both, EMBER_CUDA_LOWBATCH=0 for the latter.
-        add_rms_norm on one kernel (native_norm.py; EMBER_CUDA_NORM=0 keeps the generic add + norm)."""
-        from . import native_gemv, native_lowbatch, native_norm
+        add_rms_norm on one kernel (native_norm.py; EMBER_CUDA_NORM=0 keeps the generic add + norm). fp16-weight
+        `linear` (q0f16) at decode1 and the batched decode on native_linear.py's kernels (EMBER_CUDA_LINEAR=0 or
+        EMBER_CUDA_GEMV=0 keep dlight's)."""
+        from . import native_gemv, native_linear, native_lowbatch, native_norm
 
         table = dict(native_gemv.LOWERINGS) if native_gemv.enabled() else {}
         table = native_lowbatch.merged(table) if native_lowbatch.enabled() else table
+        table = {**table, **native_linear.LOWERINGS} if native_linear.enabled() else table
         return {**table, **native_norm.LOWERINGS} if native_norm.enabled() else table
 
     def extend_module(self, relax_mod: tvm.IRModule) -> tvm.IRModule:

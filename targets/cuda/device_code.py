@@ -14,7 +14,8 @@ KERNEL_DIR = Path(__file__).with_name("kernels")
 # (what the generated code calls, the file that defines it)
 SOURCES: tuple[tuple[str, str], ...] = (("ember::gemv::", "gemv.cuh"), ("ember::lowbatch::", "lowbatch.cuh"),
                                         ("ember::sample::", "sample.cuh"), ("ember::norm::", "norm.cuh"),
-                                        ("ember::attn::", "decode_attention.cuh"))
+                                        ("ember::attn::", "decode_attention.cuh"),
+                                        ("ember::linear::", "linear.cuh"))
 
 
 def needed_sources(code: str) -> list[str]:
