@@ -7,7 +7,9 @@
 #   GPU box:  bash benchmarks/gpu.sh peer DIR [QUANTS...]   build llama.cpp (~5 min, kept in DIR/lcpp), llama-bench +
 #                                                           llama-batched-bench on random GGUFs (default F16 Q4_0)
 #             bash benchmarks/gpu.sh ember DIR [QUANTS...]  ember bench of each artifact: pp128/pp512, decode batch
-#                                                           1..64, the kernel profile at batch 1 and 16
+#                                                           1..64 (BATCHES), decode at context 128/2048/8000
+#                                                           (CONTEXTS), the kernel profile at batch 1 and 16 (PROFILE=1)
+#   here:     ember bench --plot decode.png --from DIR/results  the batch curve of every engine, with the rooflines
 # Both GPU commands print JSON lines (also written under ${OUT:-DIR/results}).
 set -euo pipefail
 cmd=${1:?usage: gpu.sh build|peer|ember DIR [QUANTS...]}; dir=${2:?DIR}; shift 2
@@ -60,6 +62,12 @@ case $cmd in
       ember_rt bench "$dir/l8-$q" --device cuda --prefill 128,512 --batch "${BATCHES:-1,2,4,8,16,32,64}" --steps 64 \
         --repeats 3 --output "$results/ember-$q.jsonl" >/dev/null
       cat "$results/ember-$q.jsonl"
+      if [ -n "${CONTEXTS-128,2048,8000}" ]; then  # decode at batch 1 after long prompts (a cache of batch 1:
+        # 8000 + 64 steps fits llama3-8b's 8192); rows decode_ctx{N}_b1_tok_s; CONTEXTS= turns it off
+        ember_rt bench "$dir/l8-$q" --device cuda --prefill 128 --batch 1 --context "${CONTEXTS-128,2048,8000}" \
+          --steps 64 --repeats 3 --output "$results/ember-ctx-$q.jsonl" >/dev/null
+        cat "$results/ember-ctx-$q.jsonl"
+      fi
       if [ -n "${PROFILE:-}" ]; then  # the top kernels of a decode step at batch 1 and 16 (needs torch)
         ember_rt bench "$dir/l8-$q" --device cuda --prefill 128 --batch 1,16 --steps 32 --repeats 1 --profile \
           --output "$results/profile-$q.jsonl" >/dev/null

@@ -1,7 +1,7 @@
 """`ember bench`: prefill, TTFT and decode speed of an artifact, optionally beside a peer in the same run.
 
 Decode is (N - 1) / (T_N - T_1) over N greedy tokens after a 128-token prompt (EOS ignored), so prefill never
-leaks into it; prefill is prompt tokens / time to the first logits. Each figure is the best of `repeats`
+leaks into it (decode_ctx{N}_b1: the same at batch 1 after an N-token prompt, `--context`); prefill is prompt tokens / time to the first logits. Each figure is the best of `repeats`
 runs after a warm-up. Figures of random-weight artifacts are labelled as such.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ class BenchResult:
     weight_bytes: int = 0
     copy_GBps: float | None = None  # device copy bandwidth measured in the same run (read + write)
     memory_used_bytes: int | None = None  # on the GPU after the decode runs (largest batch)
+    context_decode: dict[int, float] = field(default_factory=dict)  # prompt length -> batch-1 decode tok/s after it
 
     def rows(self) -> list[dict[str, Any]]:
         base = {"engine": "ember", "model": self.name, "quant": self.quantization, "device": self.device,
@@ -54,6 +55,8 @@ class BenchResult:
             if self.memory_used_bytes is not None:
                 row["gpu_memory_used_GB"] = round(self.memory_used_bytes / 1e9, 2)
             out.append(row)
+        for n, v in self.context_decode.items():
+            out.append({**base, "metric": f"decode_ctx{n}_b1_tok_s", "value": round(v, 1), "context": n})
         return out
 
 
@@ -134,7 +137,9 @@ def device_memory_used(engine: Engine) -> int | None:
 
 
 def run_bench(engine: Engine, device: str, prefill_lengths: list[int], batches: list[int], steps: int,
-              repeats: int = 3, seed: int = 0) -> BenchResult:
+              repeats: int = 3, seed: int = 0, contexts: list[int] = ()) -> BenchResult:
+    """`contexts`: prompt lengths before a batch-1 decode measurement each (decode_ctx{N}_b1_tok_s); the engine's
+    cache must hold N + steps tokens (needed_context)."""
     rng = np.random.default_rng(seed)
     m = engine.manifest
     result = BenchResult(name=m.name, device=device, quantization=m.quantization, weights=m.weights,
@@ -142,16 +147,28 @@ def run_bench(engine: Engine, device: str, prefill_lengths: list[int], batches: 
     for n in prefill_lengths:
         result.prefill[n] = n / measure_prefill(engine, n, repeats, rng)
     result.ttft_ms = measure_prefill(engine, 128, repeats, rng) * 1e3
-    measure_decode(engine, 1, 8, 128, rng)  # warm-up
+    measure_decode(engine, 1, 8, DECODE_PROMPT, rng)  # warm-up
     for batch in batches:
-        runs = [measure_decode(engine, batch, steps, 128, rng) for _ in range(max(1, repeats - 1))]
+        runs = [measure_decode(engine, batch, steps, DECODE_PROMPT, rng) for _ in range(max(1, repeats - 1))]
         best, intervals = max(runs, key=lambda run: run[0])
         result.decode[batch] = best
         result.tpot_ms[batch] = (float(np.percentile(intervals, 50) * 1e3), float(np.percentile(intervals, 99) * 1e3))
+    for n in contexts:
+        runs = [measure_decode(engine, 1, steps, n, rng)[0] for _ in range(max(1, repeats - 1))]
+        result.context_decode[n] = max(runs)
     result.memory_used_bytes = device_memory_used(engine)
     bandwidth = copy_bandwidth(engine)
     result.copy_GBps = bandwidth / 1e9 if bandwidth else None
     return result
+
+
+DECODE_PROMPT = 128  # the prompt before the decode measurements at each batch size
+
+
+def needed_context(prefill_lengths: list[int], steps: int, contexts: list[int] = ()) -> int:
+    """Tokens per sequence the KV cache must hold: the longest prompt timed, or a prompt and every decode step
+    after it (and the first token's slack)."""
+    return max(max(prefill_lengths, default=0), max([DECODE_PROMPT, *contexts]) + steps + 8)
 
 
 def _nbytes(shape: list[int], dtype: str) -> int:

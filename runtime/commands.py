@@ -228,10 +228,12 @@ def chat(
 
 
 @click.command("bench")
-@click.argument("artifact", type=click.Path(file_okay=False))
+@click.argument("artifact", type=click.Path(file_okay=False), required=False)
 @click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
 @click.option("--prefill", "prefill", default="512", show_default=True, help="Prompt lengths to time (comma list).")
 @click.option("--batch", "batches", default="1", show_default=True, help="Decode batch sizes (comma list).")
+@click.option("--context", "contexts", default="", help="Also decode at batch 1 after prompts of these lengths "
+              "(comma list, e.g. 128,2048,8000): rows decode_ctx{N}_b1_tok_s.")
 @click.option("--steps", default=256, show_default=True, type=int, help="Decode steps per measurement.")
 @click.option("--repeats", default=3, show_default=True, type=int)
 @click.option("--peer", default=None, type=click.Choice(PEERS),
@@ -244,28 +246,55 @@ def chat(
               help="Also write the JSON rows to this file.")
 @click.option("--profile", is_flag=True,
               help="Also print the top kernels of a decode step by GPU time, per batch size (cuda; needs torch).")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False),
+              help="Draw decode tok/s against batch size (ember, the peers, the roofline) into this PNG "
+                   "(needs the extra ember[plot]).")
+@click.option("--from", "sources", multiple=True, type=click.Path(exists=True),
+              help="With --plot and no ARTIFACT: draw saved rows (JSON-lines files or folders of *.jsonl, as "
+                   "benchmarks/gpu.sh writes them; llama-bench's and llama-batched-bench's own lines too). Repeatable.")
 @click.option("--verbose", is_flag=True, help="Show full tracebacks.")
 @one_line_errors
-def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, repeats: int, peer: str | None,
-          llama_bench: str | None, gguf: str | None, output: str | None, profile: bool, verbose: bool) -> None:
-    """Time prefill, TTFT and decode of ARTIFACT (JSON lines on stdout), beside a peer when asked."""
-    from .bench import ratio_rows, run_bench, run_peer
+def bench(artifact: str | None, device: str, prefill: str, batches: str, contexts: str, steps: int, repeats: int,
+          peer: str | None, llama_bench: str | None, gguf: str | None, output: str | None, profile: bool,
+          plot: str | None, sources: tuple[str, ...], verbose: bool) -> None:
+    """Time prefill, TTFT and decode of ARTIFACT (JSON lines on stdout), beside a peer when asked; or, with
+    --plot and --from, draw rows saved by earlier runs."""
+    if sources:
+        if artifact is not None or not plot:
+            raise InputError("--from draws saved rows: give --plot FILE.png and no ARTIFACT")
+        from .bench_plot import plot_rows, read_rows
 
-    lengths = [int(x) for x in prefill.split(",") if x]
-    sizes = [int(x) for x in batches.split(",") if x]
+        _echo_series(plot_rows(read_rows(sources), plot), plot)
+        return
+    if artifact is None:
+        raise InputError("give an ARTIFACT to time (or --plot FILE.png --from ROWS.jsonl to draw saved rows)")
+    if plot:
+        from .bench_plot import require_matplotlib
+
+        require_matplotlib()  # before timing anything
+    from .bench import needed_context, ratio_rows, run_bench, run_peer
+
+    lengths = _int_list(prefill, "--prefill")
+    sizes = _int_list(batches, "--batch") or [1]
+    ctx_lengths = _int_list(contexts, "--context")
     if profile and not device.startswith("cuda"):
-        raise InputError.about("{--profile} reads CUDA kernel times: use it with --device cuda")
+        raise InputError("--profile reads CUDA kernel times: use it with --device cuda")
     if peer == "llama.cpp":  # before timing anything: the peer's inputs must exist
         from .peer_llamacpp import find_llama_bench
 
         llama_bench = find_llama_bench(llama_bench)
         gguf = gguf or _compiled_from_gguf(artifact)
+    from .artifact import read_manifest
     from .engine import Engine
 
-    # the cache holds the longest prompt (or a 128-token prompt plus every decode step) for each sequence
-    context = max(max(lengths, default=0), 128 + steps + 8)
+    # the cache holds the longest prompt (or a prompt plus every decode step) for each sequence
+    context = needed_context(lengths, steps, ctx_lengths)
+    manifest = read_manifest(artifact)
+    if context > manifest.context_length:
+        raise InputError(f"--context/--prefill/--steps need {context} tokens per sequence, more "
+                               f"than the context length {manifest.context_length} of {manifest.name}")
     engine = Engine.load(artifact, device=device, max_batch_size=max(sizes), context_length=context)
-    result = run_bench(engine, device, lengths, sizes, steps, repeats)
+    result = run_bench(engine, device, lengths, sizes, steps, repeats, contexts=ctx_lengths)
     rows = result.rows()
     threads = engine.threads
     if threads:
@@ -290,8 +319,27 @@ def bench(artifact: str, device: str, prefill: str, batches: str, steps: int, re
     if output:
         with open(output, "w") as handle:
             handle.write("".join(json.dumps(r) + "\n" for r in rows))
+    if plot:
+        from .bench_plot import plot_rows
+
+        _echo_series(plot_rows(rows, plot), plot)
     if result.weights == "random":
         click.echo("note: random weights (benchmark build)", err=True)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{option} takes whole numbers separated by commas, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise InputError(f"{option} values must be >= 1, got {text!r}")
+    return values
+
+
+def _echo_series(series: list[Any], path: str) -> None:
+    names = ", ".join(f"{s.label} ({len(s.points)})" for s in series)
+    click.echo(f"plot: {path}: {names}", err=True)
 
 
 @click.command("verify")

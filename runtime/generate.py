@@ -62,9 +62,9 @@ def prefill(runner: ModelRunner, prompt: np.ndarray) -> np.ndarray:
     return runner.prefill([SEQ_ID], [prompt])[0]
 
 
-def decode_one(runner: ModelRunner, token: int) -> np.ndarray:
-    """One token into the cache; logits of the next (in a buffer the next call reuses)."""
-    return runner.decode([SEQ_ID], [token], reuse=True)[0]
+def decode_one(runner: ModelRunner, token: np.ndarray) -> np.ndarray:
+    """One token (int32 [1]) into the cache; logits of the next (in a buffer the next call reuses)."""
+    return runner.decode([SEQ_ID], token, reuse=True)[0]
 
 
 class HostSampler:
@@ -72,12 +72,14 @@ class HostSampler:
 
     def __init__(self, runner: ModelRunner, sampling: SamplingParams, prompt: np.ndarray) -> None:
         self.runner, self.sampler = runner, Sampler(sampling, prompt=prompt.tolist())
+        self.token = np.zeros(1, np.int32)  # the decode input, reused: no list or array made per token
 
     def first(self, logits: np.ndarray) -> int:
         return self.sampler(logits)
 
     def next(self, token: int) -> int:
-        return self.sampler(decode_one(self.runner, token))
+        self.token[0] = token
+        return self.sampler(decode_one(self.runner, self.token))
 
 
 class DeviceSampler:
@@ -89,14 +91,15 @@ class DeviceSampler:
         self.runner = runner
         runner.reset_penalties(SEQ_ID, prompt)
         self.buf = runner.set_sampling([(sampling, seed, SEQ_ID)])
-        self.seq, self.token = [SEQ_ID], [0]
+        self.seq = [SEQ_ID]
 
     def first(self, logits: np.ndarray) -> int:
         return self.runner.sample_logits(logits, self.buf)
 
     def next(self, token: int) -> int:
-        self.token[0] = token
-        return int(self.runner.decode_sample(self.seq, self.token, self.buf)[0])
+        # the token the last sample wrote is on the device already: passing buf.ids lets decode read it there
+        tokens = self.buf.ids if token == self.buf.ids[0] else [token]
+        return int(self.runner.decode_sample(self.seq, tokens, self.buf)[0])
 
 
 def generate(

@@ -52,7 +52,7 @@ class ModelRunner:
         self._prefill = self._vm["prefill"]
         self._decode = self._vm["decode"]
         self._decode1 = self._vm["decode1"] if "decode1" in m.functions else None
-        self._decode_io: dict[int, tuple[Any, np.ndarray, Any]] = {}  # see _decode_buffers
+        self._decode_io: dict[int, DecodeBuffers] = {}  # see _decode_buffers
         self._sample = self._vm["sample"] if "sample" in m.functions else None
         self._sample_reset = self._vm["sample_reset"] if "sample_reset" in m.functions else None
         self._sample_io: dict[int, SampleBuffers] = {}  # see sample_buffers
@@ -160,26 +160,42 @@ class ModelRunner:
         logits = self._decode_step(seq_ids, tokens)
         if not reuse:
             return logits.numpy()[:, 0, :]
-        _, host, host_view = self._decode_buffers(len(seq_ids))
-        logits.copyto(host_view)
-        return host[:, 0, :]
+        io = self._decode_buffers(len(seq_ids))
+        logits.copyto(io.logits_view)
+        return io.logits[:, 0, :]
 
     def _decode_step(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> Any:
-        """The decode call: device logits float32 [batch, 1, vocab]."""
+        """The decode call: device logits float32 [batch, 1, vocab]. Tokens the device sampler just wrote (its
+        buffers' `ids`, passed back unchanged) are on the device already: nothing crosses for them."""
         if len(seq_ids) != len(tokens):
             raise InputError(f"{len(seq_ids)} sequence ids but {len(tokens)} tokens")
         if not seq_ids:
             raise InputError("decode needs at least one sequence")
-        ids = self.check_tokens(tokens)
+        batch = len(seq_ids)
+        io = self._decode_buffers(batch)
+        if tokens is io.ids and io.ids_on_device:
+            self._check_ids(io.ids)
+        else:
+            self._check_ids(tokens, out=io.ids)
+            io.ids_dev.copyfrom(io.ids_view)
+            io.ids_on_device = False
         for s in seq_ids:
             self._check_growth(s, 1)
-        batch = len(seq_ids)
         fn = self._decode1 if (self._decode1 is not None and batch == 1) else self._decode
-        ids_in, _, _ = self._decode_buffers(batch)
-        ids_in.copyfrom(ids.reshape(-1, 1))
-        with self.kv.forward(list(seq_ids), [1] * batch):
-            logits, self.kv.obj = fn(ids_in, self.kv.obj, self._params)
+        with self.kv.forward(seq_ids, io.ones):
+            logits, self.kv.obj = fn(io.ids_dev, self.kv.obj, self._params)
         return logits
+
+    def _check_ids(self, tokens: Sequence[int], out: np.ndarray | None = None) -> None:
+        """check_tokens without allocating for an integer array (a decode loop's): its range, copied into `out`."""
+        if isinstance(tokens, np.ndarray) and tokens.ndim == 1 and tokens.dtype.kind in "iu" and tokens.size:
+            if tokens.min() >= 0 and tokens.max() < self.vocab_size:
+                if out is not None and out is not tokens:
+                    np.copyto(out, tokens, casting="unsafe")
+                return
+        ids = self.check_tokens(tokens)
+        if out is not None:
+            np.copyto(out, ids)
 
     # -- sampling on the device (cuda artifacts) -------------------------------------------------------------
     @property
@@ -193,12 +209,12 @@ class ModelRunner:
     def sample_buffers(self, batch: int) -> SampleBuffers:
         self._require_sampler()
         if batch not in self._sample_io:
-            self._sample_io[batch] = SampleBuffers(self._tvm, self._dev, batch)
+            self._sample_io[batch] = SampleBuffers(self._tvm, self._dev, self._decode_buffers(batch))
         return self._sample_io[batch]
 
     def set_sampling(self, rows: Sequence[tuple[SamplingParams, int, int]]) -> SampleBuffers:
         """The parameter rows of a batch (one per sequence, in decode order): (params, seed, penalty slot);
-        steps start at 0. Returns the batch size's buffers (params[i] may be edited in place)."""
+        steps start at 0. Returns the batch size's buffers."""
         buf = self.sample_buffers(len(rows))
         for i, (params, seed, slot) in enumerate(rows):
             if not 0 <= slot < self.max_batch_size:
@@ -221,10 +237,9 @@ class ModelRunner:
     def _sample_on_device(self, logits: Any, buf: SampleBuffers) -> np.ndarray:
         if self._counts is None:
             raise InputError("reset_penalties(slot, prompt) must come before the first device sample")
-        buf.params_dev.copyfrom(buf.params)
-        self._sample(logits, buf.params_dev, self._counts, buf.ids_dev, buf.info_dev)
-        buf.ids_dev.copyto(buf.ids_view)
-        buf.params.view(np.int32)[:, STEP] += 1
+        self._sample(logits, buf.next_params(), self._counts, buf.ids_dev, buf.info_dev)
+        buf.ids_dev.copyto(buf.ids_view)  # the only copy of a step: the ids, to the host
+        buf.io.ids_on_device = True
         return buf.ids
 
     def sample_logits(self, logits: np.ndarray, buf: SampleBuffers) -> int:
@@ -237,34 +252,57 @@ class ModelRunner:
     def decode_sample(self, seq_ids: Sequence[int], tokens: Sequence[int], buf: SampleBuffers) -> np.ndarray:
         """One decode step whose logits are sampled on the device: returns the next token ids (int32 [batch], a
         buffer the next call of this batch size overwrites). `buf` (set_sampling) holds each row's parameters;
-        its step advances by one per call. Nothing is allocated per token."""
+        its step advances by one per call. Pass the returned ids back as `tokens`: they stay on the device, and
+        per token only the new ids come back (and the parameter rows, for their step, go), nothing allocated."""
         logits = self._decode_step(seq_ids, tokens)
         return self._sample_on_device(logits, buf)
 
-    def _decode_buffers(self, batch: int) -> tuple[Any, np.ndarray, Any]:
-        """Per batch size, made once: the device ids tensor, and a host logits array with its TVM view (64-byte
-        aligned, as TVM requires of memory it did not allocate)."""
+    def _decode_buffers(self, batch: int) -> DecodeBuffers:
         if batch not in self._decode_io:
-            tvm = self._tvm
-            shape = (batch, 1, self.vocab_size)
-            raw = np.empty(batch * self.vocab_size * 4 + 64, dtype=np.uint8)
-            start = -raw.ctypes.data % 64
-            host = raw[start : start + batch * self.vocab_size * 4].view(np.float32).reshape(shape)
-            self._decode_io[batch] = (tvm.runtime.empty((batch, 1), "int32", self._dev), host,
-                                      tvm.runtime.from_dlpack(host))  # fmt: skip
+            self._decode_io[batch] = DecodeBuffers(self._tvm, self._dev, batch, self.vocab_size)
         return self._decode_io[batch]
 
 
-class SampleBuffers:
-    """Made once per batch size for the device sampler: parameter rows (host and device), the sampled ids (device,
-    and a host array with its TVM view) and the kernel's per-row report (device)."""
+def aligned_host(tvm: Any, shape: tuple[int, ...], dtype: str) -> tuple[np.ndarray, Any]:
+    """A host array and its TVM view (64-byte aligned, as TVM requires of memory it did not allocate)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    host = raw[start : start + nbytes].view(dtype).reshape(shape)
+    return host, tvm.runtime.from_dlpack(host)
 
-    def __init__(self, tvm: Any, dev: Any, batch: int) -> None:
-        self.params = np.zeros((batch, DEVICE_PARAMS), np.float32)
+
+class DecodeBuffers:
+    """Made once per batch size: the device token ids [batch, 1] decode reads (and the device sampler writes, as
+    a [batch] view), their host copy `ids` (with its TVM view), and a host logits array with its TVM view."""
+
+    def __init__(self, tvm: Any, dev: Any, batch: int, vocab: int) -> None:
+        self.ids_dev = tvm.runtime.empty((batch, 1), "int32", dev)
+        self.ids_flat = self.ids_dev._create_view((batch,))
+        self.ids, self.ids_view = aligned_host(tvm, (batch,), "int32")
+        self.ids_on_device = False  # ids_dev holds `ids`, written there by the device sampler
+        self.logits, self.logits_view = aligned_host(tvm, (batch, 1, vocab), "float32")
+        self.ones = [1] * batch
+
+
+class SampleBuffers:
+    """Made once per batch size for the device sampler: parameter rows `params` (host, with their TVM view) and on
+    the device, the sampled ids (the decode buffers' device ids, and `ids` on the host: pass it back to
+    decode_sample unchanged and no id goes to the device) and the kernel's per-row report (device)."""
+
+    def __init__(self, tvm: Any, dev: Any, io: DecodeBuffers) -> None:
+        batch = io.ids.size
+        self.io = io
+        self.params, self._params_view = aligned_host(tvm, (batch, DEVICE_PARAMS), "float32")
+        self.params[:] = 0
         self.params_dev = tvm.runtime.empty((batch, DEVICE_PARAMS), "float32", dev)
-        self.ids_dev = tvm.runtime.empty((batch,), "int32", dev)
+        self.ids_dev, self.ids, self.ids_view = io.ids_flat, io.ids, io.ids_view
         self.info_dev = tvm.runtime.empty((batch, len(DEVICE_INFO_FIELDS)), "int32", dev)
-        raw = np.empty(batch * 4 + 64, dtype=np.uint8)
-        start = -raw.ctypes.data % 64
-        self.ids = raw[start : start + batch * 4].view(np.int32)
-        self.ids_view = tvm.runtime.from_dlpack(self.ids)
+        self._steps = self.params.view(np.int32)[:, STEP]  # a view made once, bumped in place per sample
+
+    def next_params(self) -> Any:
+        """The device rows of this step (the step counter is in them: batch x 48 bytes cross per step); the step
+        of `params` advances by one."""
+        self.params_dev.copyfrom(self._params_view)
+        self._steps += 1
+        return self.params_dev

@@ -49,7 +49,7 @@ def parse_llama_bench(lines: Iterable[str], prefill: list[int]) -> list[dict[str
     first = tests[0]
     base = {"engine": "llama.cpp", "model": Path(str(first.get("model_filename", ""))).name,
             "quant": first.get("model_type", ""), "device": "cpu", "weights": "gguf",
-            "threads": first.get("n_threads"), "build": first.get("build_commit")}  # fmt: skip
+            "threads": first.get("n_threads"), "build": first.get("build_commit"), "source": "llama-bench"}  # fmt: skip
     at_start = [t for t in tests if not t.get("n_depth")]
     pp = {t["n_prompt"]: t for t in at_start if t["n_gen"] == 0 and t["n_prompt"] > 0}
     pg = [t for t in at_start if t["n_prompt"] == PROMPT and t["n_gen"] > 0]
@@ -62,6 +62,38 @@ def parse_llama_bench(lines: Iterable[str], prefill: list[int]) -> list[dict[str
             if decode_ns > 0:
                 rows.append({**base, "metric": "decode_b1_tok_s", "value": round(test["n_gen"] * 1e9 / decode_ns, 1),
                              "steps": test["n_gen"]})  # fmt: skip
+    if not pg:  # `-n N` runs only (benchmarks/gpu.sh): N tokens from an empty context, no prompt before them
+        for test in at_start:
+            if test["n_prompt"] == 0 and test["n_gen"] > 0:
+                rows.append({**base, "metric": "decode_b1_tok_s", "value": round(test["n_gen"] * 1e9 / test["avg_ns"], 1),
+                             "steps": test["n_gen"], "prompt": 0})  # fmt: skip
+    return rows
+
+
+def parse_llama_bench_models(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """parse_llama_bench for a file that holds the runs of several GGUF files, one model at a time, every prompt
+    length it ran."""
+    by_model: dict[str, list[str]] = {}
+    for line in lines:
+        if line.lstrip().startswith("{"):
+            by_model.setdefault(str(json.loads(line).get("model_filename", "")), []).append(line)
+    rows: list[dict[str, Any]] = []
+    for model_lines in by_model.values():
+        lengths = sorted({t["n_prompt"] for t in map(json.loads, model_lines) if t["n_gen"] == 0 and t["n_prompt"] > 0})
+        rows += parse_llama_bench(model_lines, lengths)
+    return rows
+
+
+def parse_batched_bench(tests: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """llama-batched-bench's JSON objects -> decode_b{pl}_tok_s rows: `speed_tg` is the generated tokens of all pl
+    sequences over their time, after a prompt of `pp` tokens each (gpu.sh adds "model", the quant)."""
+    rows = []
+    for t in tests:
+        if "pl" not in t or "speed_tg" not in t:
+            continue
+        rows.append({"engine": "llama.cpp", "model": str(t.get("model", "")), "quant": str(t.get("model", "")),
+                     "weights": "gguf", "source": "batched-bench", "metric": f"decode_b{int(t['pl'])}_tok_s",
+                     "value": round(float(t["speed_tg"]), 1), "steps": t.get("tg"), "prompt": t.get("pp")})
     return rows
 
 

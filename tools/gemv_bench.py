@@ -146,34 +146,40 @@ def build(out: Path, quick: bool, confirm: bool = False, configs: str | None = N
 def build_cases(out: Path, todo: list[dict]) -> None:
     """DIR/gemv.so (sm_90) with one PrimFunc per case, and DIR/cases.json."""
     _prepare()
-    import tvm
-
-    from ember.targets.cuda import native_gemv, pipeline
-    from ember.targets.cuda.nvcc import multi_arch_compile
+    from ember.targets.cuda import native_gemv
 
     native_gemv.SCHEMES = (native_gemv.Q4, native_gemv.Q4_MIN, native_gemv.Q8)  # the 8-bit kernel too, to compare
+    compile_cases(out, todo, _primfunc, "gemv.so")
+
+
+def compile_cases(out: Path, todo: list[dict], primfunc, library: str) -> None:
+    """DIR/<library> (sm_90) with one PrimFunc per case (primfunc(case), named case["func"]), and DIR/cases.json
+    (lowbatch_bench.py builds its library with it too)."""
+    _prepare()
+    import tvm
+
+    from ember.targets.cuda import pipeline
+    from ember.targets.cuda.nvcc import multi_arch_compile
+
     out.mkdir(parents=True, exist_ok=True)
     pipeline.preload_tensor_intrinsics()
-    funcs = {}
     start = time.perf_counter()
-    for case in todo:
-        func = _primfunc(case)
-        funcs[case["func"]] = func.with_attr("global_symbol", case["func"])
+    funcs = {case["func"]: primfunc(case).with_attr("global_symbol", case["func"]) for case in todo}
     print(f"{len(funcs)} PrimFuncs in {time.perf_counter() - start:.1f} s", flush=True)
     target = pipeline.cuda_target(["sm_90"])
     start = time.perf_counter()
     with target, tvm.transform.PassContext(opt_level=3, config=pipeline.PASS_CONFIG), \
             multi_arch_compile(["sm_90"]) as stats:
         lib = tvm.compile(tvm.IRModule(funcs), target=target)
-    lib.export_library(str(out / "gemv.so"))
+    lib.export_library(str(out / library))
     print(f"compiled in {time.perf_counter() - start:.1f} s (nvcc {stats.seconds:.1f} s)", flush=True)
     (out / "cases.json").write_text(json.dumps(todo, indent=1))
 
 
 # -- on the GPU ------------------------------------------------------------------------------------------------------
-def _packed(torch, scheme: str, n: int, k: int, gen):
+def _packed(torch, scheme: str, n: int, k: int, gen, schemes: dict | None = None):
     """Random packed weights: full-range codes, signed fp16 scales, mins near -8 s (as Q4_1 has them)."""
-    bits, group, has_min = SCHEMES[scheme]
+    bits, group, has_min = (schemes or SCHEMES)[scheme]
     g = -(-k // group)
     if bits == 4:
         w = torch.randint(-2**31, 2**31, (n, k // 8), dtype=torch.int64, device="cuda", generator=gen)
@@ -189,8 +195,8 @@ def _packed(torch, scheme: str, n: int, k: int, gen):
     return pieces
 
 
-def _dequant(torch, scheme: str, pieces, k: int):
-    bits, group, has_min = SCHEMES[scheme]
+def _dequant(torch, scheme: str, pieces, k: int, schemes: dict | None = None):
+    bits, group, has_min = (schemes or SCHEMES)[scheme]
     w = pieces[0]
     if bits == 4:
         shifts = torch.arange(0, 32, 4, device="cuda", dtype=torch.int64)

@@ -15,6 +15,7 @@ weight copies bigger than L2, beside a 2 GiB device copy measured in the same ca
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -121,60 +122,13 @@ def _primfunc(case: dict):
 
 
 def build(out: Path) -> None:
-    gb._prepare()
-    import tvm
-
-    from ember.targets.cuda import pipeline
-    from ember.targets.cuda.nvcc import multi_arch_compile
-
-    out.mkdir(parents=True, exist_ok=True)
-    pipeline.preload_tensor_intrinsics()
-    todo = cases()
-    start = time.perf_counter()
-    funcs = {c["func"]: _primfunc(c).with_attr("global_symbol", c["func"]) for c in todo}
-    print(f"{len(funcs)} PrimFuncs in {time.perf_counter() - start:.1f} s", flush=True)
-    target = pipeline.cuda_target(["sm_90"])
-    start = time.perf_counter()
-    with target, tvm.transform.PassContext(opt_level=3, config=pipeline.PASS_CONFIG), \
-            multi_arch_compile(["sm_90"]) as stats:
-        lib = tvm.compile(tvm.IRModule(funcs), target=target)
-    lib.export_library(str(out / "lowbatch.so"))
-    print(f"compiled in {time.perf_counter() - start:.1f} s (nvcc {stats.seconds:.1f} s)", flush=True)
-    (out / "cases.json").write_text(json.dumps(todo, indent=1))
+    gb.compile_cases(out, cases(), _primfunc, "lowbatch.so")
 
 
 # -- on the GPU ------------------------------------------------------------------------------------------------------
-def _packed(torch, scheme: str, n: int, k: int, gen):
-    bits, group, has_min = SCHEMES[scheme]
-    g = -(-k // group)
-    if bits == 4:
-        w = torch.randint(-2**31, 2**31, (n, k // 8), dtype=torch.int64, device="cuda", generator=gen)
-        w = w.to(torch.int32).view(torch.uint32)
-    else:
-        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda", generator=gen)
-    mag = torch.rand((n, g), device="cuda", generator=gen) * 0.01 + 0.005
-    sign = torch.where(torch.rand((n, g), device="cuda", generator=gen) < 0.5, -1.0, 1.0)
-    s = (mag * (1.0 if has_min else sign)).half()
-    pieces = [w, s]
-    if has_min:
-        pieces.append((-s.float() * (6 + 3 * torch.rand((n, g), device="cuda", generator=gen))).half())
-    return pieces
-
-
-def _dequant(torch, scheme: str, pieces, k: int):
-    bits, group, has_min = SCHEMES[scheme]
-    w = pieces[0]
-    if bits == 4:
-        shifts = torch.arange(0, 32, 4, device="cuda", dtype=torch.int64)
-        words = w.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-        q = ((words[:, :, None] >> shifts) & 15).reshape(w.shape[0], -1)[:, :k].double()
-    else:
-        q = w.double()
-    expand = torch.arange(k, device="cuda") // group
-    s = pieces[1].double()[:, expand]
-    if has_min:
-        return s * q + pieces[2].double()[:, expand]
-    return s * (q - 8) if bits == 4 else s * q
+# random packed weights of a scheme and their float64 values, over this file's schemes
+_packed = functools.partial(gb._packed, schemes=SCHEMES)
+_dequant = functools.partial(gb._dequant, schemes=SCHEMES)
 
 
 def run(root: Path, out_path: Path, budget: float) -> int:

@@ -259,3 +259,34 @@ def test_bench_beside_llama_cpp(artifact, tmp_path):
     # the artifact was compiled from a Hugging Face folder: without --gguf there is nothing to give llama-bench
     done = ember("bench", str(artifact), "--peer", "llama.cpp", "--llama-bench", str(binary))
     one_line_error(done, "--peer llama.cpp needs --gguf PATH")
+
+
+def test_bench_context_plot_and_plot_from_saved_rows(artifact, tmp_path):
+    png, saved = tmp_path / "run.png", tmp_path / "rows.jsonl"
+    done = ember("bench", str(artifact), "--prefill", "16", "--batch", "1,2", "--steps", "4", "--repeats", "1",
+                 "--context", "64,300", "--output", str(saved), "--plot", str(png))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    ctx = {r["metric"]: r for r in rows if r["metric"].startswith("decode_ctx")}
+    assert list(ctx) == ["decode_ctx64_b1_tok_s", "decode_ctx300_b1_tok_s"]
+    assert [r["context"] for r in ctx.values()] == [64, 300] and all(r["value"] > 0 for r in ctx.values())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "plot: " in done.stderr and "ember q0f32 (2)" in done.stderr
+    again = tmp_path / "again.png"
+    done = ember("bench", "--plot", str(again), "--from", str(saved))
+    assert done.returncode == 0, done.stderr
+    assert again.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "ember q0f32 (2)" in done.stderr
+    # the tiny model's context is 2048 tokens: a 2048-token prompt and 4 steps after it do not fit
+    done = ember("bench", str(artifact), "--context", "2048", "--steps", "4")
+    one_line_error(done, "need 2060 tokens per sequence", "context length 2048")
+    one_line_error(ember("bench", str(artifact), "--from", str(saved)), "--from draws saved rows")
+    one_line_error(ember("bench", str(artifact), "--context", "2k"), "--context takes whole numbers")
+
+
+def test_bench_plot_without_matplotlib_names_the_extra(artifact, tmp_path):
+    shadow = tmp_path / "shadow" / "matplotlib"  # an import of matplotlib fails as when it is not installed
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])}
+    done = ember("bench", str(artifact), "--plot", str(tmp_path / "x.png"), env=env)
+    one_line_error(done, "--plot needs matplotlib", "ember[plot]")
+    assert not (tmp_path / "x.png").exists() and done.stdout == ""  # refused before timing anything
