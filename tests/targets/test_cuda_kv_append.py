@@ -218,11 +218,11 @@ def test_kernel_source_compiles_with_nvcc(tmp_path):
 
 
 def test_pdl_contract_in_the_source():
-    """Every kernel of kv_append.cuh calls launch_dependents() and wait(), and wait()
+    """Every kernel of kv_append.cuh and decode_attention.cuh calls launch_dependents() and wait(), and wait()
     comes before the first load of a pointer argument."""
     from ember.targets.cuda.device_code import KERNEL_DIR
 
-    for name, funcs in (("kv_append.cuh", ("rotary", "append")),):
+    for name, funcs in (("kv_append.cuh", ("rotary", "append")), ("decode_attention.cuh", ("split", "merge"))):
         text = (KERNEL_DIR / name).read_text()
         for func in funcs:
             body = text[re.search(rf"void {func}\(", text).end():]
