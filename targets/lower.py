@@ -287,7 +287,7 @@ class _LoweredModel(nn.Module):
         spec = self._ir.kv_cache
         rope = self._rope or {}
         scaling = {k: v for k, v in (rope.get("scaling") or {}).items()}
-        return TIRPagedKVCache(
+        cache = TIRPagedKVCache(
             attn_kind="mha",
             max_batch_size=max_batch_size,
             max_total_seq_len=max_total_seq_len,
@@ -312,6 +312,21 @@ class _LoweredModel(nn.Module):
             dtype=spec.dtype,
             target=self._target,
         )
+        _tag_rope(rope.get("theta", 10000.0), rope.get("rotary_dim", spec.head_dim), scaling)
+        return cache
+
+
+ROPE_ATTR = "ember.rope"  # on the cache's rope PrimFunc: what targets/cuda/kv_append.py needs to replace it
+
+
+def _tag_rope(theta: float, rotary_dim: int, scaling: dict[str, Any]) -> None:
+    """The cache's rope PrimFunc (`tir_split_rotary`, later `fused_rope`) bakes theta and the scaling into its
+    body; a copy of them as a JSON attribute lets a target swap the kernel without parsing TIR."""
+    bb = relax.BlockBuilder.current()
+    for gv, func in bb.get().functions_items():
+        if gv.name_hint == "tir_split_rotary" and isinstance(func, tirx.PrimFunc):
+            info = {"theta": float(theta), "scale": 1.0, "rotary_dim": int(rotary_dim), "scaling": scaling}
+            bb.update_func(gv, func.with_attr(ROPE_ATTR, json.dumps(info, sort_keys=True)))
 
 
 def lower(module: Module, target: Target, random_fill: bool = False) -> tuple[tvm.IRModule, list[str]]:

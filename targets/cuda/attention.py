@@ -5,7 +5,8 @@ and walks the whole context serially: 8 blocks on 132 SMs for llama3-8b at batch
 of 150, growing with the context. `decode_paged` has the same signature and outputs (attention output and TVM's
 lse: log2 domain, scores scaled by sm_scale * log2(e)); its body launches kernels/decode_attention.cuh:
 `ember::attn::split` over (chunk, kv head, sequence) blocks, then, when the context was cut into more than one
-chunk, `ember::attn::merge` over (sequence, query head). The host picks the chunk count from the batch size and the
+chunk, `ember::attn::merge` over (sequence, query head), unless the split kernel merges itself (SplitConfig.fused_merge,
+the default: its last block per (sequence, kv head) does it, counted on an atomic counter that resets itself). The host picks the chunk count from the batch size and the
 page count (nnz_pages, a shape it knows) so that both batch 1 and long contexts fill the GPU; the partials go to a
 workspace the PrimFunc allocates (TVMBackendAllocWorkspace, pooled by TVM's runtime).
 
@@ -39,6 +40,7 @@ class SplitConfig:
     unroll: int = 0  # tokens in flight per lane; 0: 4 for GQA groups up to 4, else 2 (registers)
     target_blocks: int = 528  # split blocks wanted per call (4 per SM on 132 SMs)
     min_chunk_tokens: int = 32  # no chunk shorter than this many tokens (on average)
+    fused_merge: bool = True  # the last split block of each (sequence, kv head) merges: one launch, no merge kernel
 
     def tokens_in_flight(self, group: int) -> int:
         return self.unroll or (4 if group <= 4 else 2)
@@ -47,6 +49,14 @@ class SplitConfig:
 def split_name(h_kv: int, group: int, d: int, page_size: int, cfg: SplitConfig) -> str:
     args = [d, h_kv, group, page_size, cfg.warps, cfg.tokens_in_flight(group)]
     return f"ember::attn::split<{', '.join(str(a) for a in args)}>"
+
+
+MAX_COUNTERS = 8192  # kMaxCounters of decode_attention.cuh
+
+
+def fused_chunk_cap(cfg: SplitConfig) -> int:
+    """Chunks the fused merge can weigh (its weights reuse the block's sh_o: 32 * warps slots * 8 columns)."""
+    return 256 * cfg.warps
 
 
 def merge_name(d: int) -> str:
@@ -63,6 +73,8 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config
     split = split_name(h_kv, group, d, page_size, cfg)
     merge = merge_name(d)
     min_pages = -(-cfg.min_chunk_tokens // page_size)
+    cap = fused_chunk_cap(cfg)
+    fused_on = 1 if cfg.fused_merge else 0
 
     # fmt: off
     @T.prim_func(private=True, s_tir=True)
@@ -95,6 +107,7 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config
         chunks: T.let[T.int32] = T.max(1, T.min(T.ceildiv(cfg.target_blocks, B * h_kv), T.ceildiv(nnz_pages, B * min_pages)))
         ws_o = T.alloc_buffer((B * h_q * chunks * d,), "float32")
         ws_ml = T.alloc_buffer((B * h_q * chunks * 2,), "float32")
+        fused: T.let[T.int32] = T.Select(B * h_kv <= MAX_COUNTERS and chunks <= cap, fused_on, 0)
         if rotary_mode == 1:
             T.evaluate(T.call_cpacked(inline_rope_kernel, Q, pages, page_table_indptr, page_table_values,
                                       length_info, k_rope_pos_offset, q_rope_position, output, lse, rotary_mode,
@@ -109,8 +122,8 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config
                                 "int32", split, Q.data, T.address_of(pages[0, 0, 0, 0, 0]),
                                 T.address_of(page_table_indptr[0]), T.address_of(page_table_values[0]),
                                 T.address_of(length_info[0]), output.data, lse.data, ws_o.data, ws_ml.data, chunks,
-                                sm_scale))
-            if chunks > 1:
+                                sm_scale, fused))
+            if chunks > 1 and fused == 0:
                 for bh in T.thread_binding(B * h_q, thread="blockIdx.x"):
                     for tx in T.thread_binding(d, thread="threadIdx.x"):
                         T.evaluate(T.call_extern("int32", merge, ws_o.data, ws_ml.data, output.data, lse.data,

@@ -65,9 +65,10 @@ def cuda_relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     from tvm.relax.backend.cuda import pipeline as tvm_cuda
 
     from .attention import replace_decode_attention  # TVM's decode attention -> ember's split-K kernel
+    from .kv_append import replace_kv_kernels  # TVM's rope and KV append -> ember's (PDL) kernels
 
     return gpu_relax_pipeline(target, tvm_cuda, prefill_rules(), decode_rules(), "ember.cuda",
-                              after_schedule=[replace_decode_attention], error=CudaToolchainError)
+                              after_schedule=[replace_decode_attention, replace_kv_kernels], error=CudaToolchainError)
 
 
 def build_cuda(mod: tvm.IRModule, archs: list[str], cuda_graph: bool = False) -> Executable:

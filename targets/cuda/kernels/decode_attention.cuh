@@ -15,7 +15,10 @@
 // the online-softmax state (max, sum, its 8 output columns) of every query head in fp32 registers. The block's
 // token slots are merged through shared memory; with one chunk the block writes out and lse itself, otherwise its
 // unnormalized partial (o, max, sum) goes to a workspace and `merge` (one block per (sequence, query head))
-// combines the chunks.
+// combines the chunks. With `fused` set, there is no merge launch: each block counts itself done on an atomic
+// counter of its (sequence, kv head) and the last one merges every chunk's partial (the counter is a module-global
+// array that this last block sets back to zero, so it needs no clearing between calls).
+// PDL (pdl.cuh): both kernels wait() before their first read of q, the page table or the workspace.
 #ifndef EMBER_DECODE_ATTENTION_CUH
 #define EMBER_DECODE_ATTENTION_CUH
 #include <cstdint>
@@ -26,6 +29,9 @@
 
 namespace ember {
 namespace attn {
+
+constexpr int kMaxCounters = 8192;  // (sequence, kv head) pairs the fused merge can count; more: the merge launch
+__device__ unsigned int done_counters[kMaxCounters];  // zero at module load, reset by the last block of each pair
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kEmpty = -1e30f;   // running max before any token (finite: 2^(kEmpty - kEmpty) must be 1, not NaN)
@@ -72,7 +78,7 @@ __device__ __forceinline__ void split(const T* __restrict__ q, const T* __restri
                                       const int* __restrict__ indptr, const int* __restrict__ values,
                                       const int* __restrict__ last, T* __restrict__ out, float* __restrict__ lse,
                                       float* __restrict__ ws_o, float* __restrict__ ws_ml, int chunks,
-                                      float sm_scale) {
+                                      float sm_scale, int fused) {
   static_assert(D % 8 == 0 && 32 % (D / 8) == 0, "a row of K must be a power-of-two number of lanes <= 32");
   constexpr int LANES = D / 8;          // lanes per row
   constexpr int ROWS = 32 / LANES;      // rows (tokens) per warp at once
@@ -82,9 +88,9 @@ __device__ __forceinline__ void split(const T* __restrict__ q, const T* __restri
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int col = lane % LANES;
   const int slot = warp * ROWS + lane / LANES;
+  ember::pdl::launch_dependents();
+  ember::pdl::wait();
 
-  pdl::launch_dependents();
-  pdl::wait();  // q and the pages come from the kernels before
   const int p0 = indptr[b], p1 = indptr[b + 1];
   const int len = p1 > p0 ? (p1 - p0 - 1) * PAGE + last[b] : 0;
   const int per = (len + chunks - 1) / chunks;
@@ -220,16 +226,66 @@ __device__ __forceinline__ void split(const T* __restrict__ q, const T* __restri
       }
     }
   }
+  if (chunks == 1 || !fused) return;
+
+  // fused merge: the last block of this (sequence, kv head) to finish combines the chunks
+  __shared__ bool sh_last;
+  __threadfence();  // this block's partials are visible device-wide before it counts itself done
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned int* counter = done_counters + b * HKV + kvh;
+    sh_last = atomicAdd(counter, 1u) == static_cast<unsigned int>(chunks - 1);
+    if (sh_last) *counter = 0u;  // every block of this pair has counted: ready for the next call
+  }
+  __syncthreads();
+  if (!sh_last) return;
+  __threadfence();
+  // per head: the max over chunks, the chunk weights 2^(m_c - M) (in sh_o, free now: chunks <= SLOTS * D) and
+  // the weighted sum
+  float* weights = &sh_o[0][0][0];
+  constexpr int CAP = SLOTS * D;
+  static_assert(CAP * GROUP <= SLOTS * GROUP * D, "weights fit in sh_o");
+  const size_t pair0 = (static_cast<size_t>(b) * HKV * GROUP + qh0) * chunks;
+  for (int h = warp; h < GROUP; h += WARPS) {
+    const float* ml = ws_ml + 2 * (pair0 + static_cast<size_t>(h) * chunks);
+    float mx = kEmpty;
+    for (int j = lane; j < chunks; j += 32) mx = fmaxf(mx, __ldcg(ml + 2 * j));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0.f;
+    for (int j = lane; j < chunks; j += 32) {
+      const float w = exp2f(__ldcg(ml + 2 * j) - mx);
+      weights[h * CAP + j] = w;
+      sum = fmaf(w, __ldcg(ml + 2 * j + 1), sum);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) {
+      sh_max[h] = mx;
+      sh_sum[h] = sum;
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < GROUP * D; e += NT) {
+    const int h = e / D, i = e % D;
+    const float* po = ws_o + (pair0 + static_cast<size_t>(h) * chunks) * D + i;
+    float o = 0.f;
+    for (int j = 0; j < chunks; ++j) o = fmaf(weights[h * CAP + j], __ldcg(po + static_cast<size_t>(j) * D), o);
+    const float sum = sh_sum[h];
+    const size_t row = static_cast<size_t>(b) * HKV * GROUP + qh0 + h;
+    store(out + row * D + i, sum > 0.f ? o / sum : 0.f);
+    if (i == 0) lse[row] = sum > 0.f ? sh_max[h] + log2f(sum) : kTvmEmptyLse;
+  }
 }
 
 // One block per (sequence, query head) = blockIdx.x, D threads: combines the chunks' partials.
 template <int D, typename T>
 __device__ __forceinline__ void merge(const float* __restrict__ ws_o, const float* __restrict__ ws_ml,
                                       T* __restrict__ out, float* __restrict__ lse, int chunks) {
+  ember::pdl::launch_dependents();
+  ember::pdl::wait();
   const size_t bh = blockIdx.x;
   const int i = threadIdx.x;
-  pdl::launch_dependents();
-  pdl::wait();  // the split kernel's partials
   const float* ml = ws_ml + 2 * bh * chunks;
   float mx = kEmpty;
   for (int c = 0; c < chunks; ++c) mx = fmaxf(mx, ml[2 * c]);
