@@ -40,6 +40,7 @@ class AsyncEngine:
         self.core = EngineCore(self.runner, engine.tokenizer, engine.eos_token_ids, max_seqs=max_seqs,
                                token_budget=token_budget)
         self.max_queue = max_queue
+        self.in_flight = 0  # submitted, final output not yet delivered (event loop side)
         self.core.start()
 
     @classmethod
@@ -71,7 +72,7 @@ class AsyncEngine:
 
     def stats(self) -> dict[str, int]:
         core = self.core
-        return {"waiting": core.queue_depth, "running": core.running, "kv_pages_used": core.pages_used,
+        return {"waiting": max(core.queue_depth, self.waiting), "running": core.running, "kv_pages_used": core.pages_used,
                 "kv_pages_total": core.scheduler.total_pages, "preempted": core.stats.preempted,
                 "generated_tokens": core.stats.generated_tokens, "prompt_tokens": core.stats.prompt_tokens}
 
@@ -101,12 +102,18 @@ class AsyncEngine:
         return ids, max_tokens
 
     # -- work -----------------------------------------------------------------------------------------------
-    async def generate(self, prompt: str | Seq[int], *, max_tokens: int | None = None,
-                       sampling: SamplingParams | None = None, stop: Seq[str] = (),
-                       stop_token_ids: Seq[int] = (), request_id: str | None = None,
-                       **sampling_kwargs: Any) -> AsyncIterator[Output]:
-        """Outputs of one request as they come; the last has `finish_reason` set. Raises QueueFull when
-        `max_queue` requests already wait, InputError for a bad request (before anything is queued)."""
+    @property
+    def waiting(self) -> int:
+        """Requests submitted and not yet running (those the engine thread has not picked up count too)."""
+        return max(0, self.in_flight - self.core.running)
+
+    def generate(self, prompt: str | Seq[int], *, max_tokens: int | None = None,
+                 sampling: SamplingParams | None = None, stop: Seq[str] = (),
+                 stop_token_ids: Seq[int] = (), request_id: str | None = None,
+                 **sampling_kwargs: Any) -> AsyncIterator[Output]:
+        """Submit one request now and return its outputs as an async iterator; the last has `finish_reason` set.
+        Raises QueueFull when `max_queue` requests already wait, InputError for a bad request (nothing queued).
+        Call it from a running event loop: the outputs are delivered to that loop."""
         ids, max_tokens = self.check_request(prompt, max_tokens)
         if sampling is None:
             sampling = SamplingParams(**sampling_kwargs)
@@ -114,14 +121,24 @@ class AsyncEngine:
             stop = [stop]
         if stop and self.engine.tokenizer is None:
             raise InputError(f"stop strings need text, and artifact {self.name} has no tokenizer")
-        if self.core.queue_depth >= self.max_queue:
-            raise QueueFull(f"{self.core.queue_depth} requests are waiting already (the queue holds "
-                            f"{self.max_queue}); try again shortly")
+        if self.waiting >= self.max_queue:
+            raise QueueFull(f"{self.waiting} requests are waiting already (the queue holds {self.max_queue}); "
+                            "try again shortly")
         request = Request(request_id or uuid.uuid4().hex, ids, max_tokens, sampling, list(stop),
                           list(stop_token_ids))
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[Output] = asyncio.Queue()
-        self.core.submit(request, lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out))
+
+        def deliver(out: Output) -> None:  # on the caller's loop
+            if out.finish_reason is not None:
+                self.in_flight -= 1
+            outputs.put_nowait(out)
+
+        self.in_flight += 1
+        self.core.submit(request, lambda out: loop.call_soon_threadsafe(deliver, out))
+        return self._stream(request.request_id, outputs)
+
+    async def _stream(self, request_id: str, outputs: asyncio.Queue[Output]) -> AsyncIterator[Output]:
         done = False
         try:
             while not done:
@@ -130,7 +147,7 @@ class AsyncEngine:
                 yield out
         finally:
             if not done:
-                self.core.abort(request.request_id)
+                self.core.abort(request_id)
 
     async def complete(self, prompt: str | Seq[int], **kwargs: Any) -> Output:
         """The whole output of one request at once (text and ids joined)."""
