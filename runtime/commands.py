@@ -445,4 +445,9 @@ def serve(artifact: str, host: str, port: int, api_key: str | None, max_batch: i
                f"(batch {max_batch}, {engine.stats()['kv_pages_total']} KV pages)", err=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="info" if verbose else "warning",
                             timeout_graceful_shutdown=10)
+    import signal
+
+    # uvicorn stops gracefully on SIGTERM, then re-raises it for the handler it found: let that one return, so
+    # a terminated server exits 0
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.Server(config).run()

@@ -9,7 +9,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from serve_fixture import running_server  # noqa: E402
+from ember.runtime.serving.background import running_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,43 @@ def test_load_more_streams_than_the_cache_holds(tiny):
         results = asyncio.run(main(url))
         stats = engine.stats()
     done = [r for r in results if r is not None]
+    print(f"load: {len(done)} of 64 completed, {64 - len(done)} got 429")
     assert len(done) >= 40
     for tokens, finish in done:
         assert finish in ("stop", "length") and (finish == "stop" or tokens == 30)
     assert stats["kv_pages_used"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
+    assert stats["preempted"] > 0  # the cache was too small for the batch: sequences were recomputed
+
+
+def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ember.cli", "serve", str(tiny.path), "--port", str(port),
+                             "--max-batch", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"ember serve did not come up: {proc.stderr.read() if proc.poll() is not None else ''}")
+        got = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}, timeout=30).json()
+        assert got["usage"]["completion_tokens"] >= 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, err = proc.communicate()
+    assert f"http://127.0.0.1:{port}/v1" in err

@@ -1,4 +1,5 @@
-"""Test-only: an `ember serve` app in a background thread, on a loopback socket of an ephemeral port."""
+"""The HTTP server in a background thread of this process, on a socket bound here (port 0: an ephemeral one):
+for apps that embed the server, and for tests. `ember serve` runs uvicorn in the main thread instead."""
 from __future__ import annotations
 
 import socket
@@ -10,18 +11,20 @@ from typing import Any
 
 
 @contextmanager
-def running_server(path: Any, api_key: str | None = None, **engine_kwargs: Any) -> Iterator[tuple[str, Any]]:
-    """Yields (base url, AsyncEngine); stops the server and the engine on exit."""
+def running_server(path: Any, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                   **engine_kwargs: Any) -> Iterator[tuple[str, Any]]:
+    """Load the artifact at `path` (AsyncEngine.load's keywords) and serve it; yields (base url, AsyncEngine).
+    Stops the server and the engine on exit."""
     import uvicorn
 
-    from ember.runtime.serving.async_engine import AsyncEngine
-    from ember.runtime.serving.server import create_app
+    from .async_engine import AsyncEngine
+    from .server import create_app
 
     engine = AsyncEngine.load(path, **engine_kwargs)
     app = create_app(engine, api_key=api_key, on_shutdown=engine.shutdown)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5,
                                            limit_concurrency=1000, backlog=1024))
@@ -33,7 +36,7 @@ def running_server(path: Any, api_key: str | None = None, **engine_kwargs: Any) 
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}", engine
+        yield f"http://{host}:{port}", engine
     finally:
         server.should_exit = True
         thread.join(15)
