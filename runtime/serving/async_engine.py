@@ -134,8 +134,15 @@ class AsyncEngine:
                 self.in_flight -= 1
             outputs.put_nowait(out)
 
+        def sink(out: Output) -> None:  # on the engine thread
+            try:
+                loop.call_soon_threadsafe(deliver, out)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening
+                if out.finish_reason is not None:
+                    self.in_flight -= 1
+
         self.in_flight += 1
-        self.core.submit(request, lambda out: loop.call_soon_threadsafe(deliver, out))
+        self.core.submit(request, sink)
         return self._stream(request.request_id, outputs)
 
     async def _stream(self, request_id: str, outputs: asyncio.Queue[Output]) -> AsyncIterator[Output]:

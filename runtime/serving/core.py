@@ -91,11 +91,14 @@ class EngineCore:
     # -- the loop thread ------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop:
-            self._drain(block=not self.scheduler.has_work())
-            if self._stop:
-                break
-            if self.scheduler.has_work():
-                self.step()
+            try:
+                self._drain(block=not self.scheduler.has_work())
+                if self._stop:
+                    break
+                if self.scheduler.has_work():
+                    self.step()
+            except Exception:  # the loop must outlive any one request
+                log.exception("engine loop error")
         for seq in list(self._by_request.values()):
             self._retire(seq, "abort")
 

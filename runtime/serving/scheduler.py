@@ -44,7 +44,7 @@ class Scheduler:
 
     @property
     def used_pages(self) -> int:
-        return sum(self.held.values())
+        return sum(list(self.held.values()))  # a snapshot: other threads read it while the loop writes
 
     @property
     def free_pages(self) -> int:
