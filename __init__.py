@@ -15,4 +15,12 @@ def load(path, device: str = "cpu", **kwargs):
     return Engine.load(path, device=device, **kwargs)
 
 
-__all__ = ["load", "__version__"]
+def load_async(path, device: str = "cpu", **kwargs):
+    """Load a compiled artifact folder to serve many concurrent requests: an `ember.runtime.serving.AsyncEngine`
+    (continuous batching in its own thread; `async for out in engine.generate(prompt): ...`)."""
+    from .runtime.serving.async_engine import AsyncEngine
+
+    return AsyncEngine.load(path, device=device, **kwargs)
+
+
+__all__ = ["load", "load_async", "__version__"]

@@ -13,7 +13,7 @@ def cli() -> None:
     """ember: compile LLMs ahead of time with TVM, then run them with the TVM runtime alone."""
 
 
-RUNTIME_COMMANDS = ("run", "chat", "bench", "verify")
+RUNTIME_COMMANDS = ("run", "chat", "bench", "verify", "serve")
 
 
 def main() -> None:

@@ -400,3 +400,54 @@ def _compiled_from_gguf(artifact: str) -> str:
     raise InputError(
         f"--peer llama.cpp needs --gguf PATH: the manifest of {artifact} names no GGUF it was compiled from"
     )
+
+
+SERVE_EXTRA = "ember serve needs the [serve] extra: pip install 'ember[serve]' (starlette, uvicorn, prometheus-client)"
+
+
+@click.command("serve")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes the server).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--api-key", default=None, envvar="EMBER_API_KEY",
+              help="Require 'Authorization: Bearer KEY' (or set EMBER_API_KEY).")
+@click.option("--max-batch", default=16, show_default=True, type=int, help="Most sequences decoded together.")
+@click.option("--max-queue", default=256, show_default=True, type=int,
+              help="Most requests waiting; more get 429 with Retry-After.")
+@click.option("--context-length", default=None, type=int, help="Tokens per sequence (default: the artifact's, "
+              "at most 8192).")
+@click.option("--kv-tokens", default=None, type=int,
+              help="Tokens the KV cache holds over all sequences (default: --max-batch full contexts).")
+@click.option("--model-name", default=None, help="The model id clients send (default: the artifact's name).")
+@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@click.option("--verbose", is_flag=True, help="Tracebacks on errors; request logs.")
+@one_line_errors
+def serve(artifact: str, host: str, port: int, api_key: str | None, max_batch: int, max_queue: int,
+          context_length: int | None, kv_tokens: int | None, model_name: str | None, device: str,
+          verbose: bool) -> None:
+    """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models,
+    /health, /metrics) with continuous batching. SIGTERM or Ctrl-C stops it gracefully."""
+    try:
+        import prometheus_client  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise click.ClickException(SERVE_EXTRA) from None
+    from .serving.async_engine import AsyncEngine
+    from .serving.server import create_app
+
+    if max_queue < 0:
+        raise InputError.about(f"{{max_queue}} must be >= 0, got {max_queue}")
+    engine = AsyncEngine.load(artifact, device=device, max_seqs=max_batch, max_queue=max_queue,
+                              context_length=context_length, kv_tokens=kv_tokens)
+    app = create_app(engine, api_key=api_key, model_name=model_name, on_shutdown=engine.shutdown)
+    click.echo(f"serving {engine.engine.describe()} at http://{host}:{port}/v1 "
+               f"(batch {max_batch}, {engine.stats()['kv_pages_total']} KV pages)", err=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info" if verbose else "warning",
+                            timeout_graceful_shutdown=10)
+    import signal
+
+    # uvicorn stops gracefully on SIGTERM, then re-raises it for the handler it found: let that one return, so
+    # a terminated server exits 0
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.Server(config).run()

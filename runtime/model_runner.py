@@ -32,7 +32,10 @@ class ModelRunner:
         max_batch_size: int = 1,
         context_length: int | None = None,
         prefill_chunk_size: int | None = None,
+        kv_tokens: int | None = None,
     ) -> None:
+        """`kv_tokens`: tokens the KV cache holds over all sequences (rounded up to whole pages); by default enough
+        for max_batch_size sequences of context_length each. A server sizes it smaller and schedules the pages."""
         m = artifact.manifest
         if context_length is None:  # the model's full context can be huge (131072 for Llama 3.1)
             context_length = min(m.context_length, DEFAULT_CONTEXT_CAP)
@@ -59,11 +62,15 @@ class ModelRunner:
         self._counts: Any = None  # int32 [max_batch_size, vocab] on the device: the penalty table, one slot a row
         self._prefill_logits: Any = None  # float32 [1, 1, vocab] on the device: a prefill's last logits, to sample
         self.max_batch_size = max_batch_size
+        page = m.kv_cache.page_size
+        # whole pages per sequence: each one can reach context_length however the others fill their pages
+        full = -(-context_length // page) * page * max_batch_size
+        if kv_tokens is not None and not 1 <= kv_tokens:
+            raise InputError(f"kv_tokens must be at least 1, got {kv_tokens}")
         self.kv = KVCache(
             self._vm,
             max_batch_size=max_batch_size,
-            # whole pages per sequence: each one can reach context_length however the others fill their pages
-            max_total_seq_len=-(-context_length // m.kv_cache.page_size) * m.kv_cache.page_size * max_batch_size,
+            max_total_seq_len=full if kv_tokens is None else -(-kv_tokens // page) * page,
             prefill_chunk_size=self.prefill_chunk_size,
             page_size=m.kv_cache.page_size,
             sliding_window=m.kv_cache.sliding_window,

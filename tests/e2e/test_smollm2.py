@@ -59,3 +59,19 @@ def test_chat_answers_paris(engine):
     reply = engine.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=30)
     assert "Paris" in reply.text
     assert reply.finish_reason == "stop"
+
+
+def test_served_chat_through_the_openai_client_answers_paris(engine):
+    openai = pytest.importorskip("openai")
+    from ember.runtime.serving.background import running_server
+
+    with running_server(engine.artifact.path, max_seqs=4, context_length=512) as (url, served):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        reply = client.chat.completions.create(model=served.name, messages=messages, max_tokens=20, temperature=0)
+        assert "Paris" in reply.choices[0].message.content
+        chunks = client.chat.completions.create(model=served.name, messages=messages, max_tokens=20, temperature=0,
+                                                stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            reply.choices[0].message.content
+        assert served.stats()["kv_pages_used"] == 0

@@ -1,0 +1,177 @@
+"""`AsyncEngine`: an artifact served to many concurrent callers, each with an async stream of outputs.
+
+    engine = ember.load_async("compiled/smollm2-cpu", max_seqs=16)
+    async for out in engine.generate("Once upon a time", max_tokens=32):
+        print(out.text, end="")
+
+The engine loop runs in its own thread (`core.EngineCore`); each stream is an asyncio queue fed from that thread.
+Leaving the `async for` early (or cancelling the task) aborts the request: its pages are freed within one step.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Sequence as Seq
+from typing import Any
+
+from ...errors import InputError
+from ..engine import Engine
+from ..generate import check_max_tokens
+from ..model_runner import DEFAULT_CONTEXT_CAP
+from ..sampler import SamplingParams
+from .core import EngineCore
+from .sequence import Output, Request
+
+
+class QueueFull(InputError):
+    """More requests are waiting than the engine queues (`max_queue`): try again later."""
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine, *, max_seqs: int, max_queue: int = 256, token_budget: int | None = None,
+                 kv_tokens: int | None = None, context_length: int | None = None,
+                 prefill_chunk_size: int | None = None) -> None:
+        from ..model_runner import ModelRunner
+
+        self.engine = engine  # the manifest, tokenizer and chat template; the runner below owns the serving cache
+        self.runner = ModelRunner(engine.artifact, max_batch_size=max_seqs, context_length=context_length,
+                                  prefill_chunk_size=prefill_chunk_size, kv_tokens=kv_tokens)
+        self.core = EngineCore(self.runner, engine.tokenizer, engine.eos_token_ids, max_seqs=max_seqs,
+                               token_budget=token_budget)
+        self.max_queue = max_queue
+        self.in_flight = 0  # submitted, final output not yet delivered (event loop side)
+        self.core.start()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu", *, max_seqs: int = 16, max_queue: int = 256,
+             context_length: int | None = None, kv_tokens: int | None = None, token_budget: int | None = None,
+             prefill_chunk_size: int | None = None, **load_kwargs: Any) -> AsyncEngine:
+        """Load an artifact to serve. `max_seqs` sequences run at once; `kv_tokens` (default: max_seqs full
+        contexts) sizes the KV cache, which the scheduler shares out page by page."""
+        from ..artifact import read_manifest
+
+        # the Engine's own one-sequence cache stays small: serving makes its own, of max_seqs sequences
+        engine = Engine.load(path, device=device, context_length=min(read_manifest(path).context_length, 256),
+                             **load_kwargs)
+        if max_seqs is None or isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
+            raise InputError.about(f"{{max_seqs}} must be an integer >= 1, got {max_seqs!r}")
+        if context_length is None:
+            context_length = min(engine.manifest.context_length, DEFAULT_CONTEXT_CAP)
+        return cls(engine, max_seqs=max_seqs, max_queue=max_queue, token_budget=token_budget, kv_tokens=kv_tokens,
+                   context_length=context_length, prefill_chunk_size=prefill_chunk_size)
+
+    # -- facts ----------------------------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return self.runner.context_length
+
+    @property
+    def name(self) -> str:
+        return self.engine.manifest.name
+
+    def stats(self) -> dict[str, int]:
+        core = self.core
+        return {"waiting": max(core.queue_depth, self.waiting), "running": core.running, "kv_pages_used": core.pages_used,
+                "kv_pages_total": core.scheduler.total_pages, "preempted": core.stats.preempted,
+                "generated_tokens": core.stats.generated_tokens, "prompt_tokens": core.stats.prompt_tokens}
+
+    def encode_chat(self, messages: Seq[Any]) -> list[int]:
+        from ..engine import check_messages
+
+        tok = self.engine.tokenizer
+        if tok is None:
+            raise InputError(f"artifact {self.name} has no tokenizer, so it cannot chat")
+        check_messages(messages)
+        return tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True), add_bos=False)
+
+    def check_request(self, prompt: str | Seq[int], max_tokens: int | None) -> tuple[list[int], int]:
+        """The prompt's ids and max_tokens (None: what the context leaves), checked against the context."""
+        ids = self.engine.encode(prompt)
+        if not ids:
+            raise InputError("the prompt is empty")
+        if len(ids) >= self.context_length:
+            raise InputError(f"the prompt has {len(ids)} tokens, but the context length of {self.name} is "
+                             f"{self.context_length} (prompt and output together)")
+        if max_tokens is None:
+            max_tokens = self.context_length - len(ids)
+        check_max_tokens(max_tokens)
+        if len(ids) + max_tokens > self.context_length:
+            raise InputError(f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}: together more than "
+                             f"the context length {self.context_length} of {self.name}")
+        return ids, max_tokens
+
+    # -- work -----------------------------------------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        """Requests submitted and not yet running (those the engine thread has not picked up count too)."""
+        return max(0, self.in_flight - self.core.running)
+
+    def generate(self, prompt: str | Seq[int], *, max_tokens: int | None = None,
+                 sampling: SamplingParams | None = None, stop: Seq[str] = (),
+                 stop_token_ids: Seq[int] = (), request_id: str | None = None,
+                 **sampling_kwargs: Any) -> AsyncIterator[Output]:
+        """Submit one request now and return its outputs as an async iterator; the last has `finish_reason` set.
+        Raises QueueFull when `max_queue` requests already wait, InputError for a bad request (nothing queued).
+        Call it from a running event loop: the outputs are delivered to that loop."""
+        ids, max_tokens = self.check_request(prompt, max_tokens)
+        if sampling is None:
+            sampling = SamplingParams(**sampling_kwargs)
+        if isinstance(stop, str):
+            stop = [stop]
+        if stop and self.engine.tokenizer is None:
+            raise InputError(f"stop strings need text, and artifact {self.name} has no tokenizer")
+        if self.waiting >= self.max_queue:
+            raise QueueFull(f"{self.waiting} requests are waiting already (the queue holds {self.max_queue}); "
+                            "try again shortly")
+        request = Request(request_id or uuid.uuid4().hex, ids, max_tokens, sampling, list(stop),
+                          list(stop_token_ids))
+        loop = asyncio.get_running_loop()
+        outputs: asyncio.Queue[Output] = asyncio.Queue()
+
+        def deliver(out: Output) -> None:  # on the caller's loop
+            if out.finish_reason is not None:
+                self.in_flight -= 1
+            outputs.put_nowait(out)
+
+        def sink(out: Output) -> None:  # on the engine thread
+            try:
+                loop.call_soon_threadsafe(deliver, out)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening
+                if out.finish_reason is not None:
+                    self.in_flight -= 1
+
+        self.in_flight += 1
+        self.core.submit(request, sink)
+        return self._stream(request.request_id, outputs)
+
+    async def _stream(self, request_id: str, outputs: asyncio.Queue[Output]) -> AsyncIterator[Output]:
+        done = False
+        try:
+            while not done:
+                out = await outputs.get()
+                done = out.finish_reason is not None
+                yield out
+        finally:
+            if not done:
+                self.core.abort(request_id)
+
+    async def complete(self, prompt: str | Seq[int], **kwargs: Any) -> Output:
+        """The whole output of one request at once (text and ids joined)."""
+        text, ids, last = [], [], None
+        async for out in self.generate(prompt, **kwargs):
+            text.append(out.text)
+            ids += out.token_ids
+            last = out
+        assert last is not None
+        return Output(last.request_id, "".join(text), ids, last.finish_reason, last.prompt_tokens,
+                      last.completion_tokens, last.error)
+
+    def shutdown(self) -> None:
+        self.core.shutdown()
+
+    def __enter__(self) -> AsyncEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

@@ -1,0 +1,191 @@
+"""The engine loop: one thread owns the model runner and its KV cache, and runs scheduler steps while there is
+work. Other threads talk to it only through `submit` and `abort` (a queue); outputs leave through each request's
+sink. A failing step fails the requests in it (with the error) and clears the cache; the loop keeps serving."""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence as Seq
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import InputError
+from ..model_runner import ModelRunner
+from ..tokenizer import Tokenizer
+from .scheduler import Scheduler, pages_for
+from .sequence import FINISHED, Output, Request, Sequence
+
+log = logging.getLogger("ember.serve")
+
+
+@dataclass
+class StepStats:
+    """Running totals the metrics read (written by the loop thread only)."""
+    steps: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    finished: int = 0
+    preempted: int = 0
+
+
+class EngineCore:
+    def __init__(self, runner: ModelRunner, tokenizer: Tokenizer | None, eos_token_ids: Seq[int], *,
+                 max_seqs: int, token_budget: int | None = None) -> None:
+        page = runner.kv.page_size
+        total = runner.kv.max_total_seq_len // page
+        if total < pages_for(runner.context_length, page):
+            raise InputError(f"the KV cache holds {total} pages of {page} tokens, fewer than one sequence of the "
+                             f"context length {runner.context_length} needs")
+        if max_seqs > runner.max_batch_size:
+            raise InputError(f"max_seqs {max_seqs} exceeds the runner's max_batch_size {runner.max_batch_size}")
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.eos = list(eos_token_ids)
+        budget = token_budget or max(runner.prefill_chunk_size, max_seqs + 1)
+        self.scheduler = Scheduler(max_seqs=max_seqs, total_pages=total, page_size=page, token_budget=budget,
+                                   prefill_chunk=runner.prefill_chunk_size)
+        self.stats = StepStats()
+        self.on_finish: Callable[[Sequence], None] | None = None  # metrics hook
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._ids = itertools.count()
+        self._by_request: dict[str, Sequence] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    # -- any thread ---------------------------------------------------------------------------------------
+    def submit(self, request: Request, sink: Callable[[Output], None]) -> None:
+        self._inbox.put(("add", request, sink))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id, None))
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="ember-engine", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Stop the loop; requests still in flight end with finish_reason "abort"."""
+        self._stop = True
+        self._inbox.put(("wake", None, None))
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def pages_used(self) -> int:
+        return self.scheduler.used_pages
+
+    # -- the loop thread ------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                self._drain(block=not self.scheduler.has_work())
+                if self._stop:
+                    break
+                if self.scheduler.has_work():
+                    self.step()
+            except Exception:  # the loop must outlive any one request
+                log.exception("engine loop error")
+        for seq in list(self._by_request.values()):
+            self._retire(seq, "abort")
+
+    def _drain(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, arg, sink = item
+            if kind == "add":
+                self._add(arg, sink)
+            elif kind == "abort" and arg in self._by_request:
+                self._retire(self._by_request[arg], "abort")
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _add(self, request: Request, sink: Callable[[Output], None]) -> None:
+        seq = Sequence(next(self._ids), request, self.tokenizer, self.eos, self.runner.context_length, sink)
+        if request.request_id in self._by_request:
+            seq.abort("error", f"request id {request.request_id} is already in flight")
+            sink(seq.final)
+            return
+        self._by_request[request.request_id] = seq
+        self.scheduler.add(seq)
+
+    def step(self) -> None:
+        """One scheduler step: preemptions, then a prefill forward and a decode forward, then retirements."""
+        plan = self.scheduler.schedule()
+        kv = self.runner.kv
+        for seq in plan.preempted:
+            if seq.seq_id in kv.lengths:
+                self.runner.remove_sequence(seq.seq_id)
+            seq.computed = 0
+            self.stats.preempted += 1
+        if not plan:
+            return
+        in_step = [s for s, _ in plan.prefill] + plan.decode
+        try:
+            sampled: list[tuple[Sequence, np.ndarray]] = []
+            if plan.prefill:
+                for seq, _ in plan.prefill:
+                    if seq.seq_id not in kv.lengths:
+                        self.runner.add_sequence(seq.seq_id)
+                chunks = [seq.tokens[seq.computed : seq.computed + n] for seq, n in plan.prefill]
+                logits = self.runner.prefill([s.seq_id for s, _ in plan.prefill], chunks)
+                for (seq, n), row in zip(plan.prefill, logits):
+                    seq.computed += n
+                    self.stats.prompt_tokens += n
+                    if seq.remaining == 0:
+                        sampled.append((seq, row))
+            if plan.decode:
+                logits = self.runner.decode([s.seq_id for s in plan.decode], [s.tokens[-1] for s in plan.decode],
+                                            reuse=True)
+                for seq, row in zip(plan.decode, logits):
+                    seq.computed += 1
+                    sampled.append((seq, row))
+            for seq, row in sampled:
+                seq.add_token(seq.sampler(row))
+                self.stats.generated_tokens += 1
+                self.scheduler.after_step(seq)
+                if seq.state == FINISHED:
+                    self._retire(seq, None)
+        except Exception as err:  # a model call failed: fail this step's requests, keep serving the rest
+            log.exception("engine step failed")
+            for seq in in_step:
+                self._retire(seq, "error", f"engine step failed: {type(err).__name__}: {err}")
+        self.stats.steps += 1
+
+    def _retire(self, seq: Sequence, reason: str | None, error: str | None = None) -> None:
+        """Free the sequence's pages at once and end its stream (reason None: it finished by itself)."""
+        if reason is not None:
+            seq.abort(reason, error)
+        self.scheduler.remove(seq)
+        if seq.seq_id in self.runner.kv.lengths:
+            try:
+                self.runner.remove_sequence(seq.seq_id)
+            except Exception:
+                log.exception("removing sequence %d failed; clearing the KV cache", seq.seq_id)
+                self.runner.reset()
+                for other in self.scheduler.running:
+                    other.computed = 0
+        self._by_request.pop(seq.request.request_id, None)
+        self.stats.finished += 1
+        if seq.final is not None:
+            seq.sink(seq.final)
+        if self.on_finish is not None:
+            self.on_finish(seq)

@@ -1,0 +1,128 @@
+"""One generation in flight: its tokens, its sampler, and the text it has streamed so far (stop strings held back).
+
+The KV cache holds `computed` of `tokens` (prompt + generated). A step feeds `tokens[computed:]` (a prefill chunk,
+or the last token when only one is left: a decode), so a preempted sequence is recomputed by prefilling again.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence as Seq
+from dataclasses import dataclass, field
+
+from ..sampler import Sampler, SamplingParams
+from ..tokenizer import StreamDecoder, Tokenizer
+
+WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
+
+
+@dataclass
+class Output:
+    """What one step adds to a request's stream. `finish_reason` is set on the last one: "stop" (EOS or a stop
+    string), "length" (max_tokens or the context), "abort" or "error" (then `error` says why)."""
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: Seq[str] = ()
+    stop_token_ids: Seq[int] = ()
+
+
+class Sequence:
+    def __init__(self, seq_id: int, request: Request, tokenizer: Tokenizer | None, eos: Seq[int],
+                 context_length: int, sink: Callable[[Output], None]) -> None:
+        self.seq_id = seq_id
+        self.request = request
+        self.tokens = list(request.prompt)
+        self.prompt_len = len(request.prompt)
+        self.computed = 0
+        self.state = WAITING
+        self.sampler = Sampler(request.sampling, prompt=request.prompt)
+        self.stops = set(eos) | set(request.stop_token_ids)
+        self.stop_strings = [s for s in request.stop if s]
+        self.context_length = context_length
+        self.detok: StreamDecoder | None = tokenizer.stream_decoder() if tokenizer is not None else None
+        self.text = ""
+        self.sent = 0  # text[:sent] has been streamed
+        self.sink = sink
+        self.arrival = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.finish_reason: str | None = None
+        self.final: Output | None = None  # the last output: the engine sends it once the pages are free
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - self.prompt_len
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still to feed before the next sample."""
+        return len(self.tokens) - self.computed
+
+    def add_token(self, token: int) -> None:
+        """A sampled token: record it, stream what text is final, finish on EOS / stop string / length."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if token in self.stops:
+            self._finish("stop", [])
+            return
+        self.tokens.append(token)
+        if self.detok is not None:
+            self.text += self.detok.push(token)
+        if self.stop_strings and (cut := self._find_stop()) is not None:
+            self.text = self.text[:cut]
+            self._finish("stop", [token])
+            return
+        if self.generated >= self.request.max_tokens or len(self.tokens) >= self.context_length:
+            if self.detok is not None:
+                self.text += self.detok.flush()
+            self._finish("length", [token])
+            return
+        safe = len(self.text) - self._held_back()
+        self._emit(self.text[self.sent : safe], [token], None)
+        self.sent = max(self.sent, safe)
+
+    def abort(self, reason: str = "abort", error: str | None = None) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+            self.state = FINISHED
+            self._emit("", [], reason, error)
+
+    def _finish(self, reason: str, ids: list[int]) -> None:
+        self.finish_reason = reason
+        self.state = FINISHED
+        self._emit(self.text[self.sent :], ids, reason)
+        self.sent = len(self.text)
+
+    def _emit(self, text: str, ids: list[int], reason: str | None, error: str | None = None) -> None:
+        out = Output(self.request.request_id, text, ids, reason, self.prompt_len, self.generated, error)
+        if reason is None:
+            self.sink(out)
+        else:
+            self.final = out
+
+    def _find_stop(self) -> int | None:
+        """Where the earliest stop string starts in the unsent text (and the few characters before it)."""
+        start = max(0, self.sent - max(map(len, self.stop_strings)) + 1)
+        hits = [i for s in self.stop_strings if (i := self.text.find(s, start)) >= 0]
+        return min(hits) if hits else None
+
+    def _held_back(self) -> int:
+        """Length of the longest end of the text that could still grow into a stop string."""
+        best = 0
+        for s in self.stop_strings:
+            for n in range(min(len(s) - 1, len(self.text)), best, -1):
+                if self.text.endswith(s[:n]):
+                    best = n
+                    break
+        return best

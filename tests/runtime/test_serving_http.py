@@ -1,0 +1,224 @@
+"""`ember serve`'s HTTP API on the tiny cpu artifact, through the real `openai` client and raw HTTP."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from ember.runtime.serving.background import running_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    with running_server(tiny.path, max_seqs=8, max_queue=64) as (url, engine):
+        yield url, engine
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_and_health(server, client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny-llama"]
+    health = httpx.get(server[0] + "/health").json()
+    assert health["status"] == "ok" and health["kv_pages_used"] == 0
+
+
+def test_completion_greedy_equals_the_engine_alone(server, client, tiny):
+    from ember.runtime.engine import Engine
+
+    want = Engine.load(tiny.path).generate("hello ember", max_tokens=12)
+    got = client.completions.create(model="tiny-llama", prompt="hello ember", max_tokens=12, temperature=0)
+    assert got.choices[0].text == want.text
+    assert got.choices[0].finish_reason == want.finish_reason
+    assert got.usage.prompt_tokens == want.prompt_tokens and got.usage.completion_tokens == len(want.token_ids)
+    ids = client.completions.create(model="tiny-llama", prompt=want_ids(tiny), max_tokens=5, temperature=0)
+    assert ids.usage.prompt_tokens == 4
+
+
+def want_ids(tiny) -> list[int]:
+    return [0, 5, 6, 7]
+
+
+def test_chat_uses_the_template_and_streams_the_same_text(client):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    whole = client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=10, temperature=0)
+    assert whole.choices[0].message.role == "assistant"
+    chunks = list(client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=10,
+                                                 temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_stop_strings(client):
+    free = client.completions.create(model="tiny-llama", prompt="the quick", max_tokens=20, temperature=0)
+    text = free.choices[0].text
+    stop = text[6:9]
+    cut = client.completions.create(model="tiny-llama", prompt="the quick", max_tokens=20, temperature=0,
+                                    stop=[stop, "zzzz"])
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model="tiny-llama", prompt="the quick", max_tokens=20, temperature=0,
+                                         stop=stop, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == cut.choices[0].text
+
+
+def test_seed_reproducible_and_n_choices(client):
+    options = dict(model="tiny-llama", prompt="hello", max_tokens=16, temperature=1.0, top_p=0.95,
+                   extra_body={"top_k": 50, "min_p": 0.01, "repetition_penalty": 1.1})
+    a = client.completions.create(seed=7, **options)
+    b = client.completions.create(seed=7, **options)
+    assert a.choices[0].text == b.choices[0].text
+    many = client.completions.create(seed=7, n=3, **options)
+    assert len(many.choices) == 3 and [c.index for c in many.choices] == [0, 1, 2]
+    assert many.choices[0].text == a.choices[0].text
+    assert len({c.text for c in many.choices}) > 1
+    assert 3 <= many.usage.completion_tokens <= 3 * 16 and many.usage.prompt_tokens == a.usage.prompt_tokens
+    streamed = client.completions.create(seed=7, n=3, stream=True, **options)
+    texts = ["", "", ""]
+    for chunk in streamed:
+        for c in chunk.choices:
+            texts[c.index] += c.text
+    assert texts == [c.text for c in many.choices]
+
+
+def test_errors_are_openai_style_and_the_server_keeps_serving(server, client):
+    url = server[0]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="hi", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="tiny-llama", prompt="hi", max_tokens=-3)
+    with pytest.raises(openai.BadRequestError, match=r"\d+ tokens.*context length of tiny-llama is 64"):
+        client.completions.create(model="tiny-llama", prompt=list(range(3, 90)), max_tokens=2)
+    cases = [
+        (b"{not json", 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "max_tokens": "ten"}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": 5}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "temperature": -1}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "n": 0}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": [1, 2, 100000]}).encode(), 400),
+        (json.dumps([1, 2]).encode(), 400),
+        (b'{"prompt": "' + b"a" * (5 << 20) + b'"}', 413),
+    ]
+    for body, status in cases:
+        r = httpx.post(url + "/v1/completions", content=body, headers={"content-type": "application/json"},
+                       timeout=30)
+        assert r.status_code == status, (body[:60], r.text)
+        assert r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny-llama", "messages": "hi"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert httpx.get(url + "/v1/nowhere").status_code == 404
+    ok = client.completions.create(model="tiny-llama", prompt="hi", max_tokens=3, temperature=0)
+    assert ok.usage.completion_tokens >= 1
+
+
+def test_api_key_is_required_when_set(tiny):
+    with running_server(tiny.path, api_key="sekrit", max_seqs=2) as (url, _):
+        bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        assert httpx.post(url + "/v1/completions", json={"prompt": "hi"}).status_code == 401
+        good = openai.OpenAI(base_url=url + "/v1", api_key="sekrit", max_retries=0)
+        assert good.completions.create(model="tiny-llama", prompt="hi", max_tokens=2).usage.completion_tokens
+
+
+def test_disconnect_mid_stream_frees_the_sequence(server):
+    url, engine = server
+    with httpx.stream("POST", url + "/v1/completions", json={"prompt": "hello", "max_tokens": 60, "stream": True,
+                                                              "temperature": 0}, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                break
+    for _ in range(300):
+        if engine.stats()["running"] == 0 and engine.stats()["kv_pages_used"] == 0:
+            break
+        asyncio.run(asyncio.sleep(0.01))
+    assert engine.stats()["running"] == 0 and engine.stats()["kv_pages_used"] == 0
+
+
+def test_metrics(server, client):
+    client.completions.create(model="tiny-llama", prompt="hello", max_tokens=4)
+    text = httpx.get(server[0] + "/metrics").text
+    for name in ("ember_queue_depth", "ember_running_sequences", "ember_kv_pages_used",
+                 "ember_time_to_first_token_seconds_bucket", "ember_time_per_output_token_seconds_bucket",
+                 "ember_generation_tokens_total"):
+        assert name in text
+    assert "ember_kv_pages_total 32.0" in text
+
+
+def test_load_more_streams_than_the_cache_holds(tiny):
+    """64 concurrent streams, 8 sequences at a time, a KV cache of 6 pages (2 full contexts), a queue of 40:
+    every request completes with all its tokens or gets a 429, and the pages come back."""
+    async def one(client, i):
+        try:
+            stream = await client.completions.create(model="tiny-llama", prompt=[0, 3 + i, 4 + i], max_tokens=30,
+                                                     temperature=0, stream=True)
+        except openai.RateLimitError as err:
+            assert err.response.headers["retry-after"] == "1"
+            return None
+        text, finish = 0, None
+        async for chunk in stream:
+            for c in chunk.choices:
+                finish = c.finish_reason or finish
+            if chunk.usage is not None:
+                text = chunk.usage.completion_tokens
+        return text, finish
+
+    async def main(url):
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+        return await asyncio.gather(*(one(client, i) for i in range(64)))
+
+    with running_server(tiny.path, max_seqs=8, max_queue=40, kv_tokens=96) as (url, engine):
+        results = asyncio.run(main(url))
+        stats = engine.stats()
+    done = [r for r in results if r is not None]
+    print(f"load: {len(done)} of 64 completed, {64 - len(done)} got 429")
+    assert len(done) >= 40
+    for tokens, finish in done:
+        assert finish in ("stop", "length") and (finish == "stop" or tokens == 30)
+    assert stats["kv_pages_used"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
+    assert stats["preempted"] > 0  # the cache was too small for the batch: sequences were recomputed
+
+
+def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ember.cli", "serve", str(tiny.path), "--port", str(port),
+                             "--max-batch", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"ember serve did not come up: {proc.stderr.read() if proc.poll() is not None else ''}")
+        got = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}, timeout=30).json()
+        assert got["usage"]["completion_tokens"] >= 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, err = proc.communicate()
+    assert f"http://127.0.0.1:{port}/v1" in err
