@@ -6,7 +6,8 @@
 #                                                           (default q4f16 q4f16_1 q0f16), llama.cpp source DIR/lcpp-src.tgz
 #   GPU box:  bash benchmarks/gpu.sh peer DIR [QUANTS...]   build llama.cpp (~5 min, kept in DIR/lcpp), llama-bench +
 #                                                           llama-batched-bench on random GGUFs (default F16 Q4_0)
-#             bash benchmarks/gpu.sh ember DIR [QUANTS...]  ember bench of each artifact: pp128/pp512, decode batch
+#             bash benchmarks/gpu.sh ember DIR [QUANTS...]  ember verify (hashes + golden logits), then ember bench of
+#                                                           each artifact: pp128/pp512, decode batch
 #                                                           1..64 (BATCHES), decode at context 128/2048/8000
 #                                                           (CONTEXTS), the kernel profile at batch 1 and 16 (PROFILE=1)
 #   here:     ember bench --plot decode.png --from DIR/results  the batch curve of every engine, with the rooflines
@@ -59,6 +60,9 @@ case $cmd in
     mkdir -p "$results"
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee "$results/gpu.txt"
     for q in $quants; do
+      # the artifact's own check first: file hashes and its golden logits (a 2-layer truncation vs the cpu build)
+      ember_rt verify "$dir/l8-$q" --device cuda --json > "$results/verify-$q.json" || echo "verify $q FAILED"
+      cat "$results/verify-$q.json"; echo
       ember_rt bench "$dir/l8-$q" --device cuda --prefill 128,512 --batch "${BATCHES:-1,2,4,8,16,32,64}" --steps 64 \
         --repeats 3 --output "$results/ember-$q.jsonl" >/dev/null
       cat "$results/ember-$q.jsonl"
