@@ -21,7 +21,7 @@ from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
 from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
-from .native_gemv import PLAIN, SWIGLU, is_decode1, swiglu_input
+from .native_gemv import is_decode1
 from .native_lowbatch import batch_dim, in_prefill
 
 ENV = "EMBER_CUDA_LINEAR"
@@ -82,9 +82,8 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0" and os.environ.get(GEMV_ENV, "1") != "0"
 
 
-def gemv_name(rows: int, cols: int, bias: int, cfg: GemvConfig, act: int = PLAIN) -> str:
-    extra = f", {act}" if act != PLAIN else ""
-    return f"ember::linear::gemv<{rows}, {cols}, {cfg.warps}, {cfg.rows}, {cfg.depth}, {bias}{extra}>"
+def gemv_name(rows: int, cols: int, bias: int, cfg: GemvConfig) -> str:
+    return f"ember::linear::gemv<{rows}, {cols}, {cfg.warps}, {cfg.rows}, {cfg.depth}, {bias}>"
 
 
 def mma_name(rows: int, cols: int, bias: int, cfg: MmaConfig) -> str:
@@ -146,16 +145,11 @@ def lower_linear(it: Any, node: Any, args: list, gemv: GemvConfig | None = None,
     if planned is None:
         return None
     kind, (rows, cols, bias), cfg = planned
-    inputs = list(args)
     if kind == "gemv":
-        gate_up = swiglu_input(it, node)  # the down projection stages silu(gate) * up itself (swiglu.cuh)
-        act = SWIGLU if gate_up is not None and gate_up.dtype == "float16" else PLAIN
-        if act == SWIGLU:
-            inputs[0] = gate_up
-        compute = _compute(gemv_name(rows, cols, bias, cfg, act), rows, bias, cfg.blocks(rows), cfg.threads, False)
+        compute = _compute(gemv_name(rows, cols, bias, cfg), rows, bias, cfg.blocks(rows), cfg.threads, False)
     else:
         compute = _compute(mma_name(rows, cols, bias, cfg), rows, bias, cfg.blocks(rows), cfg.threads, True)
-    return op.tensor_expr_op(compute, f"f16_{kind}", inputs, attrs=ATTRS)
+    return op.tensor_expr_op(compute, f"f16_{kind}", list(args), attrs=ATTRS)
 
 
 LOWERINGS = {"linear": lower_linear}

@@ -111,10 +111,6 @@ def test_q0f16_decode_linears_take_the_kernels():
     assert calls["prefill"] == []
     assert len(calls["decode1"]) == 5 and {_shape(n) for n in calls["decode1"]} == LAYERS
     assert all(n.startswith("ember::linear::gemv<") for n in calls["decode1"])
-    # the down projection (K = intermediate) reads gate_up and stages SwiGLU itself (Act 1, swiglu.cuh)
-    assert [n.endswith(", 1>") for n in calls["decode1"]].count(True) == 1
-    down = next(n for n in calls["decode1"] if n.endswith(", 1>"))
-    assert _shape(down)[1] == CONFIG["intermediate_size"]
     assert len(calls["decode"]) == 5 and {_shape(n) for n in calls["decode"]} == LAYERS
     assert all(n.startswith("ember::linear::mma<") for n in calls["decode"])
 
@@ -189,7 +185,7 @@ def test_device_source_inlines_pdl():
     assert code.count("namespace pdl {") == 1 and code.index("namespace pdl {") < code.index("namespace linear {")
     assert "griddepcontrol.wait" in (KERNEL_DIR / "pdl.cuh").read_text()
     body = code[code.index("namespace linear {"):]
-    assert body.index("pdl::wait()") < body.index("xs[i] = ")  # x is read only after the wait
+    assert body.index("pdl::wait()") < body.index("xs[i] = load_x8")  # x is read only after the wait
 
 
 # -- nvcc ----------------------------------------------------------------------------------------------------------
@@ -204,7 +200,7 @@ extern "C" __global__ void __launch_bounds__({threads}) kern({params}) {{ ember:
 # docs/measurements/2026-12-02-h200-f16-* were measured with that spill.
 @pytest.mark.parametrize("kind,args,spill", [
     ("gemv", "28672, 4096, 8, 2, 4, 0", 0), ("gemv", "4096, 14336, 8, 2, 4, 1", 0),
-    ("gemv", "1000, 1048, 8, 1, 8, 2", 0), ("gemv", "4096, 14336, 8, 2, 4, 0, 1", 0),
+    ("gemv", "1000, 1048, 8, 1, 8, 2", 0),
     ("mma", "4096, 14336, 8, 2, 2, 2, 1", 0), ("mma", "1000, 1048, 4, 4, 1, 4, 2", 0),
     ("mma", "128256, 4096, 4, 4, 4, 2, 0", 0), ("mma", "28672, 4096, 8, 4, 2, 2, 0", 32)])
 def test_kernel_compiles_without_spills(tmp_path, kind, args, spill):

@@ -26,7 +26,6 @@
 #include <cuda_fp16.h>
 
 #include "pdl.cuh"
-#include "swiglu.cuh"
 
 namespace ember {
 namespace gemv {
@@ -158,6 +157,23 @@ __device__ __forceinline__ float accumulate(float acc, uint4 wv, const uint32_t*
   acc = fmaf(s * Layout<SCHEME>::kValueScale, part, acc);
   if (SCHEME == Q4_MIN) acc = fmaf(fmaf(8.0f, s, __half2float(min)), x_sum, acc);
   return acc;
+}
+
+enum Act : int { PLAIN = 0, SWIGLU = 1 };
+
+// SWIGLU input: x_ptr holds [gate | up] (2K halves) and the GEMV's x is silu(gate) * up, computed in fp32 and
+// rounded to fp16 while staging, as the separate swiglu kernel (lower_fused.py) would write it.
+__device__ __forceinline__ uint4 swiglu8(uint4 gate, uint4 up) {
+  const __half2* g = reinterpret_cast<const __half2*>(&gate);
+  const __half2* u = reinterpret_cast<const __half2*>(&up);
+  uint4 out;
+  __half2* o = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 gf = __half22float2(g[j]), uf = __half22float2(u[j]);
+    o[j] = __floats2half2_rn(gf.x / (1.0f + __expf(-gf.x)) * uf.x, gf.y / (1.0f + __expf(-gf.y)) * uf.y);
+  }
+  return out;
 }
 
 // One block: WARPS warps, warp w owns rows (blockIdx.x * WARPS + w) * R + 0..R-1.

@@ -27,7 +27,6 @@
 #include <cuda_fp16.h>
 
 #include "pdl.cuh"
-#include "swiglu.cuh"
 
 namespace ember {
 namespace linear {
@@ -69,7 +68,7 @@ __device__ __forceinline__ float add_bias(float v, const void* bias_ptr, int n) 
 
 // ---- batch 1 ------------------------------------------------------------------------------------------------------
 // One block: WARPS warps, warp w owns rows (blockIdx.x * WARPS + w) * R + 0..R-1.
-template <int N, int K, int WARPS, int R, int D, int BIAS, int ACT = PLAIN>
+template <int N, int K, int WARPS, int R, int D, int BIAS>
 __device__ __forceinline__ void gemv(const void* x_ptr, const void* w_ptr, const void* bias_ptr, void* y_ptr) {
   static_assert(K % 8 == 0, "K must be whole 16-byte loads");
   static_assert(D >= 1 && D <= 16 && R >= 1 && R <= 32, "launch shape");
@@ -108,10 +107,7 @@ __device__ __forceinline__ void gemv(const void* x_ptr, const void* w_ptr, const
 #pragma unroll
   for (int i0 = 0; i0 < XCHUNKS; i0 += THREADS) {
     const int i = i0 + threadIdx.x;
-    if (XCHUNKS % THREADS == 0 || i < XCHUNKS) {
-      xs[i] = ACT == SWIGLU && i < C ? swiglu8(load_x8(xh + 8 * i, true, aligned), load_x8(xh + K + 8 * i, true, aligned))
-                                     : load_x8(xh + 8 * i, i < C, aligned);
-    }
+    if (XCHUNKS % THREADS == 0 || i < XCHUNKS) xs[i] = load_x8(xh + 8 * i, i < C, aligned);
   }
   __syncthreads();
 
