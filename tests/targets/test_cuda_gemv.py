@@ -14,9 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ember.frontend.config import ModelConfig
-from ember.frontend.models import build_module
-from ember.passes.manager import PassManager, default_pipeline
+from cuda_lowered import calls_by_function, lowered
+from cuda_lowered import extern_calls as _extern_calls
 
 CONFIG = {"model_type": "llama", "vocab_size": 320, "hidden_size": 256, "intermediate_size": 512,
           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
@@ -26,40 +25,12 @@ LAYERS = {(512, 256), (256, 256), (1024, 256), (256, 512)}
 HEAD = (320, 256)  # the LM head: q8f16 in every scheme here
 
 
-def _extern_calls(func) -> list[str]:
-    """Names a PrimFunc calls through call_extern (read off its TVMScript: 0.27's Python has no TIR visitor)."""
-    return re.findall(r'T\.call_extern\("[a-z0-9]+", "([^"]+)"', func.script())
-
-
 def gemv_calls(relax_mod) -> dict[str, list[str]]:
-    """Relax function -> the ember::gemv kernels its call_tir's reach (before legalization)."""
-    import tvm
-    from tvm import relax
-
-    prims = {gv.name_hint: f for gv, f in relax_mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
-    out: dict[str, list[str]] = {}
-    for gv, func in relax_mod.functions_items():
-        if not isinstance(func, relax.Function):
-            continue
-        calls: list[str] = []
-
-        def visit(expr, calls=calls):
-            if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
-                calls.extend(n for n in _extern_calls(prims[expr.args[0].name_hint]) if n.startswith("ember::gemv"))
-
-        relax.analysis.post_order_visit(func.body, visit)
-        out[gv.name_hint] = calls
-    return out
+    return calls_by_function(relax_mod, "ember::gemv")
 
 
 def _lowered(scheme: str, dtype: str = "float16"):
-    from ember.targets.cuda import CudaTarget
-    from ember.targets.lower import lower
-
-    module = PassManager(default_pipeline(scheme)).run(
-        build_module(ModelConfig.from_dict(CONFIG), "tiny", dtype=dtype, static_decode=True))
-    relax_mod, _ = lower(module, CudaTarget.parse("cuda:sm_90"))
-    return relax_mod
+    return lowered(CONFIG, scheme, dtype)
 
 
 def _shape(name: str) -> tuple[int, int]:

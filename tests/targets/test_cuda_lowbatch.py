@@ -12,9 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ember.frontend.config import ModelConfig
-from ember.frontend.models import build_module
-from ember.passes.manager import PassManager, default_pipeline
+from cuda_lowered import calls_by_function, lowered
 
 CONFIG = {"model_type": "llama", "vocab_size": 320, "hidden_size": 256, "intermediate_size": 512,
           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
@@ -22,12 +20,6 @@ CONFIG = {"model_type": "llama", "vocab_size": 320, "hidden_size": 256, "interme
 # hidden 256, head_dim 64: fused qkv (4 + 2 + 2) * 64 = 512 rows, o 256, fused gate_up 1024, down 256 from K 512
 LAYERS = {(512, 256), (256, 256), (1024, 256), (256, 512)}
 HEAD = (320, 256)  # the LM head: q8f16 in every scheme here
-
-
-def _extern_calls(func) -> list[str]:
-    return re.findall(r'T\.call_extern\("[a-z0-9]+", "([^"]+)"', func.script())
-
-# -- the fragment mapping, as lowbatch.cuh computes it ---------------------------------------------------------
 
 
 def _b_fragment_q4(k0: int, t: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -142,34 +134,11 @@ def test_dequant_constants_are_exact():
 
 
 def lowbatch_calls(relax_mod) -> dict[str, list[str]]:
-    import tvm
-    from tvm import relax
-
-    prims = {gv.name_hint: f for gv, f in relax_mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
-    out: dict[str, list[str]] = {}
-    for gv, func in relax_mod.functions_items():
-        if not isinstance(func, relax.Function):
-            continue
-        calls: list[str] = []
-
-        def visit(expr, calls=calls):
-            if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
-                calls.extend(n for n in _extern_calls(prims[expr.args[0].name_hint])
-                             if n.startswith("ember::lowbatch"))
-
-        relax.analysis.post_order_visit(func.body, visit)
-        out[gv.name_hint] = calls
-    return out
+    return calls_by_function(relax_mod, "ember::lowbatch")
 
 
 def _lowered(scheme: str, dtype: str = "float16"):
-    from ember.targets.cuda import CudaTarget
-    from ember.targets.lower import lower
-
-    module = PassManager(default_pipeline(scheme)).run(
-        build_module(ModelConfig.from_dict(CONFIG), "tiny", dtype=dtype, static_decode=True))
-    relax_mod, _ = lower(module, CudaTarget.parse("cuda:sm_90"))
-    return relax_mod
+    return lowered(CONFIG, scheme, dtype)
 
 
 def _shape(name: str) -> tuple[int, int]:

@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 
 #include "pdl.cuh"
+#include "stream.cuh"
 
 namespace ember {
 namespace attn {
@@ -60,15 +61,6 @@ __device__ __forceinline__ void unpack8(const uint4& v, float* f) {
     f[2 * i] = p.x;
     f[2 * i + 1] = p.y;
   }
-}
-
-// K and V are read once per call: read-only path, no L1 allocation.
-__device__ __forceinline__ uint4 load_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
 }
 
 // One block per (chunk = blockIdx.x, kv head = blockIdx.y, sequence = blockIdx.z), 32 * WARPS threads.

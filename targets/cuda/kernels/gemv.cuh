@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 
 #include "pdl.cuh"
+#include "stream.cuh"
 
 namespace ember {
 namespace gemv {
@@ -39,17 +40,9 @@ __device__ __forceinline__ __half2 as_half2(uint32_t bits) {
   return h;
 }
 
-// Weights are read once: no L1 allocation, read-only path. (ptxas still issues only ~4 of a lane's prologue loads
-// ahead of the staging barrier and the rest after it, volatile or not; the cp.async ring below avoids that, but
-// measured no faster except on very small layers.)
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
-
+// (ptxas issues only ~4 of a lane's prologue loads of load_stream (stream.cuh) ahead of the staging barrier and
+// the rest after it, volatile or not; the cp.async ring below avoids that, but measured no faster except on very
+// small layers.)
 __device__ __forceinline__ __half load_half(const __half* p) { return __ldg(p); }
 
 // The other way to keep loads in flight (ASYNC=1): 16-byte cp.async copies into a shared-memory ring, which

@@ -27,6 +27,7 @@
 #include <cuda_fp16.h>
 
 #include "pdl.cuh"
+#include "stream.cuh"
 
 namespace ember {
 namespace linear {
@@ -37,15 +38,6 @@ __device__ __forceinline__ float2 to_float2(uint32_t bits) {
   __half2 h;
   memcpy(&h, &bits, sizeof(h));
   return __half22float2(h);
-}
-
-// Weights are read once: no L1 allocation, read-only path.
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
 }
 
 // 8 halves of x at p (zero if !valid); aligned: p is 16-byte aligned.

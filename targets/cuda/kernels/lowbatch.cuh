@@ -27,6 +27,7 @@
 #include <cuda_fp16.h>
 
 #include "pdl.cuh"
+#include "stream.cuh"
 
 namespace ember {
 namespace lowbatch {
@@ -43,14 +44,6 @@ __device__ __forceinline__ __half2 half2_of(uint32_t u) {
   __half2 h;
   memcpy(&h, &u, sizeof(h));
   return h;
-}
-
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {  // weights: read once, no L1 allocation
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
 }
 
 // x through a per-lane shared-memory ring (XA=1): 16-byte cp.async copies issued D k-tiles ahead with the weight
