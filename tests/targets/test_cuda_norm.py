@@ -76,3 +76,57 @@ def test_kernel_compiles_without_spills(tmp_path, args):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert re.search(r"0 bytes spill stores, 0 bytes spill loads", result.stderr), result.stderr
+
+
+def _decode1_kernels(scheme: str) -> list[str]:
+    """ember kernels decode1 still launches after Relax's dead-code elimination."""
+    from tvm import relax
+
+    from cuda_lowered import calls_by_function, lowered
+
+    relax_mod = relax.transform.DeadCodeElimination()(lowered(CONFIG, scheme))
+    return calls_by_function(relax_mod, "ember::")["decode1"]
+
+
+@pytest.mark.parametrize("scheme,fused", [("q4f16", "ember::gemv::run<"), ("q4f16_1", "ember::gemv::run<"),
+                                          ("q0f16", "ember::linear::gemv<")])
+def test_decode1_gemvs_run_the_add_rms_norm_before_them(scheme, fused, monkeypatch):
+    """At decode1 every add_rms_norm is the prologue of the GEMV that reads its norm (gate_up of both layers, qkv
+    of layer 1, the LM head) and its kernel is dropped; layer 0's plain norm and the batched decode keep theirs.
+    EMBER_CUDA_GEMV_NORM=0 keeps the separate kernel."""
+    calls = _decode1_kernels(scheme)
+    assert not [n for n in calls if n.startswith("ember::norm::")]
+    with_norm = [n for n in calls if n.startswith(fused) and n.endswith(", 2>" if "gemv::run" in fused else ", 1>")]
+    assert len(with_norm) == 4
+    monkeypatch.setenv("EMBER_CUDA_GEMV_NORM", "0")
+    calls = _decode1_kernels(scheme)
+    assert calls.count("ember::norm::add_rms_norm<256, 32, 1>") == 4
+    assert not [n for n in calls if n.startswith(fused) and n.endswith(", 2>" if "gemv::run" in fused else ", 1>")]
+
+
+FUSED_WRAPPER = """
+#include "{header}"
+extern "C" __global__ void kern(const void* a, const void* w, const void* s, const void* m, void* y,
+                                const void* b, const void* nw, void* sum) {{
+  {call}; }}
+"""
+FUSED_CALLS = {  # llama3-8b's qkv and gate_up in q4f16 / q4f16_1, its q8f16 LM head, and q0f16's qkv
+    "gemv.cuh": ["ember::gemv::run<0, 6144, 4096, 32, 4, 2, 4, 2, 0, 0, 2>(a, w, s, m, a, y, b, nw, sum, 1e-5f)",
+                 "ember::gemv::run<1, 28672, 4096, 32, 8, 2, 4, 2, 0, 0, 2>(a, w, s, m, a, y, b, nw, sum, 1e-5f)",
+                 "ember::gemv::run<2, 128256, 4096, 32, 4, 2, 4, 2, 0, 0, 2>(a, w, s, m, a, y, b, nw, sum, 1e-5f)"],
+    "linear.cuh": ["ember::linear::gemv<6144, 4096, 8, 2, 4, 0, 1>(a, w, a, y, b, nw, sum, 1e-5f)"],
+}
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("header,call", [(h, c) for h, calls in FUSED_CALLS.items() for c in calls])
+def test_gemv_with_the_norm_prologue_compiles_without_spills(tmp_path, header, call):
+    from ember.targets.cuda.device_code import KERNEL_DIR
+
+    src = tmp_path / "k.cu"
+    src.write_text(FUSED_WRAPPER.format(header=header, call=call))
+    result = subprocess.run(["nvcc", "-arch=sm_90", "-O3", "-std=c++17", f"-I{KERNEL_DIR}", "--cubin",
+                             "-Xptxas", "-v", str(src), "-o", str(tmp_path / "k.cubin")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"0 bytes spill stores, 0 bytes spill loads", result.stderr), result.stderr
