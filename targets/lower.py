@@ -64,9 +64,6 @@ class _Interpreter:
         self._positions: nn.Tensor | None = None
 
     def run(self, function: Function, args: list[nn.Tensor]) -> list[nn.Tensor]:
-        self.function = function
-        self._readers = function.users()
-        self._order = {id(node): i for i, node in enumerate(function.nodes)}
         for value, arg in zip(function.inputs, args):
             self.env[id(value)] = arg
             for dim, expr in zip(value.type.shape, arg.shape):
@@ -87,14 +84,6 @@ class _Interpreter:
         if value.kind == PARAM:
             return self.params[value.name]
         return self.env[id(value)]
-
-    def readers(self, value: Value) -> list[Node]:
-        """The nodes of the function being lowered that read `value` (for lowerings that absorb a producer)."""
-        return self._readers.get(id(value), [])
-
-    def comes_after(self, node: Node, other: Node) -> bool:
-        """`node` is lowered after `other` in the function being lowered."""
-        return self._order[id(node)] > self._order[id(other)]
 
     def shape(self, dims) -> list[Any]:
         return [self.symbols[d] if isinstance(d, str) else d for d in dims]

@@ -23,11 +23,10 @@ from tvm.relax.frontend.nn import op
 
 from ...ir.ops_quant import QuantFormat
 from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
-from .norm_prologue import SCRATCH_BYTES, add_norm_input, bind_sum
 
 ENV = "EMBER_CUDA_GEMV"  # "0" turns the override off (the stock dlight GEMV everywhere, for A/B runs)
 SWIGLU_ENV = "EMBER_CUDA_GEMV_SWIGLU"  # "0": the down projection reads the swiglu kernel's output (A/B runs)
-PLAIN, SWIGLU, ADD_NORM = 0, 1, 2  # gemv.cuh's Act: what the kernel stages as x
+PLAIN, SWIGLU = 0, 1  # gemv.cuh's Act: what the kernel stages as x
 Q4, Q4_MIN, Q8 = 0, 1, 2  # gemv.cuh's Scheme
 VALUES_PER_LOAD = {Q4: 32, Q4_MIN: 32, Q8: 16}
 SHARED_LIMIT = 48 * 1024  # static shared memory per block, every arch
@@ -102,34 +101,24 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
 
 
-def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig, act: int = PLAIN,
-                 eps: float = 0.0):
+def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: GemvConfig, act: int = PLAIN):
     """te compute of y[..., rows] = x[..., cols] . W^T (+ bias) through ember::gemv::run; with act SWIGLU the input
-    is [gate | up] (2 * cols wide) and x = silu(gate) * up; with ADD_NORM the inputs start with (a, b, norm
-    weight), x = rms_norm(a + b) and the outputs are (y, a + b)."""
+    is [gate | up] (2 * cols wide) and x = silu(gate) * up."""
     name = kernel_name(code, rows, cols, group, bias, cfg, act)
     blocks, threads = cfg.blocks(rows), cfg.threads
-    norm = act == ADD_NORM
 
-    def compute(xt: te.Tensor, *tensors: te.Tensor) -> te.Tensor | list[te.Tensor]:
+    def compute(xt: te.Tensor, *tensors: te.Tensor) -> te.Tensor:
         lead = list(xt.shape[:-1])
 
         def body(ins, outs):
             x, pieces = ins[0], list(ins[1:])
-            addend, norm_weight = (pieces.pop(0), pieces.pop(0)) if norm else (None, None)
             bias_buf = pieces.pop() if bias != NO_BIAS else x
             weight, scales = pieces[0], pieces[1]
             mins = pieces[2] if len(pieces) > 2 else weight
             # access_ptr: the buffer's own element offset included (a view with a byte offset stays right)
             ptrs = [b.access_ptr("r") for b in (x, weight, scales, mins, bias_buf)] + [outs[0].access_ptr("w")]
-            if norm:
-                ptrs += [addend.access_ptr("r"), norm_weight.access_ptr("r"), outs[1].access_ptr("w"),
-                         tirx.const(eps, "float32")]
             return launch(tirx.call_extern("int32", name, *ptrs), blocks, threads)
 
-        if norm:
-            return te.extern([lead + [rows], list(xt.shape)], [xt, *tensors], body, dtype=["float16", "float16"],
-                             name="ember_gemv")
         return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_gemv")
 
     return compute
@@ -169,18 +158,10 @@ def lower_quant_linear(it: Any, node: Any, args: list, config: GemvConfig | None
         return None
     (code, rows, cols, group, bias), cfg = planned
     gate_up = swiglu_input(it, node)
-    if gate_up is not None and gate_up.dtype == "float16":
-        compute = gemv_compute(code, rows, cols, group, bias, cfg, SWIGLU)
-        return op.tensor_expr_op(compute, f"{node.attrs['scheme']}_gemv", [gate_up, *args[1:]], attrs=ATTRS)
-    fused = add_norm_input(it, node)
-    if fused is not None and shared_bytes(code, cols, cfg) + SCRATCH_BYTES <= SHARED_LIMIT:
-        compute = gemv_compute(code, rows, cols, group, bias, cfg, ADD_NORM, fused.eps)
-        inputs = [fused.a, fused.b, fused.weight, *args[1:]]
-        y, total = op.tensor_expr_op(compute, f"{node.attrs['scheme']}_norm_gemv", inputs, attrs=ATTRS)
-        bind_sum(it, fused, total)
-        return y
-    compute = gemv_compute(code, rows, cols, group, bias, cfg)
-    return op.tensor_expr_op(compute, f"{node.attrs['scheme']}_gemv", list(args), attrs=ATTRS)
+    act = SWIGLU if gate_up is not None and gate_up.dtype == "float16" else PLAIN
+    inputs = [gate_up, *args[1:]] if act == SWIGLU else list(args)
+    compute = gemv_compute(code, rows, cols, group, bias, cfg, act)
+    return op.tensor_expr_op(compute, f"{node.attrs['scheme']}_gemv", inputs, attrs=ATTRS)
 
 
 LOWERINGS = {"quant_linear": lower_quant_linear}

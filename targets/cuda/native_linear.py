@@ -22,7 +22,6 @@ from tvm.relax.frontend.nn import op
 
 from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
 from .native_gemv import is_decode1
-from .norm_prologue import SCRATCH_BYTES, add_norm_input, bind_sum
 from .native_lowbatch import batch_dim, in_prefill
 
 ENV = "EMBER_CUDA_LINEAR"
@@ -83,40 +82,28 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0" and os.environ.get(GEMV_ENV, "1") != "0"
 
 
-def gemv_name(rows: int, cols: int, bias: int, cfg: GemvConfig, add_norm: bool = False) -> str:
-    norm = ", 1" if add_norm else ""
-    return f"ember::linear::gemv<{rows}, {cols}, {cfg.warps}, {cfg.rows}, {cfg.depth}, {bias}{norm}>"
+def gemv_name(rows: int, cols: int, bias: int, cfg: GemvConfig) -> str:
+    return f"ember::linear::gemv<{rows}, {cols}, {cfg.warps}, {cfg.rows}, {cfg.depth}, {bias}>"
 
 
 def mma_name(rows: int, cols: int, bias: int, cfg: MmaConfig) -> str:
     return f"ember::linear::mma<{rows}, {cols}, {cfg.warps}, {cfg.tiles}, {cfg.chunks}, {cfg.depth}, {bias}>"
 
 
-def _compute(name: str, rows: int, bias: int, blocks: int, threads: int, batched: bool, eps: float | None = None):
-    """te compute of y[..., rows] = x[..., cols] . W^T (+ bias) through one of linear.cuh's kernels; with `eps`
-    (the gemv's ADD_NORM) the inputs start with (a, b, norm weight), x = rms_norm(a + b) and the outputs are
-    (y, a + b)."""
-    norm = eps is not None
+def _compute(name: str, rows: int, bias: int, blocks: int, threads: int, batched: bool):
+    """te compute of y[..., rows] = x[..., cols] . W^T (+ bias) through one of linear.cuh's kernels."""
 
-    def compute(xt: te.Tensor, *tensors: te.Tensor) -> te.Tensor | list[te.Tensor]:
+    def compute(xt: te.Tensor, *tensors: te.Tensor) -> te.Tensor:
         lead = list(xt.shape[:-1])
 
         def body(ins, outs):
-            x, rest = ins[0], list(ins[1:])
-            addend, norm_weight = (rest.pop(0), rest.pop(0)) if norm else (None, None)
-            weight = rest[0]
-            bias_buf = rest[1] if bias != NO_BIAS else x
+            x, weight = ins[0], ins[1]
+            bias_buf = ins[2] if bias != NO_BIAS else x
             ptrs = [b.access_ptr("r") for b in (x, weight, bias_buf)] + [outs[0].access_ptr("w")]
             if batched:
                 ptrs.insert(0, tirx.Cast("int32", math.prod(x.shape[:-1])))
-            if norm:
-                ptrs += [addend.access_ptr("r"), norm_weight.access_ptr("r"), outs[1].access_ptr("w"),
-                         tirx.const(eps, "float32")]
             return launch(tirx.call_extern("int32", name, *ptrs), blocks, threads)
 
-        if norm:
-            return te.extern([lead + [rows], list(xt.shape)], [xt, *tensors], body, dtype=["float16", "float16"],
-                             name="ember_linear")
         return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_linear")
 
     return compute
@@ -158,14 +145,6 @@ def lower_linear(it: Any, node: Any, args: list, gemv: GemvConfig | None = None,
     if planned is None:
         return None
     kind, (rows, cols, bias), cfg = planned
-    fused = add_norm_input(it, node) if kind == "gemv" else None
-    if fused is not None and cfg.shared_bytes(cols) + SCRATCH_BYTES <= SHARED_LIMIT:
-        name = gemv_name(rows, cols, bias, cfg, add_norm=True)
-        compute = _compute(name, rows, bias, cfg.blocks(rows), cfg.threads, False, eps=fused.eps)
-        inputs = [fused.a, fused.b, fused.weight, *args[1:]]
-        y, total = op.tensor_expr_op(compute, "f16_norm_gemv", inputs, attrs=ATTRS)
-        bind_sum(it, fused, total)
-        return y
     if kind == "gemv":
         compute = _compute(gemv_name(rows, cols, bias, cfg), rows, bias, cfg.blocks(rows), cfg.threads, False)
     else:

@@ -25,7 +25,6 @@
 #include <cstdint>
 #include <cuda_fp16.h>
 
-#include "norm.cuh"
 #include "pdl.cuh"
 #include "stream.cuh"
 
@@ -153,11 +152,7 @@ __device__ __forceinline__ float accumulate(float acc, uint4 wv, const uint32_t*
   return acc;
 }
 
-enum Act : int { PLAIN = 0, SWIGLU = 1, ADD_NORM = 2 };
-
-// ADD_NORM input: x_ptr and b_ptr are the addends of the residual add before an RMSNorm (weight nw_ptr) and the
-// GEMV's x is the norm (norm.cuh's stage_add_rms_norm); block 0 also writes the sum to sum_ptr, so the separate
-// add_rms_norm kernel is not needed.
+enum Act : int { PLAIN = 0, SWIGLU = 1 };
 
 // SWIGLU input: x_ptr holds [gate | up] (2K halves) and the GEMV's x is silu(gate) * up, computed in fp32 and
 // rounded to fp16 while staging, as the separate swiglu kernel (lower_fused.py) would write it.
@@ -177,8 +172,7 @@ __device__ __forceinline__ uint4 swiglu8(uint4 gate, uint4 up) {
 // One block: WARPS warps, warp w owns rows (blockIdx.x * WARPS + w) * R + 0..R-1.
 template <int SCHEME, int N, int K, int G, int WARPS, int R, int D, int PER, int ASYNC, int BIAS, int ACT = PLAIN>
 __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const void* s_ptr, const void* m_ptr,
-                                    const void* bias_ptr, void* y_ptr, const void* b_ptr = nullptr,
-                                    const void* nw_ptr = nullptr, void* sum_ptr = nullptr, float eps = 0.0f) {
+                                    const void* bias_ptr, void* y_ptr) {
   using L = Layout<SCHEME>;
   constexpr int V = L::kValues;
   static_assert(K % V == 0, "K must be a multiple of the values per 16-byte load");
@@ -269,10 +263,7 @@ __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const 
     if (ACT == SWIGLU) return swiglu8(chunk_at(8 * i, aligned), chunk_at(K + 8 * i, aligned));
     return chunk_at(8 * i, aligned);
   };
-  if (ACT == ADD_NORM) {
-    void* sum = blockIdx.x == 0 ? sum_ptr : nullptr;
-    norm::stage_add_rms_norm<K, XCHUNKS, THREADS>(x_ptr, b_ptr, nw_ptr, sum, eps, stage);
-  } else if ((reinterpret_cast<uintptr_t>(x_ptr) & 15) == 0) {
+  if ((reinterpret_cast<uintptr_t>(x_ptr) & 15) == 0) {
 #pragma unroll
     for (int i0 = 0; i0 < XCHUNKS; i0 += THREADS) {
       const int i = i0 + threadIdx.x;

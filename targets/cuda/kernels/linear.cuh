@@ -26,7 +26,6 @@
 #include <cstdint>
 #include <cuda_fp16.h>
 
-#include "norm.cuh"
 #include "pdl.cuh"
 #include "stream.cuh"
 
@@ -61,12 +60,8 @@ __device__ __forceinline__ float add_bias(float v, const void* bias_ptr, int n) 
 
 // ---- batch 1 ------------------------------------------------------------------------------------------------------
 // One block: WARPS warps, warp w owns rows (blockIdx.x * WARPS + w) * R + 0..R-1.
-// ADD_NORM = 1: x_ptr and b_ptr are the addends of a residual add whose RMSNorm (weight nw_ptr) is the GEMV's x;
-// block 0 writes their sum to sum_ptr (norm.cuh's stage_add_rms_norm; no separate add_rms_norm kernel).
-template <int N, int K, int WARPS, int R, int D, int BIAS, int ADD_NORM = 0>
-__device__ __forceinline__ void gemv(const void* x_ptr, const void* w_ptr, const void* bias_ptr, void* y_ptr,
-                                     const void* b_ptr = nullptr, const void* nw_ptr = nullptr,
-                                     void* sum_ptr = nullptr, float eps = 0.0f) {
+template <int N, int K, int WARPS, int R, int D, int BIAS>
+__device__ __forceinline__ void gemv(const void* x_ptr, const void* w_ptr, const void* bias_ptr, void* y_ptr) {
   static_assert(K % 8 == 0, "K must be whole 16-byte loads");
   static_assert(D >= 1 && D <= 16 && R >= 1 && R <= 32, "launch shape");
   constexpr int C = K / 8;            // 16-byte loads per row
@@ -101,16 +96,10 @@ __device__ __forceinline__ void gemv(const void* x_ptr, const void* w_ptr, const
   ember::pdl::wait();
   const __half* xh = reinterpret_cast<const __half*>(x_ptr);
   const bool aligned = (reinterpret_cast<uintptr_t>(x_ptr) & 15) == 0;
-  if (ADD_NORM) {
-    void* sum = blockIdx.x == 0 ? sum_ptr : nullptr;
-    norm::stage_add_rms_norm<K, XCHUNKS, THREADS>(x_ptr, b_ptr, nw_ptr, sum, eps,
-                                                  [&](int i, uint4 u) { xs[i] = u; });
-  } else {
 #pragma unroll
-    for (int i0 = 0; i0 < XCHUNKS; i0 += THREADS) {
-      const int i = i0 + threadIdx.x;
-      if (XCHUNKS % THREADS == 0 || i < XCHUNKS) xs[i] = load_x8(xh + 8 * i, i < C, aligned);
-    }
+  for (int i0 = 0; i0 < XCHUNKS; i0 += THREADS) {
+    const int i = i0 + threadIdx.x;
+    if (XCHUNKS % THREADS == 0 || i < XCHUNKS) xs[i] = load_x8(xh + 8 * i, i < C, aligned);
   }
   __syncthreads();
 

@@ -80,62 +80,6 @@ __device__ __forceinline__ void add_rms_norm(const void* a_ptr, const void* b_pt
   }
 }
 
-// add + RMSNorm as the prologue of a GEMV that stages its x in shared memory (gemv.cuh, linear.cuh): chunk i
-// (8 halves) of rms_norm(a + b) * w for i < H / 8, zero for H / 8 <= i < XC, handed to stage(i, chunk); chunk
-// i goes to thread i % THREADS, so the chunks of a 16-byte lane load sit in adjacent lanes of one warp. With
-// sum_ptr set (one block of the grid does it) a + b is written there too. The arithmetic is add_rms_norm's
-// (fp16 sum, fp32 norm of it); only the order of the fp32 sum of squares differs. Call after pdl::wait().
-template <int H, int XC, int THREADS, typename Stage>
-__device__ __forceinline__ void stage_add_rms_norm(const void* a_ptr, const void* b_ptr, const void* w_ptr,
-                                                   void* sum_ptr, float eps, Stage&& stage) {
-  static_assert(H % 8 == 0 && XC * 8 >= H, "the staged chunks must cover the row");
-  constexpr int CHUNKS = H / 8;
-  constexpr int PER = (XC + THREADS - 1) / THREADS;
-  __shared__ float scratch[32];
-  const uint4* a = reinterpret_cast<const uint4*>(a_ptr);
-  const uint4* b = reinterpret_cast<const uint4*>(b_ptr);
-  const uint4* w = reinterpret_cast<const uint4*>(w_ptr);
-  uint4* sum = reinterpret_cast<uint4*>(sum_ptr);
-  __half2 s[PER][4];
-  float sq = 0.0f;
-#pragma unroll
-  for (int v = 0; v < PER; ++v) {
-    const int c = v * THREADS + threadIdx.x;
-    if (c < CHUNKS) {
-      const uint4 ua = __ldg(a + c), ub = __ldg(b + c);
-      const __half2* ha = reinterpret_cast<const __half2*>(&ua);
-      const __half2* hb = reinterpret_cast<const __half2*>(&ub);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        s[v][j] = __hadd2(ha[j], hb[j]);
-        const float2 f = __half22float2(s[v][j]);
-        sq = fmaf(f.x, f.x, fmaf(f.y, f.y, sq));
-      }
-      if (sum != nullptr) sum[c] = *reinterpret_cast<const uint4*>(s[v]);
-    }
-  }
-  const float scale = rsqrtf(block_sum(sq, scratch) / static_cast<float>(H) + eps);
-#pragma unroll
-  for (int v = 0; v < PER; ++v) {
-    const int c = v * THREADS + threadIdx.x;
-    if (XC % THREADS == 0 || c < XC) {
-      uint4 res = make_uint4(0, 0, 0, 0);
-      if (c < CHUNKS) {
-        const uint4 uw = __ldg(w + c);
-        const __half2* hw = reinterpret_cast<const __half2*>(&uw);
-        __half2* hr = reinterpret_cast<__half2*>(&res);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float2 f = __half22float2(s[v][j]);
-          const float2 g = __half22float2(hw[j]);
-          hr[j] = __floats2half2_rn(f.x * scale * g.x, f.y * scale * g.y);
-        }
-      }
-      stage(c, res);
-    }
-  }
-}
-
 }  // namespace norm
 }  // namespace ember
 #endif  // EMBER_NORM_CUH
