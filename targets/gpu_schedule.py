@@ -82,6 +82,8 @@ def gpu_relax_pipeline(target: tvm.target.Target, backend: Any, prefill_rules: S
     from tvm import relax
     from tvm.s_tir import dlight as dl
 
+    from .vm_order import with_sunk_param_items
+
     legalize = backend.legalize_passes(target)
     stock = [p for p in legalize if isinstance(p, dl.ApplyDefaultSchedule)]
     if len(stock) != 1:
@@ -90,7 +92,8 @@ def gpu_relax_pipeline(target: tvm.target.Target, backend: Any, prefill_rules: S
     legalize = [p for p in legalize if not isinstance(p, dl.ApplyDefaultSchedule)]
     legalize.append(schedule_per_function(prefill_rules, decode_rules, f"{name}.SchedulePerFunction"))
     passes = ([relax.transform.FuseTransposeMatmul()] + backend.library_dispatch_passes(target) + legalize
-              + list(after_schedule) + backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
+              + list(after_schedule) + backend.dataflow_lower_passes(target)
+              + with_sunk_param_items(backend.finalize_passes(target)))
 
     def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
