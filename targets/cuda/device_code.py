@@ -15,7 +15,8 @@ KERNEL_DIR = Path(__file__).with_name("kernels")
 SOURCES: tuple[tuple[str, str], ...] = (("ember::gemv::", "gemv.cuh"), ("ember::lowbatch::", "lowbatch.cuh"),
                                         ("ember::sample::", "sample.cuh"), ("ember::norm::", "norm.cuh"),
                                         ("ember::attn::", "decode_attention.cuh"),
-                                        ("ember::linear::", "linear.cuh"), ("ember::kv::", "kv_append.cuh"))
+                                        ("ember::linear::", "linear.cuh"), ("ember::kv::", "kv_append.cuh"),
+                                        ("ember::prefill::", "prefill_attention.cuh"))
 
 
 def needed_sources(code: str) -> list[str]:

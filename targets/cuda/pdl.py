@@ -26,7 +26,8 @@ DYN_SHARED = "tirx.use_dyn_shared_memory"  # must stay the last tag
 LAUNCH_PARAMS = "tirx.kernel_launch_params"
 PIPELINE = "ember_cuda"
 # device-function namespaces whose kernels follow the pdl.cuh contract (tests check each source calls wait())
-AWARE = ("ember::gemv::", "ember::lowbatch::", "ember::norm::", "ember::attn::", "ember::linear::", "ember::kv::")
+AWARE = ("ember::gemv::", "ember::lowbatch::", "ember::norm::", "ember::attn::", "ember::linear::", "ember::kv::",
+         "ember::prefill::")
 
 
 def enabled(archs: Sequence[str]) -> bool:

@@ -66,9 +66,11 @@ def cuda_relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
     from .attention import replace_decode_attention  # TVM's decode attention -> ember's split-K kernel
     from .kv_append import replace_kv_kernels  # TVM's rope and KV append -> ember's (PDL) kernels
+    from .prefill_attention import replace_prefill_attention  # TVM's SIMT ragged prefill -> ember's mma kernel
 
     return gpu_relax_pipeline(target, tvm_cuda, prefill_rules(), decode_rules(), "ember.cuda",
-                              after_schedule=[replace_decode_attention, replace_kv_kernels], error=CudaToolchainError)
+                              after_schedule=[replace_decode_attention, replace_kv_kernels, replace_prefill_attention],
+                              error=CudaToolchainError)
 
 
 def build_cuda(mod: tvm.IRModule, archs: list[str], cuda_graph: bool = False) -> Executable:

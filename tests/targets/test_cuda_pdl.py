@@ -27,7 +27,8 @@ def test_only_hopper_and_later_builds_and_switch(monkeypatch):
 # the device templates the lowerings call, per namespace (native_gemv.py, native_lowbatch.py, native_norm.py,
 # attention.py, native_linear.py)
 ENTRIES = {"ember::gemv::": ["run"], "ember::lowbatch::": ["run"], "ember::norm::": ["add_rms_norm"],
-           "ember::attn::": ["split", "merge"], "ember::linear::": ["gemv", "mma"], "ember::kv::": ["rotary", "append"]}
+           "ember::attn::": ["split", "merge"], "ember::linear::": ["gemv", "mma"], "ember::kv::": ["rotary", "append"],
+           "ember::prefill::": ["ragged"]}
 
 
 def _body(text: str, name: str) -> str:

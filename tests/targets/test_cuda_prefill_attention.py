@@ -1,0 +1,98 @@
+"""ember's tensor-core prefill attention for cuda (targets/cuda/prefill_attention.py, kernels/prefill_attention.cuh),
+no GPU needed: the swap of TVM's `batch_prefill_ragged_kv` in cuda builds, what it leaves to TVM, and that the
+kernel compiles without spills. Its numbers are checked on a GPU against torch (tools/prefill_attention_check.py)
+and inside whole models against the cpu build (`ember verify`, tools/gemv_parity.py)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from ember.frontend.config import ModelConfig
+from ember.frontend.models import build_module
+from ember.passes.manager import PassManager, default_pipeline
+
+CONFIG = {"model_type": "llama", "vocab_size": 320, "hidden_size": 256, "intermediate_size": 512,
+          "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+          "max_position_embeddings": 256, "tie_word_embeddings": False}  # head dim 64, GQA group 2
+
+
+def _calls(func) -> list[str]:
+    return re.findall(r'T\.call_extern\("[a-z0-9]+", "([^"]+)"', func.script())
+
+
+def _lowered(**overrides):
+    from ember.targets.cuda import CudaTarget
+    from ember.targets.lower import lower
+
+    module = PassManager(default_pipeline("q0f16")).run(
+        build_module(ModelConfig.from_dict({**CONFIG, **overrides}), "tiny", dtype="float16", static_decode=True))
+    relax_mod, _ = lower(module, CudaTarget.parse("cuda:sm_90"))
+    return relax_mod
+
+
+def _prims(mod) -> dict:
+    import tvm
+
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_cuda_pipeline_swaps_the_ragged_prefill_kernel():
+    import tvm
+
+    from ember.targets.cuda import pipeline, prefill_attention
+
+    target = pipeline.cuda_target(["sm_90"])
+    with tvm.transform.PassContext(opt_level=3, config=pipeline.PASS_CONFIG):
+        mod = pipeline.cuda_relax_pipeline(target)(_lowered())
+    prims = _prims(mod)
+    assert _calls(prims[prefill_attention.NAME]) == ["ember::prefill::ragged<64, 2, 2, __half>"]
+    assert 'T.call_cpacked("batch_prefill_ragged_kv_inline_rope"' in prims[prefill_attention.NAME].script()
+    kept = prims[prefill_attention.INLINE_ROPE]
+    assert not _calls(kept) and kept.attrs["global_symbol"] == prefill_attention.INLINE_ROPE
+
+
+def test_swap_is_idempotent_can_be_turned_off_and_leaves_other_head_dims(monkeypatch):
+    from ember.targets.cuda import prefill_attention as pa
+
+    once = pa.replace_prefill_attention(_lowered())
+    twice = pa.replace_prefill_attention(once)
+    assert _calls(_prims(twice)[pa.NAME]) == _calls(_prims(once)[pa.NAME]) != []
+    other = pa.replace_prefill_attention(_lowered(hidden_size=128))  # head dim 32
+    assert not _calls(_prims(other)[pa.NAME]) and pa.INLINE_ROPE not in _prims(other)
+    monkeypatch.setenv(pa.ENV, "0")
+    off = pa.replace_prefill_attention(_lowered())
+    assert not _calls(_prims(off)[pa.NAME]) and pa.INLINE_ROPE not in _prims(off)
+
+
+def test_kernel_names():
+    from ember.targets.cuda.prefill_attention import kernel_name
+
+    assert kernel_name(32, 8, 128, "float16") == "ember::prefill::ragged<128, 8, 4, __half>"
+    assert kernel_name(9, 3, 64, "bfloat16") == "ember::prefill::ragged<64, 3, 3, __nv_bfloat16>"
+
+
+HARNESS = """
+#include "prefill_attention.cuh"
+#define K(NAME, D, HKV, G, T) extern "C" __global__ void __launch_bounds__(128) NAME(const T* q, const int* qi, \\
+    const T* k, const T* v, const int* ki, T* o, float* lse, int b, int c, float s) { \\
+  ember::prefill::ragged<D, HKV, G, T>(q, qi, k, v, ki, o, lse, b, c, s); }
+K(llama3, 128, 8, 4, __half)
+K(smollm2, 64, 3, 3, __half)
+K(bf16_mha, 64, 8, 1, __nv_bfloat16)
+K(group8, 128, 2, 8, __half)
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA 13 toolkit)")
+def test_kernel_source_compiles_without_spills(tmp_path):
+    from ember.targets.cuda.device_code import KERNEL_DIR
+
+    (tmp_path / "k.cu").write_text(HARNESS)
+    proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-O3", "-Xptxas", "-v", "-I", str(KERNEL_DIR),
+                           "-c", "k.cu", "-o", "k.o"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spills = [line for line in proc.stderr.splitlines() if "spill" in line and not re.search(r"\b0 bytes spill", line)]
+    assert not spills, spills
