@@ -31,14 +31,25 @@ class QueueFull(InputError):
 class AsyncEngine:
     def __init__(self, engine: Engine, *, max_seqs: int, max_queue: int = 256, token_budget: int | None = None,
                  kv_tokens: int | None = None, context_length: int | None = None,
-                 prefill_chunk_size: int | None = None) -> None:
+                 prefill_chunk_size: int | None = None, cached_seqs: int | None = None) -> None:
         from ..model_runner import ModelRunner
 
+        if cached_seqs is None:
+            cached_seqs = max_seqs
+        if engine.manifest.kv_cache.sliding_window is not None:
+            cached_seqs = 0  # TVM cannot fork a sequence with a sliding window
         self.engine = engine  # the manifest, tokenizer and chat template; the runner below owns the serving cache
-        self.runner = ModelRunner(engine.artifact, max_batch_size=max_seqs, context_length=context_length,
-                                  prefill_chunk_size=prefill_chunk_size, kv_tokens=kv_tokens)
+        # the KV cache's sequence slots: the running batch and the finished sequences the prefix cache keeps
+        if context_length is None:
+            context_length = min(engine.manifest.context_length, DEFAULT_CONTEXT_CAP)
+        if kv_tokens is None:  # max_seqs full contexts, in whole pages
+            page = engine.manifest.kv_cache.page_size
+            kv_tokens = -(-context_length // page) * page * max_seqs
+        self.runner = ModelRunner(engine.artifact, max_batch_size=max_seqs + cached_seqs,
+                                  context_length=context_length, prefill_chunk_size=prefill_chunk_size,
+                                  kv_tokens=kv_tokens)
         self.core = EngineCore(self.runner, engine.tokenizer, engine.eos_token_ids, max_seqs=max_seqs,
-                               token_budget=token_budget)
+                               token_budget=token_budget, cached_seqs=cached_seqs)
         self.max_queue = max_queue
         self.in_flight = 0  # submitted, final output not yet delivered (event loop side)
         self.core.start()
@@ -46,9 +57,12 @@ class AsyncEngine:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", *, max_seqs: int = 16, max_queue: int = 256,
              context_length: int | None = None, kv_tokens: int | None = None, token_budget: int | None = None,
-             prefill_chunk_size: int | None = None, **load_kwargs: Any) -> AsyncEngine:
+             prefill_chunk_size: int | None = None, prefix_cache: bool | int = True,
+             **load_kwargs: Any) -> AsyncEngine:
         """Load an artifact to serve. `max_seqs` sequences run at once; `kv_tokens` (default: max_seqs full
-        contexts) sizes the KV cache, which the scheduler shares out page by page."""
+        contexts) sizes the KV cache, which the scheduler shares out page by page. `prefix_cache` keeps finished
+        sequences in the KV cache (True: up to max_seqs of them, an int: that many, False: none) so requests that
+        share a prompt prefix fork their pages instead of computing it again."""
         from ..artifact import read_manifest
 
         # the Engine's own one-sequence cache stays small: serving makes its own, of max_seqs sequences
@@ -58,8 +72,14 @@ class AsyncEngine:
             raise InputError.about(f"{{max_seqs}} must be an integer >= 1, got {max_seqs!r}")
         if context_length is None:
             context_length = min(engine.manifest.context_length, DEFAULT_CONTEXT_CAP)
+        if isinstance(prefix_cache, bool):
+            cached = max_seqs if prefix_cache else 0
+        elif isinstance(prefix_cache, int) and prefix_cache >= 0:
+            cached = prefix_cache
+        else:
+            raise InputError.about(f"{{prefix_cache}} must be true, false or a count >= 0, got {prefix_cache!r}")
         return cls(engine, max_seqs=max_seqs, max_queue=max_queue, token_budget=token_budget, kv_tokens=kv_tokens,
-                   context_length=context_length, prefill_chunk_size=prefill_chunk_size)
+                   context_length=context_length, prefill_chunk_size=prefill_chunk_size, cached_seqs=cached)
 
     # -- facts ----------------------------------------------------------------------------------------------
     @property
@@ -72,9 +92,13 @@ class AsyncEngine:
 
     def stats(self) -> dict[str, int]:
         core = self.core
-        return {"waiting": max(core.queue_depth, self.waiting), "running": core.running, "kv_pages_used": core.pages_used,
+        cache = core.prefix_cache
+        return {"waiting": max(core.queue_depth, self.waiting), "running": core.running,
+                "kv_pages_used": core.pages_used, "kv_pages_cached": core.scheduler.cached_pages,
                 "kv_pages_total": core.scheduler.total_pages, "preempted": core.stats.preempted,
-                "generated_tokens": core.stats.generated_tokens, "prompt_tokens": core.stats.prompt_tokens}
+                "generated_tokens": core.stats.generated_tokens, "prompt_tokens": core.stats.prompt_tokens,
+                "prefix_cache_hits": cache.hits if cache else 0,
+                "prefix_cache_hit_tokens": cache.hit_tokens if cache else 0}
 
     def encode_chat(self, messages: Seq[Any]) -> list[int]:
         from ..engine import check_messages
