@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence as Seq
+from collections.abc import AsyncIterator, Mapping, Sequence as Seq
 from typing import Any
 
 from ...errors import InputError
@@ -21,7 +21,11 @@ from ..generate import check_max_tokens
 from ..model_runner import DEFAULT_CONTEXT_CAP
 from ..sampler import SamplingParams
 from .core import EngineCore
+from .grammar import Constraint, Grammars, schema_of
 from .sequence import Output, Request
+
+
+MAX_LOGPROBS = 20
 
 
 class QueueFull(InputError):
@@ -50,6 +54,9 @@ class AsyncEngine:
                                   kv_tokens=kv_tokens)
         self.core = EngineCore(self.runner, engine.tokenizer, engine.eos_token_ids, max_seqs=max_seqs,
                                token_budget=token_budget, cached_seqs=cached_seqs)
+        tok = engine.tokenizer
+        self.grammars = (Grammars(tok.path, self.runner.vocab_size, engine.eos_token_ids)
+                         if tok is not None else None)
         self.max_queue = max_queue
         self.in_flight = 0  # submitted, final output not yet delivered (event loop side)
         self.core.start()
@@ -125,6 +132,37 @@ class AsyncEngine:
                              f"the context length {self.context_length} of {self.name}")
         return ids, max_tokens
 
+    def check_logit_bias(self, logit_bias: Mapping[Any, Any] | None) -> dict[int, float] | None:
+        """{token id: bias}, ids as ints or their decimal strings (JSON keys), biases in [-100, 100]."""
+        if not logit_bias:
+            return None
+        if not isinstance(logit_bias, Mapping):
+            raise InputError("logit_bias must map token ids to numbers")
+        out = {}
+        vocab = self.runner.vocab_size
+        for key, value in logit_bias.items():
+            try:
+                token = int(key)
+            except (TypeError, ValueError):
+                raise InputError(f"logit_bias: {key!r} is not a token id") from None
+            if isinstance(key, bool) or not 0 <= token < vocab:
+                raise InputError(f"logit_bias: token id {key!r} is outside the vocabulary [0, {vocab})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+                raise InputError(f"logit_bias[{key!r}] must be a number in [-100, 100], got {value!r}")
+            out[token] = float(value)
+        return out
+
+    def constraint(self, response_format: Mapping[str, Any]) -> Constraint | None:
+        """The grammar state for an OpenAI response_format (None for plain text)."""
+        if not isinstance(response_format, Mapping):
+            raise InputError("response_format must be an object")
+        schema = schema_of(response_format)
+        if schema is None:
+            return None
+        if self.grammars is None:
+            raise InputError(f"artifact {self.name} has no tokenizer, so it cannot follow a response_format")
+        return self.grammars.constraint(schema)
+
     # -- work -----------------------------------------------------------------------------------------------
     @property
     def waiting(self) -> int:
@@ -133,12 +171,24 @@ class AsyncEngine:
 
     def generate(self, prompt: str | Seq[int], *, max_tokens: int | None = None,
                  sampling: SamplingParams | None = None, stop: Seq[str] = (),
-                 stop_token_ids: Seq[int] = (), request_id: str | None = None,
+                 stop_token_ids: Seq[int] = (), request_id: str | None = None, logprobs: int | None = None,
+                 logit_bias: Mapping[int, float] | None = None, response_format: Mapping[str, Any] | None = None,
+                 constraint: Constraint | None = None, follows: str | None = None,
                  **sampling_kwargs: Any) -> AsyncIterator[Output]:
         """Submit one request now and return its outputs as an async iterator; the last has `finish_reason` set.
+        `logprobs` k: each output token's log-probability and the k most likely; `logit_bias`: {token id: value
+        added to its logit}; `response_format`: OpenAI's (json_object / json_schema: the output follows the
+        schema; needs the [grammar] extra); `follows`: the id of a request in flight with the same prompt, whose
+        prompt pages this one forks (n > 1 choices).
         Raises QueueFull when `max_queue` requests already wait, InputError for a bad request (nothing queued).
         Call it from a running event loop: the outputs are delivered to that loop."""
         ids, max_tokens = self.check_request(prompt, max_tokens)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or not 0 <= logprobs <= MAX_LOGPROBS):
+            raise InputError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {logprobs!r}")
+        bias = self.check_logit_bias(logit_bias)
+        if constraint is None and response_format is not None:
+            constraint = self.constraint(response_format)
         if sampling is None:
             sampling = SamplingParams(**sampling_kwargs)
         if isinstance(stop, str):
@@ -149,7 +199,7 @@ class AsyncEngine:
             raise QueueFull(f"{self.waiting} requests are waiting already (the queue holds {self.max_queue}); "
                             "try again shortly")
         request = Request(request_id or uuid.uuid4().hex, ids, max_tokens, sampling, list(stop),
-                          list(stop_token_ids))
+                          list(stop_token_ids), logprobs, bias, follows, constraint)
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[Output] = asyncio.Queue()
 
@@ -182,14 +232,16 @@ class AsyncEngine:
 
     async def complete(self, prompt: str | Seq[int], **kwargs: Any) -> Output:
         """The whole output of one request at once (text and ids joined)."""
-        text, ids, last = [], [], None
+        text, ids, last, outs = [], [], None, []
         async for out in self.generate(prompt, **kwargs):
+            outs.append(out)
             text.append(out.text)
             ids += out.token_ids
             last = out
         assert last is not None
+        logprobs = [lp for out in outs for lp in (out.logprobs or [])] if kwargs.get("logprobs") is not None else None
         return Output(last.request_id, "".join(text), ids, last.finish_reason, last.prompt_tokens,
-                      last.completion_tokens, last.error)
+                      last.completion_tokens, last.error, logprobs)
 
     def shutdown(self) -> None:
         self.core.shutdown()

@@ -173,6 +173,8 @@ class EngineCore:
             for seq, row in sampled:
                 token, logprob = sample_token(seq, row)
                 seq.add_token(token, logprob)
+                if seq.request.constraint is not None and seq.request.constraint.done:
+                    seq.grammar_done()
                 self.stats.generated_tokens += 1
                 if seq.state == FINISHED:
                     self._retire(seq, None)

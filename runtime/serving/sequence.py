@@ -10,6 +10,7 @@ import time
 import numpy as np
 from collections.abc import Callable, Mapping, Sequence as Seq
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..sampler import Sampler, SamplingParams
 from ..tokenizer import StreamDecoder, Tokenizer
@@ -51,6 +52,7 @@ class Request:
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k most likely
     logit_bias: Mapping[int, float] | None = None  # added to the logits before sampling
     follows: str | None = None  # a request with the same prompt (n > 1): start from its pages once it is prefilled
+    constraint: Any = None  # grammar.Constraint: structured output
 
 
 class Sequence:
@@ -114,6 +116,13 @@ class Sequence:
         safe = len(self.text) - self._held_back()
         self._emit(self.text[self.sent : safe], [token], None)
         self.sent = max(self.sent, safe)
+
+    def grammar_done(self) -> None:
+        """The grammar allows nothing more: the output is complete."""
+        if self.finish_reason is None:
+            if self.detok is not None:
+                self.text += self.detok.flush()
+            self._finish("stop", [])
 
     def abort(self, reason: str = "abort", error: str | None = None) -> None:
         if self.finish_reason is None:

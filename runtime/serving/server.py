@@ -24,7 +24,7 @@ from starlette.routing import Route
 from ...errors import EmberError
 from .async_engine import AsyncEngine, QueueFull
 from .metrics import Metrics
-from .openai_api import BadRequest, Parsed, choice, completion_object, parse, usage
+from .openai_api import BadRequest, Parsed, choice, completion_object, logprobs_object, parse, usage
 from .sequence import Output
 
 MAX_BODY = 4 << 20  # bytes
@@ -91,10 +91,18 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                              headers={"Retry-After": str(RETRY_AFTER_S)})
         return ids, max_tokens
 
+    tok = engine.engine.tokenizer
+
+    def token_text(token_id: int) -> str:
+        return tok.decode([token_id], skip_special_tokens=False) if tok is not None else str(token_id)
+
     def streams(parsed: Parsed, ids: list[int], max_tokens: int, rid: str) -> list[AsyncIterator[Output]]:
-        """The n requests of one call, submitted now; if one is refused, those before it are aborted."""
+        """The n requests of one call, submitted now; if one is refused, those before it are aborted. The
+        choices after the first fork the first one's prompt pages once it is computed."""
         from dataclasses import replace
 
+        constraint = engine.constraint(parsed.response_format) if parsed.response_format else None
+        bias = engine.check_logit_bias(parsed.logit_bias)
         out: list[AsyncIterator[Output]] = []
         try:
             for i in range(parsed.n):
@@ -102,7 +110,9 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                 if sampling.seed is not None and i:  # the choices of one seeded request differ from each other
                     sampling = replace(sampling, seed=sampling.seed + i)
                 out.append(engine.generate(ids, max_tokens=max_tokens, sampling=sampling, stop=parsed.stop,
-                                           request_id=f"{rid}-{i}"))
+                                           request_id=f"{rid}-{i}", logprobs=parsed.logprobs, logit_bias=bias,
+                                           constraint=constraint.copy() if constraint is not None else None,
+                                           follows=f"{rid}-0" if i else None))
         except BaseException:
             for i in range(len(out)):
                 engine.core.abort(f"{rid}-{i}")
@@ -124,7 +134,7 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         except BadRequest as err:
             return error_response(err)
         if parsed.stream:
-            return StreamingResponse(sse(rid, chat, gens, len(ids)), media_type="text/event-stream",
+            return StreamingResponse(sse(rid, chat, gens, len(ids), parsed.logprobs is not None), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
             results = await asyncio.gather(*(collect(g) for g in gens))
@@ -137,20 +147,23 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         if any(r[1] == "abort" for r in results):
             return error_response(BadRequest("the server is shutting down", status=503, kind="server_error",
                                              headers={"Retry-After": str(RETRY_AFTER_S)}))
-        choices = [choice(i, text, FINISH.get(reason), chat, delta=False)
-                   for i, (text, reason, _, _) in enumerate(results)]
+        choices = [choice(i, text, FINISH.get(reason), chat, delta=False,
+                          logprobs=None if parsed.logprobs is None else logprobs_object(lps, token_text, chat))
+                   for i, (text, reason, _, _, lps) in enumerate(results)]
         return JSONResponse(completion_object(rid, name, chat, choices,
                                               usage(len(ids), sum(r[2] for r in results))))
 
-    async def collect(gen: AsyncIterator[Output]) -> tuple[str, str | None, int, str | None]:
-        text, last = [], None
+    async def collect(gen: AsyncIterator[Output]) -> tuple[str, str | None, int, str | None, list]:
+        text, last, logprobs = [], None, []
         async for out in gen:
             text.append(out.text)
+            logprobs += out.logprobs or []
             last = out
         assert last is not None
-        return "".join(text), last.finish_reason, last.completion_tokens, last.error
+        return "".join(text), last.finish_reason, last.completion_tokens, last.error, logprobs
 
-    async def sse(rid: str, chat: bool, gens: list[AsyncIterator[Output]], prompt_tokens: int) -> AsyncIterator[str]:
+    async def sse(rid: str, chat: bool, gens: list[AsyncIterator[Output]], prompt_tokens: int,
+                  want_logprobs: bool) -> AsyncIterator[str]:
         merged: asyncio.Queue[tuple[int, Output | BaseException]] = asyncio.Queue()
 
         async def pump(i: int, gen: AsyncIterator[Output]) -> None:
@@ -163,6 +176,7 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
 
         tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
         left, completion, first = len(gens), 0, [True] * len(gens)
+        offsets = [0] * len(gens)
         try:
             while left:
                 i, out = await merged.get()
@@ -178,8 +192,11 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                         yield event({"error": {"message": out.error, "type": "server_error", "param": None,
                                                "code": None}})
                         continue
-                if out.text or out.finish_reason is not None or (chat and first[i]):
-                    c = choice(i, out.text, FINISH.get(out.finish_reason or ""), chat, delta=True, first=first[i])
+                if out.text or out.logprobs or out.finish_reason is not None or (chat and first[i]):
+                    lp = logprobs_object(out.logprobs or [], token_text, chat, offsets[i]) if want_logprobs else None
+                    offsets[i] += len(out.text)
+                    c = choice(i, out.text, FINISH.get(out.finish_reason or ""), chat, delta=True, first=first[i],
+                               logprobs=lp)
                     first[i] = False
                     yield event(completion_object(rid, name, chat, [c], None, chunk=True))
             yield event(completion_object(rid, name, chat, [], usage(prompt_tokens, completion), chunk=True))

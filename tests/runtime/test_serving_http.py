@@ -222,3 +222,71 @@ def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
             proc.wait()
     _, err = proc.communicate()
     assert f"http://127.0.0.1:{port}/v1" in err
+
+
+def test_logprobs_in_both_formats_match_the_greedy_choice(client):
+    got = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=6, temperature=0, logprobs=3)
+    lp = got.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == got.usage.completion_tokens
+    assert "".join(lp.tokens) == got.choices[0].text
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert value <= 0 and 1 <= len(top) <= 3  # tokens that decode to the same text share a key
+        assert max(top.values()) == pytest.approx(value)  # greedy: the chosen token is the most likely
+    chat = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens and all(len(c.top_logprobs) == 2 for c in content)
+    assert all(c.logprob == pytest.approx(c.top_logprobs[0].logprob) for c in content)
+    streamed = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=5, temperature=0, logprobs=True, top_logprobs=2, stream=True)
+    entries = [e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in entries] == [c.token for c in content]
+
+
+def test_logit_bias_forces_a_token_and_unknown_fields_are_ignored(server, client):
+    forced = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=5, temperature=0,
+                                       logit_bias={"100": 100}, extra_body={"some_future_field": {"x": 1}})
+    assert forced.usage.completion_tokens == 5
+    r = httpx.post(server[0] + "/v1/completions", json={"prompt": [0, 5, 6], "max_tokens": 4, "temperature": 0,
+                                                        "logit_bias": {"100": 100}, "logprobs": 0}).json()
+    assert r["choices"][0]["logprobs"]["top_logprobs"] == [{}] * 4
+    bad = [({"logit_bias": {"abc": 1}}, "logit_bias"), ({"logit_bias": {"5": 300}}, "logit_bias"),
+           ({"logit_bias": [1]}, "logit_bias"), ({"logprobs": 50}, "logprobs"), ({"user": 5}, "user"),
+           ({"response_format": "json"}, "response_format"), ({"stream_options": {"include_usage": "y"}}, None),
+           ({"response_format": {"type": "yaml"}}, None)]
+    for extra, param in bad:
+        r = httpx.post(server[0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, **extra})
+        assert r.status_code == 400, (extra, r.text)
+        if param:
+            assert param in r.json()["error"]["message"]
+
+
+def test_json_schema_output_parses_and_validates(client):
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("llguidance")
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
+              "required": ["answer", "sure"], "additionalProperties": False}
+    for seed in range(4):
+        got = client.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "yes?"}], max_tokens=40, temperature=1.0,
+            seed=seed, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+        assert got.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(got.choices[0].message.content), schema)
+    obj = client.completions.create(model="tiny-llama", prompt="{", max_tokens=40, temperature=0,
+                                    extra_body={"response_format": {"type": "json_object"}})
+    if obj.choices[0].finish_reason == "stop":  # a random model may write a long object: only a whole one parses
+        assert isinstance(json.loads(obj.choices[0].text), dict)
+    else:
+        assert obj.choices[0].text.startswith("{")
+
+
+def test_n_choices_fork_the_first_ones_prompt(server, client):
+    url, engine = server
+    before = engine.stats()["prefix_cache_hits"]
+    many = client.completions.create(model="tiny-llama", prompt=[0] + list(range(40, 70)), max_tokens=8,
+                                     temperature=1.0, seed=3, n=4)
+    assert len({c.text for c in many.choices}) > 1
+    assert engine.stats()["prefix_cache_hits"] - before >= 3
+    alone = [client.completions.create(model="tiny-llama", prompt=[0] + list(range(40, 70)), max_tokens=8,
+                                       temperature=1.0, seed=3 + i).choices[0].text for i in range(4)]
+    assert [c.text for c in many.choices] == alone
