@@ -65,11 +65,12 @@ class AsyncEngine:
     def load(cls, path: str | os.PathLike, device: str = "cpu", *, max_seqs: int = 16, max_queue: int = 256,
              context_length: int | None = None, kv_tokens: int | None = None, token_budget: int | None = None,
              prefill_chunk_size: int | None = None, prefix_cache: bool | int = True,
-             **load_kwargs: Any) -> AsyncEngine:
+             memory_utilization: float | None = None, **load_kwargs: Any) -> AsyncEngine:
         """Load an artifact to serve. `max_seqs` sequences run at once; `kv_tokens` (default: max_seqs full
         contexts) sizes the KV cache, which the scheduler shares out page by page. `prefix_cache` keeps finished
         sequences in the KV cache (True: up to max_seqs of them, an int: that many, False: none) so requests that
-        share a prompt prefix fork their pages instead of computing it again."""
+        share a prompt prefix fork their pages instead of computing it again. `memory_utilization` (instead of
+        kv_tokens) sizes the KV cache to that fraction of the device memory free once the weights are loaded."""
         from ..artifact import read_manifest
 
         # the Engine's own one-sequence cache stays small: serving makes its own, of max_seqs sequences
@@ -85,6 +86,14 @@ class AsyncEngine:
             cached = prefix_cache
         else:
             raise InputError.about(f"{{prefix_cache}} must be true, false or a count >= 0, got {prefix_cache!r}")
+        if memory_utilization is not None:
+            if kv_tokens is not None:
+                raise InputError("give kv_tokens or memory_utilization, not both")
+            from .memory import kv_tokens_from_memory
+
+            page = engine.manifest.kv_cache.page_size
+            kv_tokens = kv_tokens_from_memory(engine.manifest.kv_cache, engine.artifact.device, memory_utilization,
+                                              context_length, -(-context_length // page) * page * (max_seqs + cached))
         return cls(engine, max_seqs=max_seqs, max_queue=max_queue, token_budget=token_budget, kv_tokens=kv_tokens,
                    context_length=context_length, prefill_chunk_size=prefill_chunk_size, cached_seqs=cached)
 
