@@ -136,8 +136,18 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         if parsed.stream:
             return StreamingResponse(sse(rid, chat, gens, len(ids), parsed.logprobs is not None), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
+        work = asyncio.ensure_future(asyncio.gather(*(collect(g) for g in gens)))
+        gone = asyncio.ensure_future(disconnected(request))
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():  # the client went away: cancelling the collectors aborts its sequences now
+            work.cancel()
+            for i in range(parsed.n):
+                engine.core.abort(f"{rid}-{i}")
+            await asyncio.gather(work, return_exceptions=True)
+            return Response(status_code=499)
+        gone.cancel()
         try:
-            results = await asyncio.gather(*(collect(g) for g in gens))
+            results = work.result()
         except QueueFull as err:
             return error_response(BadRequest(str(err), status=429, kind="rate_limit_error",
                                              headers={"Retry-After": str(RETRY_AFTER_S)}))
@@ -152,6 +162,11 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                    for i, (text, reason, _, _, lps) in enumerate(results)]
         return JSONResponse(completion_object(rid, name, chat, choices,
                                               usage(len(ids), sum(r[2] for r in results))))
+
+    async def disconnected(request: Request) -> None:
+        """Returns when the client closes the connection (the body has been read: only a disconnect is left)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
     async def collect(gen: AsyncIterator[Output]) -> tuple[str, str | None, int, str | None, list]:
         text, last, logprobs = [], None, []

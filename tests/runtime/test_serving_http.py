@@ -214,7 +214,18 @@ def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
             raise AssertionError(f"ember serve did not come up: {proc.stderr.read() if proc.poll() is not None else ''}")
         got = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}, timeout=30).json()
         assert got["usage"]["completion_tokens"] >= 1
-        proc.send_signal(signal.SIGTERM)
+        # SIGTERM mid-stream: the stream still ends properly, new connections are refused, the exit status is 0
+        with httpx.stream("POST", url + "/v1/completions", json={"prompt": "hello", "max_tokens": 40,
+                                                                  "temperature": 0, "stream": True}, timeout=30) as r:
+            lines = r.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith("data:")]
+        assert rest[-1] == "data: [DONE]" and '"usage"' in rest[-2]
+        with pytest.raises(httpx.HTTPError):
+            for _ in range(100):  # the listening socket closes once the signal is handled
+                httpx.get(url + "/health", timeout=1)
+                time.sleep(0.05)
         assert proc.wait(timeout=90) == 0
     finally:
         if proc.poll() is None:
@@ -290,3 +301,36 @@ def test_n_choices_fork_the_first_ones_prompt(server, client):
     alone = [client.completions.create(model="tiny-llama", prompt=[0] + list(range(40, 70)), max_tokens=8,
                                        temperature=1.0, seed=3 + i).choices[0].text for i in range(4)]
     assert [c.text for c in many.choices] == alone
+
+
+def test_a_client_gone_mid_request_frees_its_sequence_within_a_step(tiny):
+    """Streaming or not: once the client closes the connection, the sequence leaves the engine by the next step
+    (each decode step is slowed to 50 ms here so the request is surely still generating)."""
+    import time
+
+    with running_server(tiny.path, max_seqs=2, prefix_cache=False) as (url, engine):
+        decode = engine.runner.decode
+
+        def slow_decode(*args, **kwargs):
+            time.sleep(0.05)
+            return decode(*args, **kwargs)
+
+        engine.runner.decode = slow_decode
+        body = {"prompt": "hello", "max_tokens": 50, "temperature": 0}
+        for stream in (True, False):
+            generated = engine.stats()["generated_tokens"]
+            try:
+                with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": stream},
+                                  timeout=0.5) as r:
+                    for line in r.iter_lines():
+                        if line.startswith("data:"):
+                            break
+            except httpx.ReadTimeout:
+                assert not stream
+            steps = engine.core.stats.steps  # the connection is closed now
+            deadline = time.time() + 5
+            while time.time() < deadline and engine.stats()["running"]:
+                time.sleep(0.005)
+            assert engine.stats()["running"] == 0 and engine.stats()["kv_pages_used"] == 0
+            assert engine.core.stats.steps - steps <= 2
+            assert engine.stats()["generated_tokens"] - generated < 30
