@@ -75,3 +75,34 @@ def test_served_chat_through_the_openai_client_answers_paris(engine):
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
             reply.choices[0].message.content
         assert served.stats()["kv_pages_used"] == 0
+
+
+def test_shared_system_prompt_is_computed_once(engine):
+    """Two chats with one ~200-token system prompt: the second forks the first's pages, so its time to first
+    token is much lower, and its answer is the one computed without the cache."""
+    import asyncio
+    import time
+
+    from ember.runtime.serving.async_engine import AsyncEngine
+
+    system = "You are a careful assistant. " + " ".join(
+        f"Rule {i}: answer briefly, name the source, and never guess about topic {i}." for i in range(10))
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": q}]
+             for q in ("What is the capital of France?", "What is the capital of Italy?")]
+
+    async def first_token(served, ids):
+        start, ttft, out = time.perf_counter(), None, []
+        async for chunk in served.generate(ids, max_tokens=12, temperature=0):
+            ttft = ttft or (time.perf_counter() - start if chunk.token_ids else None)
+            out += chunk.token_ids
+        return ttft, out
+
+    with AsyncEngine.load(engine.artifact.path, max_seqs=2, context_length=512) as served:
+        ids = [served.encode_chat(c) for c in chats]
+        assert len(ids[0]) > 200
+        (cold, _), (warm, answer) = (asyncio.run(first_token(served, i)) for i in ids)
+        hit = served.stats()["prefix_cache_hit_tokens"]
+    alone = engine.generate(ids[1], max_tokens=12, temperature=0).token_ids
+    print(f"prefix cache: TTFT {cold:.3f} s cold, {warm:.3f} s with {hit} of {len(ids[1])} prompt tokens cached")
+    assert hit >= len(ids[0]) - 12 and answer == alone
+    assert warm < 0.5 * cold

@@ -156,35 +156,48 @@ def test_metrics(server, client):
     assert "ember_kv_pages_total 32.0" in text
 
 
-def test_load_more_streams_than_the_cache_holds(tiny):
-    """64 concurrent streams, 8 sequences at a time, a KV cache of 6 pages (2 full contexts), a queue of 40:
-    every request completes with all its tokens or gets a 429, and the pages come back."""
+def test_load_256_streams_against_a_cache_that_holds_few(tiny):
+    """256 concurrent streams, 16 sequences at a time, a KV cache of 16 pages (4 full contexts), a queue of 160:
+    every request completes with all its tokens or gets a 429 with Retry-After, and the pages come back.
+    Prints p50/p99 time to first token and the total tokens/s."""
+    import time
+
     async def one(client, i):
+        start = time.perf_counter()
         try:
-            stream = await client.completions.create(model="tiny-llama", prompt=[0, 3 + i, 4 + i], max_tokens=30,
-                                                     temperature=0, stream=True)
-        except openai.RateLimitError as err:
-            assert err.response.headers["retry-after"] == "1"
+            stream = await client.completions.create(model="tiny-llama", prompt=[0, 3 + i % 300, 4 + i % 290],
+                                                     max_tokens=30, temperature=0, stream=True)
+        except (openai.RateLimitError, openai.InternalServerError) as err:
+            assert err.status_code in (429, 503) and err.response.headers["retry-after"] == "1"
             return None
-        text, finish = 0, None
+        tokens, finish, first, text = 0, None, None, ""
         async for chunk in stream:
             for c in chunk.choices:
                 finish = c.finish_reason or finish
+                text += c.text
+                if first is None and c.text:
+                    first = time.perf_counter() - start
             if chunk.usage is not None:
-                text = chunk.usage.completion_tokens
-        return text, finish
+                tokens = chunk.usage.completion_tokens
+        return tokens, finish, first, text
 
     async def main(url):
-        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
-        return await asyncio.gather(*(one(client, i) for i in range(64)))
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(client, i) for i in range(256)))
+        return results, time.perf_counter() - start
 
-    with running_server(tiny.path, max_seqs=8, max_queue=40, kv_tokens=96) as (url, engine):
-        results = asyncio.run(main(url))
+    with running_server(tiny.path, max_seqs=16, max_queue=160, kv_tokens=256) as (url, engine):
+        results, wall = asyncio.run(main(url))
         stats = engine.stats()
     done = [r for r in results if r is not None]
-    print(f"load: {len(done)} of 64 completed, {64 - len(done)} got 429")
-    assert len(done) >= 40
-    for tokens, finish in done:
+    ttft = sorted(r[2] for r in done if r[2] is not None)
+    tokens = sum(r[0] for r in done)
+    print(f"load: {len(done)} of 256 completed, {256 - len(done)} got 429; TTFT p50 {ttft[len(ttft) // 2]:.3f} s "
+          f"p99 {ttft[int(len(ttft) * 0.99)]:.3f} s; {tokens} tokens in {wall:.1f} s = {tokens / wall:.0f} tok/s; "
+          f"{stats['preempted']} preemptions")
+    assert len(done) >= 160
+    for tokens, finish, _, text in done:
         assert finish in ("stop", "length") and (finish == "stop" or tokens == 30)
     assert stats["kv_pages_used"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
     assert stats["preempted"] > 0  # the cache was too small for the batch: sequences were recomputed
