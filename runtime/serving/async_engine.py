@@ -182,7 +182,7 @@ class AsyncEngine:
                  sampling: SamplingParams | None = None, stop: Seq[str] = (),
                  stop_token_ids: Seq[int] = (), request_id: str | None = None, logprobs: int | None = None,
                  logit_bias: Mapping[int, float] | None = None, response_format: Mapping[str, Any] | None = None,
-                 constraint: Constraint | None = None, follows: str | None = None,
+                 constraint: Constraint | None = None, follows: str | None = None, ignore_eos: bool = False,
                  **sampling_kwargs: Any) -> AsyncIterator[Output]:
         """Submit one request now and return its outputs as an async iterator; the last has `finish_reason` set.
         `logprobs` k: each output token's log-probability and the k most likely; `logit_bias`: {token id: value
@@ -208,7 +208,7 @@ class AsyncEngine:
             raise QueueFull(f"{self.waiting} requests are waiting already (the queue holds {self.max_queue}); "
                             "try again shortly")
         request = Request(request_id or uuid.uuid4().hex, ids, max_tokens, sampling, list(stop),
-                          list(stop_token_ids), logprobs, bias, follows, constraint)
+                          list(stop_token_ids), logprobs, bias, follows, constraint, bool(ignore_eos))
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[Output] = asyncio.Queue()
 

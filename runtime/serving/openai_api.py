@@ -40,6 +40,7 @@ class Parsed:
     logprobs: int | None = None  # None: none; k: each token's and the k most likely
     logit_bias: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks)
 
 
 def _number(body: Mapping[str, Any], name: str, default: float) -> float:
@@ -148,7 +149,14 @@ def parse(body: Any, chat: bool) -> Parsed:
     except EmberError as err:
         raise BadRequest(str(err)) from None
     return Parsed(model, prompt, max_tokens, sampling, stops, n, stream, bool(options.get("include_usage")),
-                  logprobs, logit_bias or None, response_format)
+                  logprobs, logit_bias or None, response_format, _bool(body, "ignore_eos"))
+
+
+def _bool(body: Mapping[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be a boolean, got {value!r}", name)
+    return bool(value)
 
 
 def _logprobs(body: Mapping[str, Any], chat: bool) -> int | None:

@@ -53,6 +53,7 @@ class Request:
     logit_bias: Mapping[int, float] | None = None  # added to the logits before sampling
     follows: str | None = None  # a request with the same prompt (n > 1): start from its pages once it is prefilled
     constraint: Any = None  # grammar.Constraint: structured output
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
 
 
 class Sequence:
@@ -65,7 +66,7 @@ class Sequence:
         self.computed = 0
         self.state = WAITING
         self.sampler = Sampler(request.sampling, prompt=request.prompt)
-        self.stops = set(eos) | set(request.stop_token_ids)
+        self.stops = (set() if request.ignore_eos else set(eos)) | set(request.stop_token_ids)
         self.stop_strings = [s for s in request.stop if s]
         self.context_length = context_length
         self.detok: StreamDecoder | None = tokenizer.stream_decoder() if tokenizer is not None else None

@@ -112,7 +112,7 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                 out.append(engine.generate(ids, max_tokens=max_tokens, sampling=sampling, stop=parsed.stop,
                                            request_id=f"{rid}-{i}", logprobs=parsed.logprobs, logit_bias=bias,
                                            constraint=constraint.copy() if constraint is not None else None,
-                                           follows=f"{rid}-0" if i else None))
+                                           follows=f"{rid}-0" if i else None, ignore_eos=parsed.ignore_eos))
         except BaseException:
             for i in range(len(out)):
                 engine.core.abort(f"{rid}-{i}")

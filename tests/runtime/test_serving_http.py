@@ -271,6 +271,13 @@ def test_logit_bias_forces_a_token_and_unknown_fields_are_ignored(server, client
     forced = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=5, temperature=0,
                                        logit_bias={"100": 100}, extra_body={"some_future_field": {"x": 1}})
     assert forced.usage.completion_tokens == 5
+    eos = str(server[1].engine.eos_token_ids[0])
+    stopped = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=5, temperature=0,
+                                        logit_bias={eos: 100})
+    assert stopped.usage.completion_tokens == 0 and stopped.choices[0].finish_reason == "stop"
+    ignored = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=5, temperature=0,
+                                        logit_bias={eos: 100}, extra_body={"ignore_eos": True})
+    assert ignored.usage.completion_tokens == 5 and ignored.choices[0].finish_reason == "length"
     r = httpx.post(server[0] + "/v1/completions", json={"prompt": [0, 5, 6], "max_tokens": 4, "temperature": 0,
                                                         "logit_bias": {"100": 100}, "logprobs": 0}).json()
     assert r["choices"][0]["logprobs"]["top_logprobs"] == [{}] * 4
