@@ -10,6 +10,7 @@ from typing import Any
 
 from ...errors import EmberError
 from ..sampler import SamplingParams
+from .tools import ToolChoice, check_tool_choice, check_tools
 
 MAX_N = 16
 MAX_STOPS = 4
@@ -41,6 +42,8 @@ class Parsed:
     logit_bias: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice = field(default_factory=lambda: ToolChoice("none"))
 
 
 def _number(body: Mapping[str, Any], name: str, default: float) -> float:
@@ -80,6 +83,9 @@ def parse(body: Any, chat: bool) -> Parsed:
                            for p in content):
                     raise BadRequest(f"messages[{i}].content: only text parts are supported", "messages")
                 m["content"] = "".join(p["text"] for p in content)
+            elif content is None and m.get("role") == "assistant" and m.get("tool_calls"):
+                if not isinstance(m["tool_calls"], list):
+                    raise BadRequest(f"messages[{i}].tool_calls must be a list", "messages")
             elif not isinstance(content, str):
                 raise BadRequest(f"messages[{i}].content must be a string", "messages")
     else:
@@ -114,7 +120,14 @@ def parse(body: Any, chat: bool) -> Parsed:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise BadRequest("'stream_options' must be an object", "stream_options")
-    for name in ("suffix", "tools", "functions"):
+    tools, tool_choice = None, ToolChoice("none")
+    if chat:
+        try:
+            tools = check_tools(body["tools"]) if body.get("tools") is not None else None
+            tool_choice = check_tool_choice(body.get("tool_choice"), tools)
+        except EmberError as err:
+            raise BadRequest(str(err), "tool_choice" if str(err).startswith("tool_choice") else "tools") from None
+    for name in ("suffix", "functions") + (() if chat else ("tools",)):
         if body.get(name) not in (None, "", []):
             raise BadRequest(f"'{name}' is not supported by this server", name)
     if _int(body, "best_of", 1) != 1:
@@ -149,7 +162,7 @@ def parse(body: Any, chat: bool) -> Parsed:
     except EmberError as err:
         raise BadRequest(str(err)) from None
     return Parsed(model, prompt, max_tokens, sampling, stops, n, stream, bool(options.get("include_usage")),
-                  logprobs, logit_bias or None, response_format, _bool(body, "ignore_eos"))
+                  logprobs, logit_bias or None, response_format, _bool(body, "ignore_eos"), tools, tool_choice)
 
 
 def _bool(body: Mapping[str, Any], name: str) -> bool:
@@ -192,17 +205,21 @@ def completion_object(rid: str, model: str, chat: bool, choices: list[dict], usa
     return out
 
 
-def choice(index: int, text: str, finish: str | None, chat: bool, delta: bool, first: bool = False,
-           logprobs: dict | None = None) -> dict:
+def choice(index: int, text: str | None, finish: str | None, chat: bool, delta: bool, first: bool = False,
+           logprobs: dict | None = None, tool_calls: list[dict] | None = None) -> dict:
     if not chat:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
     if delta:
         body: dict[str, Any] = {"content": text}
         if first:
             body["role"] = "assistant"
+        if tool_calls:
+            body["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
         return {"index": index, "delta": body, "logprobs": logprobs, "finish_reason": finish}
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-            "finish_reason": finish}
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
 
 
 def logprobs_object(entries: list[Any], token_text: Callable[[int], str], chat: bool, offset: int = 0) -> dict:

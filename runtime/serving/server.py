@@ -26,6 +26,7 @@ from .async_engine import AsyncEngine, QueueFull
 from .metrics import Metrics
 from .openai_api import BadRequest, Parsed, choice, completion_object, logprobs_object, parse, usage
 from .sequence import Output
+from .tools import call_schema, parse_tool_calls, prompt_with_tools
 
 MAX_BODY = 4 << 20  # bytes
 RETRY_AFTER_S = 1
@@ -80,7 +81,13 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
             raise BadRequest(f"the model '{parsed.model}' does not exist; this server serves '{name}'", "model",
                              status=404, kind="not_found_error")
         try:
-            prompt = engine.encode_chat(parsed.prompt) if chat else parsed.prompt
+            if chat and parsed.tool_choice.mode != "none":
+                if tok is None:
+                    raise BadRequest(f"artifact {name} has no tokenizer, so it cannot chat", "messages")
+                text = prompt_with_tools(tok, parsed.prompt, parsed.tools)
+                prompt = tok.encode(text, add_bos=False)
+            else:
+                prompt = engine.encode_chat(parsed.prompt) if chat else parsed.prompt
             ids, max_tokens = engine.check_request(prompt, parsed.max_tokens)
         except EmberError as err:
             raise BadRequest(str(err), "messages" if chat else "prompt") from None
@@ -101,7 +108,11 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         choices after the first fork the first one's prompt pages once it is computed."""
         from dataclasses import replace
 
-        constraint = engine.constraint(parsed.response_format) if parsed.response_format else None
+        if parsed.tool_choice.mode == "required":  # the reply is a call: its JSON follows the tools' schemas
+            constraint = engine.constraint({"type": "json_schema", "json_schema": {
+                "name": "tool_call", "schema": call_schema(parsed.tools, parsed.tool_choice.name)}})
+        else:
+            constraint = engine.constraint(parsed.response_format) if parsed.response_format else None
         bias = engine.check_logit_bias(parsed.logit_bias)
         out: list[AsyncIterator[Output]] = []
         try:
@@ -134,7 +145,7 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         except BadRequest as err:
             return error_response(err)
         if parsed.stream:
-            return StreamingResponse(sse(rid, chat, gens, len(ids), parsed.logprobs is not None), media_type="text/event-stream",
+            return StreamingResponse(sse(rid, chat, gens, len(ids), parsed), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         work = asyncio.ensure_future(asyncio.gather(*(collect(g) for g in gens)))
         gone = asyncio.ensure_future(disconnected(request))
@@ -157,11 +168,19 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         if any(r[1] == "abort" for r in results):
             return error_response(BadRequest("the server is shutting down", status=503, kind="server_error",
                                              headers={"Retry-After": str(RETRY_AFTER_S)}))
-        choices = [choice(i, text, FINISH.get(reason), chat, delta=False,
-                          logprobs=None if parsed.logprobs is None else logprobs_object(lps, token_text, chat))
-                   for i, (text, reason, _, _, lps) in enumerate(results)]
+        choices = []
+        for i, (text, reason, _, _, lps) in enumerate(results):
+            calls = calls_in(parsed, text, reason)
+            choices.append(choice(i, None if calls else text, "tool_calls" if calls else FINISH.get(reason), chat,
+                                  delta=False, tool_calls=calls,
+                                  logprobs=None if parsed.logprobs is None else logprobs_object(lps, token_text, chat)))
         return JSONResponse(completion_object(rid, name, chat, choices,
                                               usage(len(ids), sum(r[2] for r in results))))
+
+    def calls_in(parsed: Parsed, text: str, reason: str | None) -> list[dict] | None:
+        if parsed.tool_choice.mode == "none" or reason != "stop" or not parsed.tools:
+            return None
+        return parse_tool_calls(text, parsed.tools)
 
     async def disconnected(request: Request) -> None:
         """Returns when the client closes the connection (the body has been read: only a disconnect is left)."""
@@ -178,7 +197,12 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         return "".join(text), last.finish_reason, last.completion_tokens, last.error, logprobs
 
     async def sse(rid: str, chat: bool, gens: list[AsyncIterator[Output]], prompt_tokens: int,
-                  want_logprobs: bool) -> AsyncIterator[str]:
+                  parsed: Parsed) -> AsyncIterator[str]:
+        """Chunks as the tokens come; with tools, each choice's reply is held to its end, then sent as a call
+        (finish_reason "tool_calls") or as text."""
+        want_logprobs = parsed.logprobs is not None
+        hold = chat and parsed.tool_choice.mode != "none"
+        held = [""] * len(gens)
         merged: asyncio.Queue[tuple[int, Output | BaseException]] = asyncio.Queue()
 
         async def pump(i: int, gen: AsyncIterator[Output]) -> None:
@@ -207,6 +231,15 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                         yield event({"error": {"message": out.error, "type": "server_error", "param": None,
                                                "code": None}})
                         continue
+                if hold:
+                    held[i] += out.text
+                    if out.finish_reason is None:
+                        continue
+                    calls = calls_in(parsed, held[i], out.finish_reason)
+                    yield event(completion_object(rid, name, chat, [choice(
+                        i, None if calls else held[i], "tool_calls" if calls else FINISH.get(out.finish_reason),
+                        chat, delta=True, first=True, tool_calls=calls)], None, chunk=True))
+                    continue
                 if out.text or out.logprobs or out.finish_reason is not None or (chat and first[i]):
                     lp = logprobs_object(out.logprobs or [], token_text, chat, offsets[i]) if want_logprobs else None
                     offsets[i] += len(out.text)

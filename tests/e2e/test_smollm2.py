@@ -106,3 +106,25 @@ def test_shared_system_prompt_is_computed_once(engine):
     print(f"prefix cache: TTFT {cold:.3f} s cold, {warm:.3f} s with {hit} of {len(ids[1])} prompt tokens cached")
     assert hit >= len(ids[0]) - 12 and answer == alone
     assert warm < 0.5 * cold
+
+
+def test_served_tool_call_follows_the_tools_schema(engine):
+    openai = pytest.importorskip("openai")
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("llguidance")
+    import json
+
+    from ember.runtime.serving.background import running_server
+
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                       "required": ["city"], "additionalProperties": False}}}
+    with running_server(engine.artifact.path, max_seqs=2, context_length=512) as (url, served):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+        got = client.chat.completions.create(
+            model=served.name, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+            tools=[weather], tool_choice="required", max_tokens=30, temperature=0)
+    c = got.choices[0]
+    assert c.finish_reason == "tool_calls" and c.message.tool_calls[0].function.name == "get_weather"
+    jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments), weather["function"]["parameters"])

@@ -354,3 +354,42 @@ def test_a_client_gone_mid_request_frees_its_sequence_within_a_step(tiny):
             assert engine.stats()["running"] == 0 and engine.stats()["kv_pages_used"] == 0
             assert engine.core.stats.steps - steps <= 2
             assert engine.stats()["generated_tokens"] - generated < 30
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]},
+                                                    "celsius": {"type": "boolean"}},
+                   "required": ["city", "celsius"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}}, "required": ["zone"],
+    "additionalProperties": False}}}
+
+
+def test_tool_calls_parse_from_replies_and_the_call_schema_constrains_them():
+    from ember.runtime.serving.tools import call_schema, parse_tool_calls, template_messages
+
+    tools = [WEATHER, TIME]
+    bare = parse_tool_calls('{"name": "get_time", "arguments": {"zone": "utc"}}', tools)
+    assert bare[0]["function"] == {"name": "get_time", "arguments": '{"zone": "utc"}'}
+    tagged = parse_tool_calls('<tool_call>{"name": "get_weather", "parameters": {"city": "Rome"}}</tool_call>\n'
+                              '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>', tools)
+    assert [c["function"]["name"] for c in tagged] == ["get_weather", "get_time"]
+    assert parse_tool_calls("it is sunny", tools) is None
+    assert parse_tool_calls('{"name": "unknown", "arguments": {}}', tools) is None
+    assert call_schema(tools, "get_time")["properties"]["name"] == {"const": "get_time"}
+    assert len(call_schema(tools, None)["anyOf"]) == 2
+    history = template_messages([{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "cet"}'}}]}])
+    assert history[0]["content"] == "" and history[0]["tool_calls"][0]["arguments"] == {"zone": "cet"}
+
+
+def test_tool_arguments_are_checked(client):
+    for tools, choice in (([{"type": "function"}], "auto"), ([WEATHER], "sometimes"),
+                          ([WEATHER], {"type": "function", "function": {"name": "nope"}})):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}],
+                                           tools=tools, tool_choice=choice, max_tokens=3)
+    text = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}],
+                                          tools=[WEATHER], tool_choice="none", max_tokens=3, temperature=0)
+    assert text.choices[0].message.tool_calls is None
