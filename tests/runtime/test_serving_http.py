@@ -151,7 +151,7 @@ def test_metrics(server, client):
     text = httpx.get(server[0] + "/metrics").text
     for name in ("ember_queue_depth", "ember_running_sequences", "ember_kv_pages_used",
                  "ember_time_to_first_token_seconds_bucket", "ember_time_per_output_token_seconds_bucket",
-                 "ember_generation_tokens_total"):
+                 "ember_generation_tokens_total", "ember_kv_pages_cached", "ember_prefix_cache_hit_tokens"):
         assert name in text
     assert "ember_kv_pages_total 32.0" in text
 
