@@ -73,11 +73,8 @@ class PageTable:
             raise InputError(f"sequence {seq_id} has pages already")
         self._chains[seq_id] = _Chain()
 
-    def fork_cost(self, parent: int, pos: int) -> int:
-        """Pages a fork of `parent` at `pos` takes at once (the copy of a page pos cuts in two)."""
-        return int(pos % self.page_size > 0)
-
     def own_start_after_fork(self, parent: int, pos: int) -> int:
+        """Where a child forked at `pos` starts its own block (a page pos cuts is copied into it)."""
         return pos - pos % self.page_size
 
     def fork(self, parent: int, child: int, pos: int) -> None:

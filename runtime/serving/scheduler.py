@@ -163,10 +163,9 @@ class Scheduler:
     def _admit(self, seq: Sequence, match: tuple[int, int] | None, plan: StepPlan) -> bool:
         final = len(seq.tokens) + 1  # its tokens and the first one it samples
         if match is None:
-            now, own = 0, pages_for(final, self.page_size)
-        else:
+            own = pages_for(final, self.page_size)
+        else:  # a fork's own block starts at the page its position cuts (that page copied) or at the position
             source, pos = match
-            now = self.table.fork_cost(source, pos)
             own = pages_for(final - self.table.own_start_after_fork(source, pos), self.page_size)
         if not self._make_room(own, plan, keep=match[0] if match else None):
             return False
@@ -179,7 +178,6 @@ class Scheduler:
             seq.computed = pos
             self.cache.hits += 1
             self.cache.hit_tokens += pos
-        del now
         self.target[seq.seq_id] = own
         return True
 
