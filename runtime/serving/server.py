@@ -240,7 +240,9 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                         i, None if calls else held[i], "tool_calls" if calls else FINISH.get(out.finish_reason),
                         chat, delta=True, first=True, tool_calls=calls)], None, chunk=True))
                     continue
-                if out.text or out.logprobs or out.finish_reason is not None or (chat and first[i]):
+                # without a tokenizer there is no text: a chunk per step still shows the tokens coming
+                if out.text or out.logprobs or out.finish_reason is not None or (chat and first[i]) or (
+                        tok is None and out.token_ids):
                     lp = logprobs_object(out.logprobs or [], token_text, chat, offsets[i]) if want_logprobs else None
                     offsets[i] += len(out.text)
                     c = choice(i, out.text, FINISH.get(out.finish_reason or ""), chat, delta=True, first=first[i],

@@ -393,3 +393,20 @@ def test_tool_arguments_are_checked(client):
     text = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}],
                                           tools=[WEATHER], tool_choice="none", max_tokens=3, temperature=0)
     assert text.choices[0].message.tool_calls is None
+
+
+def test_an_artifact_without_a_tokenizer_streams_a_chunk_per_token(tiny):
+    from starlette.testclient import TestClient
+
+    from ember.runtime.serving.async_engine import AsyncEngine
+    from ember.runtime.serving.server import create_app
+
+    with AsyncEngine.load(tiny.path, max_seqs=2) as engine:
+        engine.engine.tokenizer = engine.core.tokenizer = None  # as a random-weight benchmark build
+        with TestClient(create_app(engine)) as http:
+            with http.stream("POST", "/v1/completions", json={"prompt": [0, 5, 6], "max_tokens": 6,
+                                                               "temperature": 0, "ignore_eos": True,
+                                                               "stream": True}) as r:
+                chunks = [json.loads(line[6:]) for line in r.iter_lines()
+                          if line.startswith("data: {")]
+    assert len([c for c in chunks if c["choices"]]) == 6 and chunks[-1]["usage"]["completion_tokens"] == 6
