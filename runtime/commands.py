@@ -411,20 +411,27 @@ SERVE_EXTRA = "ember serve needs the [serve] extra: pip install 'ember[serve]' (
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--api-key", default=None, envvar="EMBER_API_KEY",
               help="Require 'Authorization: Bearer KEY' (or set EMBER_API_KEY).")
-@click.option("--max-batch", default=16, show_default=True, type=int, help="Most sequences decoded together.")
+@click.option("--max-batch", "--max-num-seqs", "max_batch", default=16, show_default=True, type=int,
+              help="Most sequences decoded together.")
 @click.option("--max-queue", default=256, show_default=True, type=int,
               help="Most requests waiting; more get 429 with Retry-After.")
-@click.option("--context-length", default=None, type=int, help="Tokens per sequence (default: the artifact's, "
-              "at most 8192).")
+@click.option("--context-length", "--max-model-len", "context_length", default=None, type=int,
+              help="Tokens per sequence (default: the artifact's, at most 8192).")
 @click.option("--kv-tokens", default=None, type=int,
               help="Tokens the KV cache holds over all sequences (default: --max-batch full contexts).")
+@click.option("--gpu-memory-utilization", default=None, type=float,
+              help="Size the KV cache to this fraction of the device memory free after the weights load, up to "
+              "full contexts for every sequence slot (default 0.9 on a gpu; on cpu --kv-tokens' default, and "
+              "given, a fraction of the host's available memory).")
+@click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
+              help="Keep finished sequences' KV pages for requests that share their prompt prefix.")
 @click.option("--model-name", default=None, help="The model id clients send (default: the artifact's name).")
 @click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
 @click.option("--verbose", is_flag=True, help="Tracebacks on errors; request logs.")
 @one_line_errors
 def serve(artifact: str, host: str, port: int, api_key: str | None, max_batch: int, max_queue: int,
-          context_length: int | None, kv_tokens: int | None, model_name: str | None, device: str,
-          verbose: bool) -> None:
+          context_length: int | None, kv_tokens: int | None, gpu_memory_utilization: float | None,
+          prefix_cache: bool, model_name: str | None, device: str, verbose: bool) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models,
     /health, /metrics) with continuous batching. SIGTERM or Ctrl-C stops it gracefully."""
     try:
@@ -438,8 +445,11 @@ def serve(artifact: str, host: str, port: int, api_key: str | None, max_batch: i
 
     if max_queue < 0:
         raise InputError.about(f"{{max_queue}} must be >= 0, got {max_queue}")
+    if gpu_memory_utilization is None and kv_tokens is None and not device.startswith("cpu"):
+        gpu_memory_utilization = 0.9  # of what the weights leave free, up to every slot's full context
     engine = AsyncEngine.load(artifact, device=device, max_seqs=max_batch, max_queue=max_queue,
-                              context_length=context_length, kv_tokens=kv_tokens)
+                              context_length=context_length, kv_tokens=kv_tokens, prefix_cache=prefix_cache,
+                              memory_utilization=gpu_memory_utilization)
     app = create_app(engine, api_key=api_key, model_name=model_name, on_shutdown=engine.shutdown)
     click.echo(f"serving {engine.engine.describe()} at http://{host}:{port}/v1 "
                f"(batch {max_batch}, {engine.stats()['kv_pages_total']} KV pages)", err=True)

@@ -71,15 +71,24 @@ class KVCache:
         self._remove(self.obj, seq_id)
         del self.lengths[seq_id]
 
-    def fork_sequence(self, parent: int, child: int) -> None:
-        """The child starts with a copy of all of the parent's tokens."""
+    def fork_sequence(self, parent: int, child: int, pos: int | None = None) -> None:
+        """The child starts with the parent's first `pos` tokens (default: all of them). TVM shares the pages
+        before pos and copies a page that pos cuts in two. A parent that will grow must be forked strictly inside
+        (pos < its length): TVM refuses to append to a sequence whose last block a fork shares."""
         self._require(parent)
         if child in self.lengths:
             raise InputError(f"sequence {child} is already in the KV cache")
         if self.sliding_window is not None:
             raise InputError("forking a sequence is not supported with a sliding window")
-        self._fork(self.obj, parent, child, -1)
-        self.lengths[child] = self.lengths[parent]
+        if len(self.lengths) >= self.max_batch_size:
+            raise InputError(f"the KV cache holds {len(self.lengths)} sequences already (max_batch_size)")
+        length = self.lengths[parent]
+        if pos is None:
+            pos = length
+        if not 0 < pos <= length:
+            raise InputError(f"cannot fork sequence {parent} of length {length} at position {pos}")
+        self._fork(self.obj, parent, child, -1 if pos == length else pos)
+        self.lengths[child] = pos
 
     def popn(self, seq_id: int, n: int) -> None:
         """Drop the last n tokens of a sequence."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence as Seq
+from collections.abc import AsyncIterator, Mapping, Sequence as Seq
 from typing import Any
 
 from ...errors import InputError
@@ -21,7 +21,11 @@ from ..generate import check_max_tokens
 from ..model_runner import DEFAULT_CONTEXT_CAP
 from ..sampler import SamplingParams
 from .core import EngineCore
+from .grammar import Constraint, Grammars, schema_of
 from .sequence import Output, Request
+
+
+MAX_LOGPROBS = 20
 
 
 class QueueFull(InputError):
@@ -31,14 +35,28 @@ class QueueFull(InputError):
 class AsyncEngine:
     def __init__(self, engine: Engine, *, max_seqs: int, max_queue: int = 256, token_budget: int | None = None,
                  kv_tokens: int | None = None, context_length: int | None = None,
-                 prefill_chunk_size: int | None = None) -> None:
+                 prefill_chunk_size: int | None = None, cached_seqs: int | None = None) -> None:
         from ..model_runner import ModelRunner
 
+        if cached_seqs is None:
+            cached_seqs = max_seqs
+        if engine.manifest.kv_cache.sliding_window is not None:
+            cached_seqs = 0  # TVM cannot fork a sequence with a sliding window
         self.engine = engine  # the manifest, tokenizer and chat template; the runner below owns the serving cache
-        self.runner = ModelRunner(engine.artifact, max_batch_size=max_seqs, context_length=context_length,
-                                  prefill_chunk_size=prefill_chunk_size, kv_tokens=kv_tokens)
+        # the KV cache's sequence slots: the running batch and the finished sequences the prefix cache keeps
+        if context_length is None:
+            context_length = min(engine.manifest.context_length, DEFAULT_CONTEXT_CAP)
+        if kv_tokens is None:  # max_seqs full contexts, in whole pages
+            page = engine.manifest.kv_cache.page_size
+            kv_tokens = -(-context_length // page) * page * max_seqs
+        self.runner = ModelRunner(engine.artifact, max_batch_size=max_seqs + cached_seqs,
+                                  context_length=context_length, prefill_chunk_size=prefill_chunk_size,
+                                  kv_tokens=kv_tokens)
         self.core = EngineCore(self.runner, engine.tokenizer, engine.eos_token_ids, max_seqs=max_seqs,
-                               token_budget=token_budget)
+                               token_budget=token_budget, cached_seqs=cached_seqs)
+        tok = engine.tokenizer
+        self.grammars = (Grammars(tok.path, self.runner.vocab_size, engine.eos_token_ids)
+                         if tok is not None else None)
         self.max_queue = max_queue
         self.in_flight = 0  # submitted, final output not yet delivered (event loop side)
         self.core.start()
@@ -46,9 +64,13 @@ class AsyncEngine:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", *, max_seqs: int = 16, max_queue: int = 256,
              context_length: int | None = None, kv_tokens: int | None = None, token_budget: int | None = None,
-             prefill_chunk_size: int | None = None, **load_kwargs: Any) -> AsyncEngine:
+             prefill_chunk_size: int | None = None, prefix_cache: bool | int = True,
+             memory_utilization: float | None = None, **load_kwargs: Any) -> AsyncEngine:
         """Load an artifact to serve. `max_seqs` sequences run at once; `kv_tokens` (default: max_seqs full
-        contexts) sizes the KV cache, which the scheduler shares out page by page."""
+        contexts) sizes the KV cache, which the scheduler shares out page by page. `prefix_cache` keeps finished
+        sequences in the KV cache (True: up to max_seqs of them, an int: that many, False: none) so requests that
+        share a prompt prefix fork their pages instead of computing it again. `memory_utilization` (instead of
+        kv_tokens) sizes the KV cache to that fraction of the device memory free once the weights are loaded."""
         from ..artifact import read_manifest
 
         # the Engine's own one-sequence cache stays small: serving makes its own, of max_seqs sequences
@@ -58,8 +80,22 @@ class AsyncEngine:
             raise InputError.about(f"{{max_seqs}} must be an integer >= 1, got {max_seqs!r}")
         if context_length is None:
             context_length = min(engine.manifest.context_length, DEFAULT_CONTEXT_CAP)
+        if isinstance(prefix_cache, bool):
+            cached = max_seqs if prefix_cache else 0
+        elif isinstance(prefix_cache, int) and prefix_cache >= 0:
+            cached = prefix_cache
+        else:
+            raise InputError.about(f"{{prefix_cache}} must be true, false or a count >= 0, got {prefix_cache!r}")
+        if memory_utilization is not None:
+            if kv_tokens is not None:
+                raise InputError("give kv_tokens or memory_utilization, not both")
+            from .memory import kv_tokens_from_memory
+
+            page = engine.manifest.kv_cache.page_size
+            kv_tokens = kv_tokens_from_memory(engine.manifest.kv_cache, engine.artifact.device, memory_utilization,
+                                              context_length, -(-context_length // page) * page * (max_seqs + cached))
         return cls(engine, max_seqs=max_seqs, max_queue=max_queue, token_budget=token_budget, kv_tokens=kv_tokens,
-                   context_length=context_length, prefill_chunk_size=prefill_chunk_size)
+                   context_length=context_length, prefill_chunk_size=prefill_chunk_size, cached_seqs=cached)
 
     # -- facts ----------------------------------------------------------------------------------------------
     @property
@@ -72,9 +108,13 @@ class AsyncEngine:
 
     def stats(self) -> dict[str, int]:
         core = self.core
-        return {"waiting": max(core.queue_depth, self.waiting), "running": core.running, "kv_pages_used": core.pages_used,
+        cache = core.prefix_cache
+        return {"waiting": max(core.queue_depth, self.waiting), "running": core.running,
+                "kv_pages_used": core.pages_used, "kv_pages_cached": core.scheduler.cached_pages,
                 "kv_pages_total": core.scheduler.total_pages, "preempted": core.stats.preempted,
-                "generated_tokens": core.stats.generated_tokens, "prompt_tokens": core.stats.prompt_tokens}
+                "generated_tokens": core.stats.generated_tokens, "prompt_tokens": core.stats.prompt_tokens,
+                "prefix_cache_hits": cache.hits if cache else 0,
+                "prefix_cache_hit_tokens": cache.hit_tokens if cache else 0}
 
     def encode_chat(self, messages: Seq[Any]) -> list[int]:
         from ..engine import check_messages
@@ -101,6 +141,37 @@ class AsyncEngine:
                              f"the context length {self.context_length} of {self.name}")
         return ids, max_tokens
 
+    def check_logit_bias(self, logit_bias: Mapping[Any, Any] | None) -> dict[int, float] | None:
+        """{token id: bias}, ids as ints or their decimal strings (JSON keys), biases in [-100, 100]."""
+        if not logit_bias:
+            return None
+        if not isinstance(logit_bias, Mapping):
+            raise InputError("logit_bias must map token ids to numbers")
+        out = {}
+        vocab = self.runner.vocab_size
+        for key, value in logit_bias.items():
+            try:
+                token = int(key)
+            except (TypeError, ValueError):
+                raise InputError(f"logit_bias: {key!r} is not a token id") from None
+            if isinstance(key, bool) or not 0 <= token < vocab:
+                raise InputError(f"logit_bias: token id {key!r} is outside the vocabulary [0, {vocab})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+                raise InputError(f"logit_bias[{key!r}] must be a number in [-100, 100], got {value!r}")
+            out[token] = float(value)
+        return out
+
+    def constraint(self, response_format: Mapping[str, Any]) -> Constraint | None:
+        """The grammar state for an OpenAI response_format (None for plain text)."""
+        if not isinstance(response_format, Mapping):
+            raise InputError("response_format must be an object")
+        schema = schema_of(response_format)
+        if schema is None:
+            return None
+        if self.grammars is None:
+            raise InputError(f"artifact {self.name} has no tokenizer, so it cannot follow a response_format")
+        return self.grammars.constraint(schema)
+
     # -- work -----------------------------------------------------------------------------------------------
     @property
     def waiting(self) -> int:
@@ -109,12 +180,24 @@ class AsyncEngine:
 
     def generate(self, prompt: str | Seq[int], *, max_tokens: int | None = None,
                  sampling: SamplingParams | None = None, stop: Seq[str] = (),
-                 stop_token_ids: Seq[int] = (), request_id: str | None = None,
+                 stop_token_ids: Seq[int] = (), request_id: str | None = None, logprobs: int | None = None,
+                 logit_bias: Mapping[int, float] | None = None, response_format: Mapping[str, Any] | None = None,
+                 constraint: Constraint | None = None, follows: str | None = None, ignore_eos: bool = False,
                  **sampling_kwargs: Any) -> AsyncIterator[Output]:
         """Submit one request now and return its outputs as an async iterator; the last has `finish_reason` set.
+        `logprobs` k: each output token's log-probability and the k most likely; `logit_bias`: {token id: value
+        added to its logit}; `response_format`: OpenAI's (json_object / json_schema: the output follows the
+        schema; needs the [grammar] extra); `follows`: the id of a request in flight with the same prompt, whose
+        prompt pages this one forks (n > 1 choices).
         Raises QueueFull when `max_queue` requests already wait, InputError for a bad request (nothing queued).
         Call it from a running event loop: the outputs are delivered to that loop."""
         ids, max_tokens = self.check_request(prompt, max_tokens)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or not 0 <= logprobs <= MAX_LOGPROBS):
+            raise InputError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {logprobs!r}")
+        bias = self.check_logit_bias(logit_bias)
+        if constraint is None and response_format is not None:
+            constraint = self.constraint(response_format)
         if sampling is None:
             sampling = SamplingParams(**sampling_kwargs)
         if isinstance(stop, str):
@@ -125,7 +208,7 @@ class AsyncEngine:
             raise QueueFull(f"{self.waiting} requests are waiting already (the queue holds {self.max_queue}); "
                             "try again shortly")
         request = Request(request_id or uuid.uuid4().hex, ids, max_tokens, sampling, list(stop),
-                          list(stop_token_ids))
+                          list(stop_token_ids), logprobs, bias, follows, constraint, bool(ignore_eos))
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[Output] = asyncio.Queue()
 
@@ -158,14 +241,16 @@ class AsyncEngine:
 
     async def complete(self, prompt: str | Seq[int], **kwargs: Any) -> Output:
         """The whole output of one request at once (text and ids joined)."""
-        text, ids, last = [], [], None
+        text, ids, last, outs = [], [], None, []
         async for out in self.generate(prompt, **kwargs):
+            outs.append(out)
             text.append(out.text)
             ids += out.token_ids
             last = out
         assert last is not None
+        logprobs = [lp for out in outs for lp in (out.logprobs or [])] if kwargs.get("logprobs") is not None else None
         return Output(last.request_id, "".join(text), ids, last.finish_reason, last.prompt_tokens,
-                      last.completion_tokens, last.error)
+                      last.completion_tokens, last.error, logprobs)
 
     def shutdown(self) -> None:
         self.core.shutdown()

@@ -16,7 +16,10 @@ import numpy as np
 from ...errors import InputError
 from ..model_runner import ModelRunner
 from ..tokenizer import Tokenizer
-from .scheduler import Scheduler, pages_for
+from .pages import pages_for
+from .prefix_cache import PrefixCache
+from .sampling import sample_token
+from .scheduler import Scheduler
 from .sequence import FINISHED, Output, Request, Sequence
 
 log = logging.getLogger("ember.serve")
@@ -34,20 +37,26 @@ class StepStats:
 
 class EngineCore:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer | None, eos_token_ids: Seq[int], *,
-                 max_seqs: int, token_budget: int | None = None) -> None:
+                 max_seqs: int, token_budget: int | None = None, cached_seqs: int = 0) -> None:
+        """`cached_seqs` > 0 turns the prefix cache on: up to that many finished sequences stay in the KV cache
+        for later requests to fork (the runner must hold max_seqs + cached_seqs sequences)."""
         page = runner.kv.page_size
         total = runner.kv.max_total_seq_len // page
         if total < pages_for(runner.context_length, page):
             raise InputError(f"the KV cache holds {total} pages of {page} tokens, fewer than one sequence of the "
                              f"context length {runner.context_length} needs")
-        if max_seqs > runner.max_batch_size:
-            raise InputError(f"max_seqs {max_seqs} exceeds the runner's max_batch_size {runner.max_batch_size}")
+        if max_seqs + cached_seqs > runner.max_batch_size:
+            raise InputError(f"max_seqs {max_seqs} and {cached_seqs} cached sequences exceed the runner's "
+                             f"max_batch_size {runner.max_batch_size}")
+        if cached_seqs and runner.kv.sliding_window is not None:
+            cached_seqs = 0  # TVM cannot fork a sequence with a sliding window
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos = list(eos_token_ids)
         budget = token_budget or max(runner.prefill_chunk_size, max_seqs + 1)
+        self.prefix_cache = PrefixCache(cached_seqs) if cached_seqs else None
         self.scheduler = Scheduler(max_seqs=max_seqs, total_pages=total, page_size=page, token_budget=budget,
-                                   prefill_chunk=runner.prefill_chunk_size)
+                                   prefill_chunk=runner.prefill_chunk_size, prefix_cache=self.prefix_cache)
         self.stats = StepStats()
         self.on_finish: Callable[[Sequence], None] | None = None  # metrics hook
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -124,32 +133,34 @@ class EngineCore:
             seq.abort("error", f"request id {request.request_id} is already in flight")
             sink(seq.final)
             return
+        if request.follows is not None:
+            seq.leader = self._by_request.get(request.follows)
         self._by_request[request.request_id] = seq
         self.scheduler.add(seq)
 
     def step(self) -> None:
-        """One scheduler step: preemptions, then a prefill forward and a decode forward, then retirements."""
+        """One scheduler step: its KV operations (evictions, preemptions, forks), then a prefill forward and a
+        decode forward, then retirements."""
         plan = self.scheduler.schedule()
-        kv = self.runner.kv
-        for seq in plan.preempted:
-            if seq.seq_id in kv.lengths:
-                self.runner.remove_sequence(seq.seq_id)
-            seq.computed = 0
-            self.stats.preempted += 1
+        self.stats.preempted += len(plan.preempted)
+        try:
+            self._run_ops(plan.ops)
+        except Exception:
+            log.exception("a KV cache operation failed; clearing the KV cache")
+            self._clear()
+            return
         if not plan:
             return
         in_step = [s for s, _ in plan.prefill] + plan.decode
         try:
             sampled: list[tuple[Sequence, np.ndarray]] = []
             if plan.prefill:
-                for seq, _ in plan.prefill:
-                    if seq.seq_id not in kv.lengths:
-                        self.runner.add_sequence(seq.seq_id)
                 chunks = [seq.tokens[seq.computed : seq.computed + n] for seq, n in plan.prefill]
                 logits = self.runner.prefill([s.seq_id for s, _ in plan.prefill], chunks)
                 for (seq, n), row in zip(plan.prefill, logits):
                     seq.computed += n
                     self.stats.prompt_tokens += n
+                    self.scheduler.after_forward(seq)
                     if seq.remaining == 0:
                         sampled.append((seq, row))
             if plan.decode:
@@ -157,32 +168,50 @@ class EngineCore:
                                             reuse=True)
                 for seq, row in zip(plan.decode, logits):
                     seq.computed += 1
+                    self.scheduler.after_forward(seq)
                     sampled.append((seq, row))
             for seq, row in sampled:
-                seq.add_token(seq.sampler(row))
+                token, logprob = sample_token(seq, row)
+                seq.add_token(token, logprob)
+                if seq.request.constraint is not None and seq.request.constraint.done:
+                    seq.grammar_done()
                 self.stats.generated_tokens += 1
-                self.scheduler.after_step(seq)
                 if seq.state == FINISHED:
                     self._retire(seq, None)
         except Exception as err:  # a model call failed: fail this step's requests, keep serving the rest
             log.exception("engine step failed")
             for seq in in_step:
                 self._retire(seq, "error", f"engine step failed: {type(err).__name__}: {err}")
+        self.scheduler.update_snapshot()
         self.stats.steps += 1
 
+    def _run_ops(self, ops: list[tuple]) -> None:
+        kv = self.runner.kv
+        for op in ops:
+            if op[0] == "remove":
+                if op[1] in kv.lengths:
+                    self.runner.remove_sequence(op[1])
+            elif op[0] == "add":
+                self.runner.add_sequence(op[1])
+            else:
+                _, parent, child, pos = op
+                kv.fork_sequence(parent, child, pos)
+
+    def _clear(self) -> None:
+        self.runner.reset()
+        for seq_id in self.scheduler.clear():
+            self.runner.add_sequence(seq_id)
+
     def _retire(self, seq: Sequence, reason: str | None, error: str | None = None) -> None:
-        """Free the sequence's pages at once and end its stream (reason None: it finished by itself)."""
+        """Free the sequence's pages at once (or keep them in the prefix cache, if it finished by itself: reason
+        None) and end its stream."""
         if reason is not None:
             seq.abort(reason, error)
-        self.scheduler.remove(seq)
-        if seq.seq_id in self.runner.kv.lengths:
-            try:
-                self.runner.remove_sequence(seq.seq_id)
-            except Exception:
-                log.exception("removing sequence %d failed; clearing the KV cache", seq.seq_id)
-                self.runner.reset()
-                for other in self.scheduler.running:
-                    other.computed = 0
+        try:
+            self._run_ops([("remove", s) for s in self.scheduler.remove(seq, keep=reason is None)])
+        except Exception:
+            log.exception("removing sequence %d failed; clearing the KV cache", seq.seq_id)
+            self._clear()
         self._by_request.pop(seq.request.request_id, None)
         self.stats.finished += 1
         if seq.final is not None:

@@ -22,6 +22,10 @@ class Metrics:
             lambda: stats()["running"])
         Gauge("ember_kv_pages_used", "KV cache pages held by sequences", registry=registry).set_function(
             lambda: stats()["kv_pages_used"])
+        Gauge("ember_kv_pages_cached", "KV cache pages only the prefix cache holds", registry=registry).set_function(
+            lambda: stats()["kv_pages_cached"])
+        Gauge("ember_prefix_cache_hit_tokens", "Prompt tokens forked from the prefix cache so far",
+              registry=registry).set_function(lambda: stats()["prefix_cache_hit_tokens"])
         Gauge("ember_kv_pages_total", "KV cache pages in all", registry=registry).set_function(
             lambda: stats()["kv_pages_total"])
         Gauge("ember_preemptions", "Sequences preempted (and recomputed) so far", registry=registry).set_function(

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import EmberError
 from ..sampler import SamplingParams
+from .tools import ToolChoice, check_tool_choice, check_tools
 
 MAX_N = 16
 MAX_STOPS = 4
+MAX_LOGPROBS = 20
 
 
 class BadRequest(Exception):
@@ -36,6 +38,12 @@ class Parsed:
     n: int = 1
     stream: bool = False
     include_usage: bool = False
+    logprobs: int | None = None  # None: none; k: each token's and the k most likely
+    logit_bias: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice = field(default_factory=lambda: ToolChoice("none"))
 
 
 def _number(body: Mapping[str, Any], name: str, default: float) -> float:
@@ -75,6 +83,9 @@ def parse(body: Any, chat: bool) -> Parsed:
                            for p in content):
                     raise BadRequest(f"messages[{i}].content: only text parts are supported", "messages")
                 m["content"] = "".join(p["text"] for p in content)
+            elif content is None and m.get("role") == "assistant" and m.get("tool_calls"):
+                if not isinstance(m["tool_calls"], list):
+                    raise BadRequest(f"messages[{i}].tool_calls must be a list", "messages")
             elif not isinstance(content, str):
                 raise BadRequest(f"messages[{i}].content must be a string", "messages")
     else:
@@ -109,10 +120,32 @@ def parse(body: Any, chat: bool) -> Parsed:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise BadRequest("'stream_options' must be an object", "stream_options")
-    for name in ("logprobs", "top_logprobs", "logit_bias", "response_format", "tools", "suffix", "best_of"):
-        if body.get(name) not in (None, False, {}, []) and not (name == "response_format" and body[name] == {
-                "type": "text"}) and not (name == "best_of" and body[name] == 1):
-            raise BadRequest(f"'{name}' is not supported by this server yet", name)
+    tools, tool_choice = None, ToolChoice("none")
+    if chat:
+        try:
+            tools = check_tools(body["tools"]) if body.get("tools") is not None else None
+            tool_choice = check_tool_choice(body.get("tool_choice"), tools)
+        except EmberError as err:
+            raise BadRequest(str(err), "tool_choice" if str(err).startswith("tool_choice") else "tools") from None
+    for name in ("suffix", "functions") + (() if chat else ("tools",)):
+        if body.get(name) not in (None, "", []):
+            raise BadRequest(f"'{name}' is not supported by this server", name)
+    if _int(body, "best_of", 1) != 1:
+        raise BadRequest("'best_of' other than 1 is not supported by this server", "best_of")
+    if body.get("echo") not in (None, False):
+        raise BadRequest("'echo' is not supported by this server", "echo")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise BadRequest(f"'user' must be a string, got {body['user']!r}", "user")
+    if not isinstance(options.get("include_usage", False), bool):
+        raise BadRequest("'stream_options.include_usage' must be a boolean", "stream_options")
+    logprobs = _logprobs(body, chat)
+    logit_bias = body.get("logit_bias")
+    if logit_bias is not None and not isinstance(logit_bias, dict):
+        raise BadRequest("'logit_bias' must be an object mapping token ids to numbers", "logit_bias")
+    response_format = body.get("response_format")
+    if response_format is not None and not (isinstance(response_format, dict)
+                                            and isinstance(response_format.get("type"), str)):
+        raise BadRequest("'response_format' must be an object with a string 'type'", "response_format")
     temperature = _number(body, "temperature", 1.0)
     top_k = _int(body, "top_k", 0)
     try:
@@ -128,7 +161,33 @@ def parse(body: Any, chat: bool) -> Parsed:
         )
     except EmberError as err:
         raise BadRequest(str(err)) from None
-    return Parsed(model, prompt, max_tokens, sampling, stops, n, stream, bool(options.get("include_usage")))
+    return Parsed(model, prompt, max_tokens, sampling, stops, n, stream, bool(options.get("include_usage")),
+                  logprobs, logit_bias or None, response_format, _bool(body, "ignore_eos"), tools, tool_choice)
+
+
+def _bool(body: Mapping[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be a boolean, got {value!r}", name)
+    return bool(value)
+
+
+def _logprobs(body: Mapping[str, Any], chat: bool) -> int | None:
+    """Completions: `logprobs` k (0..MAX_LOGPROBS). Chat: `logprobs` true, with `top_logprobs` k."""
+    if not chat:
+        k = _int(body, "logprobs", None)
+        if k is not None and not 0 <= k <= MAX_LOGPROBS:
+            raise BadRequest(f"'logprobs' must be in [0, {MAX_LOGPROBS}], got {k}", "logprobs")
+        return k
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise BadRequest(f"'logprobs' must be a boolean, got {wanted!r}", "logprobs")
+    k = _int(body, "top_logprobs", None)
+    if k is not None and not 0 <= k <= MAX_LOGPROBS:
+        raise BadRequest(f"'top_logprobs' must be in [0, {MAX_LOGPROBS}], got {k}", "top_logprobs")
+    if k is not None and not wanted:
+        raise BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (k or 0) if wanted else None
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -146,13 +205,45 @@ def completion_object(rid: str, model: str, chat: bool, choices: list[dict], usa
     return out
 
 
-def choice(index: int, text: str, finish: str | None, chat: bool, delta: bool, first: bool = False) -> dict:
+def choice(index: int, text: str | None, finish: str | None, chat: bool, delta: bool, first: bool = False,
+           logprobs: dict | None = None, tool_calls: list[dict] | None = None) -> dict:
     if not chat:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
     if delta:
         body: dict[str, Any] = {"content": text}
         if first:
             body["role"] = "assistant"
-        return {"index": index, "delta": body, "logprobs": None, "finish_reason": finish}
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
-            "finish_reason": finish}
+        if tool_calls:
+            body["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+        return {"index": index, "delta": body, "logprobs": logprobs, "finish_reason": finish}
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+
+
+def logprobs_object(entries: list[Any], token_text: Callable[[int], str], chat: bool, offset: int = 0) -> dict:
+    """OpenAI's logprobs of a choice (or a chunk's part of it) from TokenLogprob entries. Completions: tokens,
+    token_logprobs, top_logprobs ({token: logprob}) and text_offset (from `offset`); chat: content entries with
+    each token's bytes and its top_logprobs list."""
+    if chat:
+        def item(token_id: int, logprob: float) -> dict[str, Any]:
+            text = token_text(token_id)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+        return {"content": [{**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                            for e in entries], "refusal": None}
+    tokens = [token_text(e.token_id) for e in entries]
+    offsets, at = [], offset
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [_top_by_text(e.top, token_text) for e in entries], "text_offset": offsets}
+
+
+def _top_by_text(top: list[tuple[int, float]], token_text: Callable[[int], str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for token_id, logprob in top:  # most likely first: of tokens with the same text, the likeliest is kept
+        out.setdefault(token_text(token_id), logprob)
+    return out

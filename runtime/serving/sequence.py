@@ -6,8 +6,11 @@ or the last token when only one is left: a decode), so a preempted sequence is r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence as Seq
+
+import numpy as np
+from collections.abc import Callable, Mapping, Sequence as Seq
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..sampler import Sampler, SamplingParams
 from ..tokenizer import StreamDecoder, Tokenizer
@@ -26,6 +29,16 @@ class Output:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per id in token_ids, when the request asked for them
+
+
+@dataclass
+class TokenLogprob:
+    """A sampled token's log-probability under the model (after logit_bias, before temperature and the cuts),
+    and the `top` most likely tokens' (id, log-probability), most likely first."""
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass
@@ -36,6 +49,11 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: Seq[str] = ()
     stop_token_ids: Seq[int] = ()
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k most likely
+    logit_bias: Mapping[int, float] | None = None  # added to the logits before sampling
+    follows: str | None = None  # a request with the same prompt (n > 1): start from its pages once it is prefilled
+    constraint: Any = None  # grammar.Constraint: structured output
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
 
 
 class Sequence:
@@ -48,7 +66,7 @@ class Sequence:
         self.computed = 0
         self.state = WAITING
         self.sampler = Sampler(request.sampling, prompt=request.prompt)
-        self.stops = set(eos) | set(request.stop_token_ids)
+        self.stops = (set() if request.ignore_eos else set(eos)) | set(request.stop_token_ids)
         self.stop_strings = [s for s in request.stop if s]
         self.context_length = context_length
         self.detok: StreamDecoder | None = tokenizer.stream_decoder() if tokenizer is not None else None
@@ -58,6 +76,12 @@ class Sequence:
         self.arrival = time.perf_counter()
         self.first_token_at: float | None = None
         self.finish_reason: str | None = None
+        self._logprobs: list[TokenLogprob] | None = [] if request.logprobs is not None else None
+        self.bias = None  # logit_bias as (ids, values) arrays
+        if request.logit_bias:
+            self.bias = (np.fromiter(request.logit_bias.keys(), np.int64), np.fromiter(request.logit_bias.values(),
+                                                                                     np.float32))
+        self.leader: Sequence | None = None  # the sequence of request.follows, when it was in flight
         self.final: Output | None = None  # the last output: the engine sends it once the pages are free
 
     @property
@@ -69,7 +93,7 @@ class Sequence:
         """Tokens still to feed before the next sample."""
         return len(self.tokens) - self.computed
 
-    def add_token(self, token: int) -> None:
+    def add_token(self, token: int, logprob: TokenLogprob | None = None) -> None:
         """A sampled token: record it, stream what text is final, finish on EOS / stop string / length."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
@@ -77,6 +101,8 @@ class Sequence:
             self._finish("stop", [])
             return
         self.tokens.append(token)
+        if self._logprobs is not None and logprob is not None:
+            self._logprobs.append(logprob)
         if self.detok is not None:
             self.text += self.detok.push(token)
         if self.stop_strings and (cut := self._find_stop()) is not None:
@@ -92,6 +118,13 @@ class Sequence:
         self._emit(self.text[self.sent : safe], [token], None)
         self.sent = max(self.sent, safe)
 
+    def grammar_done(self) -> None:
+        """The grammar allows nothing more: the output is complete."""
+        if self.finish_reason is None:
+            if self.detok is not None:
+                self.text += self.detok.flush()
+            self._finish("stop", [])
+
     def abort(self, reason: str = "abort", error: str | None = None) -> None:
         if self.finish_reason is None:
             self.finish_reason = reason
@@ -105,7 +138,10 @@ class Sequence:
         self.sent = len(self.text)
 
     def _emit(self, text: str, ids: list[int], reason: str | None, error: str | None = None) -> None:
-        out = Output(self.request.request_id, text, ids, reason, self.prompt_len, self.generated, error)
+        logprobs = None
+        if self._logprobs is not None:
+            logprobs, self._logprobs = self._logprobs, []
+        out = Output(self.request.request_id, text, ids, reason, self.prompt_len, self.generated, error, logprobs)
         if reason is None:
             self.sink(out)
         else:

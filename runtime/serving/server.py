@@ -24,8 +24,9 @@ from starlette.routing import Route
 from ...errors import EmberError
 from .async_engine import AsyncEngine, QueueFull
 from .metrics import Metrics
-from .openai_api import BadRequest, Parsed, choice, completion_object, parse, usage
+from .openai_api import BadRequest, Parsed, choice, completion_object, logprobs_object, parse, usage
 from .sequence import Output
+from .tools import call_schema, parse_tool_calls, prompt_with_tools
 
 MAX_BODY = 4 << 20  # bytes
 RETRY_AFTER_S = 1
@@ -80,7 +81,13 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
             raise BadRequest(f"the model '{parsed.model}' does not exist; this server serves '{name}'", "model",
                              status=404, kind="not_found_error")
         try:
-            prompt = engine.encode_chat(parsed.prompt) if chat else parsed.prompt
+            if chat and parsed.tool_choice.mode != "none":
+                if tok is None:
+                    raise BadRequest(f"artifact {name} has no tokenizer, so it cannot chat", "messages")
+                text = prompt_with_tools(tok, parsed.prompt, parsed.tools)
+                prompt = tok.encode(text, add_bos=False)
+            else:
+                prompt = engine.encode_chat(parsed.prompt) if chat else parsed.prompt
             ids, max_tokens = engine.check_request(prompt, parsed.max_tokens)
         except EmberError as err:
             raise BadRequest(str(err), "messages" if chat else "prompt") from None
@@ -91,10 +98,22 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                              headers={"Retry-After": str(RETRY_AFTER_S)})
         return ids, max_tokens
 
+    tok = engine.engine.tokenizer
+
+    def token_text(token_id: int) -> str:
+        return tok.decode([token_id], skip_special_tokens=False) if tok is not None else str(token_id)
+
     def streams(parsed: Parsed, ids: list[int], max_tokens: int, rid: str) -> list[AsyncIterator[Output]]:
-        """The n requests of one call, submitted now; if one is refused, those before it are aborted."""
+        """The n requests of one call, submitted now; if one is refused, those before it are aborted. The
+        choices after the first fork the first one's prompt pages once it is computed."""
         from dataclasses import replace
 
+        if parsed.tool_choice.mode == "required":  # the reply is a call: its JSON follows the tools' schemas
+            constraint = engine.constraint({"type": "json_schema", "json_schema": {
+                "name": "tool_call", "schema": call_schema(parsed.tools, parsed.tool_choice.name)}})
+        else:
+            constraint = engine.constraint(parsed.response_format) if parsed.response_format else None
+        bias = engine.check_logit_bias(parsed.logit_bias)
         out: list[AsyncIterator[Output]] = []
         try:
             for i in range(parsed.n):
@@ -102,7 +121,9 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                 if sampling.seed is not None and i:  # the choices of one seeded request differ from each other
                     sampling = replace(sampling, seed=sampling.seed + i)
                 out.append(engine.generate(ids, max_tokens=max_tokens, sampling=sampling, stop=parsed.stop,
-                                           request_id=f"{rid}-{i}"))
+                                           request_id=f"{rid}-{i}", logprobs=parsed.logprobs, logit_bias=bias,
+                                           constraint=constraint.copy() if constraint is not None else None,
+                                           follows=f"{rid}-0" if i else None, ignore_eos=parsed.ignore_eos))
         except BaseException:
             for i in range(len(out)):
                 engine.core.abort(f"{rid}-{i}")
@@ -124,10 +145,20 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         except BadRequest as err:
             return error_response(err)
         if parsed.stream:
-            return StreamingResponse(sse(rid, chat, gens, len(ids)), media_type="text/event-stream",
+            return StreamingResponse(sse(rid, chat, gens, len(ids), parsed), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
+        work = asyncio.ensure_future(asyncio.gather(*(collect(g) for g in gens)))
+        gone = asyncio.ensure_future(disconnected(request))
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():  # the client went away: cancelling the collectors aborts its sequences now
+            work.cancel()
+            for i in range(parsed.n):
+                engine.core.abort(f"{rid}-{i}")
+            await asyncio.gather(work, return_exceptions=True)
+            return Response(status_code=499)
+        gone.cancel()
         try:
-            results = await asyncio.gather(*(collect(g) for g in gens))
+            results = work.result()
         except QueueFull as err:
             return error_response(BadRequest(str(err), status=429, kind="rate_limit_error",
                                              headers={"Retry-After": str(RETRY_AFTER_S)}))
@@ -137,20 +168,41 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         if any(r[1] == "abort" for r in results):
             return error_response(BadRequest("the server is shutting down", status=503, kind="server_error",
                                              headers={"Retry-After": str(RETRY_AFTER_S)}))
-        choices = [choice(i, text, FINISH.get(reason), chat, delta=False)
-                   for i, (text, reason, _, _) in enumerate(results)]
+        choices = []
+        for i, (text, reason, _, _, lps) in enumerate(results):
+            calls = calls_in(parsed, text, reason)
+            choices.append(choice(i, None if calls else text, "tool_calls" if calls else FINISH.get(reason), chat,
+                                  delta=False, tool_calls=calls,
+                                  logprobs=None if parsed.logprobs is None else logprobs_object(lps, token_text, chat)))
         return JSONResponse(completion_object(rid, name, chat, choices,
                                               usage(len(ids), sum(r[2] for r in results))))
 
-    async def collect(gen: AsyncIterator[Output]) -> tuple[str, str | None, int, str | None]:
-        text, last = [], None
+    def calls_in(parsed: Parsed, text: str, reason: str | None) -> list[dict] | None:
+        if parsed.tool_choice.mode == "none" or reason != "stop" or not parsed.tools:
+            return None
+        return parse_tool_calls(text, parsed.tools)
+
+    async def disconnected(request: Request) -> None:
+        """Returns when the client closes the connection (the body has been read: only a disconnect is left)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def collect(gen: AsyncIterator[Output]) -> tuple[str, str | None, int, str | None, list]:
+        text, last, logprobs = [], None, []
         async for out in gen:
             text.append(out.text)
+            logprobs += out.logprobs or []
             last = out
         assert last is not None
-        return "".join(text), last.finish_reason, last.completion_tokens, last.error
+        return "".join(text), last.finish_reason, last.completion_tokens, last.error, logprobs
 
-    async def sse(rid: str, chat: bool, gens: list[AsyncIterator[Output]], prompt_tokens: int) -> AsyncIterator[str]:
+    async def sse(rid: str, chat: bool, gens: list[AsyncIterator[Output]], prompt_tokens: int,
+                  parsed: Parsed) -> AsyncIterator[str]:
+        """Chunks as the tokens come; with tools, each choice's reply is held to its end, then sent as a call
+        (finish_reason "tool_calls") or as text."""
+        want_logprobs = parsed.logprobs is not None
+        hold = chat and parsed.tool_choice.mode != "none"
+        held = [""] * len(gens)
         merged: asyncio.Queue[tuple[int, Output | BaseException]] = asyncio.Queue()
 
         async def pump(i: int, gen: AsyncIterator[Output]) -> None:
@@ -163,6 +215,7 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
 
         tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
         left, completion, first = len(gens), 0, [True] * len(gens)
+        offsets = [0] * len(gens)
         try:
             while left:
                 i, out = await merged.get()
@@ -178,8 +231,22 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                         yield event({"error": {"message": out.error, "type": "server_error", "param": None,
                                                "code": None}})
                         continue
-                if out.text or out.finish_reason is not None or (chat and first[i]):
-                    c = choice(i, out.text, FINISH.get(out.finish_reason or ""), chat, delta=True, first=first[i])
+                if hold:
+                    held[i] += out.text
+                    if out.finish_reason is None:
+                        continue
+                    calls = calls_in(parsed, held[i], out.finish_reason)
+                    yield event(completion_object(rid, name, chat, [choice(
+                        i, None if calls else held[i], "tool_calls" if calls else FINISH.get(out.finish_reason),
+                        chat, delta=True, first=True, tool_calls=calls)], None, chunk=True))
+                    continue
+                # without a tokenizer there is no text: a chunk per step still shows the tokens coming
+                if out.text or out.logprobs or out.finish_reason is not None or (chat and first[i]) or (
+                        tok is None and out.token_ids):
+                    lp = logprobs_object(out.logprobs or [], token_text, chat, offsets[i]) if want_logprobs else None
+                    offsets[i] += len(out.text)
+                    c = choice(i, out.text, FINISH.get(out.finish_reason or ""), chat, delta=True, first=first[i],
+                               logprobs=lp)
                     first[i] = False
                     yield event(completion_object(rid, name, chat, [c], None, chunk=True))
             yield event(completion_object(rid, name, chat, [], usage(prompt_tokens, completion), chunk=True))

@@ -75,3 +75,56 @@ def test_served_chat_through_the_openai_client_answers_paris(engine):
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
             reply.choices[0].message.content
         assert served.stats()["kv_pages_used"] == 0
+
+
+def test_shared_system_prompt_is_computed_once(engine):
+    """Two chats with one ~200-token system prompt: the second forks the first's pages, so its time to first
+    token is much lower, and its answer is the one computed without the cache."""
+    import asyncio
+    import time
+
+    from ember.runtime.serving.async_engine import AsyncEngine
+
+    system = "You are a careful assistant. " + " ".join(
+        f"Rule {i}: answer briefly, name the source, and never guess about topic {i}." for i in range(10))
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": q}]
+             for q in ("What is the capital of France?", "What is the capital of Italy?")]
+
+    async def first_token(served, ids):
+        start, ttft, out = time.perf_counter(), None, []
+        async for chunk in served.generate(ids, max_tokens=12, temperature=0):
+            ttft = ttft or (time.perf_counter() - start if chunk.token_ids else None)
+            out += chunk.token_ids
+        return ttft, out
+
+    with AsyncEngine.load(engine.artifact.path, max_seqs=2, context_length=512) as served:
+        ids = [served.encode_chat(c) for c in chats]
+        assert len(ids[0]) > 200
+        (cold, _), (warm, answer) = (asyncio.run(first_token(served, i)) for i in ids)
+        hit = served.stats()["prefix_cache_hit_tokens"]
+    alone = engine.generate(ids[1], max_tokens=12, temperature=0).token_ids
+    print(f"prefix cache: TTFT {cold:.3f} s cold, {warm:.3f} s with {hit} of {len(ids[1])} prompt tokens cached")
+    assert hit >= len(ids[0]) - 12 and answer == alone
+    assert warm < 0.5 * cold
+
+
+def test_served_tool_call_follows_the_tools_schema(engine):
+    openai = pytest.importorskip("openai")
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("llguidance")
+    import json
+
+    from ember.runtime.serving.background import running_server
+
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                       "required": ["city"], "additionalProperties": False}}}
+    with running_server(engine.artifact.path, max_seqs=2, context_length=512) as (url, served):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+        got = client.chat.completions.create(
+            model=served.name, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+            tools=[weather], tool_choice="required", max_tokens=30, temperature=0)
+    c = got.choices[0]
+    assert c.finish_reason == "tool_calls" and c.message.tool_calls[0].function.name == "get_weather"
+    jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments), weather["function"]["parameters"])

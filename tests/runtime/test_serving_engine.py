@@ -117,3 +117,23 @@ def test_scheduler_admits_under_pages_and_budget():
     assert [(s.seq_id, n) for s, n in plan.prefill] == [(0, 30), (1, 10)]
     assert sched.used_pages == 4 and list(sched.waiting) == [seqs[2]]
     assert pages_for(32, 16) == 2 and pages_for(33, 16) == 3
+
+
+def test_kv_cache_sized_from_free_memory(tiny):
+    from ember.runtime.artifact import read_manifest
+    from ember.runtime.serving.memory import kv_bytes_per_token, kv_tokens_from_memory
+
+    kv = read_manifest(tiny.path).kv_cache
+
+    class Device:
+        available_global_memory = 64 * kv_bytes_per_token(kv) * 10  # 640 tokens' worth
+
+    assert kv_tokens_from_memory(kv, Device(), 0.5, 64, most=10_000) == 320
+    assert kv_tokens_from_memory(kv, Device(), 1.0, 64, most=128) == 128
+    with pytest.raises(InputError, match="fewer than one sequence of 64 tokens"):
+        kv_tokens_from_memory(kv, Device(), 0.05, 64, most=10_000)
+    with pytest.raises(InputError, match="gpu_memory_utilization"):
+        kv_tokens_from_memory(kv, Device(), 1.5, 64, most=10_000)
+    with AsyncEngine.load(tiny.path, max_seqs=3, memory_utilization=0.5) as engine:  # host memory: capped
+        assert engine.stats()["kv_pages_total"] == 2 * 3 * 64 // 16  # 3 running + 3 cached full contexts
+        assert run(engine.complete("hello", max_tokens=3)).completion_tokens == 3

@@ -151,40 +151,53 @@ def test_metrics(server, client):
     text = httpx.get(server[0] + "/metrics").text
     for name in ("ember_queue_depth", "ember_running_sequences", "ember_kv_pages_used",
                  "ember_time_to_first_token_seconds_bucket", "ember_time_per_output_token_seconds_bucket",
-                 "ember_generation_tokens_total"):
+                 "ember_generation_tokens_total", "ember_kv_pages_cached", "ember_prefix_cache_hit_tokens"):
         assert name in text
     assert "ember_kv_pages_total 32.0" in text
 
 
-def test_load_more_streams_than_the_cache_holds(tiny):
-    """64 concurrent streams, 8 sequences at a time, a KV cache of 6 pages (2 full contexts), a queue of 40:
-    every request completes with all its tokens or gets a 429, and the pages come back."""
+def test_load_256_streams_against_a_cache_that_holds_few(tiny):
+    """256 concurrent streams, 16 sequences at a time, a KV cache of 16 pages (4 full contexts), a queue of 160:
+    every request completes with all its tokens or gets a 429 with Retry-After, and the pages come back.
+    Prints p50/p99 time to first token and the total tokens/s."""
+    import time
+
     async def one(client, i):
+        start = time.perf_counter()
         try:
-            stream = await client.completions.create(model="tiny-llama", prompt=[0, 3 + i, 4 + i], max_tokens=30,
-                                                     temperature=0, stream=True)
-        except openai.RateLimitError as err:
-            assert err.response.headers["retry-after"] == "1"
+            stream = await client.completions.create(model="tiny-llama", prompt=[0, 3 + i % 300, 4 + i % 290],
+                                                     max_tokens=30, temperature=0, stream=True)
+        except (openai.RateLimitError, openai.InternalServerError) as err:
+            assert err.status_code in (429, 503) and err.response.headers["retry-after"] == "1"
             return None
-        text, finish = 0, None
+        tokens, finish, first, text = 0, None, None, ""
         async for chunk in stream:
             for c in chunk.choices:
                 finish = c.finish_reason or finish
+                text += c.text
+                if first is None and c.text:
+                    first = time.perf_counter() - start
             if chunk.usage is not None:
-                text = chunk.usage.completion_tokens
-        return text, finish
+                tokens = chunk.usage.completion_tokens
+        return tokens, finish, first, text
 
     async def main(url):
-        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
-        return await asyncio.gather(*(one(client, i) for i in range(64)))
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(client, i) for i in range(256)))
+        return results, time.perf_counter() - start
 
-    with running_server(tiny.path, max_seqs=8, max_queue=40, kv_tokens=96) as (url, engine):
-        results = asyncio.run(main(url))
+    with running_server(tiny.path, max_seqs=16, max_queue=160, kv_tokens=256) as (url, engine):
+        results, wall = asyncio.run(main(url))
         stats = engine.stats()
     done = [r for r in results if r is not None]
-    print(f"load: {len(done)} of 64 completed, {64 - len(done)} got 429")
-    assert len(done) >= 40
-    for tokens, finish in done:
+    ttft = sorted(r[2] for r in done if r[2] is not None)
+    tokens = sum(r[0] for r in done)
+    print(f"load: {len(done)} of 256 completed, {256 - len(done)} got 429; TTFT p50 {ttft[len(ttft) // 2]:.3f} s "
+          f"p99 {ttft[int(len(ttft) * 0.99)]:.3f} s; {tokens} tokens in {wall:.1f} s = {tokens / wall:.0f} tok/s; "
+          f"{stats['preempted']} preemptions")
+    assert len(done) >= 160
+    for tokens, finish, _, text in done:
         assert finish in ("stop", "length") and (finish == "stop" or tokens == 30)
     assert stats["kv_pages_used"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
     assert stats["preempted"] > 0  # the cache was too small for the batch: sequences were recomputed
@@ -214,7 +227,18 @@ def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
             raise AssertionError(f"ember serve did not come up: {proc.stderr.read() if proc.poll() is not None else ''}")
         got = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}, timeout=30).json()
         assert got["usage"]["completion_tokens"] >= 1
-        proc.send_signal(signal.SIGTERM)
+        # SIGTERM mid-stream: the stream still ends properly, new connections are refused, the exit status is 0
+        with httpx.stream("POST", url + "/v1/completions", json={"prompt": "hello", "max_tokens": 40,
+                                                                  "temperature": 0, "stream": True}, timeout=30) as r:
+            lines = r.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith("data:")]
+        assert rest[-1] == "data: [DONE]" and '"usage"' in rest[-2]
+        with pytest.raises(httpx.HTTPError):
+            for _ in range(100):  # the listening socket closes once the signal is handled
+                httpx.get(url + "/health", timeout=1)
+                time.sleep(0.05)
         assert proc.wait(timeout=90) == 0
     finally:
         if proc.poll() is None:
@@ -222,3 +246,167 @@ def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
             proc.wait()
     _, err = proc.communicate()
     assert f"http://127.0.0.1:{port}/v1" in err
+
+
+def test_logprobs_in_both_formats_match_the_greedy_choice(client):
+    got = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=6, temperature=0, logprobs=3)
+    lp = got.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == got.usage.completion_tokens
+    assert "".join(lp.tokens) == got.choices[0].text
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert value <= 0 and 1 <= len(top) <= 3  # tokens that decode to the same text share a key
+        assert max(top.values()) == pytest.approx(value)  # greedy: the chosen token is the most likely
+    chat = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens and all(len(c.top_logprobs) == 2 for c in content)
+    assert all(c.logprob == pytest.approx(c.top_logprobs[0].logprob) for c in content)
+    streamed = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=5, temperature=0, logprobs=True, top_logprobs=2, stream=True)
+    entries = [e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in entries] == [c.token for c in content]
+
+
+def test_logit_bias_forces_a_token_and_unknown_fields_are_ignored(server, client):
+    forced = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=5, temperature=0,
+                                       logit_bias={"100": 100}, extra_body={"some_future_field": {"x": 1}})
+    assert forced.usage.completion_tokens == 5
+    eos = str(server[1].engine.eos_token_ids[0])
+    stopped = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=5, temperature=0,
+                                        logit_bias={eos: 100})
+    assert stopped.usage.completion_tokens == 0 and stopped.choices[0].finish_reason == "stop"
+    ignored = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=5, temperature=0,
+                                        logit_bias={eos: 100}, extra_body={"ignore_eos": True})
+    assert ignored.usage.completion_tokens == 5 and ignored.choices[0].finish_reason == "length"
+    r = httpx.post(server[0] + "/v1/completions", json={"prompt": [0, 5, 6], "max_tokens": 4, "temperature": 0,
+                                                        "logit_bias": {"100": 100}, "logprobs": 0}).json()
+    assert r["choices"][0]["logprobs"]["top_logprobs"] == [{}] * 4
+    bad = [({"logit_bias": {"abc": 1}}, "logit_bias"), ({"logit_bias": {"5": 300}}, "logit_bias"),
+           ({"logit_bias": [1]}, "logit_bias"), ({"logprobs": 50}, "logprobs"), ({"user": 5}, "user"),
+           ({"response_format": "json"}, "response_format"), ({"stream_options": {"include_usage": "y"}}, None),
+           ({"response_format": {"type": "yaml"}}, None)]
+    for extra, param in bad:
+        r = httpx.post(server[0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, **extra})
+        assert r.status_code == 400, (extra, r.text)
+        if param:
+            assert param in r.json()["error"]["message"]
+
+
+def test_json_schema_output_parses_and_validates(client):
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("llguidance")
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
+              "required": ["answer", "sure"], "additionalProperties": False}
+    for seed in range(4):
+        got = client.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "yes?"}], max_tokens=40, temperature=1.0,
+            seed=seed, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+        assert got.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(got.choices[0].message.content), schema)
+    obj = client.completions.create(model="tiny-llama", prompt="{", max_tokens=40, temperature=0,
+                                    extra_body={"response_format": {"type": "json_object"}})
+    if obj.choices[0].finish_reason == "stop":  # a random model may write a long object: only a whole one parses
+        assert isinstance(json.loads(obj.choices[0].text), dict)
+    else:
+        assert obj.choices[0].text.startswith("{")
+
+
+def test_n_choices_fork_the_first_ones_prompt(server, client):
+    url, engine = server
+    before = engine.stats()["prefix_cache_hits"]
+    many = client.completions.create(model="tiny-llama", prompt=[0] + list(range(40, 70)), max_tokens=8,
+                                     temperature=1.0, seed=3, n=4)
+    assert len({c.text for c in many.choices}) > 1
+    assert engine.stats()["prefix_cache_hits"] - before >= 3
+    alone = [client.completions.create(model="tiny-llama", prompt=[0] + list(range(40, 70)), max_tokens=8,
+                                       temperature=1.0, seed=3 + i).choices[0].text for i in range(4)]
+    assert [c.text for c in many.choices] == alone
+
+
+def test_a_client_gone_mid_request_frees_its_sequence_within_a_step(tiny):
+    """Streaming or not: once the client closes the connection, the sequence leaves the engine by the next step
+    (each decode step is slowed to 50 ms here so the request is surely still generating)."""
+    import time
+
+    with running_server(tiny.path, max_seqs=2, prefix_cache=False) as (url, engine):
+        decode = engine.runner.decode
+
+        def slow_decode(*args, **kwargs):
+            time.sleep(0.05)
+            return decode(*args, **kwargs)
+
+        engine.runner.decode = slow_decode
+        body = {"prompt": "hello", "max_tokens": 50, "temperature": 0}
+        for stream in (True, False):
+            generated = engine.stats()["generated_tokens"]
+            try:
+                with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": stream},
+                                  timeout=0.5) as r:
+                    for line in r.iter_lines():
+                        if line.startswith("data:"):
+                            break
+            except httpx.ReadTimeout:
+                assert not stream
+            steps = engine.core.stats.steps  # the connection is closed now
+            deadline = time.time() + 5
+            while time.time() < deadline and engine.stats()["running"]:
+                time.sleep(0.005)
+            assert engine.stats()["running"] == 0 and engine.stats()["kv_pages_used"] == 0
+            assert engine.core.stats.steps - steps <= 2
+            assert engine.stats()["generated_tokens"] - generated < 30
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]},
+                                                    "celsius": {"type": "boolean"}},
+                   "required": ["city", "celsius"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}}, "required": ["zone"],
+    "additionalProperties": False}}}
+
+
+def test_tool_calls_parse_from_replies_and_the_call_schema_constrains_them():
+    from ember.runtime.serving.tools import call_schema, parse_tool_calls, template_messages
+
+    tools = [WEATHER, TIME]
+    bare = parse_tool_calls('{"name": "get_time", "arguments": {"zone": "utc"}}', tools)
+    assert bare[0]["function"] == {"name": "get_time", "arguments": '{"zone": "utc"}'}
+    tagged = parse_tool_calls('<tool_call>{"name": "get_weather", "parameters": {"city": "Rome"}}</tool_call>\n'
+                              '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>', tools)
+    assert [c["function"]["name"] for c in tagged] == ["get_weather", "get_time"]
+    assert parse_tool_calls("it is sunny", tools) is None
+    assert parse_tool_calls('{"name": "unknown", "arguments": {}}', tools) is None
+    assert call_schema(tools, "get_time")["properties"]["name"] == {"const": "get_time"}
+    assert len(call_schema(tools, None)["anyOf"]) == 2
+    history = template_messages([{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "cet"}'}}]}])
+    assert history[0]["content"] == "" and history[0]["tool_calls"][0]["arguments"] == {"zone": "cet"}
+
+
+def test_tool_arguments_are_checked(client):
+    for tools, choice in (([{"type": "function"}], "auto"), ([WEATHER], "sometimes"),
+                          ([WEATHER], {"type": "function", "function": {"name": "nope"}})):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}],
+                                           tools=tools, tool_choice=choice, max_tokens=3)
+    text = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}],
+                                          tools=[WEATHER], tool_choice="none", max_tokens=3, temperature=0)
+    assert text.choices[0].message.tool_calls is None
+
+
+def test_an_artifact_without_a_tokenizer_streams_a_chunk_per_token(tiny):
+    from starlette.testclient import TestClient
+
+    from ember.runtime.serving.async_engine import AsyncEngine
+    from ember.runtime.serving.server import create_app
+
+    with AsyncEngine.load(tiny.path, max_seqs=2) as engine:
+        engine.engine.tokenizer = engine.core.tokenizer = None  # as a random-weight benchmark build
+        with TestClient(create_app(engine)) as http:
+            with http.stream("POST", "/v1/completions", json={"prompt": [0, 5, 6], "max_tokens": 6,
+                                                               "temperature": 0, "ignore_eos": True,
+                                                               "stream": True}) as r:
+                chunks = [json.loads(line[6:]) for line in r.iter_lines()
+                          if line.startswith("data: {")]
+    assert len([c for c in chunks if c["choices"]]) == 6 and chunks[-1]["usage"]["completion_tokens"] == 6
