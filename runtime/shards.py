@@ -87,3 +87,62 @@ class Shard:
             return np.empty(shape, dtype)
         flat = np.frombuffer(self._map, dtype=dtype, count=count, offset=self._start + offsets[0])
         return flat.reshape(shape)
+
+
+# ember/TVM dtype name -> (safetensors code, bytes per element)
+_CODES = {name: (code, np.dtype(view or "uint8").itemsize if view else 1) for code, (name, view) in DTYPES.items()}
+
+
+def tensor_nbytes(shape: list[int], dtype: str) -> int:
+    if dtype not in _CODES:
+        raise ArtifactError(f"dtype {dtype} cannot be stored in a safetensors shard")
+    return int(np.prod(shape, dtype=np.int64)) * _CODES[dtype][1]
+
+
+class ShardWriter:
+    """Writes one safetensors file a tensor at a time: the header is made from the planned (name, shape, dtype)
+    list first, then each tensor's bytes are appended as it comes, so no more than one tensor is ever held.
+    The layout is the format's: an 8-byte header length, the JSON header padded with spaces to 8 bytes, the
+    data in header order with no gaps (tensors in the order they are planned)."""
+
+    def __init__(self, path: str | os.PathLike, planned: list[tuple[str, list[int], str]]) -> None:
+        self.path = Path(path)
+        header: dict[str, Any] = {}
+        offset = 0
+        self._expected: list[tuple[str, int]] = []
+        for name, shape, dtype in planned:
+            if dtype not in _CODES:
+                raise ArtifactError(f"{self.path}: tensor {name} has dtype {dtype}, which safetensors cannot hold")
+            nbytes = tensor_nbytes(shape, dtype)
+            code = _CODES[dtype][0]
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._expected.append((name, nbytes))
+            offset += nbytes
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        self._handle = open(self.path, "wb")
+        self._handle.write(len(text).to_bytes(8, "little") + text)
+        self._next = 0
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        expected_name, nbytes = self._expected[self._next]
+        if name != expected_name or array.nbytes != nbytes:
+            raise ArtifactError(f"{self.path}: tensor {name} ({array.nbytes} bytes) is not the planned "
+                                f"{expected_name} ({nbytes} bytes)")
+        self._handle.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        self._next += 1
+
+    def close(self) -> None:
+        missing = [name for name, _ in self._expected[self._next:]]
+        self._handle.close()
+        if missing:
+            raise ArtifactError(f"{self.path}: closed before tensors {missing[:3]} were written")
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._handle.close()
