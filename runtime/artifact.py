@@ -201,6 +201,8 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: not a manifest (JSON nested too deeply)") from None
     if not isinstance(raw, dict):
         raise ArtifactError(f"{path}: malformed manifest (not a JSON object)")
     sealed = raw.get("manifest_sha256")

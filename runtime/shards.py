@@ -7,6 +7,7 @@ Everything is checked against the file's size before a view is made: a damaged s
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 from pathlib import Path
@@ -41,6 +42,8 @@ class Shard:
                     raise self._unreadable(f"header length {length} does not fit a {size}-byte file")
                 header = json.loads(handle.read(length))
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except RecursionError:
+            raise self._unreadable("its JSON header is nested too deeply") from None
         except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
             raise self._unreadable(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
         if not isinstance(header, dict):
@@ -60,7 +63,8 @@ class Shard:
         entry = self._entries[name]
         code = entry.get("dtype") if isinstance(entry, dict) else None
         shape = entry.get("shape") if isinstance(entry, dict) else None
-        if code not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if (not isinstance(code, str) or code not in DTYPES or not isinstance(shape, list)
+                or not all(type(d) is int and d >= 0 for d in shape)):
             raise ArtifactError(f"{self.path}: tensor {name} has a malformed header entry {entry!r}")
         return DTYPES[code][0], list(shape)
 
@@ -75,8 +79,8 @@ class Shard:
         else:
             dtype = np.dtype(view_dtype)
         offsets = self._entries[name].get("data_offsets")
-        count = int(np.prod(shape, dtype=np.int64))
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+        count = math.prod(shape)  # exact: numpy's int64 product wraps around on lying shapes
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= self._data_size
                 and offsets[1] - offsets[0] == count * dtype.itemsize):  # fmt: skip
             raise ArtifactError(
@@ -96,7 +100,7 @@ _CODES = {name: (code, np.dtype(view or "uint8").itemsize if view else 1) for co
 def tensor_nbytes(shape: list[int], dtype: str) -> int:
     if dtype not in _CODES:
         raise ArtifactError(f"dtype {dtype} cannot be stored in a safetensors shard")
-    return int(np.prod(shape, dtype=np.int64)) * _CODES[dtype][1]
+    return math.prod(int(d) for d in shape) * _CODES[dtype][1]
 
 
 class ShardWriter:
