@@ -165,9 +165,68 @@ class Manifest:
                 verification = {k: v for k, v in verification.items() if k != "seconds"}  # format 1 recorded it
             data["verification"] = VerificationInfo(**verification) if verification else None
             data["build"] = BuildInfo(**raw["build"]) if raw.get("build") else None
-            return cls(**data)
+            manifest = cls(**data)
         except (KeyError, TypeError, AttributeError) as err:
             raise ArtifactError(f"{source}: malformed manifest ({err})") from None
+        problem = _type_problem(manifest, "")
+        if problem is not None:
+            raise ArtifactError(f"{source}: malformed manifest ({problem})")
+        return manifest
+
+
+def _type_problem(value: Any, where: str, hint: Any = None) -> str | None:
+    """None if `value` has the type its dataclass field declares (recursively), else what is wrong and where: the
+    runtime then trusts the manifest's types (a sealed manifest can still be written by anyone)."""
+    import dataclasses
+    import types
+    import typing
+
+    if hint is None and dataclasses.is_dataclass(value):
+        hints = typing.get_type_hints(type(value))
+        for f in dataclasses.fields(value):
+            problem = _type_problem(getattr(value, f.name), f"{where}{f.name}", hints[f.name])
+            if problem is not None:
+                return problem
+        return None
+    if hint is Any or hint is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if any(_type_problem(value, where, option) is None for option in options):
+            return None
+        return f"{where} has an unexpected type {type(value).__name__}"
+    if hint is type(None):
+        return None if value is None else f"{where} must be null"
+    if dataclasses.is_dataclass(hint):
+        return _type_problem(value, where + ".") if isinstance(value, hint) else f"{where} must be an object"
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{where} must be a list"
+        (item,) = typing.get_args(hint)
+        for i, element in enumerate(value):
+            problem = _type_problem(element, f"{where}[{i}]", item)
+            if problem is not None:
+                return problem
+        return None
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"{where} must be an object"
+        key_type, value_type = typing.get_args(hint)
+        for key, element in value.items():
+            if not isinstance(key, key_type):
+                return f"{where} has a key that is not a {key_type.__name__}"
+            problem = _type_problem(element, f"{where}[{key!r}]", value_type)
+            if problem is not None:
+                return problem
+        return None
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    return None if ok else f"{where} must be {getattr(hint, '__name__', hint)}, got {type(value).__name__}"
 
 
 def check_format(raw: dict[str, Any], source: str) -> None:

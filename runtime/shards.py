@@ -30,6 +30,11 @@ DTYPES: dict[str, tuple[str, str | None]] = {
 }  # fmt: skip
 
 
+def shown(name: str) -> str:
+    """A tensor name as error lines print it: as is, or quoted when it holds a newline or other control."""
+    return name if name.isprintable() else repr(name)
+
+
 class Shard:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -65,7 +70,7 @@ class Shard:
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if (not isinstance(code, str) or code not in DTYPES or not isinstance(shape, list)
                 or not all(type(d) is int and d >= 0 for d in shape)):
-            raise ArtifactError(f"{self.path}: tensor {name} has a malformed header entry {entry!r}")
+            raise ArtifactError(f"{self.path}: tensor {shown(name)} has a malformed header entry {entry!r}")
         return DTYPES[code][0], list(shape)
 
     def array(self, name: str) -> np.ndarray:
@@ -84,7 +89,7 @@ class Shard:
                 and 0 <= offsets[0] <= offsets[1] <= self._data_size
                 and offsets[1] - offsets[0] == count * dtype.itemsize):  # fmt: skip
             raise ArtifactError(
-                f"{self.path}: tensor {name} has data offsets {offsets} that do not fit its shape {shape} "
+                f"{self.path}: tensor {shown(name)} has data offsets {offsets} that do not fit its shape {shape} "
                 f"{dtype_name} in {self._data_size} bytes of data"
             )
         if count == 0:
