@@ -211,8 +211,8 @@ def _write_weights(module: Module, params: list[art.ParamInfo], source: ModelSou
         info.file = f"{art.PARAMS_DIR}/params-{len(shards) - 1:05d}.safetensors"
     done = 0
     for members in filter(None, shards):
-        # widest elements first (stable): every tensor's offset is then a multiple of its element size
-        members.sort(key=lambda info: -tensor_nbytes([1], info.dtype))
+        # manifest order: weights that share a source (tied embeddings) are materialized one after the other, so
+        # the source's packing is made once
         planned = [(info.name, info.shape, info.dtype) for info in members]
         with ShardWriter(folder / members[0].file, planned) as writer:
             for info in members:
