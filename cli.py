@@ -2,6 +2,10 @@
 and `ember compile --target cuda` prepares the CUDA build process before anything imports tvm."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
 
 import click
 
@@ -61,9 +65,30 @@ def compile_command(model: str, target: str, quant: str | None, dtype: str | Non
                              random_weights=random_weights, print_after=set(print_after), cuda_graph=cuda_graph,
                              force=force)
     check_request(request).prepare_process()  # arguments first: a typo fails before any toolchain work
-    with console_stage() as stage:
+    with _sigterm_cleans_up(), console_stage() as stage:
         path = compile_model(request, stage)
     click.echo(str(path))
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up() -> Iterator[None]:
+    """While compiling, SIGTERM deletes the artifact's temporary folder and lock, says so and exits 143 (without
+    this, Python's default action ends the process where it stands and leaves them; SIGKILL still does, and the
+    next compile removes them). The handler runs between Python bytecodes, so inside one long native call (TVM's
+    build) it waits for that call to return, or for the next Python callback (the nvcc hook)."""
+    from .runtime.artifact import abandon_active_writers
+
+    def handler(signum: int, _frame: object) -> None:
+        abandon_active_writers()
+        click.echo("error: terminated (SIGTERM); the compile's temporary folder was removed, nothing was written",
+                   err=True)
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @cli.command("models")

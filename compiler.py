@@ -25,6 +25,7 @@ from .describe import IR_FILE
 from .compile_args import check_request
 from .errors import ConfigError, EmberError
 from .frontend.models import build_module
+from .frontend.presets import PRESETS
 from .frontend.source import ModelSource, resolve_model
 from .ir.graph import Module
 from .ir.printer import format_module
@@ -141,6 +142,8 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
             functions=_exported_functions(relax_mod), params=params, weights=weights_mode,
             tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes,
             source=source.path)
+        stage.say("hashing the inputs for the build fingerprint")
+        manifest.build = _build_info(request, source, target, quant, dtype, manifest.versions)
         manifest.verification = golden.record(golden_plan, writer.path, manifest, stage)  # for `ember verify`
         stage.say("hashing files and writing the manifest")
         path = writer.commit(manifest)
@@ -189,31 +192,51 @@ def _param_info(module: Module, name: str) -> art.ParamInfo:
 
 def _write_weights(module: Module, params: list[art.ParamInfo], source: ModelSource, folder: Path,
                    stage: Stage) -> None:
-    from safetensors.numpy import save_file
+    """Shards of at most SHARD_BYTES, planned from the manifest's shapes, written a tensor at a time: each weight
+    is materialized, appended to its shard and dropped (memory holds one tensor, not one shard)."""
+    from .runtime.shards import ShardWriter, tensor_nbytes
 
     provider = source.weights
     assert provider is not None
     (folder / art.PARAMS_DIR).mkdir()
-    shard: dict[str, np.ndarray] = {}
-    shard_bytes, shard_index = 0, 0
-
-    def flush() -> None:
-        nonlocal shard, shard_bytes, shard_index
-        if shard:
-            rel = f"{art.PARAMS_DIR}/params-{shard_index:05d}.safetensors"
-            save_file(shard, str(folder / rel))
-            shard, shard_bytes, shard_index = {}, 0, shard_index + 1
-
-    for done, info in enumerate(params):
-        stage.tick(done, len(params), info.name)
-        array = materialize(module.params[info.name], provider)
-        if shard_bytes + array.nbytes > SHARD_BYTES:
-            flush()
-        shard[info.name] = array
-        shard_bytes += array.nbytes
-        info.file = f"{art.PARAMS_DIR}/params-{shard_index:05d}.safetensors"
-    flush()
+    shards: list[list[art.ParamInfo]] = [[]]
+    shard_bytes = 0
+    for info in params:
+        nbytes = tensor_nbytes(info.shape, info.dtype)
+        if shards[-1] and shard_bytes + nbytes > SHARD_BYTES:
+            shards.append([])
+            shard_bytes = 0
+        shards[-1].append(info)
+        shard_bytes += nbytes
+        info.file = f"{art.PARAMS_DIR}/params-{len(shards) - 1:05d}.safetensors"
+    done = 0
+    for members in filter(None, shards):
+        # manifest order: weights that share a source (tied embeddings) are materialized one after the other, so
+        # the source's packing is made once
+        planned = [(info.name, info.shape, info.dtype) for info in members]
+        with ShardWriter(folder / members[0].file, planned) as writer:
+            for info in members:
+                stage.tick(done, len(params), info.name)
+                array = materialize(module.params[info.name], provider)
+                if list(array.shape) != list(info.shape):
+                    raise EmberError(f"weight {info.name}: materialized shape {list(array.shape)}, the manifest "
+                                     f"says {info.shape}")
+                writer.write(info.name, array)
+                del array
+                done += 1
     stage.tick(len(params), len(params), "done")
+
+
+def _build_info(request: CompileRequest, source: ModelSource, target: Target, quant: str, dtype: str,
+                versions: dict[str, str]) -> art.BuildInfo:
+    from .build_fingerprint import build_info, input_files
+
+    options = {"target": target.spec, "quant": quant, "dtype": dtype, "random_weights": request.random_weights,
+               "fuse": request.fuse, "fuse_rope": request.fuse_rope, "cuda_graph": request.cuda_graph}
+    files = {} if request.random_weights else input_files(source.path, request.weights)
+    preset = request.model if request.model in PRESETS and not Path(request.model).exists() else None
+    return build_info(files=files, config=source.config.to_dict(), preset=preset, options=options,
+                      target_kind=target.name, cross=target.name == "cpu" and ":" in target.spec, versions=versions)
 
 
 def _versions() -> dict[str, str]:

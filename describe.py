@@ -53,6 +53,7 @@ def _artifact_facts(folder: Path) -> tuple[dict[str, Any], list[str]]:
         "context_length": manifest.context_length, "vocab_size": manifest.vocab_size,
         "size_bytes": size, "versions": manifest.versions, "notes": manifest.notes,
         "verification": asdict(manifest.verification) if manifest.verification else None,
+        "format_version": manifest.format_version, "build": asdict(manifest.build) if manifest.build else None,
     }  # fmt: skip
     text = [
         f"artifact {folder}",
@@ -68,8 +69,23 @@ def _artifact_facts(folder: Path) -> tuple[dict[str, Any], list[str]]:
         f"verification: {_verification(manifest)}",
         f"size on disk: {size / 1e6:.1f} MB",
         f"versions: {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}",
+        f"format: {manifest.format_version}",
+        *_build(manifest),
     ] + [f"note: {note}" for note in manifest.notes]
     return facts, text
+
+
+def _build(manifest: Any) -> list[str]:
+    build = manifest.build
+    if build is None:
+        return ["build fingerprint: none (compiled before ember recorded one)"]
+    options = ", ".join(f"{k} {v}" for k, v in build.options.items() if k != "env")
+    env = " ".join(f"{k}={v}" for k, v in build.options.get("env", {}).items())
+    inputs = ", ".join(f"{k} {v[:12]}" for k, v in build.inputs.items())
+    return [f"build fingerprint: {build.fingerprint}",
+            f"  inputs: {inputs}",
+            f"  options: {options}" + (f"; env {env}" if env else ""),
+            f"  tools: {', '.join(f'{k} {v}' for k, v in build.tools.items()) or 'none'}"]
 
 
 def _verification(manifest: Any) -> str:

@@ -125,6 +125,7 @@ def record(golden_plan: GoldenPlan, folder: Path, manifest: art.Manifest, stage:
             manifest.notes.append(note)
             return None
     write_golden(folder / GOLDEN_FILE, run)
+    stage.say(f"golden outputs recorded in {golden_plan.seconds + time.perf_counter() - started:.1f} s")
     machine = platform.machine()
     reference = (f"this library on the compile host ({machine})" if own
                  else f"a cpu build of the same IR on the compile host ({machine}, {manifest.compute_dtype})")
@@ -133,8 +134,7 @@ def record(golden_plan: GoldenPlan, folder: Path, manifest: art.Manifest, stage:
         tolerance=TOLERANCES.get(manifest.compute_dtype, max(TOLERANCES.values())),
         compute_dtype=manifest.compute_dtype, reference=reference,
         layers=None if truncation is None else TRUNCATED_LAYERS, entry_points=golden_plan.entry_points,
-        params=[] if truncation is None else list(truncation.params), library=manifest.library,
-        seconds=round(golden_plan.seconds + time.perf_counter() - started, 2))
+        params=[] if truncation is None else list(truncation.params), library=manifest.library)
 
 
 def _runs_here(manifest: art.Manifest) -> bool:

@@ -136,14 +136,14 @@ def _from_hf_folder(folder: Path) -> ModelSource:
     config = ModelConfig.from_file(folder / "config.json")
     return ModelSource(name=folder.name, config=config, weights=_FolderWeights(folder),
                        tokenizer=_hf_tokenizer(folder, config), description=f"Hugging Face folder {folder}",
-                       path=str(folder.absolute()))
+                       path=str(folder.resolve()))
 
 
 def _from_gguf(path: Path) -> ModelSource:
     from .importers.gguf_source import gguf_source
 
     source = gguf_source(path)
-    source.path = str(path.absolute())
+    source.path = str(path.resolve())
     return source
 
 

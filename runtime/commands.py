@@ -74,7 +74,11 @@ def _check_before_load(artifact: str, device: str, ids: list[int] | None, max_to
 def _load(artifact: str, device: str, verbose: bool, check: bool = False) -> Any:
     from .engine import Engine
 
-    engine = Engine.load(artifact, device=device, verify=check)
+    if check:
+        with _hash_progress(enabled=True) as progress:
+            engine = Engine.load(artifact, device=device, verify=True, verify_progress=progress)
+    else:
+        engine = Engine.load(artifact, device=device)
     if verbose:
         click.echo(f"loaded {engine.describe()}", err=True)
     return engine

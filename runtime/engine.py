@@ -34,12 +34,15 @@ class Engine:
         weights: Mapping[str, Any] | None = None,
         prefill_chunk_size: int | None = None,
         random_fill: RandomFill | None = None,
+        verify_progress: Callable[[int, int, str], None] | None = None,
     ) -> Engine:
         """Load an artifact folder. `context_length` (<= the artifact's) sizes the KV cache; `weights` (name ->
         array) is required for library-only artifacts and replaces the shipped weights otherwise. Every load checks
-        file sizes and the manifest's own hash; `verify=True` also checks every file's sha256 (`--check`)."""
+        file sizes and the manifest's own hash; `verify=True` also checks every file's sha256 (`--check`), telling
+        `verify_progress(bytes_done, bytes_total, file)` after each 4 MiB block."""
         check_load_arguments(read_manifest(path), device, max_batch_size, context_length, prefill_chunk_size)
-        artifact = load_artifact(path, device=device, verify=verify, weights=weights, random_fill=random_fill)
+        artifact = load_artifact(path, device=device, verify=verify, weights=weights, random_fill=random_fill,
+                                 verify_progress=verify_progress)
         runner = ModelRunner(
             artifact,
             max_batch_size=max_batch_size,

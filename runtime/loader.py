@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, InputError
-from .artifact import (WEIGHTS_NONE, WEIGHTS_PACKED, WEIGHTS_RANDOM, Manifest, ParamInfo, check_files, read_manifest,
-                       verify_files)
+from .artifact import (WEIGHTS_NONE, WEIGHTS_PACKED, WEIGHTS_RANDOM, HashProgress, Manifest, ParamInfo, check_files,
+                       read_manifest, verify_files)
 from .platform_check import check_artifact_os, check_device_os
 from .random_weights import DeviceFill, RandomFill, make_random_weights
 from .shards import Shard
@@ -62,12 +62,17 @@ def load_artifact(
     verify: bool = False,
     weights: Mapping[str, Any] | None = None,
     random_fill: RandomFill | None = None,
+    verify_progress: HashProgress | None = None,
 ) -> LoadedArtifact:
     folder = Path(path)
     manifest = read_manifest(folder)
     kind, _ = parse_device(device)
     check_target(manifest, kind)
-    (verify_files if verify else check_files)(folder, manifest)
+    # before anything is mapped or dlopen'ed: a truncated model.so would otherwise die of SIGBUS
+    if verify:
+        verify_files(folder, manifest, verify_progress)
+    else:
+        check_files(folder, manifest)
     tvm, dev, vm = open_on_device(folder, manifest, device)
     if weights is not None:
         params = weights_from_mapping(manifest, weights, dev)

@@ -7,6 +7,7 @@ Everything is checked against the file's size before a view is made: a damaged s
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 from pathlib import Path
@@ -29,6 +30,11 @@ DTYPES: dict[str, tuple[str, str | None]] = {
 }  # fmt: skip
 
 
+def shown(name: str) -> str:
+    """A tensor name as error lines print it: as is, or quoted when it holds a newline or other control."""
+    return name if name.isprintable() else repr(name)
+
+
 class Shard:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -41,6 +47,8 @@ class Shard:
                     raise self._unreadable(f"header length {length} does not fit a {size}-byte file")
                 header = json.loads(handle.read(length))
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except RecursionError:
+            raise self._unreadable("its JSON header is nested too deeply") from None
         except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
             raise self._unreadable(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
         if not isinstance(header, dict):
@@ -60,8 +68,9 @@ class Shard:
         entry = self._entries[name]
         code = entry.get("dtype") if isinstance(entry, dict) else None
         shape = entry.get("shape") if isinstance(entry, dict) else None
-        if code not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ArtifactError(f"{self.path}: tensor {name} has a malformed header entry {entry!r}")
+        if (not isinstance(code, str) or code not in DTYPES or not isinstance(shape, list)
+                or not all(type(d) is int and d >= 0 for d in shape)):
+            raise ArtifactError(f"{self.path}: tensor {shown(name)} has a malformed header entry {entry!r}")
         return DTYPES[code][0], list(shape)
 
     def array(self, name: str) -> np.ndarray:
@@ -75,15 +84,74 @@ class Shard:
         else:
             dtype = np.dtype(view_dtype)
         offsets = self._entries[name].get("data_offsets")
-        count = int(np.prod(shape, dtype=np.int64))
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+        count = math.prod(shape)  # exact: numpy's int64 product wraps around on lying shapes
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= self._data_size
                 and offsets[1] - offsets[0] == count * dtype.itemsize):  # fmt: skip
             raise ArtifactError(
-                f"{self.path}: tensor {name} has data offsets {offsets} that do not fit its shape {shape} "
+                f"{self.path}: tensor {shown(name)} has data offsets {offsets} that do not fit its shape {shape} "
                 f"{dtype_name} in {self._data_size} bytes of data"
             )
         if count == 0:
             return np.empty(shape, dtype)
         flat = np.frombuffer(self._map, dtype=dtype, count=count, offset=self._start + offsets[0])
         return flat.reshape(shape)
+
+
+# ember/TVM dtype name -> (safetensors code, bytes per element)
+_CODES = {name: (code, np.dtype(view or "uint8").itemsize if view else 1) for code, (name, view) in DTYPES.items()}
+
+
+def tensor_nbytes(shape: list[int], dtype: str) -> int:
+    if dtype not in _CODES:
+        raise ArtifactError(f"dtype {dtype} cannot be stored in a safetensors shard")
+    return math.prod(int(d) for d in shape) * _CODES[dtype][1]
+
+
+class ShardWriter:
+    """Writes one safetensors file a tensor at a time: the header is made from the planned (name, shape, dtype)
+    list first, then each tensor's bytes are appended as it comes, so no more than one tensor is ever held.
+    The layout is the format's: an 8-byte header length, the JSON header padded with spaces to 8 bytes, the
+    data in header order with no gaps (tensors in the order they are planned)."""
+
+    def __init__(self, path: str | os.PathLike, planned: list[tuple[str, list[int], str]]) -> None:
+        self.path = Path(path)
+        header: dict[str, Any] = {}
+        offset = 0
+        self._expected: list[tuple[str, int]] = []
+        for name, shape, dtype in planned:
+            if dtype not in _CODES:
+                raise ArtifactError(f"{self.path}: tensor {name} has dtype {dtype}, which safetensors cannot hold")
+            nbytes = tensor_nbytes(shape, dtype)
+            code = _CODES[dtype][0]
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._expected.append((name, nbytes))
+            offset += nbytes
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        self._handle = open(self.path, "wb")
+        self._handle.write(len(text).to_bytes(8, "little") + text)
+        self._next = 0
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        expected_name, nbytes = self._expected[self._next]
+        if name != expected_name or array.nbytes != nbytes:
+            raise ArtifactError(f"{self.path}: tensor {name} ({array.nbytes} bytes) is not the planned "
+                                f"{expected_name} ({nbytes} bytes)")
+        self._handle.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        self._next += 1
+
+    def close(self) -> None:
+        missing = [name for name, _ in self._expected[self._next:]]
+        self._handle.close()
+        if missing:
+            raise ArtifactError(f"{self.path}: closed before tensors {missing[:3]} were written")
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._handle.close()

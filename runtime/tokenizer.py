@@ -2,9 +2,7 @@
 and chat templates rendered with jinja2 the way Hugging Face does (sandboxed, `raise_exception`, `tojson`)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -82,42 +80,29 @@ class Tokenizer:
         try:
             return self._template.render(**context)
         except jinja2.TemplateError as err:
-            raise InputError(f"chat template error: {err}") from None
+            raise InputError(f"chat template error: {_one_line(err)}") from None
+        except (RecursionError, MemoryError) as err:
+            raise InputError(f"chat template error: {type(err).__name__} (a template that calls itself?)") from None
+        except Exception as err:  # the template's own code failed (1 / 0, a method on the wrong type, ...)
+            raise InputError(f"chat template error: {type(err).__name__}: {_one_line(err)}") from None
 
 
 def compile_chat_template(source: str) -> Any:
+    """The template, compiled in ember's bounded sandbox (runtime/chat_template.py)."""
     import jinja2
-    from jinja2 import nodes
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    class GenerationTag(Extension):
-        """`{% generation %}...{% endgeneration %}` (HF marks assistant tokens with it) renders its body as is."""
+    from .chat_template import compile_chat_template as compile_bounded
 
-        tags = {"generation"}
-
-        def parse(self, parser: Any) -> Any:
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller: Any) -> str:
-            return caller()
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.TemplateError(message)
-
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
-        return env.from_string(source)
+        return compile_bounded(source)
     except jinja2.TemplateSyntaxError as err:
         raise ArtifactError(f"the chat template does not parse (line {err.lineno}: {err.message})") from None
+    except (RecursionError, MemoryError, ValueError, TypeError) as err:  # a pathological source
+        raise ArtifactError(f"the chat template does not parse ({type(err).__name__}: {err})") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
 
 
 class StreamDecoder:

@@ -122,7 +122,7 @@ def test_packed_cpu_artifact_verifies(packed):
     assert info["layers"] is None and info["entry_points"] == {} and info["params"] == []
     assert len(info["prompt_ids"]) == golden.PROMPT_TOKENS and info["greedy_steps"] == golden.GREEDY_STEPS
     assert info["tolerance"] == golden.TOLERANCES["float32"] and info["compute_dtype"] == "float32"
-    assert info["reference"].startswith("this library") and info["seconds"] > 0
+    assert info["reference"].startswith("this library") and "seconds" not in info  # no timing: reproducible
     assert info["golden"] in manifest(packed)["files"]  # hashed like every other file
     result = ember_verify(packed)
     assert result.exit_code == 0, result.output
