@@ -15,6 +15,13 @@ def extern_calls(func: Any) -> list[str]:
     return re.findall(r'T\.call_extern\("[a-z0-9]+", "([^"]+)"', func.script())
 
 
+def prims(relax_mod: Any) -> dict[str, Any]:
+    """name -> PrimFunc of a module."""
+    import tvm
+
+    return {gv.name_hint: f for gv, f in relax_mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
 def calls_by_function(relax_mod: Any, prefix: str) -> dict[str, list[str]]:
     """Relax function -> the call_extern names starting with `prefix` that its call_tir's reach."""
     import tvm

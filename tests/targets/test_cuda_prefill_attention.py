@@ -10,33 +10,16 @@ import subprocess
 
 import pytest
 
-from ember.frontend.config import ModelConfig
-from ember.frontend.models import build_module
-from ember.passes.manager import PassManager, default_pipeline
+from cuda_lowered import extern_calls as _calls
+from cuda_lowered import lowered, prims as _prims
 
 CONFIG = {"model_type": "llama", "vocab_size": 320, "hidden_size": 256, "intermediate_size": 512,
           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
           "max_position_embeddings": 256, "tie_word_embeddings": False}  # head dim 64, GQA group 2
 
 
-def _calls(func) -> list[str]:
-    return re.findall(r'T\.call_extern\("[a-z0-9]+", "([^"]+)"', func.script())
-
-
 def _lowered(**overrides):
-    from ember.targets.cuda import CudaTarget
-    from ember.targets.lower import lower
-
-    module = PassManager(default_pipeline("q0f16")).run(
-        build_module(ModelConfig.from_dict({**CONFIG, **overrides}), "tiny", dtype="float16", static_decode=True))
-    relax_mod, _ = lower(module, CudaTarget.parse("cuda:sm_90"))
-    return relax_mod
-
-
-def _prims(mod) -> dict:
-    import tvm
-
-    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    return lowered({**CONFIG, **overrides}, "q0f16")
 
 
 def test_cuda_pipeline_swaps_the_ragged_prefill_kernel():
