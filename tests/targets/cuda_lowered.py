@@ -15,11 +15,15 @@ def extern_calls(func: Any) -> list[str]:
     return re.findall(r'T\.call_extern\("[a-z0-9]+", "([^"]+)"', func.script())
 
 
-def prims(relax_mod: Any) -> dict[str, Any]:
-    """name -> PrimFunc of a module."""
+def through_cuda_pipeline(relax_mod: Any) -> Any:
+    """`relax_mod` after ember's cuda Relax pipeline for sm_90 (kernels scheduled and swapped, not built)."""
     import tvm
 
-    return {gv.name_hint: f for gv, f in relax_mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    from ember.targets.cuda import pipeline
+
+    target = pipeline.cuda_target(["sm_90"])
+    with tvm.transform.PassContext(opt_level=3, config=pipeline.PASS_CONFIG):
+        return pipeline.cuda_relax_pipeline(target)(relax_mod)
 
 
 def calls_by_function(relax_mod: Any, prefix: str) -> dict[str, list[str]]:

@@ -17,6 +17,8 @@ from ember.frontend.config import ModelConfig
 from ember.frontend.models import build_module
 from ember.passes.manager import PassManager, default_pipeline
 
+from cuda_lowered import through_cuda_pipeline
+
 # head dim 64, GQA group 2
 CONFIG = {"model_type": "llama", "vocab_size": 320, "hidden_size": 256, "intermediate_size": 512,
           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
@@ -55,13 +57,9 @@ def _tvm_kernel(h_q: int, h_kv: int, d: int, dtype: str = "float16", sliding: bo
 def test_cuda_pipeline_swaps_the_decode_kernel():
     """The cuda relax pipeline leaves batch_decode_paged_kv calling ember's split and merge kernels, TVM's kernel
     kept (for rotary_mode == 1) under DECODE_INLINE_ROPE, the sliding-window kernel TVM's."""
-    import tvm
+    from ember.targets.cuda import attention
 
-    from ember.targets.cuda import attention, pipeline
-
-    target = pipeline.cuda_target(["sm_90"])
-    with tvm.transform.PassContext(opt_level=3, config=pipeline.PASS_CONFIG):
-        mod = pipeline.cuda_relax_pipeline(target)(_lowered())
+    mod = through_cuda_pipeline(_lowered())
     prims = _prims(mod)
     calls = _extern_calls(prims[attention.NAME])
     assert calls == ["ember::attn::split<64, 2, 2, 16, 4, 4>", "ember::attn::merge<64>"]

@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from cuda_lowered import through_cuda_pipeline
 from test_cuda_attention import CONFIG, _extern_calls, _lowered, _prims
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -22,13 +23,9 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc
 
 
 def test_cuda_pipeline_swaps_rope_and_append():
-    import tvm
+    from ember.targets.cuda import kv_append
 
-    from ember.targets.cuda import kv_append, pipeline
-
-    target = pipeline.cuda_target(["sm_90"])
-    with tvm.transform.PassContext(opt_level=3, config=pipeline.PASS_CONFIG):
-        mod = pipeline.cuda_relax_pipeline(target)(_lowered())
+    mod = through_cuda_pipeline(_lowered())
     prims = _prims(mod)
     assert _extern_calls(prims[kv_append.ROPE_NAME]) == ["ember::kv::rotary<64, 64, 4, 2, 0>"]
     assert _extern_calls(prims[kv_append.APPEND_NAME]) == ["ember::kv::append<64, 2, 16>"]

@@ -1,5 +1,5 @@
 """ember's tensor-core prefill attention for cuda (targets/cuda/prefill_attention.py, kernels/prefill_attention.cuh),
-no GPU needed: the swap of TVM's `batch_prefill_ragged_kv` in cuda builds, what it leaves to TVM, and that the
+no GPU needed: the swap of TVM's `batch_prefill_ragged_kv` in cuda builds (the tiny model of test_cuda_attention.py), what it leaves to TVM, and that the
 kernel compiles without spills. Its numbers are checked on a GPU against torch (tools/prefill_attention_check.py)
 and inside whole models against the cpu build (`ember verify`, tools/gemv_parity.py)."""
 from __future__ import annotations
@@ -10,26 +10,15 @@ import subprocess
 
 import pytest
 
-from cuda_lowered import extern_calls as _calls
-from cuda_lowered import lowered, prims as _prims
-
-CONFIG = {"model_type": "llama", "vocab_size": 320, "hidden_size": 256, "intermediate_size": 512,
-          "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-          "max_position_embeddings": 256, "tie_word_embeddings": False}  # head dim 64, GQA group 2
-
-
-def _lowered(**overrides):
-    return lowered({**CONFIG, **overrides}, "q0f16")
+from cuda_lowered import through_cuda_pipeline
+from test_cuda_attention import _extern_calls as _calls
+from test_cuda_attention import _lowered, _prims
 
 
 def test_cuda_pipeline_swaps_the_ragged_prefill_kernel():
-    import tvm
+    from ember.targets.cuda import prefill_attention
 
-    from ember.targets.cuda import pipeline, prefill_attention
-
-    target = pipeline.cuda_target(["sm_90"])
-    with tvm.transform.PassContext(opt_level=3, config=pipeline.PASS_CONFIG):
-        mod = pipeline.cuda_relax_pipeline(target)(_lowered())
+    mod = through_cuda_pipeline(_lowered())
     prims = _prims(mod)
     assert _calls(prims[prefill_attention.NAME]) == ["ember::prefill::ragged<64, 2, 2, __half>"]
     assert 'T.call_cpacked("batch_prefill_ragged_kv_inline_rope"' in prims[prefill_attention.NAME].script()
