@@ -1,7 +1,7 @@
 """ember's tensor-core prefill attention for cuda (targets/cuda/prefill_attention.py, kernels/prefill_attention.cuh),
-no GPU needed: the swap of TVM's `batch_prefill_ragged_kv` in cuda builds (the tiny model of test_cuda_attention.py), what it leaves to TVM, and that the
-kernel compiles without spills. Its numbers are checked on a GPU against torch (tools/prefill_attention_check.py)
-and inside whole models against the cpu build (`ember verify`, tools/gemv_parity.py)."""
+no GPU needed: the swap of TVM's `batch_prefill_ragged_kv` in cuda builds (test_cuda_attention.py's tiny model),
+what it leaves to TVM, and that the kernel compiles without spills. Its numbers are checked on a GPU against torch
+(tools/prefill_attention_check.py) and inside whole models against the cpu build (`ember verify`, gemv_parity)."""
 from __future__ import annotations
 
 import re
