@@ -5,7 +5,9 @@ Importing this package stays light: it never imports tvm (CudaTarget imports wha
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,20 @@ if TYPE_CHECKING:
     import tvm
 
     from ...runtime.artifact import TargetInfo
+
+
+log = logging.getLogger(__name__)
+
+
+def chained(table: Mapping[str, Any], op: str, second: Callable[..., Any]) -> dict[str, Any]:
+    """`table` with `second` tried for `op` after the lowering already there (a None result falls through)."""
+    first = table.get(op)
+
+    def both(it: Any, node: Any, args: list) -> Any:
+        result = first(it, node, args) if first is not None else None
+        return result if result is not None else second(it, node, args)
+
+    return {**table, op: both}
 
 
 class CudaToolchainError(EmberError, RuntimeError):
@@ -31,6 +47,7 @@ class CudaTarget(Target):
     def __init__(self, spec: str, archs: list[str]) -> None:
         super().__init__(spec)
         self.archs = archs
+        self._prefill_gemm: Any = None  # prefill_gemm.PrefillGemm once lowerings() chose it
 
     @classmethod
     def parse(cls, spec: str) -> CudaTarget:
@@ -53,12 +70,21 @@ class CudaTarget(Target):
         GEMM (native_lowbatch.py); EMBER_CUDA_GEMV=0 keeps dlight's for both, EMBER_CUDA_LOWBATCH=0 for the latter.
         add_rms_norm on one kernel (native_norm.py; EMBER_CUDA_NORM=0 keeps the generic add + norm). fp16-weight
         `linear` (q0f16) at decode1 and the batched decode on native_linear.py's kernels (EMBER_CUDA_LINEAR=0 or
-        EMBER_CUDA_GEMV=0 keep dlight's)."""
-        from . import native_gemv, native_linear, native_lowbatch, native_norm
+        EMBER_CUDA_GEMV=0 keep dlight's). The prefill's 16-bit `linear` on CUTLASS GEMMs (prefill_gemm.py) where the
+        nvidia-cutlass headers are installed and every arch is sm_80..sm_90 (EMBER_CUDA_GEMM=0 keeps dlight's)."""
+        from . import native_gemv, native_linear, native_lowbatch, native_norm, prefill_gemm
+        from .nvcc import sm_number
 
         table = dict(native_gemv.LOWERINGS) if native_gemv.enabled() else {}
         table = native_lowbatch.merged(table) if native_lowbatch.enabled() else table
         table = {**table, **native_linear.LOWERINGS} if native_linear.enabled() else table
+        self._prefill_gemm = None
+        if prefill_gemm.enabled() and all(80 <= sm_number(a) <= 90 for a in self.archs):
+            self._prefill_gemm = prefill_gemm.PrefillGemm(self.archs)
+            table = chained(table, "linear", self._prefill_gemm.lower_linear)
+        elif os.environ.get(prefill_gemm.ENV, "1") != "0" and prefill_gemm.cutlass_root() is None:
+            log.warning("nvidia-cutlass headers not found (pip install --no-deps nvidia-cutlass==4.2.0.0): "
+                        "the prefill GEMMs stay on TVM's WMMA schedule")
         return {**table, **native_norm.LOWERINGS} if native_norm.enabled() else table
 
     def extend_module(self, relax_mod: tvm.IRModule) -> tvm.IRModule:
@@ -72,10 +98,16 @@ class CudaTarget(Target):
         from .library_check import check_cuda_library
         from .pipeline import build_cuda
 
-        with stage.wait(f"building kernels for {self.spec} (tvm.compile)"):
+        gemm = self._prefill_gemm.start_objects() if self._prefill_gemm is not None else None
+        beside = "" if gemm is None else " and ember's CUTLASS GEMMs" + (" (cached)" if gemm.cached else " (nvcc)")
+        with stage.wait(f"building kernels for {self.spec} (tvm.compile{beside})"):
             executable = build_cuda(relax_mod, self.archs, cuda_graph=options.cuda_graph)
+        link: dict[str, Any] = {}
+        if gemm is not None:
+            with stage.wait("waiting for nvcc: ember's CUTLASS prefill GEMMs"):
+                link = {"addons": [str(p) for p in gemm.result()], "options": gemm.link_options()}
         with stage.wait(f"compiling and linking {library.name} (nvcc for {', '.join(self.archs)})"):
-            executable.export_library(str(library))
+            executable.export_library(str(library), **link)
         check_cuda_library(library, self.archs)
         return TargetInfo(kind="cuda", archs=self.archs, host="llvm")
 

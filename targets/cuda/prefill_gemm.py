@@ -1,0 +1,250 @@
+"""cuda lowering of the prefill's 16-bit `linear` layers onto CUTLASS GEMMs compiled into the artifact's library.
+
+TVM's dlight Matmul schedule (WMMA) runs the prefill GEMMs at 27-38 % of cuBLAS (../shared/guide/tvm-tensorcore.md).
+Here a `linear` with fp16 or bf16 x and weight in a prefill function (a symbolic token count) becomes a
+`call_dps_packed` of `ember_prefill_gemm_<dtype>`, defined by kernels/prefill_gemm.cu: CUTLASS 3's warp-specialized
+TMA + wgmma kernel on sm_90, CUTLASS 2's multistage mma.sync kernel on sm_80, chosen at run time by the device.
+A bias is added by a Relax add after it (it fuses into the next elementwise kernel).
+
+The .cu is compiled by nvcc at `ember compile` against the headers of the `nvidia-cutlass` package (TVM's copy of
+CUTLASS lacks the collective builders), once per (dtype, archs, nvcc, CUTLASS, source), and the object is kept in
+a cache folder (`$EMBER_CACHE_DIR`, else `$XDG_CACHE_HOME/ember`, else `~/.cache/ember`) for later compiles; the
+compile runs beside `tvm.compile` and the object is linked into model.so with libcudart. Without the headers, or
+with EMBER_CUDA_GEMM=0, dlight's schedule keeps these layers.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import CudaToolchainError
+from .native_gemv import is_decode1
+from .native_lowbatch import in_prefill
+from .nvcc import sm_number
+
+log = logging.getLogger(__name__)
+
+ENV = "EMBER_CUDA_GEMM"
+SOURCE = Path(__file__).with_name("kernels") / "prefill_gemm.cu"
+DTYPES = {"float16": ("f16", "cutlass::half_t"), "bfloat16": ("bf16", "cutlass::bfloat16_t")}
+_FLAGS = ("-std=c++17", "-O3", "-DNDEBUG", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", "-c")
+
+
+def function_name(dtype: str) -> str:
+    return f"ember_prefill_gemm_{DTYPES[dtype][0]}"
+
+
+def cutlass_root() -> Path | None:
+    """The nvidia-cutlass package's source folder (include/ and tools/util/include/), or None if not installed."""
+    override = os.environ.get("EMBER_CUTLASS_DIR")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations))) / "source"
+    return root if (root / "include" / "cutlass" / "gemm" / "collective" / "builders").is_dir() else None
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0" and cutlass_root() is not None
+
+
+def cache_dir() -> Path:
+    if os.environ.get("EMBER_CACHE_DIR"):
+        return Path(os.environ["EMBER_CACHE_DIR"]) / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ember" / "kernels"
+
+
+# ---- the lowering ---------------------------------------------------------------------------------------------------
+
+def _static(dim: Any) -> int | None:
+    value = getattr(dim, "value", dim)
+    return value if isinstance(value, int) else None
+
+
+def plan(it: Any, args: list) -> tuple[int, int, str] | None:
+    """(rows N, cols K, dtype) of a prefill linear the GEMM takes, else None."""
+    x, weight = args[0], args[1]
+    dtype = str(x.dtype)
+    if dtype not in DTYPES or str(weight.dtype) != dtype or len(weight.shape) != 2:
+        return None
+    rows, cols = (_static(d) for d in weight.shape)
+    if rows is None or cols is None or rows % 8 or cols % 8:  # 16-byte rows for TMA / cp.async
+        return None
+    if len(args) == 3 and str(args[2].dtype) not in (dtype, "float32"):
+        return None
+    lead = list(x.shape[:-1])
+    symbolic = [d for d in lead if _static(d) is None]
+    if is_decode1(lead) or not symbolic or not any(in_prefill(it, d) for d in symbolic):
+        return None
+    return rows, cols, dtype
+
+
+class PrefillGemm:
+    """The lowering (records which dtypes it used) and, after tracing, the object that defines them."""
+
+    def __init__(self, archs: list[str]) -> None:
+        self.archs = archs
+        self.dtypes: set[str] = set()
+
+    def lower_linear(self, it: Any, node: Any, args: list) -> Any:
+        planned = plan(it, args)
+        if planned is None:
+            return None
+        from tvm import relax
+        from tvm.relax.frontend.nn import op
+
+        rows, _, dtype = planned
+        x, weight = args[0], args[1]
+        self.dtypes.add(dtype)
+        out = relax.TensorType([*x.shape[:-1], rows], dtype)
+        y = op.wrap_nested(relax.call_dps_packed(function_name(dtype), [x._expr, weight._expr], out_ty=out),
+                           name="prefill_gemm")
+        if len(args) == 3:
+            bias = args[2] if str(args[2].dtype) == dtype else op.astype(args[2], dtype)
+            y = y + bias
+        return y
+
+    def start_objects(self) -> ObjectBuild | None:
+        """Starts compiling (or finds in the cache) the object for every dtype the lowering used."""
+        if not self.dtypes:
+            return None
+        root = cutlass_root()
+        if root is None:
+            raise CudaToolchainError("the nvidia-cutlass headers went missing during the compile")
+        return ObjectBuild([ObjectSpec(d, tuple(self.archs), root) for d in sorted(self.dtypes)])
+
+
+# ---- the object -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    dtype: str
+    archs: tuple[str, ...]
+    cutlass: Path
+
+    def command(self, nvcc: str, source: Path, output: Path) -> list[str]:
+        suffix, ctype = DTYPES[self.dtype]
+        sms = [sm_number(a) for a in self.archs]
+        gencode: list[str] = []
+        for sm in sms:
+            code = f"{sm}a" if sm == 90 else str(sm)  # wgmma and setmaxnreg are sm_90a features
+            gencode += ["-gencode", f"arch=compute_{code},code=sm_{code}"]
+        defines = [f"-DEMBER_GEMM_SM90={int(90 in sms)}", f"-DEMBER_GEMM_SM80={int(any(80 <= s < 90 for s in sms))}",
+                   f"-DEMBER_GEMM_T={ctype}", f"-DEMBER_GEMM_NAME=ember_prefill_gemm_{suffix}"]
+        includes = [f"-I{self.cutlass / 'include'}", f"-I{self.cutlass / 'tools' / 'util' / 'include'}",
+                    f"-I{tvm_ffi_include()}"]
+        return [nvcc, *_FLAGS, *defines, *gencode, *includes, "-o", str(output), str(source)]
+
+    def key(self, nvcc: str) -> str:
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+        digest = hashlib.sha256()
+        for part in (SOURCE.read_bytes(), version.encode(), _cutlass_version(self.cutlass).encode(),
+                     " ".join(self.command("nvcc", Path("src"), Path("out"))[1:]).replace(str(self.cutlass), "")
+                     .replace(tvm_ffi_include(), "").encode(), _tvm_ffi_version().encode()):
+            digest.update(hashlib.sha256(part).digest())
+        return digest.hexdigest()[:24]
+
+
+def tvm_ffi_include() -> str:
+    spec = importlib.util.find_spec("tvm_ffi")
+    if spec is None or not spec.submodule_search_locations:
+        raise CudaToolchainError("tvm_ffi is not installed: its headers are needed to compile ember's GEMMs")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "include")
+
+
+def _tvm_ffi_version() -> str:
+    from importlib.metadata import version
+
+    return version("apache-tvm-ffi")
+
+
+def _cutlass_version(root: Path) -> str:
+    header = root / "include" / "cutlass" / "version.h"
+    text = header.read_text(encoding="utf-8") if header.is_file() else ""
+    return " ".join(re.findall(r"#define CUTLASS_(?:MAJOR|MINOR|PATCH) (\d+)", text))
+
+
+def cuda_library_dir(nvcc: str) -> Path:
+    """The folder of libcudart.so of the toolkit that `nvcc` belongs to (nvcc may be a wrapper script)."""
+    out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                         capture_output=True, text=True)
+    top = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.MULTILINE)
+    candidates = [Path(top.group(1).strip())] if top else []
+    if os.environ.get("CUDA_HOME"):
+        candidates.insert(0, Path(os.environ["CUDA_HOME"]))
+    for root in candidates:
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib"):
+            if (root / sub / "libcudart.so").exists():
+                return (root / sub).resolve()
+    raise CudaToolchainError(f"libcudart.so of the CUDA toolkit of {nvcc} not found (set CUDA_HOME)")
+
+
+class ObjectBuild:
+    """nvcc runs for the missing objects in a background thread; `result()` waits and gives the object paths."""
+
+    def __init__(self, specs: list[ObjectSpec]) -> None:
+        nvcc = shutil.which("nvcc")
+        if nvcc is None:
+            raise CudaToolchainError("nvcc not found on PATH: ember needs the CUDA 13 toolkit to compile for cuda")
+        self.nvcc = nvcc
+        folder = cache_dir()
+        self.paths = [folder / f"prefill_gemm-{spec.dtype}-{spec.key(nvcc)}.o" for spec in specs]
+        self.missing = [(s, p) for s, p in zip(specs, self.paths) if not p.is_file()]
+        self.error: CudaToolchainError | None = None
+        self._thread = threading.Thread(target=self._run, name="ember-prefill-gemm", daemon=True)
+        self._thread.start()
+
+    @property
+    def cached(self) -> bool:
+        return not self.missing
+
+    def _run(self) -> None:
+        try:
+            for spec, path in self.missing:
+                self._compile(spec, path)
+        except CudaToolchainError as err:
+            self.error = err
+
+    def _compile(self, spec: ObjectSpec, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A stable source path (the object records it): the same inputs give the same bytes in every cache.
+        work = Path(tempfile.mkdtemp(prefix=path.stem + ".", dir=path.parent))
+        source = path.parent / f"{path.stem}.cu"
+        if not source.is_file():
+            tmp_source = work / "source.cu"
+            tmp_source.write_bytes(SOURCE.read_bytes())
+            os.replace(tmp_source, source)
+        output = work / path.name
+        proc = subprocess.run(spec.command(self.nvcc, source, output), capture_output=True, text=True)
+        if proc.returncode != 0 or not output.is_file():
+            lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "error" in l.lower()] or ["(no output)"]
+            shutil.rmtree(work, ignore_errors=True)
+            raise CudaToolchainError(f"nvcc failed on {SOURCE.name} for {spec.dtype}: {lines[0].strip()}")
+        os.replace(output, path)  # atomic: a concurrent compile sees the whole object or none
+        shutil.rmtree(work, ignore_errors=True)
+
+    def result(self) -> list[Path]:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.paths
+
+    def link_options(self) -> list[str]:
+        # --no-as-needed: the linker sees -lcudart before the objects that need it (TVM puts options first)
+        return [f"-L{cuda_library_dir(self.nvcc)}", "-Wl,--no-as-needed", "-lcudart", "-Wl,--as-needed"]
+
+
+__all__ = ["ENV", "ObjectBuild", "PrefillGemm", "cache_dir", "cutlass_root", "enabled", "function_name", "plan"]

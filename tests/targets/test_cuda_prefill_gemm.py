@@ -1,0 +1,110 @@
+"""ember's CUTLASS prefill GEMMs for cuda (targets/cuda/prefill_gemm.py, kernels/prefill_gemm.cu), no GPU needed:
+which linears take them, the nvcc command and cache key, and the compiled object (each arch its own kernel:
+wgmma only in the sm_90a cubin). The numbers are checked on a GPU against torch (tools/prefill_gemm_check.py) and
+inside whole models against the cpu build (`ember verify`, tools/gemv_parity.py)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cuda_lowered import lowered
+
+LLAMA = {"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
+         "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2}
+QWEN2 = {**LLAMA, "model_type": "qwen2"}  # qkv bias
+
+
+def _needs_cutlass() -> None:
+    from ember.targets.cuda import prefill_gemm
+
+    if prefill_gemm.cutlass_root() is None:
+        pytest.skip("nvidia-cutlass is not installed (README's test command installs it)")
+
+
+def _dps_calls(relax_mod) -> dict[str, list[str]]:
+    """Relax function -> the packed functions its call_dps_packed's name, in order."""
+    from tvm import relax
+
+    out: dict[str, list[str]] = {}
+    for gv, func in relax_mod.functions_items():
+        if isinstance(func, relax.Function):
+            out[gv.name_hint] = re.findall(r'R\.call_dps_packed\("(ember_prefill_gemm_[a-z0-9]+)"', func.script())
+    return out
+
+
+@pytest.mark.parametrize("dtype,name", [("float16", "ember_prefill_gemm_f16"), ("bfloat16", "ember_prefill_gemm_bf16")])
+def test_prefill_linears_take_the_gemm_and_decode_ones_do_not(dtype, name):
+    _needs_cutlass()
+    calls = _dps_calls(lowered(LLAMA, "q0f16" if dtype == "float16" else "q0bf16", dtype))
+    assert calls["prefill"] == [name] * 4 + [name]  # qkv, o, gate_up, down, LM head (the last token)
+    for decode in ("decode1", "decode"):
+        assert calls[decode] == []
+
+
+def test_bias_is_added_after_the_gemm():
+    _needs_cutlass()
+    relax_mod = lowered(QWEN2, "q0f16")
+    assert _dps_calls(relax_mod)["prefill"] == ["ember_prefill_gemm_f16"] * 5
+    script = relax_mod["prefill"].script()
+    assert re.search(r"R\.call_dps_packed\(\"ember_prefill_gemm_f16\"[^\n]*\n[^\n]*R\.add\(", script)
+
+
+def test_quantized_and_off_switch_keep_dlight(monkeypatch):
+    _needs_cutlass()
+    from ember.targets.cuda import prefill_gemm
+
+    assert _dps_calls(lowered(LLAMA, "q4f16"))["prefill"] == []  # 4-bit: not yet (dlight's dequant-in-tile GEMM)
+    monkeypatch.setenv(prefill_gemm.ENV, "0")
+    assert _dps_calls(lowered(LLAMA, "q0f16"))["prefill"] == []
+
+
+def test_nvcc_command_keeps_hopper_code_in_sm90a(tmp_path):
+    from ember.targets.cuda.prefill_gemm import ObjectSpec
+
+    spec = ObjectSpec("float16", ("sm_80", "sm_90"), tmp_path)
+    cmd = spec.command("nvcc", Path("in.cu"), Path("out.o"))
+    assert cmd[cmd.index("-gencode") + 1] == "arch=compute_80,code=sm_80"
+    assert "arch=compute_90a,code=sm_90a" in cmd
+    assert "-DEMBER_GEMM_SM80=1" in cmd and "-DEMBER_GEMM_SM90=1" in cmd and "-DNDEBUG" in cmd
+    only90 = ObjectSpec("bfloat16", ("sm_90",), tmp_path).command("nvcc", Path("in.cu"), Path("out.o"))
+    assert "-DEMBER_GEMM_SM80=0" in only90 and "-DEMBER_GEMM_T=cutlass::bfloat16_t" in only90
+    assert "-DEMBER_GEMM_NAME=ember_prefill_gemm_bf16" in only90
+
+
+def test_cache_key_follows_dtype_archs_and_source(tmp_path, monkeypatch):
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed")
+    from ember.targets.cuda import prefill_gemm
+    from ember.targets.cuda.prefill_gemm import ObjectSpec
+
+    a = ObjectSpec("float16", ("sm_80", "sm_90"), tmp_path).key("nvcc")
+    assert a == ObjectSpec("float16", ("sm_80", "sm_90"), tmp_path / "elsewhere").key("nvcc")  # not the path
+    assert a != ObjectSpec("bfloat16", ("sm_80", "sm_90"), tmp_path).key("nvcc")
+    assert a != ObjectSpec("float16", ("sm_90",), tmp_path).key("nvcc")
+    edited = tmp_path / "edited.cu"
+    edited.write_text(prefill_gemm.SOURCE.read_text() + "\n// edited\n")
+    monkeypatch.setattr(prefill_gemm, "SOURCE", edited)
+    assert a != ObjectSpec("float16", ("sm_80", "sm_90"), tmp_path).key("nvcc")
+
+
+def test_object_holds_a_cubin_per_arch_and_exports_the_function():
+    """ptxas itself refuses wgmma for sm_80 (so an sm_80 cubin cannot hold Hopper instructions); this checks that
+    both cubins are there and the packed function is exported. The sm_80 path runs on the H200 through PTX JIT in
+    tools/prefill_gemm_check.py."""
+    _needs_cutlass()
+    if shutil.which("nvcc") is None:
+        pytest.skip("CUDA toolkit not installed")
+    from ember.targets.cuda import prefill_gemm
+    from ember.targets.cuda.library_check import inspect_cuda_library
+
+    job = prefill_gemm.PrefillGemm(["sm_80", "sm_90"])
+    job.dtypes.add("float16")
+    (obj,) = job.start_objects().result()  # the kernel cache: compiled once per machine (~1 min on 2 cores)
+    report = inspect_cuda_library(obj)
+    assert sorted(report.cubin_archs) == ["sm_80", "sm_90"] and not report.has_ptx and not report.global_sources
+    symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r" T __tvm_ffi_ember_prefill_gemm_f16$", symbols, re.MULTILINE)

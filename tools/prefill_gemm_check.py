@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""ember's prefill GEMM (targets/cuda/kernels/prefill_gemm.cu) alone, against torch on the GPU.
+
+Here:   python tools/prefill_gemm_check.py build DIR
+        compiles the object as `ember compile` does (fp16 and bf16, sm_90a + sm_80 cubins, from the kernel cache)
+        and a third one whose sm_80 kernel is PTX (compute_80), so that the H200 can JIT and run the sm_80 code
+        path; links each into DIR/gemm-*.so (a plain shared library exporting the packed function).
+On the GPU:  python tools/prefill_gemm_check.py check DIR OUT.jsonl
+        every llama3-8b prefill layer shape (qkv, o, gate_up, down, and the LM head at M = 1..4) and ragged token
+        counts (1, 7, 100, 128, 512, 2048, 4096): y against torch's fp32 matmul of the same fp16/bf16 inputs (max abs
+        error over max |y|, output NaN-poisoned first), and time (CUDA events, median of 20) beside torch.matmul
+        (cuBLAS) on the same tensors. One JSON line per case; exit 1 if a check fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+LAYERS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+TOKENS = (1, 7, 100, 128, 512, 2048, 4096)
+TOL = {"float16": 4e-3, "bfloat16": 3e-2}  # over max |y|: fp16/bf16 rounding of y (K = 4096..14336, fp32 sums)
+
+
+def build(root: Path) -> None:
+    import shutil
+
+    from ember.targets.cuda import prefill_gemm as pg
+
+    root.mkdir(parents=True, exist_ok=True)
+    cutlass = pg.cutlass_root()
+    if cutlass is None:
+        raise SystemExit("nvidia-cutlass is not installed: pip install --no-deps nvidia-cutlass==4.2.0.0")
+    objects = {}
+    for dtype in ("float16", "bfloat16"):
+        job = pg.ObjectBuild([pg.ObjectSpec(dtype, ("sm_80", "sm_90"), cutlass)])
+        objects[dtype] = job.result()[0]
+    # the sm_80 path as PTX: same command, the sm_80 gencode replaced by compute_80 PTX (the H200 JITs it)
+    spec = pg.ObjectSpec("float16", ("sm_80", "sm_90"), cutlass)
+    cmd = spec.command(shutil.which("nvcc"), pg.SOURCE, root / "ptx80.o")
+    cmd[cmd.index("arch=compute_80,code=sm_80")] = "arch=compute_80,code=compute_80"
+    subprocess.run(cmd, check=True)
+    objects["float16-ptx80"] = root / "ptx80.o"
+    libdir = pg.cuda_library_dir(shutil.which("nvcc"))
+    for name, obj in objects.items():
+        out = root / f"gemm-{name}.so"
+        subprocess.run(["g++", "-shared", "-o", str(out), str(obj), f"-L{libdir}", "-Wl,--no-as-needed", "-lcudart"],
+                       check=True)
+        print(out)
+
+
+def _time(fn, torch, reps: int = 20) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def check(root: Path, out_path: Path) -> int:
+    import torch
+    import tvm_ffi
+
+    failures = 0
+    rows = []
+    cases = [(dtype, lib) for dtype, lib in (("float16", "float16"), ("bfloat16", "bfloat16"),
+                                             ("float16", "float16-ptx80"))]
+    for dtype, lib in cases:
+        os.environ["EMBER_GEMM_ARCH"] = "80" if lib.endswith("ptx80") else ""
+        module = tvm_ffi.load_module(str(root / f"gemm-{lib}.so"))
+        fn = module[f"ember_prefill_gemm_{'f16' if dtype == 'float16' else 'bf16'}"]
+        tdtype = getattr(torch, dtype)
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        shapes = [(name, m, n, k) for name, (n, k) in LAYERS.items() for m in TOKENS]
+        shapes += [("lm_head", m, 128256, 4096) for m in (1, 4)]
+        if lib.endswith("ptx80") or dtype == "bfloat16":
+            shapes = [s for s in shapes if s[1] in (7, 512)]
+        for name, m, n, k in shapes:
+            x = (torch.randn(m, k, generator=gen, device="cuda") * 0.5).to(tdtype)
+            w = (torch.randn(n, k, generator=gen, device="cuda") / k ** 0.5).to(tdtype)
+            y = torch.full((m, n), float("nan"), device="cuda", dtype=tdtype)
+            fn(x, w, y)
+            torch.cuda.synchronize()
+            ref = x.float() @ w.float().T
+            err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+            ok = bool(err <= TOL[dtype])
+            failures += not ok
+            row = {"lib": lib, "dtype": dtype, "layer": name, "m": m, "n": n, "k": k, "err": err, "ok": ok}
+            if not lib.endswith("ptx80"):
+                ours = _time(lambda: fn(x, w, y), torch)
+                theirs = _time(lambda: torch.matmul(x, w.T), torch)
+                flop = 2 * m * n * k
+                row.update(us=round(ours, 2), torch_us=round(theirs, 2), tflops=round(flop / ours / 1e6, 1),
+                           torch_tflops=round(flop / theirs / 1e6, 1), ratio=round(theirs / ours, 3))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    with open(out_path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return 1 if failures else 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "build":
+        build(Path(argv[1]))
+        return 0
+    if len(argv) >= 3 and argv[0] == "check":
+        return check(Path(argv[1]), Path(argv[2]))
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
