@@ -5,9 +5,10 @@
 #   here:     bash benchmarks/gpu.sh build DIR [QUANTS...]  runtime-only TVM (DIR/tvm_rt), artifacts DIR/l8-<quant>
 #                                                           (default q4f16 q4f16_1 q0f16), llama.cpp source DIR/lcpp-src.tgz
 #   GPU box:  bash benchmarks/gpu.sh peer DIR [QUANTS...]   build llama.cpp (~5 min, kept in DIR/lcpp), llama-bench +
-#                                                           llama-batched-bench on random GGUFs (default F16 Q4_0)
+#                                                           llama-batched-bench on random GGUFs (default F16 Q4_0;
+#                                                           PROMPTS: llama-bench -p, default 128,512)
 #             bash benchmarks/gpu.sh ember DIR [QUANTS...]  ember verify (hashes + golden logits), then ember bench of
-#                                                           each artifact: pp128/pp512, decode batch
+#                                                           each artifact: prefill (PREFILL, default 128,512), decode batch
 #                                                           1..64 (BATCHES), decode at context 128/2048/8000
 #                                                           (CONTEXTS), the kernel profile at batch 1 and 16 (PROFILE=1)
 #   here:     ember bench --plot decode.png --from DIR/results  the batch curve of every engine, with the rooflines
@@ -50,7 +51,7 @@ case $cmd in
     [ -f F16.gguf ] || python3 "$here/peers/llamacpp_random_gguf.py" F16.gguf --gguf-py src/gguf-py
     for q in $quants; do
       [ "$q" = F16 ] || [ -f "$q.gguf" ] || build/bin/llama-quantize F16.gguf "$q.gguf" "$q" "$(nproc)" >"quant-$q.log" 2>&1
-      build/bin/llama-bench -m "$q.gguf" -ngl 99 -fa 1 -p 128,512 -n 128 -r 3 -o jsonl | tee -a "$results/llamacpp.jsonl"
+      build/bin/llama-bench -m "$q.gguf" -ngl 99 -fa 1 -p "${PROMPTS:-128,512}" -n 128 -r 3 -o jsonl | tee -a "$results/llamacpp.jsonl"
       build/bin/llama-batched-bench -m "$q.gguf" -ngl 99 -fa on -c 20480 -b 2048 -ub 512 -npp 128 -ntg 128 \
         -npl "${NPL:-1,4,16,64}" --output-format jsonl 2>&1 | grep '^{' | sed "s/^{/{\"model\": \"$q\", /" \
         | tee -a "$results/llamacpp-batched.jsonl"
@@ -63,7 +64,7 @@ case $cmd in
       # the artifact's own check first: file hashes and its golden logits (a 2-layer truncation vs the cpu build)
       ember_rt verify "$dir/l8-$q" --device cuda --json > "$results/verify-$q.json" || echo "verify $q FAILED"
       cat "$results/verify-$q.json"; echo
-      ember_rt bench "$dir/l8-$q" --device cuda --prefill 128,512 --batch "${BATCHES:-1,2,4,8,16,32,64}" --steps 64 \
+      ember_rt bench "$dir/l8-$q" --device cuda --prefill "${PREFILL:-128,512}" --batch "${BATCHES:-1,2,4,8,16,32,64}" --steps 64 \
         --repeats 3 --output "$results/ember-$q.jsonl" >/dev/null
       cat "$results/ember-$q.jsonl"
       if [ -n "${CONTEXTS-128,2048,8000}" ]; then  # decode at batch 1 after long prompts (a cache of batch 1:

@@ -11,8 +11,9 @@ On the GPU (runtime-only ember):  python tools/gemv_parity.py check DIR
         logits of every step are compared (max abs error over the logit scale, top-1 agreement) and greedy
         generation of 24 tokens is compared; then 4 sequences (other prompts) decode together for 12 steps (the
         batched `decode`), fed the cpu build's batched greedy tokens, logits compared the same way. "cuda-graph"
-        (--cuda-graph) must give the logits of "cuda" (no graphs). One JSON line per (model, scheme); exit 1 if a
-        check fails.
+        (--cuda-graph) must give the logits of "cuda" (no graphs). A 100-token prompt scored in chunks of 16 on "cuda"
+        (the later chunks attend the cached pages) is compared with the cpu build's one-pass scores. One JSON line
+        per (model, scheme); exit 1 if a check fails.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ BUILDS = {"cpu": (["--target", "cpu"], {}), "cuda": (["--target", "cuda:sm_90", 
           "cuda-graph": (["--target", "cuda:sm_90", "--cuda-graph"], {}),
           "cuda-stock": (["--target", "cuda:sm_90", "--no-cuda-graph"], {"EMBER_CUDA_GEMV": "0", "EMBER_CUDA_NORM": "0"})}
 STEPS = 24
+CHUNKED_LEN, CHUNK = 100, 16  # a prompt scored in chunks (the paged prefill attention), against the cpu's one pass
 BATCH, BATCH_STEPS = 4, 12
 # cuda computes in fp16, cpu in fp32: logits differ by fp16 rounding through 2 layers. Against the cpu build the
 # bound is loose; against the stock cuda build (same fp16 pipeline, only the GEMV differs) it is tighter.
@@ -129,6 +131,8 @@ def check(root: Path) -> int:
             batch_ref, batch_tokens = _batched_reference(cpu, prompts)
             greedy = cpu.generate(prompt, max_tokens=STEPS, temperature=0.0).token_ids
             ref = _steps(cpu, prompt, greedy)
+            long_prompt = rng.integers(0, cpu.manifest.vocab_size, size=CHUNKED_LEN).tolist()
+            long_ref = cpu.score(long_prompt)
             scale = float(np.abs(ref).max())
             row: dict = {"model": model, "scheme": scheme_dir.name, "logit_scale": scale}
             logits = {}
@@ -147,6 +151,9 @@ def check(root: Path) -> int:
                 logits[build + "-batched"] = batched
                 row[build]["batched_decode_max_err_vs_cpu"] = float(np.abs(batched[1:] - batch_ref[1:]).max() / scale)
                 row[build]["batched_top1_agree"] = float((batched.argmax(-1) == batch_ref.argmax(-1)).mean())
+                if build == "cuda":  # chunks of 16: every chunk after the first attends its cached pages
+                    chunked = ember.load(scheme_dir / build, device="cuda", prefill_chunk_size=CHUNK).score(long_prompt)
+                    row[build]["chunked_prefill_max_err_vs_cpu"] = float(np.abs(chunked - long_ref).max() / scale)
             if "cuda-graph" in logits:
                 row["graph_max_err_vs_cuda"] = float(max(np.abs(logits["cuda-graph"] - logits["cuda"]).max(),
                                                          np.abs(logits["cuda-graph-batched"] - logits["cuda-batched"]).max())
@@ -156,6 +163,7 @@ def check(root: Path) -> int:
                 vs_stock = float(np.abs(logits["cuda"][1:] - logits["cuda-stock"][1:]).max() / scale)
                 row["decode_max_err_vs_stock"] = vs_stock
             row["ok"] = bool(row["cuda"]["decode_max_err_vs_cpu"] < TOL_CPU and vs_stock < TOL_STOCK
+                             and row["cuda"]["chunked_prefill_max_err_vs_cpu"] < TOL_CPU
                              and row["cuda"]["batched_decode_max_err_vs_cpu"] < TOL_CPU
                              and row.get("graph_max_err_vs_cuda", 0.0) < 1e-6)
             failed += not row["ok"]

@@ -5,7 +5,8 @@
 
 The kernel is compiled with nvcc for this GPU behind small host launchers and called on torch tensors: ragged
 batches (one sequence of 512 or 2048 tokens, several of 1..300), causal and not, the llama3-8b, SmolLM2 and MHA
-bf16 shapes; output and lse (TVM's: log2 domain) against a float64 torch reference, NaN-poisoned outputs first.
+bf16 shapes; the paged kernel (the cached pages of a chunked prefill: K / V scattered into shuffled 16-key pages,
+a sequence without pages); output and lse (TVM's: log2 domain) against a float64 torch reference, NaN-poisoned outputs first.
 Then the time of one llama3-8b layer's prefill attention at 512 and 2048 tokens (CUDA events, median of 20),
 beside torch's scaled_dot_product_attention on the same tensors. One JSON line per case; exit 1 on a failure.
 """
@@ -33,8 +34,16 @@ SOURCE = """
   extern "C" void NAME(const void* q, const void* qi, const void* k, const void* v, const void* ki, void* o, \\
       void* lse, int b, int c, float s, int tiles, int heads) { \\
     NAME##_kernel<<<dim3(tiles, heads), 128>>>((const T*)q, (const int*)qi, (const T*)k, (const T*)v, \\
-        (const int*)ki, (T*)o, (float*)lse, b, c, s); }
+        (const int*)ki, (T*)o, (float*)lse, b, c, s); } \
+  __global__ void __launch_bounds__(128) NAME##_paged_kernel(const T* q, const int* qi, const T* pages, \
+      const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, float s) { \
+    ember::prefill::paged<D, HKV, G, 16, T>(q, qi, pages, pi, pv, last, o, lse, b, c, s); } \
+  extern "C" void NAME##_paged(const void* q, const void* qi, const void* pages, const void* pi, const void* pv, \
+      const void* last, void* o, void* lse, int b, int c, float s, int tiles, int heads) { \
+    NAME##_paged_kernel<<<dim3(tiles, heads), 128>>>((const T*)q, (const int*)qi, (const T*)pages, \
+        (const int*)pi, (const int*)pv, (const int*)last, (T*)o, (float*)lse, b, c, s); }
 """
+PAGE = 16
 TOL = {"__half": 2e-3, "__nv_bfloat16": 1.6e-2}  # max abs error of the output (values are |v| <= ~3)
 
 
@@ -84,7 +93,41 @@ def run_kernel(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale):
     return out, lse
 
 
-def check(lib, name, q_lens, kv_lens, causal, seed=0) -> dict:
+def run_paged(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale):
+    """The paged kernel on k / v scattered into 16-key pages in a shuffled order (a last page part full)."""
+    import torch
+
+    dev = q.device
+    counts = [-(-n // PAGE) for n in kv_lens]
+    total = sum(counts)
+    order = torch.randperm(total + 3, generator=torch.Generator().manual_seed(1))[:total].tolist()
+    pages = torch.full((total + 3, 2, k.shape[1], PAGE, k.shape[2]), float("nan"), dtype=k.dtype, device=dev)
+    values, at, ko = [], 0, 0
+    for n, c in zip(kv_lens, counts):
+        for p in range(c):
+            page = order[at]
+            at += 1
+            values.append(page)
+            rows = slice(ko + p * PAGE, ko + min((p + 1) * PAGE, n))
+            m = rows.stop - rows.start
+            pages[page, 0, :, :m] = k[rows].transpose(0, 1)
+            pages[page, 1, :, :m] = v[rows].transpose(0, 1)
+        ko += n
+    qi = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+    pi = torch.tensor([0, *torch.tensor(counts).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+    pv = torch.tensor(values or [0], dtype=torch.int32, device=dev)
+    last = torch.tensor([n - (c - 1) * PAGE if c else 0 for n, c in zip(kv_lens, counts)], dtype=torch.int32,
+                        device=dev)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=dev)
+    tiles = -(-q.shape[0] // 64) + len(q_lens)
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    getattr(lib, name + "_paged")(ptr(q), ptr(qi), ptr(pages), ptr(pi), ptr(pv), ptr(last), ptr(out), ptr(lse),
+                                  len(q_lens), int(causal), ctypes.c_float(sm_scale), tiles, q.shape[1])
+    return out, lse
+
+
+def check(lib, name, q_lens, kv_lens, causal, seed=0, paged=False) -> dict:
     import torch
 
     d, h_kv, group, ctype = SHAPES[name]
@@ -94,7 +137,7 @@ def check(lib, name, q_lens, kv_lens, causal, seed=0) -> dict:
     k = torch.randn(sum(kv_lens), h_kv, d, device="cuda", generator=g).to(dtype)
     v = torch.randn(sum(kv_lens), h_kv, d, device="cuda", generator=g).to(dtype)
     sm_scale = 1 / math.sqrt(d)
-    out, lse = run_kernel(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale)
+    out, lse = (run_paged if paged else run_kernel)(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale)
     torch.cuda.synchronize()
     ref_out, ref_lse = reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale)
     seen = torch.isfinite(ref_lse)
@@ -102,7 +145,7 @@ def check(lib, name, q_lens, kv_lens, causal, seed=0) -> dict:
     lse_err = float((lse.double() - ref_lse)[seen].abs().max()) if seen.any() else 0.0
     empty_ok = bool(((lse[~seen] == -5e4).all() and (out[~seen] == 0).all()).item()) if (~seen).any() else True
     ok = err < TOL[ctype] and lse_err < 1e-3 and empty_ok and not out.isnan().any().item()
-    return {"case": name, "q_lens": q_lens, "kv_lens": kv_lens, "causal": causal, "max_err": err,
+    return {"case": name, "paged": paged, "q_lens": q_lens, "kv_lens": kv_lens, "causal": causal, "max_err": err,
             "lse_max_err": lse_err, "empty_rows_ok": empty_ok, "ok": bool(ok)}
 
 
@@ -131,8 +174,10 @@ def timing(lib, n: int) -> dict:
     sdpa = median_us(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True,
                                                                               enable_gqa=True))
     flops = 4 * n * n / 2 * d * h_kv * group
+    paged = median_us(lambda: run_paged(lib, "llama3", q, k, v, [n], [n], False, 1 / math.sqrt(d)))
     return {"timing": "llama3 layer", "tokens": n, "ember_us": round(ours, 1), "torch_sdpa_us": round(sdpa, 1),
-            "ember_tflops": round(flops / ours / 1e6, 1)}
+            "ember_tflops": round(flops / ours / 1e6, 1), "paged_noncausal_us": round(paged, 1),
+            "paged_tflops": round(2 * flops / paged / 1e6, 1)}
 
 
 def main(out_path: str) -> int:
@@ -145,7 +190,11 @@ def main(out_path: str) -> int:
                  ("llama3", [65, 3], [65, 3], False), ("smollm2", [129, 17, 5], [129, 17, 5], True),
                  ("smollm2", [8], [3], True),  # rows that see no key
                  ("mha_bf16", [200, 64], [200, 64], True)]
-        for case in cases:
+        paged = [("llama3", [2048], [2048], False), ("llama3", [512], [1536], False),
+                 ("llama3", [37, 1, 130, 64, 300], [37, 1, 130, 64, 300], True),
+                 ("llama3", [100, 20], [160, 20], True), ("smollm2", [129, 17, 5], [300, 0, 33], False),
+                 ("mha_bf16", [200, 64], [211, 16], False)]
+        for case in [(*c, 0, False) for c in cases] + [(*c, 0, True) for c in paged]:
             row = check(lib, *case)
             failed += not row["ok"]
             rows.append(row)

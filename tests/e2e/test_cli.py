@@ -153,8 +153,11 @@ def test_cuda_compile_without_gpu_holds_kernels_for_each_arch(hf_dir, tmp_path):
     manifest = json.loads((tmp_path / "cuda" / "manifest.json").read_text())
     assert manifest["target"]["kind"] == "cuda" and manifest["target"]["archs"] == ["sm_80", "sm_90"]
     assert manifest["compute_dtype"] == "float16" and "decode1" in manifest["functions"]
+    from ember.targets.cuda import prefill_gemm
+
     report = inspect_cuda_library(tmp_path / "cuda" / "model.so")
-    assert sorted(report.cubin_archs) == ["sm_80", "sm_90"]
+    fatbins = 2 if prefill_gemm.enabled() else 1  # TVM's kernels, and the object of the CUTLASS prefill GEMMs
+    assert report.fatbins == fatbins and sorted(report.cubin_archs) == ["sm_80"] * fatbins + ["sm_90"] * fatbins
     assert report.global_sources == 0 and not report.has_ptx
     assert report.pdl_kernels == 0  # sm_80 has no programmatic dependent launch (targets/cuda/pdl.py)
 

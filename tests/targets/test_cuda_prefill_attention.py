@@ -26,6 +26,16 @@ def test_cuda_pipeline_swaps_the_ragged_prefill_kernel():
     assert not _calls(kept) and kept.attrs["global_symbol"] == prefill_attention.INLINE_ROPE
 
 
+def test_cuda_pipeline_swaps_the_paged_prefill_kernel_but_not_the_sliding_window_one():
+    from ember.targets.cuda import prefill_attention as pa
+
+    prims = _prims(through_cuda_pipeline(_lowered()))
+    assert _calls(prims[pa.PAGED]) == ["ember::prefill::paged<64, 2, 2, 16, __half>"]
+    assert 'T.call_cpacked("batch_prefill_paged_kv_inline_rope"' in prims[pa.PAGED].script()
+    assert not _calls(prims[pa.PAGED_INLINE_ROPE])
+    assert not _calls(prims[pa.PAGED + "_sliding_window"])  # TVM's: windowed page walks are not ember's yet
+
+
 def test_swap_is_idempotent_can_be_turned_off_and_leaves_other_head_dims(monkeypatch):
     from ember.targets.cuda import prefill_attention as pa
 
@@ -44,6 +54,9 @@ def test_kernel_names():
 
     assert kernel_name(32, 8, 128, "float16") == "ember::prefill::ragged<128, 8, 4, __half>"
     assert kernel_name(9, 3, 64, "bfloat16") == "ember::prefill::ragged<64, 3, 3, __nv_bfloat16>"
+    from ember.targets.cuda.prefill_attention import paged_kernel_name
+
+    assert paged_kernel_name(32, 8, 128, 16, "float16") == "ember::prefill::paged<128, 8, 4, 16, __half>"
 
 
 HARNESS = """
@@ -55,6 +68,11 @@ K(llama3, 128, 8, 4, __half)
 K(smollm2, 64, 3, 3, __half)
 K(bf16_mha, 64, 8, 1, __nv_bfloat16)
 K(group8, 128, 2, 8, __half)
+#define P(NAME, D, HKV, G, T) extern "C" __global__ void __launch_bounds__(128) NAME(const T* q, const int* qi, \\
+    const T* pages, const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, float s) { \\
+  ember::prefill::paged<D, HKV, G, 16, T>(q, qi, pages, pi, pv, last, o, lse, b, c, s); }
+P(llama3_paged, 128, 8, 4, __half)
+P(bf16_paged, 64, 8, 1, __nv_bfloat16)
 """
 
 

@@ -1,5 +1,6 @@
-// ember's tensor-core attention over the new tokens of a ragged prefill (TVM's `batch_prefill_ragged_kv`,
-// relax/frontend/nn/llm/kv_cache.py: the keys and values of this forward, not the cached pages):
+// ember's tensor-core attention for a prefill: over the new tokens (TVM's `batch_prefill_ragged_kv`,
+// relax/frontend/nn/llm/kv_cache.py: the keys and values of this forward; `ragged`) and over the cached pages of a
+// chunked or prefix-cached prefill (TVM's `batch_prefill_paged_kv`; `paged`, see PagedKV). Ragged:
 //   q [N, HKV * GROUP, D], k, v [NKV, HKV, D]; sequence b owns rows q_indptr[b] .. q_indptr[b + 1] of q and
 //   kv_indptr[b] .. kv_indptr[b + 1] of k / v; out [N, HKV * GROUP, D], lse [N, HKV * GROUP] (float32)
 // TVM's conventions (as decode_attention.cuh): scores in the log2 domain, s = q.k * sm_scale * log2(e),
@@ -51,12 +52,55 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi, const __nv_bfloat16
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// Where the keys and values of sequence b are. Ragged: k, v [NKV, HKV, D], rows kv_indptr[b] .. kv_indptr[b + 1].
+template <int D, int HKV, typename T>
+struct RaggedKV {
+  const T* __restrict__ k;
+  const T* __restrict__ v;
+  const int* __restrict__ kv_indptr;
+  int kv0 = 0;
+  __device__ __forceinline__ int bind(int b) {  // the sequence's key count
+    kv0 = kv_indptr[b];
+    return kv_indptr[b + 1] - kv0;
+  }
+  __device__ __forceinline__ size_t k_at(int key, int hk) const {
+    return (static_cast<size_t>(kv0 + key) * HKV + hk) * D;
+  }
+  __device__ __forceinline__ size_t v_at(int key, int hk) const { return k_at(key, hk); }
+  __device__ __forceinline__ const T* k_base() const { return k; }
+  __device__ __forceinline__ const T* v_base() const { return v; }
+};
+
+// Paged (TVM's cache pages [pages, 2 (k, v), HKV, PS, D]): sequence b owns page_values[page_indptr[b] ..
+// page_indptr[b + 1]], all full but the last, which holds last_page_len[b] keys (no sliding window).
+template <int D, int HKV, int PS, typename T>
+struct PagedKV {
+  const T* __restrict__ pages;
+  const int* __restrict__ page_indptr;
+  const int* __restrict__ page_values;
+  const int* __restrict__ last_page_len;
+  int p0 = 0;
+  __device__ __forceinline__ int bind(int b) {
+    p0 = page_indptr[b];
+    const int n = page_indptr[b + 1] - p0;
+    return n > 0 ? (n - 1) * PS + last_page_len[b] : 0;
+  }
+  __device__ __forceinline__ size_t k_at(int key, int hk) const {
+    const size_t page = static_cast<size_t>(page_values[p0 + key / PS]);
+    return ((page * 2 * HKV + hk) * PS + key % PS) * D;
+  }
+  __device__ __forceinline__ size_t v_at(int key, int hk) const {
+    return k_at(key, hk) + static_cast<size_t>(HKV) * PS * D;
+  }
+  __device__ __forceinline__ const T* k_base() const { return pages; }
+  __device__ __forceinline__ const T* v_base() const { return pages; }
+};
+
 // One block per (query tile = blockIdx.x, query head = blockIdx.y), 128 threads.
-template <int D, int HKV, int GROUP, typename T>
-__device__ __forceinline__ void ragged(const T* __restrict__ q, const int* __restrict__ q_indptr,
-                                       const T* __restrict__ k, const T* __restrict__ v,
-                                       const int* __restrict__ kv_indptr, T* __restrict__ out,
-                                       float* __restrict__ lse, int batch, int causal, float sm_scale) {
+template <int D, int HKV, int GROUP, typename T, typename KV>
+__device__ __forceinline__ void attend(const T* __restrict__ q, const int* __restrict__ q_indptr, KV kv,
+                                       T* __restrict__ out, float* __restrict__ lse, int batch, int causal,
+                                       float sm_scale) {
   static_assert(D % 16 == 0, "head dim: whole mma k-steps");
   constexpr int BM = 64, BN = 64, THREADS = 128, LD = D + 8, HQ = HKV * GROUP;
   constexpr int KS = D / 16;   // k-steps of the scores
@@ -77,7 +121,7 @@ __device__ __forceinline__ void ragged(const T* __restrict__ q, const int* __res
   if (b == batch) return;
   const int h = blockIdx.y, hk = h / GROUP;
   const int q0 = q_indptr[b], q_len = q_indptr[b + 1] - q0;
-  const int kv0 = kv_indptr[b], n_kv = kv_indptr[b + 1] - kv0;
+  const int n_kv = kv.bind(b);
   const int m0 = (static_cast<int>(blockIdx.x) - first) * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};  // this lane's rows (in the sequence)
@@ -110,9 +154,8 @@ __device__ __forceinline__ void ragged(const T* __restrict__ q, const int* __res
       const int r = i / CH, c = i % CH, key = n0 + r;
       uint4 kk = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
       if (key < n_kv) {
-        const size_t at = (static_cast<size_t>(kv0 + key) * HKV + hk) * D + c * 8;
-        kk = *reinterpret_cast<const uint4*>(k + at);
-        vv = *reinterpret_cast<const uint4*>(v + at);
+        kk = *reinterpret_cast<const uint4*>(kv.k_base() + kv.k_at(key, hk) + c * 8);
+        vv = *reinterpret_cast<const uint4*>(kv.v_base() + kv.v_at(key, hk) + c * 8);
       }
       *reinterpret_cast<uint4*>(ks + r * LD + c * 8) = kk;
       *reinterpret_cast<uint4*>(vs + r * LD + c * 8) = vv;
@@ -200,6 +243,25 @@ __device__ __forceinline__ void ragged(const T* __restrict__ q, const int* __res
     }
     if (t == 0) lse[row] = total > 0.f ? m[i] + log2f(total) : kTvmEmpty;
   }
+}
+
+template <int D, int HKV, int GROUP, typename T>
+__device__ __forceinline__ void ragged(const T* __restrict__ q, const int* __restrict__ q_indptr,
+                                       const T* __restrict__ k, const T* __restrict__ v,
+                                       const int* __restrict__ kv_indptr, T* __restrict__ out,
+                                       float* __restrict__ lse, int batch, int causal, float sm_scale) {
+  attend<D, HKV, GROUP, T>(q, q_indptr, RaggedKV<D, HKV, T>{k, v, kv_indptr}, out, lse, batch, causal, sm_scale);
+}
+
+// TVM's `batch_prefill_paged_kv` (the cached pages of the sequences of a prefill chunk).
+template <int D, int HKV, int GROUP, int PS, typename T>
+__device__ __forceinline__ void paged(const T* __restrict__ q, const int* __restrict__ q_indptr,
+                                      const T* __restrict__ pages, const int* __restrict__ page_indptr,
+                                      const int* __restrict__ page_values, const int* __restrict__ last_page_len,
+                                      T* __restrict__ out, float* __restrict__ lse, int batch, int causal,
+                                      float sm_scale) {
+  attend<D, HKV, GROUP, T>(q, q_indptr, PagedKV<D, HKV, PS, T>{pages, page_indptr, page_values, last_page_len}, out,
+                           lse, batch, causal, sm_scale);
 }
 
 }  // namespace prefill
