@@ -25,10 +25,10 @@ def test_only_hopper_and_later_builds_and_switch(monkeypatch):
 
 
 # the device templates the lowerings call, per namespace (native_gemv.py, native_lowbatch.py, native_norm.py,
-# attention.py, native_linear.py)
+# attention.py, native_linear.py); prefill_attention.py's ragged and paged entries both run attend()
 ENTRIES = {"ember::gemv::": ["run"], "ember::lowbatch::": ["run"], "ember::norm::": ["add_rms_norm"],
            "ember::attn::": ["split", "merge"], "ember::linear::": ["gemv", "mma"], "ember::kv::": ["rotary", "append"],
-           "ember::prefill::": ["ragged"]}
+           "ember::prefill::": ["attend"]}
 
 
 def _body(text: str, name: str) -> str:
@@ -54,6 +54,13 @@ def test_every_tagged_kernel_waits_before_reading(namespace):
         wait = body.index("pdl::wait();")
         assert body.index("pdl::launch_dependents();") < wait, name
         assert "__syncthreads" not in body[:wait] and "__ldg(" not in body[:wait], name
+
+
+def test_prefill_entries_go_through_the_waiting_body():
+    text = (KERNEL_DIR / dict(SOURCES)["ember::prefill::"]).read_text()
+    for name in ("ragged", "paged"):
+        body = _body(text, name)
+        assert body.count("attend<") == 1 and "pdl::" not in body, name
 
 
 def test_local_includes_are_inlined_once():
