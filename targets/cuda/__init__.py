@@ -48,6 +48,7 @@ class CudaTarget(Target):
         super().__init__(spec)
         self.archs = archs
         self._prefill_gemm: Any = None  # prefill_gemm.PrefillGemm once lowerings() chose it
+        self._prefill_qgemm: Any = None  # prefill_qgemm.PrefillQGemm, likewise
 
     @classmethod
     def parse(cls, spec: str) -> CudaTarget:
@@ -71,12 +72,16 @@ class CudaTarget(Target):
         add_rms_norm on one kernel (native_norm.py; EMBER_CUDA_NORM=0 keeps the generic add + norm). fp16-weight
         `linear` (q0f16) at decode1 and the batched decode on native_linear.py's kernels (EMBER_CUDA_LINEAR=0 or
         EMBER_CUDA_GEMV=0 keep dlight's). The prefill's 16-bit `linear` on CUTLASS GEMMs (prefill_gemm.py) where the
-        nvidia-cutlass headers are installed and every arch is sm_80..sm_90 (EMBER_CUDA_GEMM=0 keeps dlight's)."""
-        from . import native_gemv, native_linear, native_lowbatch, native_norm, prefill_gemm
+        nvidia-cutlass headers are installed and every arch is sm_80..sm_90 (EMBER_CUDA_GEMM=0 keeps dlight's); the
+        prefill's quantized linears on prefill_qgemm.py's mma.sync GEMM (EMBER_CUDA_QGEMM=0 keeps dlight's)."""
+        from . import native_gemv, native_linear, native_lowbatch, native_norm, prefill_gemm, prefill_qgemm
         from .nvcc import sm_number
 
         table = dict(native_gemv.LOWERINGS) if native_gemv.enabled() else {}
         table = native_lowbatch.merged(table) if native_lowbatch.enabled() else table
+        self._prefill_qgemm = prefill_qgemm.PrefillQGemm(self.archs) if prefill_qgemm.enabled() else None
+        if self._prefill_qgemm is not None:
+            table = chained(table, "quant_linear", self._prefill_qgemm.lower_quant_linear)
         table = {**table, **native_linear.LOWERINGS} if native_linear.enabled() else table
         self._prefill_gemm = None
         if prefill_gemm.enabled() and all(80 <= sm_number(a) <= 90 for a in self.archs):
@@ -98,14 +103,17 @@ class CudaTarget(Target):
         from .library_check import check_cuda_library
         from .pipeline import build_cuda
 
-        gemm = self._prefill_gemm.start_objects() if self._prefill_gemm is not None else None
-        beside = "" if gemm is None else " and ember's CUTLASS GEMMs" + (" (cached)" if gemm.cached else " (nvcc)")
+        objects = [b for b in (self._prefill_gemm.start_objects() if self._prefill_gemm is not None else None,
+                               self._prefill_qgemm.start_objects() if self._prefill_qgemm is not None else None)
+                   if b is not None]
+        beside = "" if not objects else " and ember's prefill GEMMs" + (
+            " (cached)" if all(b.cached for b in objects) else " (nvcc)")
         with stage.wait(f"building kernels for {self.spec} (tvm.compile{beside})"):
             executable = build_cuda(relax_mod, self.archs, cuda_graph=options.cuda_graph)
         link: dict[str, Any] = {}
-        if gemm is not None:
-            with stage.wait("waiting for nvcc: ember's CUTLASS prefill GEMMs"):
-                link = {"addons": [str(p) for p in gemm.result()], "options": gemm.link_options()}
+        if objects:
+            with stage.wait("waiting for nvcc: ember's prefill GEMMs"):
+                link = {"addons": [str(p) for b in objects for p in b.result()], "options": objects[0].link_options()}
         with stage.wait(f"compiling and linking {library.name} (nvcc for {', '.join(self.archs)})"):
             executable.export_library(str(library), **link)
         check_cuda_library(library, self.archs)

@@ -16,7 +16,8 @@ SOURCES: tuple[tuple[str, str], ...] = (("ember::gemv::", "gemv.cuh"), ("ember::
                                         ("ember::sample::", "sample.cuh"), ("ember::norm::", "norm.cuh"),
                                         ("ember::attn::", "decode_attention.cuh"),
                                         ("ember::linear::", "linear.cuh"), ("ember::kv::", "kv_append.cuh"),
-                                        ("ember::prefill::", "prefill_attention.cuh"))
+                                        ("ember::prefill::", "prefill_attention.cuh"),
+                                        ("ember::qgemm::", "prefill_qgemm.cuh"))
 
 
 def needed_sources(code: str) -> list[str]:

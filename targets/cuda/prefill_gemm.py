@@ -148,14 +148,28 @@ class ObjectSpec:
                     f"-I{tvm_ffi_include()}"]
         return [nvcc, *_FLAGS, *defines, *gencode, *includes, "-o", str(output), str(source)]
 
+    @property
+    def stem(self) -> str:
+        return f"prefill_gemm-{self.dtype}"
+
+    def source_text(self) -> str:
+        return SOURCE.read_text(encoding="utf-8")
+
     def key(self, nvcc: str) -> str:
-        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-        digest = hashlib.sha256()
-        for part in (SOURCE.read_bytes(), version.encode(), _cutlass_version(self.cutlass).encode(),
-                     " ".join(self.command("nvcc", Path("src"), Path("out"))[1:]).replace(str(self.cutlass), "")
-                     .replace(tvm_ffi_include(), "").encode(), _tvm_ffi_version().encode()):
-            digest.update(hashlib.sha256(part).digest())
-        return digest.hexdigest()[:24]
+        return object_key(self, nvcc, _cutlass_version(self.cutlass), str(self.cutlass))
+
+
+def object_key(spec: Any, nvcc: str, extra: str = "", *paths: str) -> str:
+    """What an object depends on: its source, nvcc's version, its flags (less the install paths), tvm-ffi's."""
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    flags = " ".join(spec.command("nvcc", Path("src"), Path("out"))[1:])
+    for path in (*paths, tvm_ffi_include()):
+        flags = flags.replace(path, "")
+    digest = hashlib.sha256()
+    for part in (spec.source_text().encode(), version.encode(), extra.encode(), flags.encode(),
+                 _tvm_ffi_version().encode()):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:24]
 
 
 def tvm_ffi_include() -> str:
@@ -193,15 +207,17 @@ def cuda_library_dir(nvcc: str) -> Path:
 
 
 class ObjectBuild:
-    """nvcc runs for the missing objects in a background thread; `result()` waits and gives the object paths."""
+    """nvcc runs for the missing objects in a background thread; `result()` waits and gives the object paths.
+    A spec has `stem`, `source_text()` (one self-contained source), `command(nvcc, source, output)` and
+    `key(nvcc)`: ObjectSpec here, prefill_qgemm.QObjectSpec."""
 
-    def __init__(self, specs: list[ObjectSpec]) -> None:
+    def __init__(self, specs: list[Any]) -> None:
         nvcc = shutil.which("nvcc")
         if nvcc is None:
             raise CudaToolchainError("nvcc not found on PATH: ember needs the CUDA 13 toolkit to compile for cuda")
         self.nvcc = nvcc
         folder = cache_dir()
-        self.paths = [folder / f"prefill_gemm-{spec.dtype}-{spec.key(nvcc)}.o" for spec in specs]
+        self.paths = [folder / f"{spec.stem}-{spec.key(nvcc)}.o" for spec in specs]
         self.missing = [(s, p) for s, p in zip(specs, self.paths) if not p.is_file()]
         self.error: CudaToolchainError | None = None
         self._thread = threading.Thread(target=self._run, name="ember-prefill-gemm", daemon=True)
@@ -218,21 +234,21 @@ class ObjectBuild:
         except CudaToolchainError as err:
             self.error = err
 
-    def _compile(self, spec: ObjectSpec, path: Path) -> None:
+    def _compile(self, spec: Any, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A stable source path (the object records it): the same inputs give the same bytes in every cache.
         work = Path(tempfile.mkdtemp(prefix=path.stem + ".", dir=path.parent))
         source = path.parent / f"{path.stem}.cu"
         if not source.is_file():
             tmp_source = work / "source.cu"
-            tmp_source.write_bytes(SOURCE.read_bytes())
+            tmp_source.write_text(spec.source_text(), encoding="utf-8")
             os.replace(tmp_source, source)
         output = work / path.name
         proc = subprocess.run(spec.command(self.nvcc, source, output), capture_output=True, text=True)
         if proc.returncode != 0 or not output.is_file():
             lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "error" in l.lower()] or ["(no output)"]
             shutil.rmtree(work, ignore_errors=True)
-            raise CudaToolchainError(f"nvcc failed on {SOURCE.name} for {spec.dtype}: {lines[0].strip()}")
+            raise CudaToolchainError(f"nvcc failed on {spec.stem}: {lines[0].strip()}")
         os.replace(output, path)  # atomic: a concurrent compile sees the whole object or none
         shutil.rmtree(work, ignore_errors=True)
 
@@ -247,4 +263,5 @@ class ObjectBuild:
         return [f"-L{cuda_library_dir(self.nvcc)}", "-Wl,--no-as-needed", "-lcudart", "-Wl,--as-needed"]
 
 
-__all__ = ["ENV", "ObjectBuild", "PrefillGemm", "cache_dir", "cutlass_root", "enabled", "function_name", "plan"]
+__all__ = ["ENV", "ObjectBuild", "PrefillGemm", "cache_dir", "cutlass_root", "enabled", "function_name", "object_key",
+           "plan", "tvm_ffi_include"]

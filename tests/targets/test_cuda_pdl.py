@@ -28,7 +28,8 @@ def test_only_hopper_and_later_builds_and_switch(monkeypatch):
 # attention.py, native_linear.py); prefill_attention.py's ragged and paged entries both run attend()
 ENTRIES = {"ember::gemv::": ["run"], "ember::lowbatch::": ["run"], "ember::norm::": ["add_rms_norm"],
            "ember::attn::": ["split", "merge"], "ember::linear::": ["gemv", "mma"], "ember::kv::": ["rotary", "append"],
-           "ember::prefill::": ["attend"]}
+           "ember::prefill::": ["attend"],
+           "ember::qgemm::": ["run"]}
 
 
 def _body(text: str, name: str) -> str:

@@ -1,0 +1,110 @@
+// The packed function around prefill_qgemm_sm90.cuh's wgmma GEMM for quantized weights, compiled by nvcc at
+// `ember compile` (targets/cuda/prefill_qgemm.py) for sm_90a and linked into model.so; the Relax VM calls
+// EMBER_QGEMM_NAME(x, qweight, scales[, mins], y) through call_dps_packed. One object per (scheme, group).
+//
+// The tile is chosen per call from m and N by a wave model: each tile's measured large-m rate on an H200
+// (docs/measurements/2026-12-03-h200-prefill-qgemm) times the fraction of its last wave of blocks that is full,
+// so that a 512-token prompt does not run 64 big blocks on 132 SMs.
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/c_env_api.h>
+#include <tvm/ffi/function.h>
+
+#include "prefill_qgemm_sm90.cuh"
+
+#ifndef EMBER_QGEMM_SCHEME
+#define EMBER_QGEMM_SCHEME 0
+#endif
+#ifndef EMBER_QGEMM_GROUP
+#define EMBER_QGEMM_GROUP 32
+#endif
+#ifndef EMBER_QGEMM_NAME
+#define EMBER_QGEMM_NAME ember_prefill_qgemm_q4_g32
+#endif
+
+namespace ember {
+namespace qgemm90 {
+namespace {
+
+constexpr int S = EMBER_QGEMM_SCHEME;
+constexpr int G = EMBER_QGEMM_GROUP;
+
+struct Tile {
+  int bm, bn, per_sm;  // per_sm: blocks an SM holds at once (shared memory bound)
+  double rate;         // TFLOP/s at large m
+};
+// 128x256, 128x128, 128x64 (4 stages each)
+constexpr Tile kTiles[] = {{128, 256, 1, 360.0}, {128, 128, 1, 265.0}, {128, 64, 2, 232.0}};
+
+int choose(int64_t m, int64_t n, int sms) {
+  int best = -1;
+  double best_score = 0.0;
+  for (int i = 0; i < 3; ++i) {
+    const Tile& t = kTiles[i];
+    if (n % t.bn != 0) continue;
+    const int64_t blocks = (m + t.bm - 1) / t.bm * (n / t.bn);
+    const int64_t slots = static_cast<int64_t>(sms) * t.per_sm;
+    const int64_t waves = (blocks + slots - 1) / slots;
+    const double score = t.rate * static_cast<double>(blocks) / static_cast<double>(waves * slots);
+    if (score > best_score) best = i, best_score = score;
+  }
+  return best;
+}
+
+int sm_count(int device) {
+  static int cached[64] = {0};
+  if (device < 0 || device >= 64) return 132;
+  if (cached[device] == 0) {
+    int sms = 0;
+    cached[device] = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess ? sms : 132;
+  }
+  return cached[device];
+}
+
+int64_t rows_of(const DLTensor* t) {
+  int64_t rows = 1;
+  for (int i = 0; i + 1 < t->ndim; ++i) rows *= t->shape[i];
+  return rows;
+}
+
+const void* data_of(const DLTensor* t) { return static_cast<const char*>(t->data) + t->byte_offset; }
+
+void run(DLTensor* x, DLTensor* w, DLTensor* scales, DLTensor* mins, DLTensor* y) {
+  const int64_t m = rows_of(x), k = x->shape[x->ndim - 1], n = w->shape[0];
+  TVM_FFI_ICHECK(rows_of(y) == m && y->shape[y->ndim - 1] == n) << "ember_prefill_qgemm: output is not [M, N]";
+  TVM_FFI_ICHECK(x->dtype.bits == 16 && y->dtype.bits == 16) << "ember_prefill_qgemm: fp16 x and y only";
+  TVM_FFI_ICHECK(scales->ndim == 2 && scales->shape[0] == n && scales->shape[1] * G == k)
+      << "ember_prefill_qgemm: scales are not [" << n << ", " << k / G << "]";
+  if (m == 0) return;
+  const int device = x->device.device_id;
+  auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(kDLCUDA, device));
+  const void* mp = mins != nullptr ? data_of(mins) : data_of(scales);
+  const int tile = choose(m, n, sm_count(device));
+  TVM_FFI_ICHECK(tile >= 0 && k % kTileK == 0) << "ember_prefill_qgemm: no tile for N=" << n << ", K=" << k;
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  void* yp = const_cast<void*>(data_of(y));
+  cudaError_t err = cudaErrorInvalidValue;
+  if (tile == 0) err = launch<S, G, 128, 256, 4>(mi, ni, ki, data_of(x), data_of(w), data_of(scales), mp, yp, stream);
+  if (tile == 1) err = launch<S, G, 128, 128, 4>(mi, ni, ki, data_of(x), data_of(w), data_of(scales), mp, yp, stream);
+  if (tile == 2) err = launch<S, G, 128, 64, 4>(mi, ni, ki, data_of(x), data_of(w), data_of(scales), mp, yp, stream);
+  TVM_FFI_ICHECK(err == cudaSuccess) << "ember_prefill_qgemm: " << cudaGetErrorString(err) << " (M=" << m
+                                     << ", N=" << n << ", K=" << k << ")";
+}
+
+#if EMBER_QGEMM_SCHEME == 1  // Q4_MIN: scales and mins
+void entry(DLTensor* x, DLTensor* w, DLTensor* scales, DLTensor* mins, DLTensor* y) { run(x, w, scales, mins, y); }
+#else
+void entry(DLTensor* x, DLTensor* w, DLTensor* scales, DLTensor* y) { run(x, w, scales, nullptr, y); }
+#endif
+
+}  // namespace
+}  // namespace qgemm90
+}  // namespace ember
+
+// One level of indirection so that EMBER_QGEMM_NAME is expanded before TVM's macro pastes it.
+#define EMBER_EXPORT(name, function) TVM_FFI_DLL_EXPORT_TYPED_FUNC(name, function)
+EMBER_EXPORT(EMBER_QGEMM_NAME, ember::qgemm90::entry);
