@@ -114,6 +114,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
             import_tvm_with_compiler()
     with stage.wait(f"lowering to TVM for {request.target}"):
         relax_mod, param_order = _lower(module, target, request.random_weights)
+    reference_kernels = golden.start_reference_kernels(target)
     with art.ArtifactWriter(output, replace=replace, label=label) as writer:
         (writer.path / IR_FILE).write_text(format_module(module))
         target_info = _build(relax_mod, target, writer.path / target.library_file,
@@ -144,6 +145,8 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
             source=source.path)
         stage.say("hashing the inputs for the build fingerprint")
         manifest.build = _build_info(request, source, target, quant, dtype, manifest.versions)
+        if reference_kernels is not None:
+            reference_kernels.join()
         manifest.verification = golden.record(golden_plan, writer.path, manifest, stage)  # for `ember verify`
         stage.say("hashing files and writing the manifest")
         path = writer.commit(manifest)

@@ -28,7 +28,9 @@ TILES = {"128x128x2x4s4": (128, 128, 2, 4, 4), "128x128x2x2s4": (128, 128, 2, 2,
          "wg64x128s4": (64, 128, 4), "wg64x64s4": (64, 64, 4), "wg128x64s4": (128, 64, 4),  # wgmma: bm, bn, stages
          # cost probes (numbers wrong on purpose): no scale loads, no dequantization
          "wg128x256s4-nosc": (128, 256, 4, "EMBER_QGEMM_PROBE_NO_SCALES"),
-         "wg128x256s4-nodq": (128, 256, 4, "EMBER_QGEMM_PROBE_NO_DEQUANT")}
+         "wg128x256s4-nodq": (128, 256, 4, "EMBER_QGEMM_PROBE_NO_DEQUANT"),
+         # split-K (the .cu's choice for grids under half the SMs)
+         "wg128x128s4-k2": (128, 128, 4, 2), "wg128x128s4-k4": (128, 128, 4, 4), "wg128x64s4-k2": (128, 64, 4, 2)}
 DEFAULT = ("128x128x2x4s4", "64x64x2x2s4", "wg128x128s4", "wg64x128s4")  # the tiles the other schemes run
 
 LAUNCHER = """
@@ -45,9 +47,13 @@ extern "C" int launch(int m, const void* x, const void* w, const void* s, const 
 """
 LAUNCHER90 = """
 #include "prefill_qgemm_sm90.cuh"
+static int g_splits = 1;
+static float* g_workspace = nullptr;
+extern "C" void set_split(int splits, void* workspace) {{ g_splits = splits; g_workspace = (float*)workspace; }}
 extern "C" int launch(int m, const void* x, const void* w, const void* s, const void* mn, const void* bias,
                       void* y, void* stream) {{
-  return (int)ember::qgemm90::launch<{args}>(m, {n}, {k}, x, w, s, mn, y, (cudaStream_t)stream);
+  return (int)ember::qgemm90::launch<{args}>(m, {n}, {k}, x, w, s, mn, y, (cudaStream_t)stream, g_splits,
+                                             g_workspace);
 }}
 """
 
@@ -56,7 +62,9 @@ def build(work: Path, code: int, n: int, k: int, group: int, bias: int, tile: tu
     name = f"q{code}_{n}_{k}_{group}_{bias}_{'_'.join(map(str, tile))}"
     src, lib = work / f"{name}.cu", work / f"{name}.so"
     defines = []
-    if len(tile) == 4:  # a probe
+    if len(tile) == 4 and isinstance(tile[3], int):  # split-K: the harness sets the splits
+        tile = tile[:3]
+    elif len(tile) == 4:  # a probe
         defines, tile = [f"-D{tile[3]}"], tile[:3]
         name += "_" + defines[0][2:]
         src, lib = work / f"{name}.cu", work / f"{name}.so"
@@ -159,6 +167,11 @@ def main() -> int:
             def run() -> None:
                 lib.launch(m, ptr(x), ptr(w), ptr(s), ptr(mn), ptr(bias_t), ptr(y), ctypes.c_void_p(stream))
 
+            spec = TILES[tile]
+            splits = spec[3] if len(spec) == 4 and isinstance(spec[3], int) else 1
+            if tile.startswith("wg"):
+                workspace = torch.empty(splits * m * n, device="cuda", dtype=torch.float32)
+                lib.set_split(splits, ctypes.c_void_p(workspace.data_ptr()))
             status = lib.launch(m, ptr(x), ptr(w), ptr(s), ptr(mn), ptr(bias_t), ptr(y), ctypes.c_void_p(stream))
             torch.cuda.synchronize()
             ref = x.float() @ wf.T + (bias_t.float() if bias_t is not None else 0)

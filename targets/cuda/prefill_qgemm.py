@@ -8,16 +8,17 @@ Two kernels:
   by nvcc at `ember compile` into an object per (scheme, group) (cached like prefill_gemm.py's) and called through
   `call_dps_packed("ember_prefill_qgemm_<scheme>_g<group>")`; it picks its tile per call from m and N. A bias is
   a Relax add after it.
-- other builds (sm_80, or several archs): kernels/prefill_qgemm.cuh, mma.sync with the weights dequantized into
-  registers, a device function in TVM's own kernel source (call_extern, like native_lowbatch.py); two block tiles
-  chosen at run time from the token count m: the large one once its grid fills the GPU, the small one (four
-  times the blocks) below that (a 128-token prompt: 32 large blocks for N = 4096 on 132 SMs). Bias in its epilogue.
+- EMBER_CUDA_QGEMM=mma (any arch from sm_80; A/B runs): kernels/prefill_qgemm.cuh, mma.sync with the weights
+  dequantized into registers, a device function in TVM's own kernel source (call_extern, like native_lowbatch.py);
+  two block tiles chosen at run time from the token count m: the large one once its grid fills the GPU, the small
+  one (four times the blocks) below that (a 128-token prompt: 32 large blocks for N = 4096 on 132 SMs). Bias in
+  its epilogue. Not the default: measured on the H200 it is slower than dlight's schedule from 512 tokens on
+  (mma_forced()), so other builds (sm_80, or several archs) keep dlight's until the object serves them too.
 
 The override takes a layer in a prefill function (its token count is a prefill dim, as in prefill_gemm.py) with
 fp16 x, a scheme of lowbatch.cuh's (Q4 s*(q-8), Q4_MIN s*q+m, Q8 s*q) whose groups hold whole k-tiles, K and N
 multiples of the tiles, and a bias (if any) in fp16 or fp32. Everything else returns None (dlight's Matmul
-schedule of the generic lowering keeps it). EMBER_CUDA_QGEMM=0 (or EMBER_CUDA_GEMV=0, all stock) turns it off;
-EMBER_CUDA_QGEMM=mma keeps the mma.sync kernel on sm_90 too (A/B runs).
+schedule of the generic lowering keeps it). EMBER_CUDA_QGEMM=0 (or EMBER_CUDA_GEMV=0, all stock) turns it off.
 """
 from __future__ import annotations
 
@@ -73,6 +74,13 @@ def enabled() -> bool:
 def wgmma_enabled(archs: list[str]) -> bool:
     """The sm_90a object (wgmma) serves builds whose every arch is sm_90."""
     return os.environ.get(ENV, "1") != "mma" and bool(archs) and all(sm_number(a) == 90 for a in archs)
+
+
+def mma_forced() -> bool:
+    """The mma.sync kernel only where asked for: on the H200 it beats dlight's schedule at short prompts (TTFT 128
+    17.8 vs 22.9 ms) but not from 512 tokens on (pp512 11.7k vs 12.7k tok/s; docs/measurements/
+    2026-12-03-h200-prefill-qgemm), so builds without the wgmma object keep dlight's by default."""
+    return os.environ.get(ENV, "1") == "mma"
 
 
 def function_name(code: int, group: int) -> str:
@@ -161,7 +169,7 @@ def lower_mma(node: Any, args: list, planned: tuple) -> Any:
 
 
 def lower_quant_linear(it: Any, node: Any, args: list) -> Any:
-    """The mma.sync kernel (any arch from sm_80); PrefillQGemm.lower_quant_linear picks per build."""
+    """The mma.sync kernel (any arch from sm_80), whatever the switches; PrefillQGemm picks per build."""
     planned = plan(it, node, args)
     return None if planned is None else lower_mma(node, args, planned)
 
@@ -180,7 +188,7 @@ class PrefillQGemm:
             return None
         (code, rows, cols, group, bias), _ = planned
         if not self.wgmma or rows % WGMMA_TILE_N or cols % WGMMA_TILE_K:  # groups: whole 32s, as plan() asks
-            return lower_mma(node, args, planned)
+            return lower_mma(node, args, planned) if mma_forced() else None
         from tvm import relax
 
         fmt = QuantFormat.from_attrs(node.attrs)
@@ -232,4 +240,4 @@ class QObjectSpec:
 LOWERINGS = {"quant_linear": lower_quant_linear}
 
 __all__ = ["ENV", "LARGE", "LOWERINGS", "PrefillQGemm", "QObjectSpec", "SMALL", "TileConfig", "configs_for",
-           "enabled", "function_name", "kernel_name", "plan", "small_below", "wgmma_enabled"]
+           "enabled", "function_name", "kernel_name", "mma_forced", "plan", "small_below", "wgmma_enabled"]

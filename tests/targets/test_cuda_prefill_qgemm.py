@@ -116,10 +116,15 @@ def _shape(name: str) -> tuple[int, int]:
     return int(args[1]), int(args[2])
 
 
-def test_other_builds_take_the_mma_gemm_with_two_tiles():
-    """sm_80 + sm_90: every prefill linear on the mma.sync kernel, the layers that fill both tiles with both."""
+def test_other_builds_keep_dlight_unless_the_mma_gemm_is_asked_for(monkeypatch):
+    """sm_80 + sm_90: dlight's schedule by default (the mma.sync kernel loses to it from 512 tokens on, measured);
+    with EMBER_CUDA_QGEMM=mma every prefill linear on the mma.sync kernel, the layers that fill both tiles with
+    both."""
     from ember.targets.cuda import prefill_qgemm as pq
 
+    stock = _lowered(CONFIG, "q4f16", "cuda:sm_80,sm_90")
+    assert _packed_calls(stock, "prefill") == [] and calls_by_function(stock, "ember::qgemm")["prefill"] == []
+    monkeypatch.setenv(pq.ENV, "mma")
     relax_mod = _lowered(CONFIG, "q4f16", "cuda:sm_80,sm_90")
     assert _packed_calls(relax_mod, "prefill") == []
     calls = calls_by_function(relax_mod, "ember::qgemm")

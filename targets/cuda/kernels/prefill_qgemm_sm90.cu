@@ -4,7 +4,9 @@
 //
 // The tile is chosen per call from m and N by a wave model: each tile's measured large-m rate on an H200
 // (docs/measurements/2026-12-03-h200-prefill-qgemm) times the fraction of its last wave of blocks that is full,
-// so that a 512-token prompt does not run 64 big blocks on 132 SMs.
+// so that a 512-token prompt does not run 64 big blocks on 132 SMs; a grid that still fills less than half the
+// SMs (a short prompt) splits K, the splits summed in order by a second kernel (deterministic).
+#include <algorithm>
 #include <cstdint>
 
 #include <cuda_runtime.h>
@@ -55,6 +57,37 @@ int choose(int64_t m, int64_t n, int sms) {
   return best;
 }
 
+// Split-K for grids that leave most SMs idle (a short prompt): enough splits to about fill them, each split at
+// least 8 k-tiles of 64.
+int choose_splits(int64_t m, int64_t n, int64_t k, const Tile& t, int sms) {
+  const int64_t blocks = (m + t.bm - 1) / t.bm * (n / t.bn);
+  const int64_t slots = static_cast<int64_t>(sms) * t.per_sm;
+  if (2 * blocks > slots) return 1;
+  const int64_t by_grid = slots / blocks, by_k = k / kTileK / 8;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_grid, by_k, 8})));
+}
+
+// The split-K partials: one buffer per device, grown (never while the stream is being captured into a graph).
+float* workspace(int device, size_t floats, cudaStream_t stream) {
+  static float* buffers[64] = {nullptr};
+  static size_t sizes[64] = {0};
+  if (device < 0 || device >= 64) return nullptr;
+  if (sizes[device] >= floats) return buffers[device];
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capturing) != cudaSuccess || capturing != cudaStreamCaptureStatusNone)
+    return nullptr;
+  if (cudaStreamSynchronize(stream) != cudaSuccess) return nullptr;  // the old buffer may still be in use
+  if (buffers[device] != nullptr) cudaFree(buffers[device]);
+  buffers[device] = nullptr, sizes[device] = 0;
+  if (cudaMalloc(&buffers[device], floats * sizeof(float)) != cudaSuccess) {
+    buffers[device] = nullptr;
+    cudaGetLastError();  // a failed allocation only means no split-K
+    return nullptr;
+  }
+  sizes[device] = floats;
+  return buffers[device];
+}
+
 int sm_count(int device) {
   static int cached[64] = {0};
   if (device < 0 || device >= 64) return 132;
@@ -87,10 +120,14 @@ void run(DLTensor* x, DLTensor* w, DLTensor* scales, DLTensor* mins, DLTensor* y
   TVM_FFI_ICHECK(tile >= 0 && k % kTileK == 0) << "ember_prefill_qgemm: no tile for N=" << n << ", K=" << k;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   void* yp = const_cast<void*>(data_of(y));
+  int splits = choose_splits(m, n, k, kTiles[tile], sm_count(device));
+  float* partial = splits > 1 ? workspace(device, static_cast<size_t>(splits) * m * n, stream) : nullptr;
+  if (partial == nullptr) splits = 1;
+  const void *xp = data_of(x), *wp = data_of(w), *sp = data_of(scales);
   cudaError_t err = cudaErrorInvalidValue;
-  if (tile == 0) err = launch<S, G, 128, 256, 4>(mi, ni, ki, data_of(x), data_of(w), data_of(scales), mp, yp, stream);
-  if (tile == 1) err = launch<S, G, 128, 128, 4>(mi, ni, ki, data_of(x), data_of(w), data_of(scales), mp, yp, stream);
-  if (tile == 2) err = launch<S, G, 128, 64, 4>(mi, ni, ki, data_of(x), data_of(w), data_of(scales), mp, yp, stream);
+  if (tile == 0) err = launch<S, G, 128, 256, 4>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
+  if (tile == 1) err = launch<S, G, 128, 128, 4>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
+  if (tile == 2) err = launch<S, G, 128, 64, 4>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
   TVM_FFI_ICHECK(err == cudaSuccess) << "ember_prefill_qgemm: " << cudaGetErrorString(err) << " (M=" << m
                                      << ", N=" << n << ", K=" << k << ")";
 }

@@ -171,7 +171,8 @@ struct Layout {
 template <int SCHEME, int G, int BM, int BN, int STAGES>
 __global__ void __launch_bounds__(Layout<SCHEME, BM, BN, STAGES>::kThreads)
 kernel(int m, int n, int k, const __half* __restrict__ x, const uint8_t* __restrict__ w,
-       const __half* __restrict__ scales, const __half* __restrict__ mins, __half* __restrict__ y) {
+       const __half* __restrict__ scales, const __half* __restrict__ mins, __half* __restrict__ y,
+       float* __restrict__ partial) {
   using L = Layout<SCHEME, BM, BN, STAGES>;
   constexpr bool kMin = SCHEME == Q4_MIN;
   extern __shared__ uint8_t raw[];
@@ -183,7 +184,11 @@ kernel(int m, int n, int k, const __half* __restrict__ x, const uint8_t* __restr
   const int tiles_n = n / BN;
   const int row0 = (blockIdx.x / tiles_n) * BM;
   const int col0 = (blockIdx.x % tiles_n) * BN;
-  const int kt_count = k / kTileK;
+  // split-K (gridDim.y splits, for small m): this block's k-tiles [kt_begin, kt_begin + kt_count); its fp32 sum
+  // goes to partial[split] and reduce_splits() adds the splits in order (the same bits on every run)
+  const int per_split = (k / kTileK + gridDim.y - 1) / gridDim.y;
+  const int kt_begin = blockIdx.y * per_split;
+  const int kt_count = max(0, min(per_split, k / kTileK - kt_begin));
   const int groups = k / G;
   const int tid = threadIdx.x;
 
@@ -193,7 +198,7 @@ kernel(int m, int n, int k, const __half* __restrict__ x, const uint8_t* __restr
     for (int i = tid; i < BM * 8; i += L::kThreads) {
       const int r = i >> 3, c = i & 7;
       const bool valid = row0 + r < m;
-      const __half* src = valid ? x + static_cast<size_t>(row0 + r) * k + kt * kTileK + c * 8 : x;
+      const __half* src = valid ? x + static_cast<size_t>(row0 + r) * k + (kt_begin + kt) * kTileK + c * 8 : x;
       copy16(xdst + swizzled(r, c), src, valid);
     }
     const uint32_t qdst = smem_addr(qs + stage * L::kQ);
@@ -202,7 +207,7 @@ kernel(int m, int n, int k, const __half* __restrict__ x, const uint8_t* __restr
     for (int i = tid; i < BN * chunks; i += L::kThreads) {
       const int r = i / chunks, c = i % chunks;
       const uint8_t* src = w + static_cast<size_t>(col0 + r) * (static_cast<size_t>(k) * L::kPacked / kTileK) +
-                           kt * L::kPacked + c * 16;
+                           (kt_begin + kt) * L::kPacked + c * 16;
       copy16(qdst + i * 16, src, true);
     }
   };
@@ -215,7 +220,7 @@ kernel(int m, int n, int k, const __half* __restrict__ x, const uint8_t* __restr
     for (int j = 0; j < kItems; ++j) {
       const int i = tid + j * L::kThreads, r = i >> 1, h = i & 1;
       if (BN * 2 % L::kThreads != 0 && i >= BN * 2) break;
-      const size_t at = static_cast<size_t>(col0 + r) * groups + (kt * kTileK + 32 * h) / G;
+      const size_t at = static_cast<size_t>(col0 + r) * groups + ((kt_begin + kt) * kTileK + 32 * h) / G;
 #ifdef EMBER_QGEMM_PROBE_NO_SCALES  // tools/qgemm_check.py's cost probes (wrong numbers, on purpose)
       s[j] = __float2half(0.01f);
       mn[j] = s[j];
@@ -262,10 +267,10 @@ kernel(int m, int n, int k, const __half* __restrict__ x, const uint8_t* __restr
     lowbatch::copy_commit();
   }
   __half sc[kItems], mn[kItems];
-  load_scales(0, sc, mn);
+  if (kt_count > 0) load_scales(0, sc, mn);
   lowbatch::copy_wait<STAGES - 2>();
   __syncthreads();
-  dequant(0, 0, sc, mn);
+  if (kt_count > 0) dequant(0, 0, sc, mn);
   if (kt_count > 1) load_scales(1, sc, mn);
   fence_async_shared();
   __syncthreads();
@@ -314,11 +319,31 @@ kernel(int m, int n, int k, const __half* __restrict__ x, const uint8_t* __restr
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = r_lo + 8 * h;
-      if (r < m)
+      if (r >= m) continue;
+      if (partial != nullptr)
+        *reinterpret_cast<float2*>(partial + (static_cast<size_t>(blockIdx.y) * m + r) * n + col) =
+            make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+      else
         *reinterpret_cast<__half2*>(y + static_cast<size_t>(r) * n + col) =
             __floats2half2_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
     }
   }
+}
+
+// y = the sum of the splits' fp32 partial tiles [splits][count], 4 values per thread (count % 4 == 0).
+__global__ void reduce_splits(const float4* __restrict__ partial, int splits, size_t count4, uint2* __restrict__ y) {
+  const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i >= count4) return;
+  float4 v = partial[i];
+  for (int s = 1; s < splits; ++s) {
+    const float4 p = partial[s * count4 + i];
+    v.x += p.x, v.y += p.y, v.z += p.z, v.w += p.w;
+  }
+  const __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
+  uint2 out;
+  memcpy(&out.x, &lo, 4);
+  memcpy(&out.y, &hi, 4);
+  y[i] = out;
 }
 
 // A namespace-scope static (internal linkage): a function-local static of a template would be a process-wide
@@ -327,9 +352,10 @@ template <int SCHEME, int G, int BM, int BN, int STAGES>
 static bool opted_in = false;
 
 // Launches one tile shape; returns the CUDA error (cudaErrorInvalidValue for shapes it does not take).
+// splits > 1: split-K through `workspace` (splits * m * n floats).
 template <int SCHEME, int G, int BM, int BN, int STAGES>
 cudaError_t launch(int m, int n, int k, const void* x, const void* w, const void* scales, const void* mins, void* y,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, int splits = 1, float* workspace = nullptr) {
   using L = Layout<SCHEME, BM, BN, STAGES>;
   if (n % BN != 0 || k % kTileK != 0 || k % G != 0 || m <= 0) return cudaErrorInvalidValue;
   auto* fn = kernel<SCHEME, G, BM, BN, STAGES>;
@@ -338,10 +364,16 @@ cudaError_t launch(int m, int n, int k, const void* x, const void* w, const void
     if (err != cudaSuccess) return err;
     opted_in<SCHEME, G, BM, BN, STAGES> = true;
   }
-  const int blocks = (m + BM - 1) / BM * (n / BN);
-  fn<<<blocks, L::kThreads, L::kBytes, stream>>>(m, n, k, static_cast<const __half*>(x),
-                                                 static_cast<const uint8_t*>(w), static_cast<const __half*>(scales),
-                                                 static_cast<const __half*>(mins), static_cast<__half*>(y));
+  if (splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  const dim3 grid((m + BM - 1) / BM * (n / BN), splits > 1 ? splits : 1);
+  fn<<<grid, L::kThreads, L::kBytes, stream>>>(m, n, k, static_cast<const __half*>(x), static_cast<const uint8_t*>(w),
+                                               static_cast<const __half*>(scales), static_cast<const __half*>(mins),
+                                               static_cast<__half*>(y), splits > 1 ? workspace : nullptr);
+  if (splits > 1) {
+    const size_t count4 = static_cast<size_t>(m) * n / 4;
+    reduce_splits<<<static_cast<unsigned>((count4 + 255) / 256), 256, 0, stream>>>(
+        reinterpret_cast<const float4*>(workspace), splits, count4, static_cast<uint2*>(y));
+  }
   return cudaGetLastError();
 }
 
