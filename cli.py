@@ -91,6 +91,20 @@ def _sigterm_cleans_up() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@cli.command("bundle")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--output", "-o", required=True, help="Folder to write (must not exist, or be empty).")
+@click.option("--server", is_flag=True, help="Also bundle what `ember serve` needs (starlette, uvicorn, ...).")
+@click.option("--verbose", is_flag=True, help="Show full tracebacks.")
+@one_line_errors
+def bundle_command(artifact: str, output: str, server: bool, verbose: bool) -> None:
+    """Write what a device needs to run ARTIFACT: the artifact, ember's runtime, TVM's runtime without its compiler
+    library, and the runtime's dependencies, with a launcher (DIR/bin/ember run DIR/artifact ...)."""
+    from .bundle import make_bundle
+
+    click.echo(make_bundle(artifact, output, server=server).summary())
+
+
 @cli.command("models")
 def models_command() -> None:
     """List the built-in model presets."""

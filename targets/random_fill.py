@@ -39,19 +39,24 @@ def fill_method(dtype: str):
         raise ValueError(f"no random fill for dtype {dtype}")
 
     def fill(n, seed, scale_ppm, offset_ppm):
-        def compute(n, seed, scale_ppm, offset_ppm):
-            def element(i):
-                bits = _hash(i, seed)
-                if dtype in BIT_DTYPES:
-                    return bits.astype(dtype)
-                unit = bits.astype("float32") * tirx.const(2.0 ** -32, "float32")  # [0, 1)
-                std = scale_ppm.astype("float32") * tirx.const(1e-6, "float32")
-                value = (unit * 2.0 - 1.0) * tirx.const(3 ** 0.5, "float32") * std
-                return (value + offset_ppm.astype("float32") * tirx.const(1e-6, "float32")).astype(dtype)
+        # The PrimFunc is made here with its scalar parameters in a fixed order: nn's tensor_expr_op would order
+        # them by set iteration (object addresses), which made two builds of a big model differ.
+        params = [tirx.Var(name, "int64") for name in ARGS]  # nn.spec.Int: int64
+        pn, pseed, pscale, poffset = params
 
-            return te.compute((n,), element, name="fill_random")
+        def element(i):
+            bits = _hash(i, pseed)
+            if dtype in BIT_DTYPES:
+                return bits.astype(dtype)
+            unit = bits.astype("float32") * tirx.const(2.0 ** -32, "float32")  # [0, 1)
+            std = pscale.astype("float32") * tirx.const(1e-6, "float32")
+            value = (unit * 2.0 - 1.0) * tirx.const(3 ** 0.5, "float32") * std
+            return (value + poffset.astype("float32") * tirx.const(1e-6, "float32")).astype(dtype)
 
-        return op.tensor_expr_op(compute, function_name(dtype), [n, seed, scale_ppm, offset_ppm])
+        out = te.compute((pn,), element, name="fill_random")
+        func = te.create_prim_func([*params, out]).without_attr("global_symbol")
+        return op.tensor_ir_op(func, function_name(dtype), [n, seed, scale_ppm, offset_ppm],
+                               nn.Tensor.placeholder((n,), dtype))
 
     return fill
 

@@ -23,19 +23,9 @@ from pathlib import Path
 PINS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "ml_dtypes==0.6.0", "typing_extensions==4.16.0")
 PLATFORM = "manylinux_2_28_x86_64"
 STAMP = ".ember-runtime-subset.json"
-# Runtime-only `import tvm` still imports all of tvm's Python (ir, script, tirx, te, target...): keep it.
-DROP_DIRS = {
-    "tvm": ("3rdparty", "include", "src", "web", "cmake", "lib64"),
-    "tvm_ffi": ("3rdparty", "include", "src", "cython", "share"),
-}
-DROP_FILES = ("tvm/lib/libtvm_compiler.so",)
-
-
-def _dropped(name: str) -> bool:
-    parts = name.split("/")
-    if "__pycache__" in parts or name.endswith(".pyc") or name in DROP_FILES:
-        return True
-    return len(parts) > 1 and parts[1] in DROP_DIRS.get(parts[0], ())
+# Runtime-only `import tvm` still imports all of tvm's Python (ir, script, tirx, te, target...): keep it. What is
+# dropped (the compiler library, sources, headers, tests) is `ember bundle`'s rule.
+from ember.bundle import DROP_DIRS, DROP_FILES, dropped as _dropped  # noqa: E402
 
 
 def _download(wheel_dir: Path, python_version: str) -> list[Path]:

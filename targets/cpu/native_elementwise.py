@@ -11,6 +11,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
+from ..extern_op import extern
 from .native_linear import ATTRS, checked
 
 F32 = "float32"
@@ -34,7 +35,7 @@ def lower_swiglu(it: Any, node: Any, args: list) -> Any:
                                     tirx.const(half, "int64"))
             return checked(call, "ember_swiglu failed")
 
-        return te.extern(shape[:-1] + [half], [xt], body, dtype=F32, name="ember_swiglu")
+        return extern(shape[:-1] + [half], [xt], body, dtype=F32, name="ember_swiglu")
 
     return op.tensor_expr_op(compute, "swiglu_native", [x], attrs=ATTRS)
 
@@ -54,7 +55,7 @@ def _norm_call(eps: float, with_add: bool):
             return checked(call, "ember_rms_norm failed")
 
         outs = [shape, shape] if with_add else [shape]
-        return te.extern(outs, list(tensors), body, dtype=[F32] * len(outs), name="ember_rms_norm")
+        return extern(outs, list(tensors), body, dtype=[F32] * len(outs), name="ember_rms_norm")
 
     return compute
 

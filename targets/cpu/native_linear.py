@@ -14,6 +14,7 @@ import tvm
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
+from ..extern_op import extern
 from ...ir.ops_quant import QuantFormat
 
 # the format codes of native/linear.c
@@ -57,7 +58,7 @@ def _call(fmt_code: int, group: int, rows: int, cols: int, has_bias: bool):
                 tirx.const(group, "int32"), tirx.const(fmt_code, "int32"), tirx.const(int(has_bias), "int32"))
             return checked(call, "ember_linear: out of memory")
 
-        return te.extern(lead + [rows], [xt, *tensors], body, dtype="float32", name="ember_linear")
+        return extern(lead + [rows], [xt, *tensors], body, dtype="float32", name="ember_linear")
 
     return compute
 

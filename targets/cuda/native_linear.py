@@ -20,6 +20,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
+from ..extern_op import extern
 from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
 from .native_gemv import is_decode1
 from .native_lowbatch import batch_dim, in_prefill
@@ -104,7 +105,7 @@ def _compute(name: str, rows: int, bias: int, blocks: int, threads: int, batched
                 ptrs.insert(0, tirx.Cast("int32", math.prod(x.shape[:-1])))
             return launch(tirx.call_extern("int32", name, *ptrs), blocks, threads)
 
-        return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_linear")
+        return extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_linear")
 
     return compute
 

@@ -20,6 +20,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
+from ..extern_op import extern
 from ...ir.ops_quant import QuantFormat
 from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
 
@@ -123,7 +124,7 @@ def lowbatch_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg
             ptrs = [b.access_ptr("r") for b in (x, weight, scales, mins, bias_buf)] + [outs[0].access_ptr("w")]
             return launch(tirx.call_extern("int32", name, tirx.Cast("int32", count), *ptrs), blocks, threads)
 
-        return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_lowbatch")
+        return extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_lowbatch")
 
     return compute
 

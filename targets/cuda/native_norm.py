@@ -14,6 +14,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
+from ..extern_op import extern
 from .extern_kernel import ATTRS, launch
 
 MAX_VEC = 4  # 16-byte chunks of a row per thread, held in registers
@@ -61,7 +62,7 @@ def add_rms_norm_compute(width: int, eps: float):
             return launch(tirx.call_extern("int32", name, *ptrs, tirx.const(eps, "float32")), rows, threads)
 
         shape = lead + [width]
-        return te.extern([shape, shape], [at, bt, wt], body, dtype=["float16", "float16"], name="ember_add_rms_norm")
+        return extern([shape, shape], [at, bt, wt], body, dtype=["float16", "float16"], name="ember_add_rms_norm")
 
     return compute
 

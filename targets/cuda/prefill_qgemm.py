@@ -31,6 +31,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
+from ..extern_op import extern
 from ...ir.ops_quant import QuantFormat
 from .device_code import inlined
 from .extern_kernel import ATTRS, NO_BIAS, bias_code, launch
@@ -157,7 +158,7 @@ def qgemm_compute(code: int, rows: int, cols: int, group: int, bias: int, cfgs: 
                 return run(cfgs[0])
             return tirx.IfThenElse(count < cut, run(cfgs[1]), run(cfgs[0]))
 
-        return te.extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_qgemm")
+        return extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_qgemm")
 
     return compute
 
