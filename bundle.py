@@ -174,7 +174,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 py=${{EMBER_PYTHON:-python3}}
 have=$("$py" -S -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 if [ "$have" != "{python}" ]; then
-  echo "ember bundle: needs Python {python} (its compiled modules are for it); $py is ${{have:-missing}} (set EMBER_PYTHON)" >&2
+  echo "ember bundle: needs Python {python} (its compiled modules are for it);" \
+    "$py is ${{have:-missing}} (set EMBER_PYTHON)" >&2
   exit 2
 fi
 PYTHONPATH="$here/lib" TVM_USE_RUNTIME_LIB=1 exec "$py" -S -m ember.runtime.device_cli "$@"

@@ -23,7 +23,7 @@ from tvm.relax.frontend.nn import op
 
 from ..extern_op import extern
 from ...ir.ops_quant import QuantFormat
-from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
+from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch, quant_pointers  # noqa: F401
 
 ENV = "EMBER_CUDA_GEMV"  # "0" turns the override off (the stock dlight GEMV everywhere, for A/B runs)
 SWIGLU_ENV = "EMBER_CUDA_GEMV_SWIGLU"  # "0": the down projection reads the swiglu kernel's output (A/B runs)
@@ -112,13 +112,7 @@ def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: Ge
         lead = list(xt.shape[:-1])
 
         def body(ins, outs):
-            x, pieces = ins[0], list(ins[1:])
-            bias_buf = pieces.pop() if bias != NO_BIAS else x
-            weight, scales = pieces[0], pieces[1]
-            mins = pieces[2] if len(pieces) > 2 else weight
-            # access_ptr: the buffer's own element offset included (a view with a byte offset stays right)
-            ptrs = [b.access_ptr("r") for b in (x, weight, scales, mins, bias_buf)] + [outs[0].access_ptr("w")]
-            return launch(tirx.call_extern("int32", name, *ptrs), blocks, threads)
+            return launch(tirx.call_extern("int32", name, *quant_pointers(ins, outs, bias)), blocks, threads)
 
         return extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_gemv")
 

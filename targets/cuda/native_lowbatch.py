@@ -22,7 +22,7 @@ from tvm.relax.frontend.nn import op
 
 from ..extern_op import extern
 from ...ir.ops_quant import QuantFormat
-from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch  # noqa: F401
+from .extern_kernel import ATTRS, FLOAT_BIAS, HALF_BIAS, NO_BIAS, bias_code, launch, quant_pointers  # noqa: F401
 
 ENV = "EMBER_CUDA_LOWBATCH"  # "0" turns the override off (dlight's kernels for the batched decode, for A/B runs)
 GEMV_ENV = "EMBER_CUDA_GEMV"  # native_gemv's switch: "0" turns this one off too (all stock)
@@ -116,12 +116,9 @@ def lowbatch_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg
         lead = list(xt.shape[:-1])
 
         def body(ins, outs):
-            x, pieces = ins[0], list(ins[1:])
-            bias_buf = pieces.pop() if bias != NO_BIAS else x
-            weight, scales = pieces[0], pieces[1]
-            mins = pieces[2] if len(pieces) > 2 else weight
+            x = ins[0]
             count = math.prod(x.shape[:-1]) if len(x.shape) > 1 else 1
-            ptrs = [b.access_ptr("r") for b in (x, weight, scales, mins, bias_buf)] + [outs[0].access_ptr("w")]
+            ptrs = quant_pointers(ins, outs, bias)
             return launch(tirx.call_extern("int32", name, tirx.Cast("int32", count), *ptrs), blocks, threads)
 
         return extern(lead + [rows], [xt, *tensors], body, dtype="float16", name="ember_lowbatch")

@@ -34,7 +34,7 @@ from tvm.relax.frontend.nn import op
 from ..extern_op import extern
 from ...ir.ops_quant import QuantFormat
 from .device_code import inlined
-from .extern_kernel import ATTRS, NO_BIAS, bias_code, launch
+from .extern_kernel import ATTRS, NO_BIAS, bias_code, launch, quant_pointers  # noqa: F401  (NO_BIAS: plan()'s callers)
 from .native_gemv import is_decode1
 from .native_lowbatch import GEMV_ENV, Q4, Q4_MIN, Q8, _static, in_prefill
 from .nvcc import sm_number
@@ -142,12 +142,8 @@ def qgemm_compute(code: int, rows: int, cols: int, group: int, bias: int, cfgs: 
         lead = list(xt.shape[:-1])
 
         def body(ins, outs):
-            x, pieces = ins[0], list(ins[1:])
-            bias_buf = pieces.pop() if bias != NO_BIAS else x
-            weight, scales = pieces[0], pieces[1]
-            mins = pieces[2] if len(pieces) > 2 else weight
-            count = tirx.Cast("int32", math.prod(x.shape[:-1]))
-            ptrs = [b.access_ptr("r") for b in (x, weight, scales, mins, bias_buf)] + [outs[0].access_ptr("w")]
+            count = tirx.Cast("int32", math.prod(ins[0].shape[:-1]))
+            ptrs = quant_pointers(ins, outs, bias)
 
             def run(cfg: TileConfig) -> tirx.Stmt:
                 call = tirx.call_extern("int32", kernel_name(code, rows, cols, group, bias, cfg), count, *ptrs)
