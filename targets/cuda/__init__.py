@@ -100,7 +100,7 @@ class CudaTarget(Target):
 
     def build(self, relax_mod: tvm.IRModule, library: Path, stage: Progress, options: BuildOptions) -> TargetInfo:
         from ...runtime.artifact import TargetInfo
-        from .library_check import check_cuda_library
+        from .library_check import check_cuda_library, check_host_functions
         from .pipeline import build_cuda
 
         objects = [b for b in (self._prefill_gemm.start_objects() if self._prefill_gemm is not None else None,
@@ -117,6 +117,7 @@ class CudaTarget(Target):
         with stage.wait(f"compiling and linking {library.name} (nvcc for {', '.join(self.archs)})"):
             executable.export_library(str(library), **link)
         check_cuda_library(library, self.archs)
+        check_host_functions(executable.as_text(), library)
         return TargetInfo(kind="cuda", archs=self.archs, host="llvm")
 
 
