@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import InputError
 from .kv_cache import KVCache
 from .loader import LoadedArtifact
-from .sampler import DEVICE_INFO_FIELDS, DEVICE_PARAMS, STEP, SamplingParams, device_params
+from .sampler import (DEVICE_EXT_PARAMS, DEVICE_INFO_FIELDS, DEVICE_LOGPROB_COLS, DEVICE_PARAMS, SLOT, STEP,
+                      SamplingParams, device_params)
 from .tvm_import import import_tvm
 
 # Cap on one prefill's logits when every position is returned (score): 64 Mi floats = 256 MiB.
@@ -59,6 +60,11 @@ class ModelRunner:
         self._sample = self._vm["sample"] if "sample" in m.functions else None
         self._sample_reset = self._vm["sample_reset"] if "sample_reset" in m.functions else None
         self._sample_io: dict[int, SampleBuffers] = {}  # see sample_buffers
+        self._sample_restore = self._vm["sample_restore"] if "sample_restore" in m.functions else None
+        self._sample_ext = self._vm["sample_ext"] if "sample_ext" in m.functions else None
+        self._rows_io: dict[tuple[str, int, int], RowBuffers] = {}  # see _row_buffers
+        self._aux: AuxBuffer | None = None  # the server's per-step mask / bias words (sample_ext)
+        self._first_logits: Any = None  # float32 [n, 1, vocab] on the device: prefill logits to sample (capacity n)
         self._counts: Any = None  # int32 [max_batch_size, vocab] on the device: the penalty table, one slot a row
         self._prefill_logits: Any = None  # float32 [1, 1, vocab] on the device: a prefill's last logits, to sample
         self.max_batch_size = max_batch_size
@@ -74,6 +80,7 @@ class ModelRunner:
             prefill_chunk_size=self.prefill_chunk_size,
             page_size=m.kv_cache.page_size,
             sliding_window=m.kv_cache.sliding_window,
+            window_in_kernels=m.kv_cache.window_in_kernels,
         )
 
     # -- checks ---------------------------------------------------------------------------------------------
@@ -241,6 +248,114 @@ class ModelRunner:
         self._counts = self._sample_reset(self._counts, tvm.runtime.tensor(ids, self._dev),
                                           tvm.runtime.tensor(np.array([slot], np.int32), self._dev))
 
+    # -- the server's device sampling: rows with their own step and slot, masks, bias, log-probabilities -------
+    @property
+    def has_restore(self) -> bool:
+        """sample_restore: a penalty slot for a generation part way through (newer cuda builds)."""
+        return self._sample_restore is not None
+
+    @property
+    def has_sample_ext(self) -> bool:
+        """sample_ext: logit_bias, grammar masks and log-probabilities on the device (newer cuda builds)."""
+        return self._sample_ext is not None
+
+    def _ensure_counts(self) -> Any:
+        if self._counts is None:
+            self._counts = self._tvm.runtime.empty((self.max_batch_size, self.vocab_size), "int32", self._dev)
+        return self._counts
+
+    def restore_penalties(self, slot: int, prompt: Sequence[int], generated: Sequence[int] = ()) -> None:
+        """Slot `slot` of the penalty table as a generation after `prompt` that has generated `generated` so far
+        (reset_penalties when nothing was generated; a preempted sequence that comes back needs its counts)."""
+        if not generated:
+            self.reset_penalties(slot, prompt)
+            return
+        if self._sample_restore is None:
+            raise InputError(f"{self.name}: this artifact has no sample_restore (rebuild it with this ember)")
+        if not 0 <= slot < self.max_batch_size:
+            raise InputError(f"penalty slot {slot} must be in [0, {self.max_batch_size})")
+        tvm = self._tvm
+        ids = self.check_tokens(list(prompt) + list(generated), what="penalty token")
+        meta = np.array([slot, len(prompt)], np.int32)
+        self._counts = self._sample_restore(self._ensure_counts(), tvm.runtime.tensor(ids, self._dev),
+                                            tvm.runtime.tensor(meta, self._dev))
+
+    def decode_sample_rows(self, seq_ids: Sequence[int], tokens: Sequence[int], rows: np.ndarray,
+                           aux: np.ndarray | None = None, logprobs: bool = False,
+                           host_logits: bool = False) -> RowSample:
+        """One decode step sampled on the device with a parameter row per sequence (`rows` float32 [batch,
+        DEVICE_PARAMS]: `sample`, or [batch, DEVICE_EXT_PARAMS]: `sample_ext` with `aux`, int32 mask / bias words
+        the rows point into). Per step the rows (and aux) go and the ids come back; the log-probabilities
+        [batch, DEVICE_LOGPROB_COLS] with `logprobs`, and the logits (before any bias or mask) with `host_logits`
+        (rows sampled on the host). Passing the returned ids back as `tokens` keeps them on the device."""
+        logits = self._decode_step(seq_ids, tokens)
+        io = self._decode_buffers(len(seq_ids))
+        host = None
+        if host_logits:
+            logits.copyto(io.logits_view)
+            host = io.logits[:, 0, :]
+        out = self._sample_rows(logits, rows, aux, logprobs, "decode", io.ids_flat, io.ids, io.ids_view)
+        io.ids_on_device = True
+        return RowSample(out.ids, out.logprobs, host)
+
+    def sample_rows(self, logits: np.ndarray, rows: np.ndarray, aux: np.ndarray | None = None,
+                    logprobs: bool = False) -> RowSample:
+        """Tokens for host logits [n, vocab] (the first ones after a prefill), sampled on the device as
+        decode_sample_rows samples: the logits go once, the ids (and log-probabilities) come back."""
+        n = logits.shape[0]
+        if n == 0 or rows.shape[0] != n:
+            raise InputError(f"{n} rows of logits but {rows.shape[0]} parameter rows")
+        tvm = self._tvm
+        if self._first_logits is None or self._first_logits.shape[0] < n:
+            self._first_logits = tvm.runtime.empty((max(n, self.max_batch_size), 1, self.vocab_size), "float32",
+                                                   self._dev)
+        dev = self._first_logits._create_view((n, 1, self.vocab_size))
+        dev.copyfrom(np.ascontiguousarray(logits, np.float32).reshape(n, 1, -1))
+        buf = self._row_buffers("first", n, rows.shape[1])
+        return self._sample_rows(dev, rows, aux, logprobs, "first", buf.ids_dev, buf.ids, buf.ids_view)
+
+    def _sample_rows(self, logits: Any, rows: np.ndarray, aux: np.ndarray | None, logprobs: bool, kind: str,
+                     ids_dev: Any, ids: np.ndarray, ids_view: Any) -> RowSample:
+        batch, width = rows.shape
+        if width == DEVICE_PARAMS:
+            self._require_sampler()
+            if aux is not None or logprobs:
+                raise InputError("masks, logit_bias and log-probabilities need DEVICE_EXT_PARAMS rows (sample_ext)")
+        elif width == DEVICE_EXT_PARAMS:
+            if self._sample_ext is None:
+                raise InputError(f"{self.name}: this artifact has no sample_ext (rebuild it with this ember)")
+        else:
+            raise InputError(f"parameter rows must be {DEVICE_PARAMS} or {DEVICE_EXT_PARAMS} wide, got {width}")
+        slots = rows.view(np.int32)[:, SLOT]
+        if batch and (slots.min() < 0 or slots.max() >= self.max_batch_size):
+            raise InputError(f"penalty slots must be in [0, {self.max_batch_size})")
+        buf = self._row_buffers(kind, batch, width)
+        np.copyto(buf.params, rows, casting="no")
+        buf.params_dev.copyfrom(buf.params_view)
+        counts = self._ensure_counts()
+        if width == DEVICE_PARAMS:
+            self._sample(logits, buf.params_dev, counts, ids_dev, buf.info_dev)
+        else:
+            self._sample_ext(logits, buf.params_dev, counts, self._aux_tensor(aux), ids_dev, buf.info_dev,
+                             buf.lp_dev)
+        ids_dev.copyto(ids_view)
+        lp = None
+        if logprobs:
+            buf.lp_dev.copyto(buf.lp_view)
+            lp = buf.lp
+        return RowSample(ids, lp, None)
+
+    def _aux_tensor(self, aux: np.ndarray | None) -> Any:
+        if self._aux is None:
+            self._aux = AuxBuffer(self._tvm, self._dev)
+        return self._aux.upload(aux)
+
+    def _row_buffers(self, kind: str, batch: int, width: int) -> RowBuffers:
+        key = (kind, batch, width)
+        if key not in self._rows_io:
+            self._rows_io[key] = RowBuffers(self._tvm, self._dev, batch, width, with_ids=kind != "decode")
+        return self._rows_io[key]
+
     def _sample_on_device(self, logits: Any, buf: SampleBuffers) -> np.ndarray:
         if self._counts is None:
             raise InputError("reset_penalties(slot, prompt) must come before the first device sample")
@@ -313,3 +428,55 @@ class SampleBuffers:
         self.params_dev.copyfrom(self._params_view)
         self._steps += 1
         return self.params_dev
+
+
+class RowSample:
+    """What a device sample returns: the ids (int32 [batch], a buffer the next call of its kind and size
+    overwrites), the log-probability rows when asked (float32 [batch, DEVICE_LOGPROB_COLS], a buffer too) and the
+    host logits when asked (decode_sample_rows' host_logits)."""
+
+    __slots__ = ("ids", "logprobs", "logits")
+
+    def __init__(self, ids: np.ndarray, logprobs: np.ndarray | None, logits: np.ndarray | None) -> None:
+        self.ids, self.logprobs, self.logits = ids, logprobs, logits
+
+
+class RowBuffers:
+    """Made once per (kind, batch size, row width): the parameter rows (host with its TVM view, and device), the
+    kernel's report, the log-probability rows (device, host) and, for the first tokens after a prefill, the ids."""
+
+    def __init__(self, tvm: Any, dev: Any, batch: int, width: int, with_ids: bool) -> None:
+        self.params, self.params_view = aligned_host(tvm, (batch, width), "float32")
+        self.params_dev = tvm.runtime.empty((batch, width), "float32", dev)
+        self.info_dev = tvm.runtime.empty((batch, len(DEVICE_INFO_FIELDS)), "int32", dev)
+        self.lp, self.lp_view = aligned_host(tvm, (batch, DEVICE_LOGPROB_COLS), "float32")
+        self.lp_dev = tvm.runtime.empty((batch, DEVICE_LOGPROB_COLS), "float32", dev)
+        if with_ids:
+            self.ids_dev = tvm.runtime.empty((batch,), "int32", dev)
+            self.ids, self.ids_view = aligned_host(tvm, (batch,), "int32")
+
+
+class AuxBuffer:
+    """sample_ext's mask / bias words on the device: one allocation that grows (to a power of two), and per step
+    a view of the words that step uses, copied from an aligned host buffer."""
+
+    def __init__(self, tvm: Any, dev: Any) -> None:
+        self._tvm, self._dev = tvm, dev
+        self._grow(1024)
+
+    def _grow(self, words: int) -> None:
+        self.capacity = 1 << max(10, (words - 1).bit_length())
+        self.dev = self._tvm.runtime.empty((self.capacity,), "int32", self._dev)
+        self.host, self.host_view = aligned_host(self._tvm, (self.capacity,), "int32")
+
+    def upload(self, aux: np.ndarray | None) -> Any:
+        """The device tensor to pass (all of it when aux is None: the rows point at nothing in it)."""
+        if aux is None or aux.size == 0:
+            return self.dev
+        n = int(aux.size)
+        if n > self.capacity:
+            self._grow(n)
+        self.host[:n] = aux
+        dev = self.dev._create_view((n,))
+        dev.copyfrom(self.host_view._create_view((n,)))
+        return dev

@@ -266,6 +266,14 @@ DEVICE_PARAMS = len(DEVICE_PARAM_FIELDS)
 DEVICE_INFO_FIELDS = ("kept", "top_k_key", "top_p_key")  # what the kernel reports per row, for checks
 UPDATE_COUNTS = 1  # flags bit 0: count the sampled token in the penalty table
 STEP = DEVICE_PARAM_FIELDS.index("step")
+SLOT, FLAGS = DEVICE_PARAM_FIELDS.index("slot"), DEVICE_PARAM_FIELDS.index("flags")
+# sample_ext's rows (the server's): these fields after DEVICE_PARAM_FIELDS, int32 bits (`ExtParam` in sample.cuh):
+# the word offsets in the step's aux buffer of the row's allowed-token bitmask (-1: none) and of its logit_bias
+# pairs, their count, and the log-probabilities asked for (k most likely, -1: none)
+DEVICE_EXT_FIELDS = ("mask", "bias", "nbias", "logprobs")
+DEVICE_EXT_PARAMS = DEVICE_PARAMS + len(DEVICE_EXT_FIELDS)
+DEVICE_TOP_LOGPROBS = 20  # k at most (TOP_LOGPROBS)
+DEVICE_LOGPROB_COLS = 1 + 2 * DEVICE_TOP_LOGPROBS  # [the sampled token's, (id bits, logprob) x k]: LOGPROB_COLS
 
 
 def device_params(params: SamplingParams, seed: int, slot: int, step: int = 0,

@@ -5,6 +5,13 @@
                             counts[slot, token] += 1 for the sampled token when the row's FLAGS say so
     sample_reset(counts i32 [slots, vocab], prompt i32 [n], slot i32 [1]) -> counts
                             clears one slot of the penalty table and flags the prompt's tokens
+    sample_restore(counts, tokens i32 [n], meta i32 [2]) -> counts
+                            a slot for a generation part way through: meta = (slot, n_prompt); the first n_prompt
+                            tokens flagged as the prompt, the rest counted as generated (a preempted sequence)
+    sample_ext(logits, params f32 [b, EXT_PARAMS], counts, aux i32 [n], ids, info, lp f32 [b, LOGPROB_COLS])
+        -> (ids, info, lp)  the server's: per row logit_bias and a grammar's allowed-token bitmask from `aux` applied
+                            to the logits in place (`prepare`), the split sample, then the log-probabilities a row
+                            asks for (`logprobs`); the row fields after PARAMS say where in `aux` (sample.cuh ExtParam)
 
 Both write into tensors the caller made (call_tir_inplace), so a decode loop that reuses them allocates nothing.
 The params row layout (`Param` in sample.cuh) is runtime/sampler.py's DEVICE_PARAM_FIELDS (device_params()).
@@ -21,7 +28,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ...runtime.sampler import DEVICE_INFO_FIELDS, DEVICE_PARAMS
+from ...runtime.sampler import DEVICE_EXT_PARAMS, DEVICE_INFO_FIELDS, DEVICE_LOGPROB_COLS, DEVICE_PARAMS
 
 THREADS = 1024  # the row kernel: one block per row
 # The split kernel: GROUPS rows at once at most; SPLIT blocks of SPLIT_THREADS per row up to SMALL_BATCH rows, else
@@ -31,7 +38,10 @@ VARIANTS = ("split", "row")
 PARAMS = DEVICE_PARAMS  # the row layout is runtime/sampler.py's DEVICE_PARAM_FIELDS
 INFO = len(DEVICE_INFO_FIELDS)
 SAMPLE_FUNCTION, RESET_FUNCTION = "sample", "sample_reset"
-FUNCTIONS = (SAMPLE_FUNCTION, RESET_FUNCTION)
+RESTORE_FUNCTION, EXT_FUNCTION = "sample_restore", "sample_ext"
+FUNCTIONS = (SAMPLE_FUNCTION, RESET_FUNCTION, RESTORE_FUNCTION, EXT_FUNCTION)
+EXT_PARAMS, LOGPROB_COLS = DEVICE_EXT_PARAMS, DEVICE_LOGPROB_COLS
+PREPARE_THREADS, PREPARE_PARTS = 256, 8  # prepare: PREPARE_PARTS blocks per row
 
 
 def default_variant() -> str:
@@ -68,8 +78,11 @@ def sample_kernel(variant: str = "split") -> Any:
     return kernel
 
 
-def _split_kernel() -> Any:
+def _split_kernel(stride: int = PARAMS) -> Any:
     from tvm.script import tirx as T
+
+    name = f"ember::sample::run_split<{SPLIT_THREADS}>" if stride == PARAMS else (
+        f"ember::sample::run_split<{SPLIT_THREADS}, {stride}>")
 
     @T.prim_func(private=True)
     def kernel(var_logits: T.handle, var_params: T.handle, var_counts: T.handle, var_ids: T.handle,
@@ -77,14 +90,14 @@ def _split_kernel() -> Any:
         T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True, "tirx.noalias": True})
         b, v, slots = T.int64(), T.int64(), T.int64()
         logits = T.match_buffer(var_logits, (b, 1, v), "float32")
-        params = T.match_buffer(var_params, (b, PARAMS), "float32")
+        params = T.match_buffer(var_params, (b, stride), "float32")
         counts = T.match_buffer(var_counts, (slots, v), "int32")
         ids = T.match_buffer(var_ids, (b,), "int32")
         info = T.match_buffer(var_info, (b, INFO), "int32")
         bx = T.launch_thread("blockIdx.x", T.min(b, T.int64(GROUPS)) * T.if_then_else(
             b <= T.int64(SMALL_BATCH), T.int64(SPLIT), T.int64(SPLIT_LARGE)))
         tx = T.launch_thread("threadIdx.x", SPLIT_THREADS)
-        T.evaluate(T.call_extern("int32", f"ember::sample::run_split<{SPLIT_THREADS}>", logits.access_ptr("r"),
+        T.evaluate(T.call_extern("int32", name, logits.access_ptr("r"),
                                  params.access_ptr("r"), counts.access_ptr("rw"), ids.access_ptr("w"),
                                  info.access_ptr("w"), T.Cast("int32", v), 1, T.Cast("int32", b)))
 
@@ -110,9 +123,67 @@ def reset_kernel() -> Any:
     return kernel
 
 
+def restore_kernel() -> Any:
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True)
+    def kernel(var_counts: T.handle, var_tokens: T.handle, var_meta: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True, "tirx.noalias": True})
+        slots, v, n = T.int64(), T.int64(), T.int64()
+        counts = T.match_buffer(var_counts, (slots, v), "int32")
+        tokens = T.match_buffer(var_tokens, (n,), "int32")
+        meta = T.match_buffer(var_meta, (2,), "int32")
+        bx = T.launch_thread("blockIdx.x", 1)
+        tx = T.launch_thread("threadIdx.x", THREADS)
+        T.evaluate(T.call_extern("int32", f"ember::sample::restore<{THREADS}>", counts.access_ptr("rw"),
+                                 tokens.access_ptr("r"), meta.access_ptr("r"), T.Cast("int32", n),
+                                 T.Cast("int32", v)))
+
+    return kernel
+
+
+def prepare_kernel() -> Any:
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True)
+    def kernel(var_logits: T.handle, var_params: T.handle, var_aux: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True, "tirx.noalias": True})
+        b, v, n = T.int64(), T.int64(), T.int64()
+        logits = T.match_buffer(var_logits, (b, 1, v), "float32")
+        params = T.match_buffer(var_params, (b, EXT_PARAMS), "float32")
+        aux = T.match_buffer(var_aux, (n,), "int32")
+        bx = T.launch_thread("blockIdx.x", b * T.int64(PREPARE_PARTS))
+        tx = T.launch_thread("threadIdx.x", PREPARE_THREADS)
+        T.evaluate(T.call_extern("int32", f"ember::sample::prepare<{PREPARE_THREADS}>", logits.access_ptr("rw"),
+                                 params.access_ptr("r"), aux.access_ptr("r"), T.Cast("int32", v), PREPARE_PARTS))
+
+    return kernel
+
+
+def logprobs_kernel() -> Any:
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True)
+    def kernel(var_logits: T.handle, var_params: T.handle, var_ids: T.handle, var_lp: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True, "tirx.noalias": True})
+        b, v = T.int64(), T.int64()
+        logits = T.match_buffer(var_logits, (b, 1, v), "float32")
+        params = T.match_buffer(var_params, (b, EXT_PARAMS), "float32")
+        ids = T.match_buffer(var_ids, (b,), "int32")
+        lp = T.match_buffer(var_lp, (b, LOGPROB_COLS), "float32")
+        bx = T.launch_thread("blockIdx.x", b)
+        tx = T.launch_thread("threadIdx.x", THREADS)
+        T.evaluate(T.call_extern("int32", f"ember::sample::logprobs<{THREADS}>", logits.access_ptr("r"),
+                                 params.access_ptr("r"), ids.access_ptr("r"), lp.access_ptr("w"),
+                                 T.Cast("int32", v)))
+
+    return kernel
+
+
 def add_sampler(mod: Any, variant: str | None = None, name: str = SAMPLE_FUNCTION, reset: bool = True) -> Any:
-    """`mod` with the Relax functions `sample` (or `name`) and `sample_reset` (unless not `reset`) and their kernels
-    added; `variant` picks the sample kernel (default: default_variant())."""
+    """`mod` with the Relax functions `sample` (or `name`), and unless not `reset`, `sample_reset`,
+    `sample_restore` and `sample_ext` (the server's), and their kernels added; `variant` picks the sample kernel
+    (default: default_variant(); sample_ext always uses the split kernel)."""
     variant = variant or default_variant()
     from tvm import relax, tirx
     from tvm.relax.type import TensorType
@@ -140,8 +211,29 @@ def add_sampler(mod: Any, variant: str | None = None, name: str = SAMPLE_FUNCTIO
         kernel = bb.add_func(reset_kernel(), "ember_sample_reset")
         out = bb.emit(relax.call_tir_inplace(kernel, [counts, prompt, slot], [0], [counts.ty]))
         bb.emit_func_output(out)
+
+    counts, tokens, meta = tensor("counts", [slots, v], "int32"), tensor("tokens", [n], "int32"), tensor(
+        "meta", [2], "int32")
+    with bb.function(RESTORE_FUNCTION, [counts, tokens, meta], private=False):
+        kernel = bb.add_func(restore_kernel(), "ember_sample_restore")
+        out = bb.emit(relax.call_tir_inplace(kernel, [counts, tokens, meta], [0], [counts.ty]))
+        bb.emit_func_output(out)
+
+    logits, params = tensor("logits", [b, 1, v], "float32"), tensor("params", [b, EXT_PARAMS], "float32")
+    counts, aux, ids = tensor("counts", [slots, v], "int32"), tensor("aux", [n], "int32"), tensor("ids", [b], "int32")
+    info, lp = tensor("info", [b, INFO], "int32"), tensor("lp", [b, LOGPROB_COLS], "float32")
+    with bb.function(EXT_FUNCTION, [logits, params, counts, aux, ids, info, lp], private=False):
+        prepare = bb.add_func(prepare_kernel(), "ember_sample_prepare")
+        draw = bb.add_func(_split_kernel(EXT_PARAMS), "ember_sample_ext")
+        logprob = bb.add_func(logprobs_kernel(), "ember_sample_logprobs")
+        ready = bb.emit(relax.call_tir_inplace(prepare, [logits, params, aux], [0], [logits.ty]))
+        drawn = bb.emit(relax.call_tir_inplace(draw, [ready, params, counts, ids, info], [3, 4], [ids.ty, info.ty]))
+        new_ids = bb.emit(relax.TupleGetItem(drawn, 0))
+        new_info = bb.emit(relax.TupleGetItem(drawn, 1))
+        new_lp = bb.emit(relax.call_tir_inplace(logprob, [ready, params, new_ids, lp], [3], [lp.ty]))
+        bb.emit_func_output(relax.Tuple([new_ids, new_info, new_lp]))
     return bb.get()
 
 
-__all__ = ["FUNCTIONS", "GROUPS", "INFO", "PARAMS", "RESET_FUNCTION", "SAMPLE_FUNCTION", "SPLIT", "THREADS", "VARIANTS",
-           "add_sampler", "default_variant"]
+__all__ = ["EXT_FUNCTION", "EXT_PARAMS", "FUNCTIONS", "GROUPS", "INFO", "LOGPROB_COLS", "PARAMS", "RESET_FUNCTION",
+           "RESTORE_FUNCTION", "SAMPLE_FUNCTION", "SPLIT", "THREADS", "VARIANTS", "add_sampler", "default_variant"]

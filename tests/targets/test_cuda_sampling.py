@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ember.runtime.sampler import DEVICE_INFO_FIELDS, DEVICE_PARAM_FIELDS, UPDATE_COUNTS
+from ember.runtime.sampler import (DEVICE_EXT_FIELDS, DEVICE_INFO_FIELDS, DEVICE_LOGPROB_COLS, DEVICE_PARAM_FIELDS,
+                                   DEVICE_TOP_LOGPROBS, UPDATE_COUNTS)
 from ember.targets.cuda.device_code import KERNEL_DIR, needed_sources
 
 HEADER = (KERNEL_DIR / "sample.cuh").read_text()
@@ -30,6 +31,12 @@ def test_header_layout_matches_the_runtime():
     assert params["PARAMS"] == len(DEVICE_PARAM_FIELDS)
     assert _enum("Info")["INFO"] == len(DEVICE_INFO_FIELDS)
     assert f"UPDATE_COUNTS = {UPDATE_COUNTS};" in HEADER
+    ext = _enum("ExtParam")
+    names = {"MASK": "mask", "BIAS": "bias", "NBIAS": "nbias", "LOGPROBS": "logprobs"}
+    assert {names[k]: v - len(DEVICE_PARAM_FIELDS) for k, v in ext.items() if k != "EXT_PARAMS"} == {
+        n: i for i, n in enumerate(DEVICE_EXT_FIELDS)}
+    assert ext["EXT_PARAMS"] == len(DEVICE_PARAM_FIELDS) + len(DEVICE_EXT_FIELDS)
+    assert f"TOP_LOGPROBS = {DEVICE_TOP_LOGPROBS};" in HEADER and DEVICE_LOGPROB_COLS == 1 + 2 * DEVICE_TOP_LOGPROBS
     assert needed_sources("ember::sample::run<1024>(") == ["sample.cuh"]
 
 
@@ -50,7 +57,8 @@ print(json.dumps(sorted(gv.name_hint for gv, f in mod.functions.items() if isins
 def test_sampler_library_builds_for_sm_90(tmp_path: Path):
     lib = tmp_path / "sampler.so"
     out = subprocess.run([sys.executable, "-c", BUILD, str(lib)], check=True, capture_output=True, text=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["sample", "sample_reset"]
+    functions = json.loads(out.stdout.strip().splitlines()[-1])
+    assert functions == ["sample", "sample_ext", "sample_reset", "sample_restore"]
     assert lib.stat().st_size > 0
 
 
@@ -64,7 +72,7 @@ def test_tiny_cuda_artifact_exports_the_sampler(tmp_path: Path):
     subprocess.run([sys.executable, "-m", "ember.cli", "compile", "--model", str(tmp_path / "hf"), "--quant", "q4f16",
                     "-o", str(tmp_path / "art"), "--target", "cuda:sm_90"], check=True, capture_output=True)
     functions = json.loads((tmp_path / "art" / "manifest.json").read_text())["functions"]
-    assert {"decode1", "sample", "sample_reset"} <= set(functions)
+    assert {"decode1", "sample", "sample_reset", "sample_restore", "sample_ext"} <= set(functions)
     # sm_90 only: ember's GEMV, low-batch, norm and attention kernels launch with PDL (targets/cuda/pdl.py); a
     # 1-layer q4f16 model has, per distinct shape, several of them
     from ember.targets.cuda.library_check import inspect_cuda_library

@@ -592,7 +592,8 @@ __device__ __forceinline__ void load_merged(SplitShared<THREADS>& s, const unsig
 }
 
 // Grid: min(batch, GROUPS) * split blocks (split consecutive blocks per group, split <= MAX_SPLIT), THREADS each.
-template <int THREADS>
+// STRIDE: floats per params row (PARAMS, or EXT_PARAMS for sample_ext's rows, whose first PARAMS fields are these).
+template <int THREADS, int STRIDE = PARAMS>
 __device__ void run_split(const float* __restrict__ all_logits, const float* __restrict__ all_params, int* counts,
                           int* ids, int* info, int vocab, int have_counts, int batch) {
   static_assert(MAX_SPLIT == 32, "one lane per block of the group");
@@ -608,7 +609,7 @@ __device__ void run_split(const float* __restrict__ all_logits, const float* __r
   int parity = 0;
   for (int row = group; row < batch; row += groups, parity ^= 1) {
     const float* logits = all_logits + (size_t)row * vocab + lo;
-    const Row r = load_row(all_params + (size_t)row * PARAMS, have_counts != 0);
+    const Row r = load_row(all_params + (size_t)row * STRIDE, have_counts != 0);
     int* row_counts = have_counts ? counts + (size_t)r.slot * vocab : nullptr;
     const int* slice_counts = row_counts != nullptr ? row_counts + lo : nullptr;
     bool used_hist = false;
@@ -837,6 +838,194 @@ __device__ void reset(int* counts, const int* prompt, const int* slot, int n, in
   for (int j = threadIdx.x; j < n; j += THREADS) {
     const int id = prompt[j];
     if (id >= 0 && id < vocab) row[id] = PROMPT_FLAG;
+  }
+}
+
+// A slot for a generation part way through (a preempted sequence admitted again): meta = (slot, n_prompt); the
+// first n_prompt of the n tokens are the prompt (flagged), the rest were generated (counted), as if reset() had run
+// at its start and run() had counted each generated token (one block).
+template <int THREADS>
+__device__ void restore(int* counts, const int* tokens, const int* meta, int n, int vocab) {
+  int* row = counts + (size_t)meta[0] * vocab;
+  const int n_prompt = meta[1];
+  for (int i = threadIdx.x; i < vocab; i += THREADS) row[i] = 0;
+  __syncthreads();
+  for (int j = threadIdx.x; j < min(n, n_prompt); j += THREADS) {
+    const int id = tokens[j];
+    if (id >= 0 && id < vocab) row[id] = PROMPT_FLAG;
+  }
+  __syncthreads();
+  for (int j = max(0, n_prompt) + threadIdx.x; j < n; j += THREADS) {
+    const int id = tokens[j];
+    if (id >= 0 && id < vocab) atomicAdd(row + id, 1);
+  }
+}
+
+// -- serving extras (sample_ext): logit_bias and a grammar's mask before the draw, log-probabilities after it ------
+// sample_ext's params rows are EXT_PARAMS wide: PARAMS fields as above, then (int32 bits)
+//   MASK      word offset in `aux` of the row's allowed-token bitmask (ceil(vocab / 32) words, token i = bit i & 31
+//             of word i >> 5, llguidance's layout), -1: no mask
+//   BIAS      word offset in `aux` of NBIAS (token id, float32 bits of the value) pairs (ids distinct)
+//   NBIAS     number of bias pairs (0: none)
+//   LOGPROBS  k in [0, TOP_LOGPROBS]: the sampled token's log-probability and the k most likely; -1: none
+// The host (runtime/serving/device_sampling.py) packs `aux` per step with only the rows that have a mask or a bias.
+enum ExtParam : int { MASK = 12, BIAS = 13, NBIAS = 14, LOGPROBS = 15, EXT_PARAMS = 16 };
+constexpr int TOP_LOGPROBS = 20;
+constexpr int LOGPROB_COLS = 1 + 2 * TOP_LOGPROBS;  // [logprob, (id bits, logprob) x TOP_LOGPROBS]; id -1: none
+
+__device__ __forceinline__ bool allowed(const int* words, int i) { return (words[i >> 5] >> (i & 31)) & 1; }
+
+// In place, as runtime/serving/sampling.py's sample_token: logit += bias (float32), then every token the mask does
+// not allow to -inf. Grid: batch * parts blocks (blockIdx.x = row * parts + part), each a slice of the row; the
+// bias is added by part 0 to allowed tokens only, the mask writes only disallowed ones: no token is written twice.
+template <int THREADS>
+__device__ void prepare(float* all_logits, const float* __restrict__ all_params, const int* __restrict__ aux,
+                        int vocab, int parts) {
+  const int row = (int)blockIdx.x / parts, part = (int)blockIdx.x % parts;
+  const float* p = all_params + (size_t)row * EXT_PARAMS;
+  const int mask = __float_as_int(p[MASK]), bias = __float_as_int(p[BIAS]), nbias = __float_as_int(p[NBIAS]);
+  float* logits = all_logits + (size_t)row * vocab;
+  const int* words = mask >= 0 ? aux + mask : nullptr;
+  if (words != nullptr) {
+    const int per = (((vocab + parts - 1) / parts) + 31) & ~31;
+    const int lo = min(vocab, part * per), hi = min(vocab, lo + per);
+    for (int i = lo + threadIdx.x; i < hi; i += THREADS)
+      if (!allowed(words, i)) logits[i] = -INFINITY;
+  }
+  if (part == 0) {
+    for (int j = threadIdx.x; j < nbias; j += THREADS) {
+      const int id = aux[bias + 2 * j];
+      if (id < 0 || id >= vocab || (words != nullptr && !allowed(words, id))) continue;
+      logits[id] = __fadd_rn(logits[id], __int_as_float(aux[bias + 2 * j + 1]));
+    }
+  }
+}
+
+template <int THREADS>
+struct LogprobShared {
+  uint32_t count[BINS];
+  double redd[THREADS / 32];
+  float redf[THREADS / 32];
+  uint32_t totals[THREADS / 32];
+  unsigned long long top[TOP_LOGPROBS];
+  int found_bin, n_top;
+  uint32_t found_before, found_count;
+};
+
+// The radix select's 64-bit key: the logit's order-preserving bits, then the id reversed (distinct keys; of equal
+// logits the lower id is larger, so it comes first).
+__device__ __forceinline__ unsigned long long id_key(float l, int i) {
+  return ((unsigned long long)float_key(l) << 32) | (unsigned long long)(0xffffffffu - (uint32_t)i);
+}
+
+// The bin, from the top, where the running count (from `above`) reaches need (1 <= need - above <= total).
+template <int THREADS>
+__device__ void count_bin(LogprobShared<THREADS>& s, int nb, uint32_t above, uint32_t need) {
+  const int per = nb / THREADS;  // nb is BINS or 512: 2 bins per thread, or 1 (the last threads none)
+  const int first = nb - 1 - (int)threadIdx.x * max(per, 1);
+  const bool mine_any = per > 0 || (int)threadIdx.x < nb;
+  const int many = per > 0 ? per : (mine_any ? 1 : 0);
+  uint32_t mine = 0;
+  for (int q = 0; q < many; ++q) mine += s.count[first - q];
+  uint32_t cum = above + block_exclusive_scan<THREADS, uint32_t>(mine, s.totals);
+  for (int q = 0; q < many; ++q) {
+    const uint32_t h = s.count[first - q];
+    if (cum < need && cum + h >= need) {
+      s.found_bin = first - q;
+      s.found_before = cum;
+      s.found_count = h;
+    }
+    cum += h;
+  }
+  __syncthreads();
+}
+
+// Grid: one block per row. For rows with LOGPROBS k >= 0: out[row] = the log-softmax (float64 sums) of the logits
+// (after prepare) at the sampled token ids[row], and the k largest (id, log-probability), ties by lower id, ids -1
+// past the finite ones (as logprob_of in runtime/serving/sampling.py). The k-th largest key comes from a radix select
+// over id_key (11-bit digits, stopping once the cut bin holds exactly the rest), then one pass collects the k.
+template <int THREADS>
+__device__ void logprobs(const float* __restrict__ all_logits, const float* __restrict__ all_params,
+                         const int* __restrict__ ids, float* out, int vocab) {
+  __shared__ LogprobShared<THREADS> s;
+  const int row = blockIdx.x, tid = threadIdx.x;
+  const int want = __float_as_int(all_params[(size_t)row * EXT_PARAMS + LOGPROBS]);
+  if (want < 0) return;
+  const int k = min(min(want, TOP_LOGPROBS), vocab);
+  const float* logits = all_logits + (size_t)row * vocab;
+  float* o = out + (size_t)row * LOGPROB_COLS;
+  float m = -INFINITY;
+  for (int i = tid; i < vocab; i += THREADS) m = fmaxf(m, logits[i]);
+  for (int w = 16; w; w >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, w));
+  if ((tid & 31) == 0) s.redf[tid >> 5] = m;
+  __syncthreads();
+  m = s.redf[0];
+  for (int w = 1; w < THREADS / 32; ++w) m = fmaxf(m, s.redf[w]);
+  double sum = 0.0;
+  for (int i = tid; i < vocab; i += THREADS) sum += exp((double)logits[i] - (double)m);
+  for (int w = 16; w; w >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, w);
+  if ((tid & 31) == 0) s.redd[tid >> 5] = sum;
+  __syncthreads();
+  sum = 0.0;
+  for (int w = 0; w < THREADS / 32; ++w) sum += s.redd[w];
+  const double lse = (double)m + log(sum);
+  if (tid == 0) {
+    const int token = ids[row];
+    o[0] = (token >= 0 && token < vocab) ? (float)((double)logits[token] - lse) : -INFINITY;
+  }
+  for (int j = tid; j < TOP_LOGPROBS; j += THREADS) {
+    o[1 + 2 * j] = __int_as_float(-1);
+    o[2 + 2 * j] = 0.0f;
+  }
+  if (k == 0) return;
+  unsigned long long prefix = 0, floor = 0;
+  uint32_t above = 0;
+  for (int shift = 53;; shift = max(shift - 11, 0)) {  // digits: bits 63..53, 52..42, 41..31, 30..20, 19..9, 8..0
+    const int bits = shift == 0 ? 9 : 11, nb = 1 << bits;
+    const int up = shift + bits;  // the digits above this one (the prefix); 64 at the first level
+    for (int j = tid; j < BINS; j += THREADS) s.count[j] = 0;
+    __syncthreads();
+    for (int i = tid; i < vocab; i += THREADS) {
+      const unsigned long long key = id_key(logits[i], i);
+      if (up == 64 || (key >> up) == prefix) atomicAdd(&s.count[(key >> shift) & (nb - 1)], 1u);
+    }
+    __syncthreads();
+    count_bin<THREADS>(s, nb, above, (uint32_t)k);
+    prefix = (prefix << bits) | (unsigned long long)s.found_bin;
+    if (s.found_before + s.found_count == (uint32_t)k || shift == 0) {
+      floor = prefix << shift;
+      break;
+    }
+    above = s.found_before;
+    __syncthreads();
+  }
+  if (tid == 0) s.n_top = 0;
+  __syncthreads();
+  for (int i = tid; i < vocab; i += THREADS) {
+    const unsigned long long key = id_key(logits[i], i);
+    if (key >= floor) {
+      const int at = atomicAdd(&s.n_top, 1);
+      if (at < TOP_LOGPROBS) s.top[at] = key;
+    }
+  }
+  __syncthreads();
+  if (tid == 0) {
+    const int n = min(s.n_top, k);
+    for (int a = 1; a < n; ++a) {  // insertion sort, largest key first
+      const unsigned long long v = s.top[a];
+      int b = a - 1;
+      for (; b >= 0 && s.top[b] < v; --b) s.top[b + 1] = s.top[b];
+      s.top[b + 1] = v;
+    }
+    int w = 0;
+    for (int a = 0; a < n; ++a) {
+      const int id = (int)(0xffffffffu - (uint32_t)(s.top[a] & 0xffffffffull));
+      const float l = logits[id];
+      if (!isfinite(l)) continue;
+      o[1 + 2 * w] = __int_as_float(id);
+      o[2 + 2 * w] = (float)((double)l - lse);
+      ++w;
+    }
   }
 }
 
