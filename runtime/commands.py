@@ -430,12 +430,15 @@ SERVE_EXTRA = "ember serve needs the [serve] extra: pip install 'ember[serve]' (
 @click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
               help="Keep finished sequences' KV pages for requests that share their prompt prefix.")
 @click.option("--model-name", default=None, help="The model id clients send (default: the artifact's name).")
+@click.option("--host-sampling", is_flag=True,
+              help="Sample on the host even where the artifact samples on the device (cuda builds): every step's "
+              "logits come to the host.")
 @click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
 @click.option("--verbose", is_flag=True, help="Tracebacks on errors; request logs.")
 @one_line_errors
 def serve(artifact: str, host: str, port: int, api_key: str | None, max_batch: int, max_queue: int,
           context_length: int | None, kv_tokens: int | None, gpu_memory_utilization: float | None,
-          prefix_cache: bool, model_name: str | None, device: str, verbose: bool) -> None:
+          prefix_cache: bool, model_name: str | None, host_sampling: bool, device: str, verbose: bool) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models,
     /health, /metrics) with continuous batching. SIGTERM or Ctrl-C stops it gracefully."""
     try:
@@ -453,10 +456,12 @@ def serve(artifact: str, host: str, port: int, api_key: str | None, max_batch: i
         gpu_memory_utilization = 0.9  # of what the weights leave free, up to every slot's full context
     engine = AsyncEngine.load(artifact, device=device, max_seqs=max_batch, max_queue=max_queue,
                               context_length=context_length, kv_tokens=kv_tokens, prefix_cache=prefix_cache,
-                              memory_utilization=gpu_memory_utilization)
+                              memory_utilization=gpu_memory_utilization,
+                              device_sampling=False if host_sampling else None)
     app = create_app(engine, api_key=api_key, model_name=model_name, on_shutdown=engine.shutdown)
     click.echo(f"serving {engine.engine.describe()} at http://{host}:{port}/v1 "
-               f"(batch {max_batch}, {engine.stats()['kv_pages_total']} KV pages)", err=True)
+               f"(batch {max_batch}, {engine.stats()['kv_pages_total']} KV pages, sampling on the "
+               f"{'device' if engine.samples_on_device else 'host'})", err=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="info" if verbose else "warning",
                             timeout_graceful_shutdown=10)
     import signal

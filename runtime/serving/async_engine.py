@@ -22,6 +22,7 @@ from ..model_runner import DEFAULT_CONTEXT_CAP
 from ..sampler import SamplingParams
 from .core import EngineCore
 from .grammar import Constraint, Grammars, schema_of
+from .sampling import HostSampling
 from .sequence import Output, Request
 
 
@@ -35,13 +36,15 @@ class QueueFull(InputError):
 class AsyncEngine:
     def __init__(self, engine: Engine, *, max_seqs: int, max_queue: int = 256, token_budget: int | None = None,
                  kv_tokens: int | None = None, context_length: int | None = None,
-                 prefill_chunk_size: int | None = None, cached_seqs: int | None = None) -> None:
+                 prefill_chunk_size: int | None = None, cached_seqs: int | None = None,
+                 device_sampling: bool | None = None) -> None:
         from ..model_runner import ModelRunner
 
         if cached_seqs is None:
             cached_seqs = max_seqs
-        if engine.manifest.kv_cache.sliding_window is not None:
-            cached_seqs = 0  # TVM cannot fork a sequence with a sliding window
+        kv = engine.manifest.kv_cache
+        if kv.sliding_window is not None and not kv.window_in_kernels:
+            cached_seqs = 0  # TVM cannot fork a sequence under its own sliding window
         self.engine = engine  # the manifest, tokenizer and chat template; the runner below owns the serving cache
         # the KV cache's sequence slots: the running batch and the finished sequences the prefix cache keeps
         if context_length is None:
@@ -53,7 +56,7 @@ class AsyncEngine:
                                   context_length=context_length, prefill_chunk_size=prefill_chunk_size,
                                   kv_tokens=kv_tokens)
         self.core = EngineCore(self.runner, engine.tokenizer, engine.eos_token_ids, max_seqs=max_seqs,
-                               token_budget=token_budget, cached_seqs=cached_seqs)
+                               token_budget=token_budget, cached_seqs=cached_seqs, device_sampling=device_sampling)
         tok = engine.tokenizer
         self.grammars = (Grammars(tok.path, self.runner.vocab_size, engine.eos_token_ids)
                          if tok is not None else None)
@@ -65,12 +68,15 @@ class AsyncEngine:
     def load(cls, path: str | os.PathLike, device: str = "cpu", *, max_seqs: int = 16, max_queue: int = 256,
              context_length: int | None = None, kv_tokens: int | None = None, token_budget: int | None = None,
              prefill_chunk_size: int | None = None, prefix_cache: bool | int = True,
-             memory_utilization: float | None = None, **load_kwargs: Any) -> AsyncEngine:
+             memory_utilization: float | None = None, device_sampling: bool | None = None,
+             **load_kwargs: Any) -> AsyncEngine:
         """Load an artifact to serve. `max_seqs` sequences run at once; `kv_tokens` (default: max_seqs full
         contexts) sizes the KV cache, which the scheduler shares out page by page. `prefix_cache` keeps finished
         sequences in the KV cache (True: up to max_seqs of them, an int: that many, False: none) so requests that
         share a prompt prefix fork their pages instead of computing it again. `memory_utilization` (instead of
-        kv_tokens) sizes the KV cache to that fraction of the device memory free once the weights are loaded."""
+        kv_tokens) sizes the KV cache to that fraction of the device memory free once the weights are loaded.
+        `device_sampling` False samples on the host even where the artifact has a device sampler (None: where it
+        has one)."""
         from ..artifact import read_manifest
 
         # the Engine's own one-sequence cache stays small: serving makes its own, of max_seqs sequences
@@ -95,12 +101,17 @@ class AsyncEngine:
             kv_tokens = kv_tokens_from_memory(engine.manifest.kv_cache, engine.artifact.device, memory_utilization,
                                               context_length, -(-context_length // page) * page * (max_seqs + cached))
         return cls(engine, max_seqs=max_seqs, max_queue=max_queue, token_budget=token_budget, kv_tokens=kv_tokens,
-                   context_length=context_length, prefill_chunk_size=prefill_chunk_size, cached_seqs=cached)
+                   context_length=context_length, prefill_chunk_size=prefill_chunk_size, cached_seqs=cached,
+                   device_sampling=device_sampling)
 
     # -- facts ----------------------------------------------------------------------------------------------
     @property
     def context_length(self) -> int:
         return self.runner.context_length
+
+    @property
+    def samples_on_device(self) -> bool:
+        return not isinstance(self.core.sampling, HostSampling)
 
     @property
     def name(self) -> str:

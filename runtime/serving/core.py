@@ -11,16 +11,16 @@ import time
 from collections.abc import Callable, Sequence as Seq
 from dataclasses import dataclass
 
-import numpy as np
 
 from ...errors import InputError
 from ..model_runner import ModelRunner
 from ..tokenizer import Tokenizer
 from .pages import pages_for
 from .prefix_cache import PrefixCache
-from .sampling import sample_token
+from .device_sampling import DeviceSampling
+from .sampling import HostSampling
 from .scheduler import Scheduler
-from .sequence import FINISHED, Output, Request, Sequence
+from .sequence import FINISHED, Output, Request, Sequence, TokenLogprob
 
 log = logging.getLogger("ember.serve")
 
@@ -37,9 +37,11 @@ class StepStats:
 
 class EngineCore:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer | None, eos_token_ids: Seq[int], *,
-                 max_seqs: int, token_budget: int | None = None, cached_seqs: int = 0) -> None:
+                 max_seqs: int, token_budget: int | None = None, cached_seqs: int = 0,
+                 device_sampling: bool | None = None) -> None:
         """`cached_seqs` > 0 turns the prefix cache on: up to that many finished sequences stay in the KV cache
-        for later requests to fork (the runner must hold max_seqs + cached_seqs sequences)."""
+        for later requests to fork (the runner must hold max_seqs + cached_seqs sequences). `device_sampling`:
+        sample on the device (None: where the artifact has a device sampler, cuda builds), False: on the host."""
         page = runner.kv.page_size
         total = runner.kv.max_total_seq_len // page
         if total < pages_for(runner.context_length, page):
@@ -48,8 +50,8 @@ class EngineCore:
         if max_seqs + cached_seqs > runner.max_batch_size:
             raise InputError(f"max_seqs {max_seqs} and {cached_seqs} cached sequences exceed the runner's "
                              f"max_batch_size {runner.max_batch_size}")
-        if cached_seqs and runner.kv.sliding_window is not None:
-            cached_seqs = 0  # TVM cannot fork a sequence with a sliding window
+        if cached_seqs and runner.kv.evicts:
+            cached_seqs = 0  # TVM cannot fork a sequence under its own sliding window
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos = list(eos_token_ids)
@@ -57,6 +59,11 @@ class EngineCore:
         self.prefix_cache = PrefixCache(cached_seqs) if cached_seqs else None
         self.scheduler = Scheduler(max_seqs=max_seqs, total_pages=total, page_size=page, token_budget=budget,
                                    prefill_chunk=runner.prefill_chunk_size, prefix_cache=self.prefix_cache)
+        if device_sampling and not runner.has_device_sampler:
+            raise InputError(f"{runner.name} has no device sampler (cuda builds have one): sample on the host")
+        if device_sampling is None:
+            device_sampling = runner.has_device_sampler
+        self.sampling = DeviceSampling(runner) if device_sampling else HostSampling(runner)
         self.stats = StepStats()
         self.on_finish: Callable[[Sequence], None] | None = None  # metrics hook
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -135,6 +142,7 @@ class EngineCore:
             return
         if request.follows is not None:
             seq.leader = self._by_request.get(request.follows)
+        seq.device = self.sampling.on_device(seq)
         self._by_request[request.request_id] = seq
         self.scheduler.add(seq)
 
@@ -143,6 +151,8 @@ class EngineCore:
         decode forward, then retirements."""
         plan = self.scheduler.schedule()
         self.stats.preempted += len(plan.preempted)
+        for seq in plan.preempted:
+            self.sampling.release(seq)
         try:
             self._run_ops(plan.ops)
         except Exception:
@@ -153,25 +163,29 @@ class EngineCore:
             return
         in_step = [s for s, _ in plan.prefill] + plan.decode
         try:
-            sampled: list[tuple[Sequence, np.ndarray]] = []
+            for seq, _ in plan.prefill:
+                self.sampling.admit(seq)  # newly admitted ones take a penalty slot (device sampling)
+            sampled: list[tuple[Sequence, tuple[int, TokenLogprob | None]]] = []
             if plan.prefill:
                 chunks = [seq.tokens[seq.computed : seq.computed + n] for seq, n in plan.prefill]
                 logits = self.runner.prefill([s.seq_id for s, _ in plan.prefill], chunks)
-                for (seq, n), row in zip(plan.prefill, logits):
+                done = []
+                for i, (seq, n) in enumerate(plan.prefill):
                     seq.computed += n
                     self.stats.prompt_tokens += n
                     self.scheduler.after_forward(seq)
                     if seq.remaining == 0:
-                        sampled.append((seq, row))
+                        done.append(i)
+                if done:
+                    first = [plan.prefill[i][0] for i in done]
+                    sampled += zip(first, self.sampling.first(first, logits[done]))
             if plan.decode:
-                logits = self.runner.decode([s.seq_id for s in plan.decode], [s.tokens[-1] for s in plan.decode],
-                                            reuse=True)
-                for seq, row in zip(plan.decode, logits):
+                results = self.sampling.decode(plan.decode)
+                for seq in plan.decode:
                     seq.computed += 1
                     self.scheduler.after_forward(seq)
-                    sampled.append((seq, row))
-            for seq, row in sampled:
-                token, logprob = sample_token(seq, row)
+                sampled += zip(plan.decode, results)
+            for seq, (token, logprob) in sampled:
                 seq.add_token(token, logprob)
                 if seq.request.constraint is not None and seq.request.constraint.done:
                     seq.grammar_done()
@@ -201,12 +215,17 @@ class EngineCore:
         self.runner.reset()
         for seq_id in self.scheduler.clear():
             self.runner.add_sequence(seq_id)
+        try:
+            self.sampling.invalidate(self.scheduler.running)
+        except Exception:
+            log.exception("rebuilding the device penalty table failed")
 
     def _retire(self, seq: Sequence, reason: str | None, error: str | None = None) -> None:
         """Free the sequence's pages at once (or keep them in the prefix cache, if it finished by itself: reason
         None) and end its stream."""
         if reason is not None:
             seq.abort(reason, error)
+        self.sampling.release(seq)
         try:
             self._run_ops([("remove", s) for s in self.scheduler.remove(seq, keep=reason is None)])
         except Exception:

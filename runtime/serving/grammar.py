@@ -1,8 +1,9 @@
 """Structured output: OpenAI's `response_format` (json_object, json_schema) as a grammar that constrains sampling,
 through llguidance (the optional `[grammar]` extra; it has no Python dependencies, so a device install needs no
 torch). Each constrained sequence has a matcher; before each sample its token bitmask sets the logits of every
-token the grammar does not allow to -inf, and the sampled token advances it. The mask is applied to host logits:
-the serving engine samples on the host (DESIGN.md, "Serving").
+token the grammar does not allow to -inf, and the sampled token advances it. The mask is applied to host logits
+(`mask`, host sampling) or goes to the device as it is (`fill_mask`: cuda's sample_ext applies it; DESIGN.md,
+"Serving").
 """
 from __future__ import annotations
 
@@ -78,9 +79,16 @@ class Constraint:
     def copy(self) -> Constraint:
         return Constraint(self.matcher.deep_copy(), self.vocab_size)
 
+    def fill_mask(self, words: np.ndarray) -> None:
+        """The allowed tokens now into `words` (contiguous int32 [ceil(vocab / 32)]: token i is bit i % 32 of
+        word i // 32)."""
+        if words.dtype != np.int32 or words.size != self._bits.size or not words.flags.c_contiguous:
+            raise ValueError(f"a token mask needs {self._bits.size} contiguous int32 words")
+        self.matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+
     def mask(self, row: np.ndarray) -> np.ndarray:
         """The row with every disallowed token at -inf (a copy: the row is the runner's buffer)."""
-        self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+        self.fill_mask(self._bits)
         allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: row.size].astype(bool)
         out = np.full_like(row, -np.inf)
         out[allowed] = row[allowed]

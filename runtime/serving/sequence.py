@@ -5,6 +5,7 @@ or the last token when only one is left: a decode), so a preempted sequence is r
 """
 from __future__ import annotations
 
+import secrets
 import time
 
 import numpy as np
@@ -65,7 +66,11 @@ class Sequence:
         self.prompt_len = len(request.prompt)
         self.computed = 0
         self.state = WAITING
-        self.sampler = Sampler(request.sampling, prompt=request.prompt)
+        self.sampler = Sampler(request.sampling, prompt=request.prompt)  # on the host
+        # on the device (device_sampling.py): draws are a function of (seed, step, token); a penalty slot while running
+        self.seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
+        self.device = False
+        self.slot: int | None = None
         self.stops = (set() if request.ignore_eos else set(eos)) | set(request.stop_token_ids)
         self.stop_strings = [s for s in request.stop if s]
         self.context_length = context_length
