@@ -35,6 +35,7 @@ from .passes.quantize import SourceFormats, default_quant, quantization_notes
 from .runtime import artifact as art
 from .runtime.output_rules import check_destination
 from .runtime.tvm_import import import_tvm_with_compiler
+from .targets.attention_window import window_of
 from .targets.base import BuildOptions, Target
 
 SHARD_BYTES = 1 << 30
@@ -138,7 +139,8 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
             name=source.name, architecture=source.config.architecture, config=source.config.to_dict(),
             quantization=quant, compute_dtype=dtype, target=target_info, library=target.library_file,
             kv_cache=art.KVCacheInfo(**{k: getattr(module.kv_cache, k) for k in (
-                "num_layers", "num_attention_heads", "num_kv_heads", "head_dim", "dtype", "sliding_window")}),
+                "num_layers", "num_attention_heads", "num_kv_heads", "head_dim", "dtype", "sliding_window")},
+                window_in_kernels=window_of(relax_mod) > 0),
             vocab_size=source.config.vocab_size, context_length=source.config.max_position_embeddings,
             functions=_exported_functions(relax_mod), params=params, weights=weights_mode,
             tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes,

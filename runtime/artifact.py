@@ -33,7 +33,8 @@ from ..errors import ArtifactError
 from .output_rules import ARTIFACT, Destination, check_destination, foreign_entry
 
 # 2: the build fingerprint (`BuildInfo`); verification.seconds dropped (a timing made builds differ)
-FORMAT_VERSION = 2
+# 3: kv_cache.window_in_kernels (a sliding window applied as a mask by the kernels, over a cache of every token)
+FORMAT_VERSION = 3
 READABLE_FORMATS = (FORMAT_VERSION - 1, FORMAT_VERSION)
 MANIFEST_FILE = "manifest.json"
 LIBRARY_FILE = "model.so"
@@ -65,6 +66,9 @@ class KVCacheInfo:
     dtype: str
     sliding_window: int | None = None  # HF convention (the query plus W-1 previous tokens)
     page_size: int = 16
+    # True: the attention kernels apply sliding_window as a mask and the cache keeps every token; False (formats
+    # 1 and 2 too): TVM's cache drops what leaves the window (targets/attention_window.py)
+    window_in_kernels: bool = False
 
 
 @dataclass
@@ -161,8 +165,6 @@ class Manifest:
             data["params"] = [ParamInfo(**p) for p in raw["params"]]
             data["tokenizer"] = TokenizerInfo(**raw["tokenizer"]) if raw.get("tokenizer") else None
             verification = raw.get("verification")
-            if verification and raw["format_version"] == 1:
-                verification = {k: v for k, v in verification.items() if k != "seconds"}  # format 1 recorded it
             data["verification"] = VerificationInfo(**verification) if verification else None
             data["build"] = BuildInfo(**raw["build"]) if raw.get("build") else None
             manifest = cls(**data)

@@ -2,9 +2,13 @@
 
 The cache is created by the artifact's `create_kv`. Every forward is bracketed by begin_forward/end_forward with
 the sequence ids and the number of new tokens of each, in the order the tokens are concatenated.
-Sliding window: HF's window W is TVM's W - 1 (TVM counts the query plus W - 1 previous tokens). Prefill chunks
-must respect the window too; `plan_chunks` says how (stricter than DESIGN.md's "chunks <= W - 1").
-TVM reports windowed lengths; this class tracks the logical length (the rope position) of every sequence itself.
+Sliding window, two ways (the manifest's kv_cache.window_in_kernels says which):
+- in the kernels (cpu and cuda builds of this format): the attention kernels mask the window and the cache keeps
+  every token, so nothing here differs from a model without one;
+- TVM's (metal, older artifacts): the cache drops what leaves the window. HF's window W is TVM's W - 1 (TVM counts
+  the query plus W - 1 previous tokens); prefill chunks must respect the window too (`plan_chunks` says how),
+  sequences cannot be forked, and TVM reports windowed lengths: this class tracks the logical length (the rope
+  position) of every sequence itself.
 """
 from __future__ import annotations
 
@@ -29,9 +33,12 @@ class KVCache:
         prefill_chunk_size: int,
         page_size: int,
         sliding_window: int | None = None,
+        window_in_kernels: bool = False,
     ) -> None:
         if sliding_window is not None and sliding_window < 2:
             raise InputError(f"sliding window {sliding_window} is too small (it must be at least 2)")
+        # TVM's own window (pages dropped as they leave it), unless the kernels apply it over every token
+        self.evicts = sliding_window is not None and not window_in_kernels
         tvm = import_tvm()
         self._shape = tvm.runtime.ShapeTuple
         self.max_batch_size = max_batch_size
@@ -39,7 +46,7 @@ class KVCache:
         self.prefill_chunk_size = prefill_chunk_size
         self.page_size = page_size
         self.sliding_window = sliding_window  # HF convention
-        args = [max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, int(sliding_window is not None)]
+        args = [max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, int(self.evicts)]
         create = vm["create_kv"]
         self.obj = with_huge_pages(lambda: create(*(self._shape([int(n)]) for n in args)))
         get = tvm.get_global_func
@@ -62,7 +69,7 @@ class KVCache:
         if len(self.lengths) >= self.max_batch_size:
             raise InputError(f"the KV cache holds {len(self.lengths)} sequences already (max_batch_size)")
         self._add(self.obj, seq_id)
-        if self.sliding_window is not None:
+        if self.evicts:
             self._window(self.obj, seq_id, self.sliding_window - 1, 0)
         self.lengths[seq_id] = 0
 
@@ -78,8 +85,9 @@ class KVCache:
         self._require(parent)
         if child in self.lengths:
             raise InputError(f"sequence {child} is already in the KV cache")
-        if self.sliding_window is not None:
-            raise InputError("forking a sequence is not supported with a sliding window")
+        if self.evicts:
+            raise InputError("forking a sequence is not supported with TVM's sliding window (an artifact made "
+                             "before ember applied windows in its kernels, or a metal build)")
         if len(self.lengths) >= self.max_batch_size:
             raise InputError(f"the KV cache holds {len(self.lengths)} sequences already (max_batch_size)")
         length = self.lengths[parent]
@@ -127,7 +135,7 @@ class KVCache:
         return self.lengths[seq_id]
 
     def cached_length(self, seq_id: int) -> int:
-        """Tokens TVM keeps for the sequence (min(length, W - 1) with a sliding window)."""
+        """Tokens TVM keeps for the sequence (min(length, W - 1) with TVM's sliding window)."""
         self._require(seq_id)
         return int(self._seq_len(self.obj, seq_id))
 
@@ -141,7 +149,7 @@ class KVCache:
         `token_budget` (default and cap: prefill_chunk_size) tokens per forward."""
         budget = min(token_budget or self.prefill_chunk_size, self.prefill_chunk_size)
         history = [self.sequence_length(s) for s in seq_ids]
-        return plan_chunks(lengths, budget, history=history, window=self.sliding_window)
+        return plan_chunks(lengths, budget, history=history, window=self.sliding_window if self.evicts else None)
 
 
 def plan_chunks(

@@ -71,6 +71,12 @@ class Target(ABC):
         """This target's own lowerings of ir ops (targets.lower's overrides); default: none."""
         return {}
 
+    def window_in_kernels(self, kv_cache: Any) -> bool:
+        """Whether this target's own attention kernels apply the sliding window of a model with this KV cache
+        spec (ir.KVCacheSpec) as a mask, over a cache that keeps every token (targets/attention_window.py);
+        default: no, TVM's cache drops the pages that leave the window."""
+        return False
+
     @abstractmethod
     def build(self, relax_mod: tvm.IRModule, library: Path, stage: Progress, options: BuildOptions) -> TargetInfo:
         """Compile `relax_mod`, write the library to `library` and return what the manifest records."""

@@ -22,6 +22,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from ..ir.graph import PARAM, Function, Module, Node, Value
 from .base import Target
+from .attention_window import WINDOW_ATTR
 from .gpu_schedule import PREFILL_DIMS_ATTR
 from . import random_fill as random_fill_fn
 from .rope import inverse_frequencies
@@ -358,6 +359,8 @@ def lower(module: Module, target: Target, random_fill: bool = False) -> tuple[tv
     if rope is not None:
         mod = mod.with_attr(ROPE_ATTR, json.dumps({"rotary_dim": module.kv_cache.head_dim, **rope}))
     mod = mod.with_attr(PREFILL_DIMS_ATTR, _prefill_dims(module))
+    if module.kv_cache.sliding_window is not None and target.window_in_kernels(module.kv_cache):
+        mod = mod.with_attr(WINDOW_ATTR, int(module.kv_cache.sliding_window))
     by_attr = {f"p{i:04d}": name for i, name in enumerate(module.params)}
     order = [by_attr[attr] for attr, _ in named]
     return mod, order

@@ -3,9 +3,9 @@
 decode attention) and CUDA graphs, against the cpu build of the same model and weights.
 
 Here:   python tools/gemv_parity.py build DIR [SCHEME,...]
-        tiny HF models (a llama, and a qwen2 for the qkv bias), each compiled for cpu, for cuda (ember's GEMV at
-        decode1) and for cuda with EMBER_CUDA_GEMV=0 (dlight's GEMV, as before), per scheme (4-bit, and q0f16 for
-        the fp16-weight kernels of native_linear.py), or only the schemes named.
+        tiny HF models (a llama, a qwen2 for the qkv bias, a mistral for the sliding window), each compiled for
+        cpu, for cuda (ember's GEMV at decode1) and for cuda with EMBER_CUDA_GEMV=0 (dlight's GEMV, as before),
+        per scheme (4-bit, and q0f16 for the fp16-weight kernels of native_linear.py), or only the schemes named.
 On the GPU (runtime-only ember):  python tools/gemv_parity.py check DIR
         the same prompt prefilled in every build, then 24 decode1 steps fed the cpu build's greedy tokens; the
         logits of every step are compared (max abs error over the logit scale, top-1 agreement) and greedy
@@ -30,6 +30,10 @@ MODELS = {  # name -> (transformers config class, kwargs, schemes)
     "qwen2": ("Qwen2Config", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 416,
                               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                               "tie_word_embeddings": True}, ("q4f16_1", "q0f16")),
+    # a 12-token sliding window, shorter than every prompt here but two: the kernels' window mask (cpu and cuda)
+    "mistral": ("MistralConfig", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 416,
+                                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1,
+                                  "sliding_window": 12, "head_dim": 64}, ("q4f16_1", "q0f16")),
 }
 BUILDS = {"cpu": (["--target", "cpu"], {}), "cuda": (["--target", "cuda:sm_90", "--no-cuda-graph"], {}),
           "cuda-graph": (["--target", "cuda:sm_90", "--cuda-graph"], {}),
@@ -134,7 +138,9 @@ def check(root: Path) -> int:
             long_prompt = rng.integers(0, cpu.manifest.vocab_size, size=CHUNKED_LEN).tolist()
             long_ref = cpu.score(long_prompt)
             scale = float(np.abs(ref).max())
-            row: dict = {"model": model, "scheme": scheme_dir.name, "logit_scale": scale}
+            row: dict = {"model": model, "scheme": scheme_dir.name, "logit_scale": scale,
+                         "sliding_window": cpu.manifest.kv_cache.sliding_window,
+                         "window_in_kernels": cpu.manifest.kv_cache.window_in_kernels}
             logits = {}
             for build in ("cuda", "cuda-graph", "cuda-stock"):
                 if not (scheme_dir / build).is_dir():

@@ -29,19 +29,19 @@ SOURCE = """
 #include "prefill_attention.cuh"
 #define K(NAME, D, HKV, G, T) \\
   __global__ void __launch_bounds__(128) NAME##_kernel(const T* q, const int* qi, const T* k, const T* v, \\
-      const int* ki, T* o, float* lse, int b, int c, float s) { \\
-    ember::prefill::ragged<D, HKV, G, T>(q, qi, k, v, ki, o, lse, b, c, s); } \\
+      const int* ki, T* o, float* lse, int b, int c, float s, int w) { \\
+    ember::prefill::ragged<D, HKV, G, T>(q, qi, k, v, ki, o, lse, b, c, s, w); } \\
   extern "C" void NAME(const void* q, const void* qi, const void* k, const void* v, const void* ki, void* o, \\
-      void* lse, int b, int c, float s, int tiles, int heads) { \\
+      void* lse, int b, int c, float s, int w, int tiles, int heads) { \\
     NAME##_kernel<<<dim3(tiles, heads), 128>>>((const T*)q, (const int*)qi, (const T*)k, (const T*)v, \\
-        (const int*)ki, (T*)o, (float*)lse, b, c, s); } \
+        (const int*)ki, (T*)o, (float*)lse, b, c, s, w); } \
   __global__ void __launch_bounds__(128) NAME##_paged_kernel(const T* q, const int* qi, const T* pages, \
-      const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, float s) { \
-    ember::prefill::paged<D, HKV, G, 16, T>(q, qi, pages, pi, pv, last, o, lse, b, c, s); } \
+      const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, float s, int w) { \
+    ember::prefill::paged<D, HKV, G, 16, T>(q, qi, pages, pi, pv, last, o, lse, b, c, s, w); } \
   extern "C" void NAME##_paged(const void* q, const void* qi, const void* pages, const void* pi, const void* pv, \
-      const void* last, void* o, void* lse, int b, int c, float s, int tiles, int heads) { \
+      const void* last, void* o, void* lse, int b, int c, float s, int w, int tiles, int heads) { \
     NAME##_paged_kernel<<<dim3(tiles, heads), 128>>>((const T*)q, (const int*)qi, (const T*)pages, \
-        (const int*)pi, (const int*)pv, (const int*)last, (T*)o, (float*)lse, b, c, s); }
+        (const int*)pi, (const int*)pv, (const int*)last, (T*)o, (float*)lse, b, c, s, w); }
 """
 PAGE = 16
 TOL = {"__half": 2e-3, "__nv_bfloat16": 1.6e-2}  # max abs error of the output (values are |v| <= ~3)
@@ -55,7 +55,9 @@ def build(workdir: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(workdir / "k.so"))
 
 
-def reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale):
+def reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale, window=0):
+    """Row i of a sequence sits at position (kl - ql if causal else kl) + i among its keys; a window W > 0 hides
+    the keys before position - W + 1 (HF's convention, the kernel's)."""
     import torch
 
     outs, lses = [], []
@@ -65,10 +67,13 @@ def reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale):
         ks = k[ko:ko + kl].double().repeat_interleave(group, 1).transpose(0, 1)
         vs = v[ko:ko + kl].double().repeat_interleave(group, 1).transpose(0, 1)
         s = qs @ ks.transpose(1, 2) * sm_scale
+        i = torch.arange(ql, device=q.device)[:, None]
+        j = torch.arange(kl, device=q.device)[None, :]
+        pos = (kl - ql if causal else kl) + i
         if causal:
-            i = torch.arange(ql, device=q.device)[:, None]
-            j = torch.arange(kl, device=q.device)[None, :]
-            s = s.masked_fill(j >= kl - ql + i + 1, -math.inf)
+            s = s.masked_fill(j >= pos + 1, -math.inf)
+        if window:
+            s = s.masked_fill(j < pos - window + 1, -math.inf)
         lse = torch.logsumexp(s, -1)  # natural log; rows without keys: -inf
         p = torch.softmax(s, -1).nan_to_num(0.0)
         outs.append((p @ vs).transpose(0, 1))
@@ -77,7 +82,7 @@ def reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale):
     return torch.cat(outs), torch.cat(lses)
 
 
-def run_kernel(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale):
+def run_kernel(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window=0):
     import torch
 
     dev = q.device
@@ -89,11 +94,11 @@ def run_kernel(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale):
     getattr(lib, name)(ctypes.c_void_p(q.data_ptr()), ctypes.c_void_p(qi.data_ptr()), ctypes.c_void_p(k.data_ptr()),
                        ctypes.c_void_p(v.data_ptr()), ctypes.c_void_p(ki.data_ptr()), ctypes.c_void_p(out.data_ptr()),
                        ctypes.c_void_p(lse.data_ptr()), len(q_lens), int(causal), ctypes.c_float(sm_scale),
-                       tiles, q.shape[1])
+                       int(window), tiles, q.shape[1])
     return out, lse
 
 
-def run_paged(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale):
+def run_paged(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window=0):
     """The paged kernel on k / v scattered into 16-key pages in a shuffled order (a last page part full)."""
     import torch
 
@@ -123,11 +128,12 @@ def run_paged(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale):
     tiles = -(-q.shape[0] // 64) + len(q_lens)
     ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
     getattr(lib, name + "_paged")(ptr(q), ptr(qi), ptr(pages), ptr(pi), ptr(pv), ptr(last), ptr(out), ptr(lse),
-                                  len(q_lens), int(causal), ctypes.c_float(sm_scale), tiles, q.shape[1])
+                                  len(q_lens), int(causal), ctypes.c_float(sm_scale), int(window), tiles,
+                                  q.shape[1])
     return out, lse
 
 
-def check(lib, name, q_lens, kv_lens, causal, seed=0, paged=False) -> dict:
+def check(lib, name, q_lens, kv_lens, causal, seed=0, paged=False, window=0) -> dict:
     import torch
 
     d, h_kv, group, ctype = SHAPES[name]
@@ -137,15 +143,16 @@ def check(lib, name, q_lens, kv_lens, causal, seed=0, paged=False) -> dict:
     k = torch.randn(sum(kv_lens), h_kv, d, device="cuda", generator=g).to(dtype)
     v = torch.randn(sum(kv_lens), h_kv, d, device="cuda", generator=g).to(dtype)
     sm_scale = 1 / math.sqrt(d)
-    out, lse = (run_paged if paged else run_kernel)(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale)
+    out, lse = (run_paged if paged else run_kernel)(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window)
     torch.cuda.synchronize()
-    ref_out, ref_lse = reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale)
+    ref_out, ref_lse = reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale, window)
     seen = torch.isfinite(ref_lse)
     err = float((out.double() - ref_out).abs().max())
     lse_err = float((lse.double() - ref_lse)[seen].abs().max()) if seen.any() else 0.0
     empty_ok = bool(((lse[~seen] == -5e4).all() and (out[~seen] == 0).all()).item()) if (~seen).any() else True
     ok = err < TOL[ctype] and lse_err < 1e-3 and empty_ok and not out.isnan().any().item()
-    return {"case": name, "paged": paged, "q_lens": q_lens, "kv_lens": kv_lens, "causal": causal, "max_err": err,
+    return {"case": name, "paged": paged, "q_lens": q_lens, "kv_lens": kv_lens, "causal": causal, "window": window,
+            "max_err": err,
             "lse_max_err": lse_err, "empty_rows_ok": empty_ok, "ok": bool(ok)}
 
 
@@ -194,7 +201,13 @@ def main(out_path: str) -> int:
                  ("llama3", [37, 1, 130, 64, 300], [37, 1, 130, 64, 300], True),
                  ("llama3", [100, 20], [160, 20], True), ("smollm2", [129, 17, 5], [300, 0, 33], False),
                  ("mha_bf16", [200, 64], [211, 16], False)]
-        for case in [(*c, 0, False) for c in cases] + [(*c, 0, True) for c in paged]:
+        # sliding windows (HF convention): shorter than a tile, not a multiple of one, longer than some sequences;
+        # paged: the cached keys before a chunk, of which the window leaves a part or none to the last rows
+        windowed = [("llama3", [512], [512], True, 0, False, 100), ("llama3", [37, 1, 130, 300], [37, 1, 130, 300],
+                     True, 0, False, 64), ("smollm2", [129, 17], [129, 17], True, 0, False, 9),
+                    ("llama3", [300, 20], [1000, 20], False, 0, True, 256), ("smollm2", [129, 5], [300, 33], False,
+                     0, True, 70), ("mha_bf16", [200], [211], False, 0, True, 150)]
+        for case in [(*c, 0, False) for c in cases] + [(*c, 0, True) for c in paged] + windowed:
             row = check(lib, *case)
             failed += not row["ok"]
             rows.append(row)

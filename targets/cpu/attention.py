@@ -21,11 +21,15 @@ import math
 
 import tvm
 from tvm import tirx
+
+from ..attention_window import require_windowed, window_of
 from tvm.script import tirx as T
 
 LOG2E = math.log2(math.e)
 NAME = "batch_prefill_ragged_kv"
 INLINE_ROPE = NAME + "_inline_rope"  # TVM's kernel, kept in the module for rotary_mode == 1
+PAGED_NAME = "batch_prefill_paged_kv_cpu"  # the non-sliding-window kernel; the sliding-window one stays TVM's
+PAGED_INLINE_ROPE = PAGED_NAME + "_inline_rope"
 
 
 # exp2 on [-126, 0] without a libm call (calls spill every vector register): 2^x = 2^n * 2^f, n = round(x),
@@ -44,16 +48,98 @@ def _exp2(x):
     return (f * poly + T.float32(1)) * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
 
 
+def _attend_macro(h_q: int, h_kv: int, d: int, dtype: str, block: int, phases: int, window: int):
+    """The attention of one (query head, query row) of sequence b over its keys kv0 .. kv0 + n_kv of `kt` (keys
+    transposed, [h_kv, d, keys + block]) and `vals` ([keys, h_kv, d]): shared by the ragged and the paged kernel.
+    Row qi sits at position pos0 + qi among the keys (pos0 = n_kv - q_len when causal: the keys end with the
+    chunk's own; n_kv otherwise: the cached keys before a chunk); it sees the keys before pos0 + qi + 1 (causal)
+    and, with a sliding window W > 0 (HF convention), none before pos0 + qi - W + 1."""
+    group = h_q // h_kv
+    lanes = 8 if d % 8 == 0 else math.gcd(4, d)
+    chunks = d // lanes
+
+    def f32(x):
+        return T.Cast("float32", x)
+
+    def lowest_key(pos):
+        return T.max(pos - window + 1, 0) if window > 0 else T.int32(0)
+
+    # fmt: off
+    @T.macro
+    def attend(q, q_indptr, kt, vals, output, lse, b, hq, kv0, n_kv, causal, sm_scale):
+        with T.sblock("attn"):
+            T.reads(q[0:q.shape[0], 0:h_q, 0:d], kt[0:h_kv, 0:d, 0:kt.shape[2]], vals[0:vals.shape[0], 0:h_kv, 0:d],
+                    q_indptr[0:q_indptr.shape[0]])
+            T.writes(output[0:q.shape[0], 0:h_q, 0:d], lse[0:q.shape[0], 0:h_q])
+            # default scope on purpose: small "global" allocations become stack allocas (registers),
+            # "local" ones TVMBackendAllocWorkspace calls (see matmul_schedule.py)
+            qv = T.sblock_alloc_buffer((d,), "float32")
+            acc = T.sblock_alloc_buffer((d,), "float32")
+            part = T.sblock_alloc_buffer((phases, block), "float32")
+            p = T.sblock_alloc_buffer((block,), "float32")
+            st = T.sblock_alloc_buffer((4,), "float32")  # max, sum, new max, rescale
+            q_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+            h: T.let[T.int32] = hq // q_len
+            qi: T.let[T.int32] = hq % q_len
+            row: T.let[T.int32] = q_indptr[b] + qi
+            hk: T.let[T.int32] = h // group
+            pos: T.let[T.int32] = T.if_then_else(causal > 0, n_kv - q_len, n_kv) + qi
+            n_keys: T.let[T.int32] = T.if_then_else(causal > 0, T.min(pos + 1, n_kv), n_kv)
+            low: T.let[T.int32] = lowest_key(pos)
+            scale: T.let[T.float32] = sm_scale * T.float32(LOG2E)
+            for i in range(d):
+                qv[i] = f32(q[row, h, i]) * scale
+            for c in T.unroll(chunks):  # constant indices only, so that acc lives in registers
+                for l in T.vectorized(lanes):
+                    acc[c * lanes + l] = T.float32(0)
+            st[0] = T.float32(-50000)  # TVM's initial max and sum
+            st[1] = T.float32(1)
+            for jb in range(low // block, (n_keys + block - 1) // block):
+                for ph in T.unroll(phases):
+                    for l in T.vectorized(block):
+                        part[ph, l] = T.float32(0)
+                for i0 in range(d // phases):
+                    for ph in T.unroll(phases):
+                        for l in T.vectorized(block):
+                            part[ph, l] = part[ph, l] + qv[i0 * phases + ph] * kt[hk, i0 * phases + ph, kv0 + jb * block + l]
+                for l in T.vectorized(block):
+                    p[l] = T.Select(jb * block + l < n_keys and jb * block + l >= low, part[0, l], T.float32(-1e30))
+                for ph in T.unroll(1, phases):
+                    for l in T.vectorized(block):
+                        p[l] = p[l] + part[ph, l]
+                st[2] = st[0]
+                for l in T.unroll(block):
+                    st[2] = T.max(st[2], p[l])
+                st[3] = _exp2(st[0] - st[2])
+                st[0] = st[2]
+                for l in T.vectorized(block):
+                    p[l] = _exp2(p[l] - st[2])
+                st[1] = st[1] * st[3]
+                for c in T.unroll(chunks):
+                    for l in T.vectorized(lanes):
+                        acc[c * lanes + l] = acc[c * lanes + l] * st[3]
+                for jj in range(T.min(block, n_keys - jb * block)):
+                    st[1] = st[1] + p[jj]
+                    for c in T.unroll(chunks):
+                        for l in T.vectorized(lanes):
+                            acc[c * lanes + l] = acc[c * lanes + l] + f32(vals[kv0 + jb * block + jj, hk, c * lanes + l]) * p[jj]
+            for c in T.unroll(chunks):
+                for l in T.vectorized(lanes):
+                    output[row, h, c * lanes + l] = T.Cast(dtype, acc[c * lanes + l] / st[1])
+            lse[row, h] = st[0] + T.log2(st[1])
+    # fmt: on
+    return attend
+
+
 def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: str = INLINE_ROPE,
-                   block: int = 32, phases: int = 1) -> tirx.PrimFunc:
+                   block: int = 32, phases: int = 1, window: int = 0) -> tirx.PrimFunc:
     """Keys are handled `block` at a time: K is first transposed to [h_kv, d, kv] so that the scores of a block
     are vector FMAs over keys (block / lanes independent chains, times `phases` interleaved partial sums over
     d), the block's exp2 is vectorized, then acc[D] += p_j * V[j] (vector over D). 32 x 1 keeps the score
-    chains and the D = 64 accumulator in the 16 AVX2 registers (more spills them)."""
-    group = h_q // h_kv
+    chains and the D = 64 accumulator in the 16 AVX2 registers (more spills them). `window` > 0: the model's
+    sliding window (HF convention), applied here to a cache that keeps every token (targets.attention_window)."""
     phases = math.gcd(phases, d)
-    lanes = 8 if d % 8 == 0 else math.gcd(4, d)
-    chunks = d // lanes
+    attend = _attend_macro(h_q, h_kv, d, dtype, block, phases, window)
 
     def f32(x):
         return T.Cast("float32", x)
@@ -93,66 +179,64 @@ def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: 
                                 kt[hd // d, hd % d, kv_len + j] = T.float32(0)
             for b in range(batch_size):
                 for hq in T.parallel(h_q * (q_indptr[b + 1] - q_indptr[b])):
-                    with T.sblock("attn"):
-                        T.reads(q[0:qo_len, 0:h_q, 0:d], kt[0:h_kv, 0:d, 0:kv_len + block], v[0:kv_len, 0:h_kv, 0:d],
-                                q_indptr[0:batch_size + 1], kv_indptr[0:batch_size + 1])
-                        T.writes(output[0:qo_len, 0:h_q, 0:d], lse[0:qo_len, 0:h_q])
-                        # default scope on purpose: small "global" allocations become stack allocas (registers),
-                        # "local" ones TVMBackendAllocWorkspace calls (see matmul_schedule.py)
-                        qv = T.sblock_alloc_buffer((d,), "float32")
-                        acc = T.sblock_alloc_buffer((d,), "float32")
-                        part = T.sblock_alloc_buffer((phases, block), "float32")
-                        p = T.sblock_alloc_buffer((block,), "float32")
-                        st = T.sblock_alloc_buffer((4,), "float32")  # max, sum, new max, rescale
-                        q_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
-                        n_kv: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
-                        h: T.let[T.int32] = hq // q_len
-                        qi: T.let[T.int32] = hq % q_len
-                        row: T.let[T.int32] = q_indptr[b] + qi
-                        hk: T.let[T.int32] = h // group
-                        kv0: T.let[T.int32] = kv_indptr[b]
-                        n_keys: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv - q_len + qi + 1, n_kv), n_kv)
-                        scale: T.let[T.float32] = sm_scale * T.float32(LOG2E)
-                        for i in range(d):
-                            qv[i] = f32(q[row, h, i]) * scale
-                        for c in T.unroll(chunks):  # constant indices only, so that acc lives in registers
-                            for l in T.vectorized(lanes):
-                                acc[c * lanes + l] = T.float32(0)
-                        st[0] = T.float32(-50000)  # TVM's initial max and sum
-                        st[1] = T.float32(1)
-                        for jb in range((n_keys + block - 1) // block):
-                            for ph in T.unroll(phases):
-                                for l in T.vectorized(block):
-                                    part[ph, l] = T.float32(0)
-                            for i0 in range(d // phases):
-                                for ph in T.unroll(phases):
-                                    for l in T.vectorized(block):
-                                        part[ph, l] = part[ph, l] + qv[i0 * phases + ph] * kt[hk, i0 * phases + ph, kv0 + jb * block + l]
-                            for l in T.vectorized(block):
-                                p[l] = T.Select(jb * block + l < n_keys, part[0, l], T.float32(-1e30))
-                            for ph in T.unroll(1, phases):
-                                for l in T.vectorized(block):
-                                    p[l] = p[l] + part[ph, l]
-                            st[2] = st[0]
-                            for l in T.unroll(block):
-                                st[2] = T.max(st[2], p[l])
-                            st[3] = _exp2(st[0] - st[2])
-                            st[0] = st[2]
-                            for l in T.vectorized(block):
-                                p[l] = _exp2(p[l] - st[2])
-                            st[1] = st[1] * st[3]
-                            for c in T.unroll(chunks):
-                                for l in T.vectorized(lanes):
-                                    acc[c * lanes + l] = acc[c * lanes + l] * st[3]
-                            for jj in range(T.min(block, n_keys - jb * block)):
-                                st[1] = st[1] + p[jj]
-                                for c in T.unroll(chunks):
-                                    for l in T.vectorized(lanes):
-                                        acc[c * lanes + l] = acc[c * lanes + l] + f32(v[kv0 + jb * block + jj, hk, c * lanes + l]) * p[jj]
-                        for c in T.unroll(chunks):
-                            for l in T.vectorized(lanes):
-                                output[row, h, c * lanes + l] = T.Cast(dtype, acc[c * lanes + l] / st[1])
-                        lse[row, h] = st[0] + T.log2(st[1])
+                    attend(q, q_indptr, kt, v, output, lse, b, hq, kv_indptr[b], kv_indptr[b + 1] - kv_indptr[b],
+                           causal, sm_scale)
+    # fmt: on
+    return attention
+
+
+def prefill_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
+                  inline_rope_kernel: str = PAGED_INLINE_ROPE, block: int = 32, window: int = 0) -> tirx.PrimFunc:
+    """Same signature as TVM's cpu `batch_prefill_paged_kv_cpu` (no TVM sliding window: length_info is the
+    tokens of each sequence's last page), computed as `prefill_ragged` does: each sequence's cached keys are
+    first gathered from their pages, transposed ([h_kv, d, keys]), and its values copied to one contiguous
+    buffer; TVM's kernel is one serial scalar loop. `window` as in prefill_ragged."""
+    attend = _attend_macro(h_q, h_kv, d, dtype, block, 1, window)
+
+    def f32(x):
+        return T.Cast("float32", x)
+
+    # fmt: off
+    @T.prim_func(private=True, s_tir=True)
+    def attention(var_q: T.handle, var_q_indptr: T.handle, var_pages: T.handle, var_page_indptr: T.handle,
+                  var_page_values: T.handle, var_length_info: T.handle, var_k_rope_pos_offset: T.handle,
+                  var_q_rope_position: T.handle, var_output: T.handle, var_lse: T.handle, causal: T.int32,
+                  rotary_mode: T.int32, rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32):
+        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True, "tirx.noalias": True})
+        batch_size, total_len, nnz_pages, max_num_pages = T.int32(), T.int32(), T.int32(), T.int32()
+        q = T.match_buffer(var_q, (total_len, h_q, d), dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", offset_factor=1)
+        pages = T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, d), dtype)
+        page_indptr = T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", offset_factor=1)
+        page_values = T.match_buffer(var_page_values, (nnz_pages,), "int32", offset_factor=1)
+        length_info = T.match_buffer(var_length_info, (batch_size,), "int32", offset_factor=1)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", offset_factor=1)
+        q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32", offset_factor=1)
+        output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
+        lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
+        # key slot j of sequence b: page_indptr[b] * page_size + j
+        kt = T.sblock_alloc_buffer((h_kv, d, nnz_pages * page_size + block), "float32")  # keys transposed
+        vals = T.sblock_alloc_buffer((nnz_pages * page_size, h_kv, d), "float32")
+        if rotary_mode == 1:  # rope inside attention (sliding-window caches): TVM's own kernel, kept as is
+            T.evaluate(T.call_cpacked(inline_rope_kernel, q, q_indptr, pages, page_indptr, page_values,
+                                      length_info, k_rope_pos_offset, q_rope_position, output, lse, causal,
+                                      rotary_mode, rope_scale, rope_theta, sm_scale))
+        else:
+            for hd in T.parallel(h_kv * d):
+                with T.sblock("gather"):
+                    T.reads(pages[0:max_num_pages, 0:2, 0:h_kv, 0:page_size, 0:d], page_values[0:nnz_pages])
+                    T.writes(kt[0:h_kv, 0:d, 0:nnz_pages * page_size + block], vals[0:nnz_pages * page_size, 0:h_kv, 0:d])
+                    for j in range(nnz_pages * page_size):
+                        kt[hd // d, hd % d, j] = f32(pages[page_values[j // page_size], 0, hd // d, j % page_size, hd % d])
+                        vals[j, hd // d, hd % d] = f32(pages[page_values[j // page_size], 1, hd // d, j % page_size, hd % d])
+                    for j in range(block):
+                        kt[hd // d, hd % d, nnz_pages * page_size + j] = T.float32(0)
+            for b in range(batch_size):
+                for hq in T.parallel(h_q * (q_indptr[b + 1] - q_indptr[b])):
+                    attend(q, q_indptr, kt, vals, output, lse, b, hq, page_indptr[b] * page_size,
+                           T.if_then_else(page_indptr[b + 1] > page_indptr[b],
+                                          (page_indptr[b + 1] - page_indptr[b] - 1) * page_size + length_info[b], 0),
+                           causal, sm_scale)
     # fmt: on
     return attention
 
@@ -198,10 +282,30 @@ def swap_kernel(mod: tvm.IRModule, name: str, make, keep_as: str | None = None) 
 
 @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUPrefillAttention")
 def replace_prefill_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Swap TVM's serial cpu ragged-prefill kernel for `prefill_ragged` (same signature); the original stays in
-    the module as INLINE_ROPE for rotary_mode == 1."""
-    return swap_kernel(mod, NAME, lambda f: None if (sig := _signature(f)) is None else prefill_ragged(*sig),
-                       keep_as=INLINE_ROPE)
+    """Swap TVM's serial cpu ragged- and paged-prefill kernels for `prefill_ragged` and `prefill_paged` (same
+    signatures); the originals stay in the module as INLINE_ROPE and PAGED_INLINE_ROPE for rotary_mode == 1."""
+    window = window_of(mod)
+    mod = swap_kernel(mod, NAME, lambda f: None if (sig := _signature(f)) is None
+                      else prefill_ragged(*sig, window=window), keep_as=INLINE_ROPE)
+    mod = swap_kernel(mod, PAGED_NAME, lambda f: None if (sig := _paged_signature(f)) is None
+                      else prefill_paged(*sig, window=window), keep_as=PAGED_INLINE_ROPE)
+    require_windowed(mod, (INLINE_ROPE, PAGED_INLINE_ROPE), "cpu prefill attention")
+    return mod
+
+
+def _paged_signature(func: tirx.PrimFunc) -> tuple[int, int, int, int, str] | None:
+    """(h_q, h_kv, d, page_size, dtype) of TVM's cpu paged-prefill kernel, or None if it is not the one known."""
+    params = list(func.params)
+    if len(params) != 15 or not all(hasattr(p, "shape") for p in params[:10]):
+        return None
+    q, pages, length_info, out = _shape(params[0]), _shape(params[2]), params[5], _shape(params[8])
+    if len(q) != 3 or len(pages) != 5 or len(length_info.shape) != 1 or q[1:] != out[1:] or None in q[1:] + pages[1:]:
+        return None
+    h_q, d = q[1], q[2]
+    two, h_kv, page_size, d_kv = pages[1:]
+    if two != 2 or d_kv != d or h_q % h_kv or params[0].dtype != params[2].dtype:
+        return None
+    return h_q, h_kv, d, page_size, str(params[0].dtype)
 
 
 # ---------------------------------------------------------------------------------------------------- decode
@@ -209,8 +313,8 @@ DECODE_NAME = "batch_decode_paged_kv_cpu"  # the non-sliding-window kernel; the 
 DECODE_INLINE_ROPE = DECODE_NAME + "_inline_rope"
 
 
-def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, inline_rope_kernel: str = DECODE_INLINE_ROPE
-                 ) -> tirx.PrimFunc:
+def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, inline_rope_kernel: str = DECODE_INLINE_ROPE,
+                 window: int = 0) -> tirx.PrimFunc:
     """Same signature as TVM's cpu decode kernel; the body calls ember_decode_attention (native/attention.c),
     parallel over (sequence, head) pairs. rotary_mode == 1 (rope inside attention) calls TVM's kernel."""
 
@@ -239,7 +343,7 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, inline_rope_kernel
             status: T.int32 = T.call_extern(
                 "int32", "ember_decode_attention", Q.data, pages.data, T.address_of(page_table_indptr[0]),
                 T.address_of(page_table_values[0]), T.address_of(length_info[0]), output.data, lse.data,
-                T.Cast("int64", B), h_q, h_kv, d, page_size, sm_scale)
+                T.Cast("int64", B), h_q, h_kv, d, page_size, sm_scale, window)
             assert status == 0, "ember_decode_attention failed"
     # fmt: on
     return decode
@@ -268,8 +372,11 @@ def _decode_signature(func: tirx.PrimFunc) -> tuple[int, int, int, int] | None:
 @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUDecodeAttention")
 def replace_decode_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Swap TVM's serial cpu decode kernel for `decode_paged`; the original stays as DECODE_INLINE_ROPE."""
-    return swap_kernel(mod, DECODE_NAME, lambda f: None if (sig := _decode_signature(f)) is None
-                       else decode_paged(*sig), keep_as=DECODE_INLINE_ROPE)
+    window = window_of(mod)
+    mod = swap_kernel(mod, DECODE_NAME, lambda f: None if (sig := _decode_signature(f)) is None
+                      else decode_paged(*sig, window=window), keep_as=DECODE_INLINE_ROPE)
+    require_windowed(mod, (DECODE_INLINE_ROPE,), "cpu decode attention")
+    return mod
 
 
 # ------------------------------------------------------------------------------------------------ rope split

@@ -92,6 +92,16 @@ class CudaTarget(Target):
                         "the prefill GEMMs stay on TVM's WMMA schedule")
         return {**table, **native_norm.LOWERINGS} if native_norm.enabled() else table
 
+    def window_in_kernels(self, kv_cache: Any) -> bool:
+        """ember's decode and prefill attention kernels take the window where they cover the cache (fp16/bf16, head
+        dim 64 or 128, GQA groups up to 8) and are not switched off (EMBER_CUDA_ATTENTION / EMBER_CUDA_PREFILL)."""
+        from . import attention, prefill_attention
+
+        group = kv_cache.num_attention_heads // kv_cache.num_kv_heads
+        return (kv_cache.dtype in attention.DTYPES and kv_cache.head_dim in attention.HEAD_DIMS
+                and 1 <= group <= attention.MAX_GROUP
+                and os.environ.get(attention.ENV, "1") != "0" and os.environ.get(prefill_attention.ENV, "1") != "0")
+
     def extend_module(self, relax_mod: tvm.IRModule) -> tvm.IRModule:
         """Adds `sample` and `sample_reset`, sampling on the device (sampling.py)."""
         from .sampling import add_sampler

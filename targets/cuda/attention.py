@@ -23,6 +23,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from ..attention_window import require_windowed, window_of
 from ..cpu.attention import _shape, swap_kernel
 
 ENV = "EMBER_CUDA_ATTENTION"  # "0" keeps TVM's decode kernel (for A/B runs)
@@ -64,9 +65,10 @@ def merge_name(d: int) -> str:
 
 
 def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config: SplitConfig | None = None,
-                 inline_rope_kernel: str = DECODE_INLINE_ROPE) -> tirx.PrimFunc:
+                 inline_rope_kernel: str = DECODE_INLINE_ROPE, window: int = 0) -> tirx.PrimFunc:
     """Same signature as TVM's cuda `batch_decode_paged_kv` (non-sliding-window: length_info is [B], the tokens
-    of each sequence's last page)."""
+    of each sequence's last page). `window` > 0: the model's sliding window (HF convention), applied here to a
+    cache that keeps every token (targets.window)."""
     cfg = config or SplitConfig()
     group = h_q // h_kv
     threads = 32 * cfg.warps
@@ -75,6 +77,7 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config
     min_pages = -(-cfg.min_chunk_tokens // page_size)
     cap = fused_chunk_cap(cfg)
     fused_on = 1 if cfg.fused_merge else 0
+    window_pages = -(-window // page_size) + 1 if window > 0 else 0  # the most pages a window of tokens spans
 
     # fmt: off
     @T.prim_func(private=True, s_tir=True)
@@ -104,7 +107,8 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
         length_info = T.match_buffer(var_length_info, (B,), "int32", elem_offset=length_info_elem_offset)
         # chunks per (sequence, kv head): enough blocks to fill the GPU, no chunk shorter than min_pages pages
-        chunks: T.let[T.int32] = T.max(1, T.min(T.ceildiv(cfg.target_blocks, B * h_kv), T.ceildiv(nnz_pages, B * min_pages)))
+        visible_pages: T.let[T.int32] = _visible_pages(nnz_pages, B, window_pages)
+        chunks: T.let[T.int32] = T.max(1, T.min(T.ceildiv(cfg.target_blocks, B * h_kv), T.ceildiv(visible_pages, B * min_pages)))
         ws_o = T.alloc_buffer((B * h_q * chunks * d,), "float32")
         ws_ml = T.alloc_buffer((B * h_q * chunks * 2,), "float32")
         fused: T.let[T.int32] = T.Select(B * h_kv <= MAX_COUNTERS and chunks <= cap, fused_on, 0)
@@ -122,7 +126,7 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config
                                 "int32", split, Q.data, T.address_of(pages[0, 0, 0, 0, 0]),
                                 T.address_of(page_table_indptr[0]), T.address_of(page_table_values[0]),
                                 T.address_of(length_info[0]), output.data, lse.data, ws_o.data, ws_ml.data, chunks,
-                                sm_scale, fused))
+                                sm_scale, fused, window))
             if chunks > 1 and fused == 0:
                 for bh in T.thread_binding(B * h_q, thread="blockIdx.x"):
                     for tx in T.thread_binding(d, thread="threadIdx.x"):
@@ -130,6 +134,11 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config
                                                  chunks))
     # fmt: on
     return batch_decode_paged_kv
+
+
+def _visible_pages(nnz_pages: tirx.PrimExpr, batch: tirx.PrimExpr, window_pages: int) -> tirx.PrimExpr:
+    """The pages a decode call reads: all of them, or at most `window_pages` a sequence under a sliding window."""
+    return tirx.min(nnz_pages, batch * window_pages) if window_pages else nnz_pages
 
 
 def _decode_signature(func: tirx.PrimFunc) -> tuple[int, int, int, int, str] | None:
@@ -167,9 +176,13 @@ def replace_decode_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext)
     """Swap TVM's cuda decode kernel for `decode_paged` (same signature); the original stays in the module as
     DECODE_INLINE_ROPE for rotary_mode == 1. EMBER_CUDA_ATTENTION=0 leaves the module alone."""
     if os.environ.get(ENV, "1") == "0":
+        require_windowed(mod, (DECODE_INLINE_ROPE,), f"{ENV}=0")
         return mod
-    return swap_kernel(mod, NAME, lambda f: None if (sig := _decode_signature(f)) is None else decode_paged(*sig),
-                       keep_as=DECODE_INLINE_ROPE)
+    window = window_of(mod)
+    mod = swap_kernel(mod, NAME, lambda f: None if (sig := _decode_signature(f)) is None
+                      else decode_paged(*sig, window=window), keep_as=DECODE_INLINE_ROPE)
+    require_windowed(mod, (DECODE_INLINE_ROPE,), "cuda decode attention")
+    return mod
 
 
 __all__ = ["DECODE_INLINE_ROPE", "NAME", "SplitConfig", "decode_paged", "replace_decode_attention"]

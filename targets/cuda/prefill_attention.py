@@ -25,6 +25,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from ..attention_window import require_windowed, window_of
 from ..cpu.attention import _signature, swap_kernel
 
 ENV = "EMBER_CUDA_PREFILL"
@@ -50,8 +51,10 @@ def paged_kernel_name(h_q: int, h_kv: int, d: int, page_size: int, dtype: str) -
     return f"ember::prefill::paged<{d}, {h_kv}, {h_q // h_kv}, {page_size}, {_ctype(dtype)}>"
 
 
-def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: str = INLINE_ROPE) -> tirx.PrimFunc:
-    """Same signature as TVM's cuda `batch_prefill_ragged_kv`."""
+def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: str = INLINE_ROPE,
+                   window: int = 0) -> tirx.PrimFunc:
+    """Same signature as TVM's cuda `batch_prefill_ragged_kv`; `window` > 0: the model's sliding window (HF
+    convention) as a mask (targets/attention_window.py)."""
     name = kernel_name(h_q, h_kv, d, dtype)
 
     # fmt: off
@@ -83,14 +86,16 @@ def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: 
                     for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
                         T.evaluate(T.call_extern(
                             "int32", name, q.data, T.address_of(q_indptr[0]), k.data, v.data,
-                            T.address_of(kv_indptr[0]), output.data, lse.data, batch_size, causal, sm_scale))
+                            T.address_of(kv_indptr[0]), output.data, lse.data, batch_size, causal, sm_scale,
+                            window))
     # fmt: on
     return batch_prefill_ragged_kv
 
 
 def prefill_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
-                  inline_rope_kernel: str = PAGED_INLINE_ROPE) -> tirx.PrimFunc:
-    """Same signature as TVM's cuda `batch_prefill_paged_kv` (no sliding window: length_info is last_page_len)."""
+                  inline_rope_kernel: str = PAGED_INLINE_ROPE, window: int = 0) -> tirx.PrimFunc:
+    """Same signature as TVM's cuda `batch_prefill_paged_kv` (no TVM sliding window: length_info is
+    last_page_len); `window` as in prefill_ragged."""
     name = paged_kernel_name(h_q, h_kv, d, page_size, dtype)
 
     # fmt: off
@@ -127,7 +132,8 @@ def prefill_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
                         T.evaluate(T.call_extern(
                             "int32", name, q.data, T.address_of(q_indptr[0]), T.address_of(pages[0, 0, 0, 0, 0]),
                             T.address_of(page_indptr[0]), T.address_of(page_values[0]),
-                            T.address_of(length_info[0]), output.data, lse.data, batch_size, causal, sm_scale))
+                            T.address_of(length_info[0]), output.data, lse.data, batch_size, causal, sm_scale,
+                            window))
     # fmt: on
     return batch_prefill_paged_kv
 
@@ -167,11 +173,15 @@ def replace_prefill_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext
     """Swap TVM's cuda ragged- and paged-prefill kernels for `prefill_ragged` and `prefill_paged`; the originals
     stay as INLINE_ROPE and PAGED_INLINE_ROPE."""
     if os.environ.get(ENV, "1") == "0":
+        require_windowed(mod, (INLINE_ROPE, PAGED_INLINE_ROPE), f"{ENV}=0")
         return mod
-    mod = swap_kernel(mod, NAME, lambda f: None if (sig := _covered(f)) is None else prefill_ragged(*sig),
-                      keep_as=INLINE_ROPE)
-    return swap_kernel(mod, PAGED, lambda f: None if (sig := _paged_covered(f)) is None else prefill_paged(*sig),
-                       keep_as=PAGED_INLINE_ROPE)
+    window = window_of(mod)
+    mod = swap_kernel(mod, NAME, lambda f: None if (sig := _covered(f)) is None
+                      else prefill_ragged(*sig, window=window), keep_as=INLINE_ROPE)
+    mod = swap_kernel(mod, PAGED, lambda f: None if (sig := _paged_covered(f)) is None
+                      else prefill_paged(*sig, window=window), keep_as=PAGED_INLINE_ROPE)
+    require_windowed(mod, (INLINE_ROPE, PAGED_INLINE_ROPE), "cuda prefill attention")
+    return mod
 
 
 __all__ = ["INLINE_ROPE", "NAME", "PAGED", "PAGED_INLINE_ROPE", "kernel_name", "paged_kernel_name", "prefill_paged",

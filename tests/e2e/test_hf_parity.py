@@ -87,3 +87,18 @@ def test_greedy_tokens_match_hf_generate(compiled):
         ref = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, eos_token_id=None,
                           pad_token_id=0)[0, len(ids):].tolist()
     assert result.token_ids == ref
+
+
+def test_a_sliding_window_is_exact_in_chunks_of_any_length(compiled):
+    """The window is a mask in the attention kernels (the cache keeps every token): a prompt 3x the window, prefilled
+    in 5-token chunks (each after the first attends to cached pages under the window), gives HF's logits."""
+    case, hf, engine = compiled
+    if dict(case.kwargs).get("sliding_window") is None:
+        pytest.skip("no sliding window")
+    assert engine.manifest.kv_cache.window_in_kernels and not engine.runner.kv.evicts
+    chunked = ember.load(engine.artifact.path, device="cpu", prefill_chunk_size=5)
+    ids = prompt(case, seed=3)
+    assert chunked.runner.prefill_chunk_size == 5
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(chunked.score(ids), ref, atol=2e-5, rtol=1e-4)

@@ -25,6 +25,7 @@ from test_runtime_load import edit_manifest
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 COMPAT = DATA / f"compat-v{art.FORMAT_VERSION}"
+COMMITTED = sorted(DATA.glob("compat-v*"))  # this format's artifact and the previous one's, while it is read
 
 
 def ember(*args: str) -> subprocess.CompletedProcess:
@@ -101,21 +102,19 @@ def test_artifact_modes_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
 
 
 # -- the compatibility rule ------------------------------------------------------------------------------------------
-def as_format_1(folder: Path) -> None:
-    """Rewrite an artifact's manifest as format 1 wrote it: no build fingerprint, verification.seconds."""
+def as_format_2(folder: Path) -> None:
+    """Rewrite an artifact's manifest as format 2 wrote it: no kv_cache.window_in_kernels."""
     def older(raw):
-        raw["format_version"] = 1
-        raw.pop("build", None)
-        if raw.get("verification"):
-            raw["verification"]["seconds"] = 1.5
+        raw["format_version"] = 2
+        raw["kv_cache"].pop("window_in_kernels")
 
     edit_manifest(folder, fix=older)
 
 
 def test_the_previous_format_still_loads(artifact_copy, engine, prompt_ids):
-    as_format_1(artifact_copy)
+    as_format_2(artifact_copy)
     old = Engine.load(artifact_copy)
-    assert old.manifest.format_version == 1 and old.manifest.build is None
+    assert old.manifest.format_version == 2 and not old.manifest.kv_cache.window_in_kernels
     ids = prompt_ids(7)
     np.testing.assert_array_equal(old.score(ids), engine.score(ids))
 
@@ -140,12 +139,14 @@ needs_x86 = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or 
 
 
 @needs_x86
-def test_the_committed_artifact_of_this_format_loads_and_runs():
+@pytest.mark.parametrize("committed", COMMITTED, ids=lambda p: p.name)
+def test_the_committed_artifacts_load_and_run(committed):
     """If this fails after a change, that change broke artifacts already shipped: keep reading them (the rule),
     or bump FORMAT_VERSION, keep reading the previous one, and add a compat artifact of the new one."""
-    expected = json.loads((COMPAT / "expected.json").read_text())
-    engine = Engine.load(COMPAT / "artifact", verify=True)  # every sha256 as committed
-    assert engine.manifest.format_version == art.FORMAT_VERSION and engine.manifest.build is not None
+    expected = json.loads((committed / "expected.json").read_text())
+    engine = Engine.load(committed / "artifact", verify=True)  # every sha256 as committed
+    version = int(committed.name.removeprefix("compat-v"))
+    assert engine.manifest.format_version == version and engine.manifest.build is not None
     assert engine.encode(expected["prompt"]) == expected["prompt_ids"]
     result = engine.generate(expected["prompt"], max_tokens=expected["max_tokens"])
     assert list(result.token_ids) == expected["token_ids"]

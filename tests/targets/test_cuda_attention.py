@@ -119,21 +119,22 @@ HARNESS = textwrap.dedent("""
     #include "decode_attention.cuh"
     template <int D, int HKV, int G, typename T>
     __global__ void __launch_bounds__(128) split_k(const T* q, const T* p, const int* a, const int* b, const int* c,
-                                                   T* o, float* l, float* wo, float* wm, int n, float s, int f) {
-      ember::attn::split<D, HKV, G, 16, 4, (G <= 4 ? 4 : 2)>(q, p, a, b, c, o, l, wo, wm, n, s, f);
+                                                   T* o, float* l, float* wo, float* wm, int n, float s, int f,
+                                                   int w) {
+      ember::attn::split<D, HKV, G, 16, 4, (G <= 4 ? 4 : 2)>(q, p, a, b, c, o, l, wo, wm, n, s, f, w);
     }
     template <int D, typename T>
     __global__ void merge_k(const float* wo, const float* wm, T* o, float* l, int n) {
       ember::attn::merge<D>(wo, wm, o, l, n);
     }
     template __global__ void split_k<128, 8, 4, __half>(const __half*, const __half*, const int*, const int*,
-        const int*, __half*, float*, float*, float*, int, float, int);
+        const int*, __half*, float*, float*, float*, int, float, int, int);
     template __global__ void split_k<64, 3, 3, __half>(const __half*, const __half*, const int*, const int*,
-        const int*, __half*, float*, float*, float*, int, float, int);
+        const int*, __half*, float*, float*, float*, int, float, int, int);
     template __global__ void split_k<64, 1, 8, __nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*,
-        const int*, const int*, const int*, __nv_bfloat16*, float*, float*, float*, int, float, int);
+        const int*, const int*, const int*, __nv_bfloat16*, float*, float*, float*, int, float, int, int);
     template __global__ void split_k<128, 8, 1, __half>(const __half*, const __half*, const int*, const int*,
-        const int*, __half*, float*, float*, float*, int, float, int);
+        const int*, __half*, float*, float*, float*, int, float, int, int);
     template __global__ void merge_k<128, __half>(const float*, const float*, __half*, float*, int);
     template __global__ void merge_k<64, __nv_bfloat16>(const float*, const float*, __nv_bfloat16*, float*, int);
 """)

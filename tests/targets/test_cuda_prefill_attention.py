@@ -49,6 +49,30 @@ def test_swap_is_idempotent_can_be_turned_off_and_leaves_other_head_dims(monkeyp
     assert not _calls(_prims(off)[pa.NAME]) and pa.INLINE_ROPE not in _prims(off)
 
 
+def test_a_sliding_window_reaches_every_attention_kernel_as_a_mask():
+    """A model with a window: lower() records it, and the ragged, paged and decode kernels get it as a constant (the
+    cache then keeps every token: targets/attention_window.py); switched-off kernels would ignore it, so then
+    the window stays TVM's (no attribute) and a module that has one anyway fails to build."""
+    from ember.targets.attention_window import WINDOW_ATTR
+    from ember.targets.cuda import attention
+    from ember.targets.cuda import prefill_attention as pa
+    from ember.targets.lower import LoweringError
+
+    lowered = _lowered(model_type="mistral", sliding_window=48)
+    assert int(lowered.attrs[WINDOW_ATTR]) == 48
+    prims = _prims(through_cuda_pipeline(lowered))
+    for name, kernel in ((pa.NAME, "ember::prefill::ragged<"), (pa.PAGED, "ember::prefill::paged<"),
+                         (attention.NAME, "ember::attn::split<")):
+        call = re.search(r'T\.call_extern\("int32", "' + re.escape(kernel) + r'[^"]*",(.*)\)', prims[name].script())
+        assert call is not None and call.group(1).rstrip().endswith(", 48"), (name, call)
+    assert WINDOW_ATTR not in (_lowered().attrs or {})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(pa.ENV, "0")
+        assert WINDOW_ATTR not in (_lowered(model_type="mistral", sliding_window=48).attrs or {})
+        with pytest.raises((LoweringError, RuntimeError), match="sliding window needs ember's attention kernels"):
+            pa.replace_prefill_attention(lowered)  # (a module pass: TVM's FFI re-raises as RuntimeError)
+
+
 def test_kernel_names():
     from ember.targets.cuda.prefill_attention import kernel_name
 
@@ -62,15 +86,16 @@ def test_kernel_names():
 HARNESS = """
 #include "prefill_attention.cuh"
 #define K(NAME, D, HKV, G, T) extern "C" __global__ void __launch_bounds__(128) NAME(const T* q, const int* qi, \\
-    const T* k, const T* v, const int* ki, T* o, float* lse, int b, int c, float s) { \\
-  ember::prefill::ragged<D, HKV, G, T>(q, qi, k, v, ki, o, lse, b, c, s); }
+    const T* k, const T* v, const int* ki, T* o, float* lse, int b, int c, float s, int w) { \\
+  ember::prefill::ragged<D, HKV, G, T>(q, qi, k, v, ki, o, lse, b, c, s, w); }
 K(llama3, 128, 8, 4, __half)
 K(smollm2, 64, 3, 3, __half)
 K(bf16_mha, 64, 8, 1, __nv_bfloat16)
 K(group8, 128, 2, 8, __half)
 #define P(NAME, D, HKV, G, T) extern "C" __global__ void __launch_bounds__(128) NAME(const T* q, const int* qi, \\
-    const T* pages, const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, float s) { \\
-  ember::prefill::paged<D, HKV, G, 16, T>(q, qi, pages, pi, pv, last, o, lse, b, c, s); }
+    const T* pages, const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, float s, \\
+    int w) { \\
+  ember::prefill::paged<D, HKV, G, 16, T>(q, qi, pages, pi, pv, last, o, lse, b, c, s, w); }
 P(llama3_paged, 128, 8, 4, __half)
 P(bf16_paged, 64, 8, 1, __nv_bfloat16)
 """

@@ -33,11 +33,18 @@ typedef struct {
   float scale; /* sm_scale * log2(e) */
   int32_t segments;
   float* partial; /* segments > 1: per (b, h, segment): m, denom, acc[D] */
+  int32_t window; /* > 0: a sliding window (HF's convention): the query sees the last `window` keys */
 } DecodeArgs;
 
 EMBER_INLINE int64_t seq_len(const DecodeArgs* a, int64_t b) {
   const int32_t npages = a->page_indptr[b + 1] - a->page_indptr[b];
   return npages > 0 ? (int64_t)(npages - 1) * a->page_size + a->last_page_len[b] : 0;
+}
+
+/* The first key the query of sequence b sees. */
+EMBER_INLINE int64_t first_key(const DecodeArgs* a, int64_t b) {
+  const int64_t len = seq_len(a, b);
+  return a->window > 0 && len > a->window ? len - a->window : 0;
 }
 
 EMBER_INLINE const float* kv_row(const DecodeArgs* a, int64_t b, int64_t pos, int32_t which, int32_t hk) {
@@ -144,9 +151,9 @@ static int decode_task(int task, TVMParallelGroupEnv* env, void* cdata) {
     const int32_t seg = (int32_t)(item % a->segments);
     const int64_t bk = item / a->segments, b = bk / a->h_kv;
     const int32_t hk = (int32_t)(bk % a->h_kv);
-    const int64_t len = seq_len(a, b);
-    const int64_t per = (len + a->segments - 1) / a->segments;
-    const int64_t k0 = seg * per < len ? seg * per : len, k1 = k0 + per < len ? k0 + per : len;
+    const int64_t len = seq_len(a, b), first = first_key(a, b);
+    const int64_t per = (len - first + a->segments - 1) / a->segments;
+    const int64_t k0 = first + seg * per < len ? first + seg * per : len, k1 = k0 + per < len ? k0 + per : len;
     for (int32_t h = 0; h < group; h += MAX_GROUP)
       attend(a, b, hk, hk * group + h, group - h < MAX_GROUP ? group - h : MAX_GROUP, k0, k1, seg);
   }
@@ -178,13 +185,16 @@ static void merge_segments(const DecodeArgs* a) {
 int32_t ember_decode_attention(const float* q, const float* pages, const int32_t* page_indptr,
                                const int32_t* page_values, const int32_t* last_page_len, float* out, float* lse,
                                int64_t batch, int32_t h_qo, int32_t h_kv, int32_t d, int32_t page_size,
-                               float sm_scale) {
+                               float sm_scale, int32_t window) {
   if (d % 16 || d > MAX_HEAD_DIM || h_kv <= 0 || h_qo % h_kv) return -1;
   DecodeArgs a = {q, pages, page_indptr, page_values, last_page_len, out, lse, batch, h_qo, h_kv, d, page_size,
-                  sm_scale * 1.4426950408889634f, 1, NULL};
+                  sm_scale * 1.4426950408889634f, 1, NULL, window};
   if (batch <= 0) return 0;
   int64_t longest = 0;
-  for (int64_t b = 0; b < batch; ++b) longest = seq_len(&a, b) > longest ? seq_len(&a, b) : longest;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t seen = seq_len(&a, b) - first_key(&a, b);
+    longest = seen > longest ? seen : longest;
+  }
   /* enough work items for two per thread (the pool size is unknown here: assume up to 8 threads) */
   const int64_t pairs = batch * h_kv, want = (16 + pairs - 1) / pairs, most = longest / MIN_SEGMENT;
   a.segments = (int32_t)(want < most ? want : most > 1 ? most : 1);

@@ -6,7 +6,8 @@
 //   last   [B]: tokens in the last page of sequence b (length = (pages - 1) * PAGE + last)
 //   out    [B, HKV * GROUP, D], lse [B, HKV * GROUP] (float32)
 // TVM's conventions: scores in the log2 domain, s = q.k * sm_scale * log2(e); lse = max + log2(sum 2^(s - max));
-// an empty sequence gives out = 0 and lse = -5e4 (TVM's initial state m = -5e4, d = 1).
+// an empty sequence gives out = 0 and lse = -5e4 (TVM's initial state m = -5e4, d = 1). A sliding window W > 0
+// (HF's convention) keeps the last W tokens of each sequence: the query is the newest of them.
 //
 // Plan: the context of each (sequence, kv head) is cut into `chunks` contiguous ranges of tokens (chunks is chosen
 // by the host from the batch size and the page count, the same for every sequence of a call). `split` runs one
@@ -70,7 +71,7 @@ __device__ __forceinline__ void split(const T* __restrict__ q, const T* __restri
                                       const int* __restrict__ indptr, const int* __restrict__ values,
                                       const int* __restrict__ last, T* __restrict__ out, float* __restrict__ lse,
                                       float* __restrict__ ws_o, float* __restrict__ ws_ml, int chunks,
-                                      float sm_scale, int fused) {
+                                      float sm_scale, int fused, int window) {
   static_assert(D % 8 == 0 && 32 % (D / 8) == 0, "a row of K must be a power-of-two number of lanes <= 32");
   constexpr int LANES = D / 8;          // lanes per row
   constexpr int ROWS = 32 / LANES;      // rows (tokens) per warp at once
@@ -85,8 +86,9 @@ __device__ __forceinline__ void split(const T* __restrict__ q, const T* __restri
 
   const int p0 = indptr[b], p1 = indptr[b + 1];
   const int len = p1 > p0 ? (p1 - p0 - 1) * PAGE + last[b] : 0;
-  const int per = (len + chunks - 1) / chunks;
-  const int start = min(len, c * per), end = min(len, start + per);
+  const int first = window > 0 ? max(len - window, 0) : 0;  // the oldest token the query sees
+  const int per = (len - first + chunks - 1) / chunks;
+  const int start = min(len, first + c * per), end = min(len, start + per);
 
   const float scale = sm_scale * kLog2e;
   float qf[GROUP][8];

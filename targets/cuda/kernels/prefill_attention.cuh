@@ -5,7 +5,10 @@
 //   kv_indptr[b] .. kv_indptr[b + 1] of k / v; out [N, HKV * GROUP, D], lse [N, HKV * GROUP] (float32)
 // TVM's conventions (as decode_attention.cuh): scores in the log2 domain, s = q.k * sm_scale * log2(e),
 // lse = max + log2(sum 2^(s - max)); causal: row i (of q_len) sees keys j < n_kv - q_len + i + 1; a row that
-// sees no key gets out = 0 and lse = -5e4.
+// sees no key gets out = 0 and lse = -5e4. A sliding window W > 0 (HF's convention: a query sees itself and W - 1
+// keys before it) also hides the keys before pos - W + 1, where pos is the row's position among the keys:
+// n_kv - q_len + i when causal (the keys end with the chunk's own), n_kv + i otherwise (the cached pages before a
+// chunk); the block starts at the first key tile its first row sees.
 //
 // Plan (flash attention 2 on mma.sync m16n8k16, fp32 accumulation): one block of 4 warps per (tile of 64 query
 // rows of one sequence, query head); the tiles of all sequences are numbered one after the other (blockIdx.x; the
@@ -72,7 +75,7 @@ struct RaggedKV {
 };
 
 // Paged (TVM's cache pages [pages, 2 (k, v), HKV, PS, D]): sequence b owns page_values[page_indptr[b] ..
-// page_indptr[b + 1]], all full but the last, which holds last_page_len[b] keys (no sliding window).
+// page_indptr[b + 1]], all full but the last, which holds last_page_len[b] keys (TVM's layout without its sliding window).
 template <int D, int HKV, int PS, typename T>
 struct PagedKV {
   const T* __restrict__ pages;
@@ -100,7 +103,7 @@ struct PagedKV {
 template <int D, int HKV, int GROUP, typename T, typename KV>
 __device__ __forceinline__ void attend(const T* __restrict__ q, const int* __restrict__ q_indptr, KV kv,
                                        T* __restrict__ out, float* __restrict__ lse, int batch, int causal,
-                                       float sm_scale) {
+                                       float sm_scale, int window) {
   static_assert(D % 16 == 0, "head dim: whole mma k-steps");
   constexpr int BM = 64, BN = 64, THREADS = 128, LD = D + 8, HQ = HKV * GROUP;
   constexpr int KS = D / 16;   // k-steps of the scores
@@ -142,13 +145,18 @@ __device__ __forceinline__ void attend(const T* __restrict__ q, const int* __res
   float o[NO][4];
 #pragma unroll
   for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  int limit[2];  // keys each row sees
+  const int pos0 = causal ? n_kv - q_len : n_kv;  // the position of row 0 among the keys
+  int limit[2], low[2];  // the keys each row sees: low <= key < limit
 #pragma unroll
-  for (int i = 0; i < 2; ++i) limit[i] = causal ? min(n_kv - q_len + rows[i] + 1, n_kv) : n_kv;
+  for (int i = 0; i < 2; ++i) {
+    limit[i] = causal ? min(pos0 + rows[i] + 1, n_kv) : n_kv;
+    low[i] = window > 0 ? max(pos0 + rows[i] - window + 1, 0) : 0;
+  }
   const int last_row = min(m0 + BM, q_len) - 1;
-  const int kv_end = causal ? min(n_kv - q_len + last_row + 1, n_kv) : n_kv;  // the same in the whole block
+  const int kv_end = causal ? min(pos0 + last_row + 1, n_kv) : n_kv;  // the same in the whole block
+  const int kv_begin = window > 0 ? max(pos0 + m0 - window + 1, 0) / BN * BN : 0;
 
-  for (int n0 = 0; n0 < kv_end; n0 += BN) {
+  for (int n0 = kv_begin; n0 < kv_end; n0 += BN) {
     __syncthreads();  // the previous tile is no longer read
     for (int i = threadIdx.x; i < BN * CH; i += THREADS) {
       const int r = i / CH, c = i % CH, key = n0 + r;
@@ -182,7 +190,7 @@ __device__ __forceinline__ void attend(const T* __restrict__ q, const int* __res
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int key = n0 + n * 8 + 2 * t + e;
-          const float x = key < limit[i] ? s[n][2 * i + e] * scale : -INFINITY;
+          const float x = key < limit[i] && key >= low[i] ? s[n][2 * i + e] * scale : -INFINITY;
           s[n][2 * i + e] = x;
           mx = fmaxf(mx, x);
         }
@@ -249,8 +257,10 @@ template <int D, int HKV, int GROUP, typename T>
 __device__ __forceinline__ void ragged(const T* __restrict__ q, const int* __restrict__ q_indptr,
                                        const T* __restrict__ k, const T* __restrict__ v,
                                        const int* __restrict__ kv_indptr, T* __restrict__ out,
-                                       float* __restrict__ lse, int batch, int causal, float sm_scale) {
-  attend<D, HKV, GROUP, T>(q, q_indptr, RaggedKV<D, HKV, T>{k, v, kv_indptr}, out, lse, batch, causal, sm_scale);
+                                       float* __restrict__ lse, int batch, int causal, float sm_scale,
+                                       int window) {
+  attend<D, HKV, GROUP, T>(q, q_indptr, RaggedKV<D, HKV, T>{k, v, kv_indptr}, out, lse, batch, causal, sm_scale,
+                           window);
 }
 
 // TVM's `batch_prefill_paged_kv` (the cached pages of the sequences of a prefill chunk).
@@ -259,9 +269,9 @@ __device__ __forceinline__ void paged(const T* __restrict__ q, const int* __rest
                                       const T* __restrict__ pages, const int* __restrict__ page_indptr,
                                       const int* __restrict__ page_values, const int* __restrict__ last_page_len,
                                       T* __restrict__ out, float* __restrict__ lse, int batch, int causal,
-                                      float sm_scale) {
+                                      float sm_scale, int window) {
   attend<D, HKV, GROUP, T>(q, q_indptr, PagedKV<D, HKV, PS, T>{pages, page_indptr, page_values, last_page_len}, out,
-                           lse, batch, causal, sm_scale);
+                           lse, batch, causal, sm_scale, window);
 }
 
 }  // namespace prefill
