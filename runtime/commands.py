@@ -249,7 +249,8 @@ def chat(
 @click.option("--output", "output", default=None, type=click.Path(dir_okay=False),
               help="Also write the JSON rows to this file.")
 @click.option("--profile", is_flag=True,
-              help="Also print the top kernels of a decode step by GPU time, per batch size (cuda; needs torch).")
+              help="Also print the top kernels by GPU time of a prefill, per --prefill length, and of a decode "
+                   "step, per batch size (cuda; needs torch).")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False),
               help="Draw decode tok/s against batch size (ember, the peers, the roofline) into this PNG "
                    "(needs the extra ember[plot]).")
@@ -314,8 +315,10 @@ def bench(artifact: str | None, device: str, prefill: str, batches: str, context
     if peer:
         rows += theirs + [{"ratio": r} for r in ratio_rows(result.rows(), theirs)]
     if profile:
-        from .profile import profile_decode
+        from .profile import profile_decode, profile_prefill
 
+        for length in lengths:
+            rows += profile_prefill(engine, length)
         for size in sizes:
             rows += profile_decode(engine, size, steps=min(steps, 32))
     for row in rows:

@@ -1,4 +1,5 @@
-"""`ember bench --profile`: where a decode step's GPU time goes, kernel by kernel.
+"""`ember bench --profile`: where a decode step's GPU time goes, kernel by kernel, and a prefill's (the prompt
+lengths `--prefill` names, as `ember bench` times them: one sequence, the logits of its last token to the host).
 
 CUPTI, through torch.profiler, records every kernel and copy of the process (TVM's included) with its device
 timestamps, so the table is of real durations in a real decode loop, not of kernels timed one at a time. torch is
@@ -84,8 +85,39 @@ def profile_decode(engine: Engine, batch: int, steps: int = 32, prompt: int = 12
     return summarize(events, steps, wall, batch, top, engine.manifest.name, engine.manifest.quantization)
 
 
+def profile_prefill(engine: Engine, tokens: int, repeats: int = 8, top: int = 20,
+                    trace: str | None = None) -> list[dict[str, Any]]:
+    """Rows: one summary of a `tokens`-long prefill (a "step" here), then the `top` kernels by time per prefill."""
+    make = _profiler()
+    runner = engine.runner
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, runner.vocab_size, size=tokens).astype(np.int32) for _ in range(repeats + 2)]
+
+    def once(ids: np.ndarray) -> None:
+        runner.reset()
+        runner.add_sequence(0)
+        runner.prefill([0], [ids])
+        runner.remove_sequence(0)
+
+    for ids in prompts[:2]:  # warm-up
+        once(ids)
+    with make() as prof:
+        start = time.perf_counter()
+        for ids in prompts[2:]:
+            once(ids)
+        wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(trace) if trace else Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text()).get("traceEvents", [])
+    rows = summarize(events, repeats, wall, 1, top, engine.manifest.name, engine.manifest.quantization,
+                     kind="prefill")
+    rows[0]["tokens"] = tokens
+    return [{**row, "tokens": tokens} if "kernel" in row or "idle_before" in row else row for row in rows]
+
+
 def summarize(events: list[dict[str, Any]], steps: int, wall_s: float, batch: int, top: int, model: str,
-              quant: str) -> list[dict[str, Any]]:
+              quant: str, kind: str = "decode") -> list[dict[str, Any]]:
     by_name: dict[str, list[float]] = defaultdict(list)
     spans = []
     named: list[tuple[float, float, str]] = []
@@ -97,7 +129,7 @@ def summarize(events: list[dict[str, Any]], steps: int, wall_s: float, batch: in
             named.append((*spans[-1], name))
     busy = covered(spans)
     first, last = (min(s for s, _ in spans), max(t for _, t in spans)) if spans else (0.0, 0.0)
-    summary = {"profile": "decode", "model": model, "quant": quant, "batch": batch, "steps": steps,
+    summary = {"profile": kind, "model": model, "quant": quant, "batch": batch, "steps": steps,
                "step_ms": round(wall_s / steps * 1e3, 3), "gpu_busy_ms_per_step": round(busy / steps / 1e3, 3),
                "gpu_span_ms_per_step": round((last - first) / steps / 1e3, 3),
                "launches_per_step": round(sum(len(d) for d in by_name.values()) / steps, 1)}

@@ -2,7 +2,7 @@
 """ember's cuda kernels inside whole models (GEMV at decode1, low-batch GEMM at batched decode, add+RMSNorm,
 decode attention) and CUDA graphs, against the cpu build of the same model and weights.
 
-Here:   python tools/gemv_parity.py build DIR [SCHEME,...]
+Here:   python tools/gemv_parity.py build DIR [SCHEME,...|""] [MODEL,...]
         tiny HF models (a llama, a qwen2 for the qkv bias, a mistral for the sliding window), each compiled for
         cpu, for cuda (ember's GEMV at decode1) and for cuda with EMBER_CUDA_GEMV=0 (dlight's GEMV, as before),
         per scheme (4-bit, and q0f16 for the fp16-weight kernels of native_linear.py), or only the schemes named.
@@ -46,11 +46,13 @@ BATCH, BATCH_STEPS = 4, 12
 TOL_CPU, TOL_STOCK = 5e-2, 2e-2
 
 
-def build(root: Path, only: set[str] | None = None) -> None:
+def build(root: Path, only: set[str] | None = None, models: set[str] | None = None) -> None:
     import torch
     import transformers
 
     for model, (cls, kwargs, schemes) in MODELS.items():
+        if models and model not in models:
+            continue
         torch.manual_seed(1)
         config = getattr(transformers, cls)(**kwargs)
         hf = transformers.AutoModelForCausalLM.from_config(config)
@@ -179,7 +181,8 @@ def check(root: Path) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["build"]:
-        build(Path(sys.argv[2]), set(sys.argv[3].split(",")) if len(sys.argv) > 3 else None)
+        build(Path(sys.argv[2]), set(sys.argv[3].split(",")) if len(sys.argv) > 3 and sys.argv[3] else None,
+              set(sys.argv[4].split(",")) if len(sys.argv) > 4 else None)
     elif sys.argv[1:2] == ["check"]:
         sys.exit(check(Path(sys.argv[2])))
     else:

@@ -5,7 +5,10 @@ small library with an extern "C" launcher, called through ctypes on torch tensor
 dequantized by torch in float32 (s*(q-8), s*q+m, s*q from the packed words, ir/ops_quant.py's layout) and
 x.float() @ W^T in float32; speed beside cuBLAS (torch fp16 x @ W16^T of the same dequantized weights).
 
-    python tools/qgemm_check.py OUT.jsonl [--quick]
+    python tools/qgemm_check.py OUT.jsonl [--quick] [--tiles T,..] [--layers L,..] [--ms M,..] [--no-timing]
+
+Under ncu: `ncu --clock-control none -k regex:qgemm90 ... python tools/qgemm_check.py OUT --tiles wg128x256s4
+--layers gate_up --ms 128 --no-timing` profiles one shape's launch (without the timing loops' launches).
 """
 from __future__ import annotations
 
@@ -119,23 +122,29 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tiles", default="", help="comma-separated tile names (default: all)")
+    parser.add_argument("--layers", default="", help="comma-separated llama3-8b layers (default: all, and extras)")
+    parser.add_argument("--ms", default="", help="comma-separated token counts (default: by --quick)")
+    parser.add_argument("--no-timing", action="store_true", help="check numbers only (one launch per case)")
     opts = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     work = Path(tempfile.mkdtemp(prefix="qgemm."))
     cases = []  # (scheme, layer, n, k, group, bias, tile name)
     for scheme in SCHEMES:
         for layer, (n, k) in LLAMA3_8B.items():
+            if opts.layers and layer not in opts.layers.split(","):
+                continue
             for tile in TILES:
                 if opts.tiles and tile not in opts.tiles.split(","):
                     continue
                 if scheme != "q4f16" and tile not in DEFAULT:
                     continue
                 cases.append((scheme, layer, n, k, 32, 0, tile))
-    cases.append(("q4f16", "g128", 4096, 4096, 128, 0, "128x128x2x4s4"))
-    cases.append(("q4f16", "g128", 4096, 4096, 128, 0, "wg128x128s4"))
-    cases.append(("q4f16_1", "smollm2_down", 576, 1536, 32, 0, "wg64x64s4"))
-    cases.append(("q4f16", "bias_f16", 1536, 576, 32, 1, "64x64x2x2s4"))  # SmolLM2's gate_up, an fp16 bias
-    cases.append(("q8f16", "bias_f32", 576, 576, 32, 2, "64x64x2x2s4"))
+    if not opts.layers:
+        cases.append(("q4f16", "g128", 4096, 4096, 128, 0, "128x128x2x4s4"))
+        cases.append(("q4f16", "g128", 4096, 4096, 128, 0, "wg128x128s4"))
+        cases.append(("q4f16_1", "smollm2_down", 576, 1536, 32, 0, "wg64x64s4"))
+        cases.append(("q4f16", "bias_f16", 1536, 576, 32, 1, "64x64x2x2s4"))  # SmolLM2's gate_up, an fp16 bias
+        cases.append(("q8f16", "bias_f32", 576, 576, 32, 2, "64x64x2x2s4"))
     libs = {}
     with futures.ThreadPoolExecutor(16) as pool:
         jobs = {pool.submit(build, work, SCHEMES[s], n, k, g, b, TILES[t]): (s, n, k, g, b, t)
@@ -158,6 +167,8 @@ def main() -> int:
         if bias:
             bias_t = torch.randn(n, device="cuda", generator=gen).to(torch.float16 if bias == 1 else torch.float32)
         ms = [1, 77, 128, 512] if opts.quick else [1, 16, 77, 128, 256, 512, 1000, 2048, 4096]
+        if opts.ms:
+            ms = [int(v) for v in opts.ms.split(",")]
         for m in ms:
             x = (torch.randn(m, k, device="cuda", generator=gen) * 0.5).half()
             y = torch.empty(m, n, device="cuda", dtype=torch.float16)
@@ -179,7 +190,7 @@ def main() -> int:
             row = {"scheme": scheme, "layer": layer, "n": n, "k": k, "group": group, "bias": bias, "tile": tile,
                    "m": m, "rel_err": err, "status": status,
                    "ok": bool(status == 0 and err < 2e-3 and torch.isfinite(y).all().item())}
-            if m >= 16 and not bias:
+            if m >= 16 and not bias and not opts.no_timing:
                 us = timed(torch, run)
                 cublas = timed(torch, lambda: x @ w16.T)
                 flop = 2.0 * m * n * k

@@ -49,3 +49,9 @@ def test_overlapping_kernels_count_once_in_busy() -> None:
     assert gap == {"idle_before": "gemv_kernel", "us_per_step": 2.0}
     assert summary["gpu_busy_ms_per_step"] == 0.016 and summary["gpu_idle_fraction"] == 0.2
     assert first["share"] == round(14 / 20, 4) and second["share"] == round(6 / 20, 4)  # of recorded durations
+
+
+def test_a_prefill_summary_is_labelled_as_one():
+    events = [_kernel("qgemm_kernel", 0, 30), _kernel("attention_kernel", 35, 10)]
+    summary = summarize(events, steps=2, wall_s=100e-6, batch=1, top=2, model="m", quant="q", kind="prefill")[0]
+    assert summary["profile"] == "prefill" and summary["step_ms"] == 0.05 and summary["gpu_busy_ms_per_step"] == 0.02
