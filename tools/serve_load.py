@@ -40,10 +40,14 @@ async def stream(host: str, port: int, body: dict) -> tuple[float, list[float], 
     return start, times or [start], tokens
 
 
-async def level(host: str, port: int, streams: int, prompt: int, max_tokens: int, vocab: int) -> dict:
+async def level(host: str, port: int, streams: int, prompt: int, max_tokens: int, vocab: int,
+                logprobs: int | None = None, label: str | None = None) -> dict:
     rng = random.Random(streams)
     bodies = [{"prompt": [rng.randrange(3, vocab) for _ in range(prompt)], "max_tokens": max_tokens,
                "temperature": 0, "stream": True, "ignore_eos": True} for _ in range(streams)]
+    if logprobs is not None:
+        for body in bodies:
+            body["logprobs"] = logprobs
     t0 = time.perf_counter()
     runs = await asyncio.gather(*(stream(host, port, b) for b in bodies))
     wall = time.perf_counter() - t0
@@ -53,7 +57,10 @@ async def level(host: str, port: int, streams: int, prompt: int, max_tokens: int
     lo, hi = max(r[1][0] for r in runs), min(r[1][-1] for r in runs)
     window = hi - lo
     inside = sum(1 for r in runs for t in r[1] if lo < t <= hi)
-    return {"engine": "ember serve", "streams": streams, "prompt_tokens": prompt, "max_tokens": max_tokens,
+    extra = {"label": label} if label else {}
+    if logprobs is not None:
+        extra["logprobs"] = logprobs
+    return {"engine": "ember serve", **extra, "streams": streams, "prompt_tokens": prompt, "max_tokens": max_tokens,
             "completion_tokens": tokens, "all_full": all(r[2] == max_tokens for r in runs),
             "wall_s": round(wall, 3), "tok_s": round(tokens / wall, 1),
             "decode_tok_s": round(inside / window, 1) if window > 0 else None,
@@ -67,12 +74,15 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=32000, help="prompt ids are drawn below this")
+    ap.add_argument("--logprobs", type=int, default=None, help="ask each token's log-probability and the k likeliest")
+    ap.add_argument("--label", default=None, help="a name for the rows (e.g. the server's sampling)")
     args = ap.parse_args()
     url = urlparse(args.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     asyncio.run(level(host, port, 1, 8, 4, args.vocab))  # warm up
     for n in (int(s) for s in args.streams.split(",")):
-        print(json.dumps(asyncio.run(level(host, port, n, args.prompt, args.max_tokens, args.vocab))), flush=True)
+        row = asyncio.run(level(host, port, n, args.prompt, args.max_tokens, args.vocab, args.logprobs, args.label))
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
