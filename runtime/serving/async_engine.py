@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence as Seq
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence as Seq
 from typing import Any
 
 from ...errors import InputError
@@ -27,6 +27,11 @@ from .sequence import Output, Request
 
 
 MAX_LOGPROBS = 20
+
+
+def _deliver_all(items: list[tuple[Callable[[Output], None], Output]]) -> None:
+    for deliver, out in items:
+        deliver(out)
 
 
 class QueueFull(InputError):
@@ -62,7 +67,22 @@ class AsyncEngine:
                          if tok is not None else None)
         self.max_queue = max_queue
         self.in_flight = 0  # submitted, final output not yet delivered (event loop side)
+        # outputs of one engine pass, per caller's event loop: one wake-up of each loop per pass, not one per token
+        # (a wake-up is a socket write; 64 streams made 64 a step)
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[Output], None], Output]]] = {}
+        self.core.on_pass = self._send_outbox
         self.core.start()
+
+    def _send_outbox(self) -> None:
+        """On the engine thread, after each pass: hand each loop its outputs in one call."""
+        if not self._outbox:
+            return
+        boxes, self._outbox = self._outbox, {}
+        for loop, items in boxes.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, items)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening
+                self.in_flight -= sum(1 for _, out in items if out.finish_reason is not None)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", *, max_seqs: int = 16, max_queue: int = 256,
@@ -228,12 +248,8 @@ class AsyncEngine:
                 self.in_flight -= 1
             outputs.put_nowait(out)
 
-        def sink(out: Output) -> None:  # on the engine thread
-            try:
-                loop.call_soon_threadsafe(deliver, out)
-            except RuntimeError:  # the caller's loop is closed: nobody is listening
-                if out.finish_reason is not None:
-                    self.in_flight -= 1
+        def sink(out: Output) -> None:  # on the engine thread; sent at the end of the engine's pass
+            self._outbox.setdefault(loop, []).append((deliver, out))
 
         self.in_flight += 1
         self.core.submit(request, sink)

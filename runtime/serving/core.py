@@ -66,6 +66,8 @@ class EngineCore:
         self.sampling = DeviceSampling(runner) if device_sampling else HostSampling(runner)
         self.stats = StepStats()
         self.on_finish: Callable[[Sequence], None] | None = None  # metrics hook
+        # called by the loop thread after each pass (inbox, step): the outputs of the pass can leave together
+        self.on_pass: Callable[[], None] | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._ids = itertools.count()
         self._by_request: dict[str, Sequence] = {}
@@ -115,8 +117,17 @@ class EngineCore:
                     self.step()
             except Exception:  # the loop must outlive any one request
                 log.exception("engine loop error")
+            self._end_pass()
         for seq in list(self._by_request.values()):
             self._retire(seq, "abort")
+        self._end_pass()
+
+    def _end_pass(self) -> None:
+        if self.on_pass is not None:
+            try:
+                self.on_pass()
+            except Exception:
+                log.exception("delivering outputs failed")
 
     def _drain(self, block: bool) -> None:
         try:
