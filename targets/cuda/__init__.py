@@ -103,7 +103,7 @@ class CudaTarget(Target):
                 and os.environ.get(attention.ENV, "1") != "0" and os.environ.get(prefill_attention.ENV, "1") != "0")
 
     def extend_module(self, relax_mod: tvm.IRModule) -> tvm.IRModule:
-        """Adds the device sampler's entry points (`sample`, `sample_reset`, `sample_restore`, `sample_ext`: sampling.py)."""
+        """Adds the device sampler's entry points: sample, sample_reset, sample_restore, sample_ext (sampling.py)."""
         from .sampling import add_sampler
 
         return add_sampler(relax_mod)
