@@ -20,7 +20,7 @@ WINDOW_ATTR = "ember_attention_window"  # IRModule attribute: the window (HF con
 
 def window_of(mod: Any) -> int:
     """The sliding window the module's attention kernels must apply, 0 for none."""
-    value = mod.attrs.get(WINDOW_ATTR) if mod.attrs is not None else None
+    value = mod.attrs.get(WINDOW_ATTR) if mod is not None and mod.attrs is not None else None
     return int(value) if value is not None else 0
 
 
