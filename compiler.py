@@ -116,10 +116,16 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     with stage.wait(f"lowering to TVM for {request.target}"):
         relax_mod, param_order = _lower(module, target, request.random_weights)
     reference_kernels = golden.start_reference_kernels(target)
+
+    def build_reference() -> None:  # while a target waits on its own compiler process
+        if request.random_weights or packs_weights:  # no weights, no golden outputs
+            golden.prepare_reference(golden_plan, stage, random_fill=request.random_weights,
+                                     native_kernels=reference_kernels)
+
     with art.ArtifactWriter(output, replace=replace, label=label) as writer:
         (writer.path / IR_FILE).write_text(format_module(module))
         target_info = _build(relax_mod, target, writer.path / target.library_file,
-                             BuildOptions(cuda_graph=request.cuda_graph), stage)
+                             BuildOptions(cuda_graph=request.cuda_graph, meanwhile=build_reference), stage)
         params = [_param_info(module, name) for name in param_order]
         weights_mode = art.WEIGHTS_NONE
         if request.random_weights:

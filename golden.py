@@ -63,6 +63,7 @@ class GoldenPlan:
     target: Target
     truncation: Module | None  # None: the whole model is the golden model
     seconds: float = 0.0
+    reference: ReferenceBuild | Exception | None = None  # prepare_reference's result (or why it failed)
 
     @property
     def entry_points(self) -> dict[str, str]:
@@ -91,6 +92,33 @@ def plan(module: Module, config: ModelConfig, target: Target, *, quant: str, dty
     for name, function in truncation.functions.items():
         module.functions[ENTRY_PREFIX + name] = dataclasses.replace(function, name=ENTRY_PREFIX + name)
     return GoldenPlan(module, target, truncation, time.perf_counter() - started)
+
+
+@dataclass
+class ReferenceBuild:
+    """The cpu build of the golden model, before any weights: its library, exported functions, parameter order."""
+    library: Any
+    functions: list[str]
+    order: list[str]
+
+
+def prepare_reference(golden_plan: GoldenPlan, stage: Stage, *, random_fill: bool,
+                      native_kernels: threading.Thread | None = None) -> None:
+    """Builds the cpu reference of a target whose library cannot run here, ahead of `record` (a cuda build calls
+    this while nvcc compiles its GEMMs: on the 2-core box the two overlap). A failure is kept for `record` to
+    report."""
+    if golden_plan.reference is not None:
+        return
+    started = time.perf_counter()
+    with stage.wait("building the cpu reference for the golden outputs"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompilerLoadedWarning)
+        if native_kernels is not None:
+            native_kernels.join()
+        try:
+            golden_plan.reference = _build_reference(golden_plan, random_fill)
+        except Exception as err:  # noqa: BLE001  reported by record, which ships the artifact without goldens
+            golden_plan.reference = err
+    golden_plan.seconds += time.perf_counter() - started
 
 
 def fixed_prompt(vocab_size: int, context_length: int) -> list[int]:
@@ -187,24 +215,36 @@ def _own_library(golden_plan: GoldenPlan, folder: Path, manifest: art.Manifest) 
                          golden_plan.entry_points)
 
 
-def _reference_build(golden_plan: GoldenPlan, folder: Path, manifest: art.Manifest) -> LoadedArtifact:
-    """A cpu lowering of the golden model (the whole IR, or the truncation alone), with the artifact's weights."""
-    import tvm
+def _build_reference(golden_plan: GoldenPlan, random_fill: bool) -> ReferenceBuild:
+    """A cpu lowering of the golden model (the whole IR, or the truncation alone), built."""
     from tvm import relax
-    from tvm.runtime.vm import VirtualMachine
 
-    from .runtime.loader import LoadedArtifact
-    from .runtime.verify import verification_weights
     from .targets.cpu.build import build_cpu
     from .targets.lower import lower
 
     ir = golden_plan.truncation or golden_plan.module
-    relax_mod, order = lower(ir, ReferenceCpuTarget("cpu"), random_fill=manifest.weights == art.WEIGHTS_RANDOM)
+    relax_mod, order = lower(ir, ReferenceCpuTarget("cpu"), random_fill=random_fill)
     functions = sorted(gv.name_hint for gv, f in relax_mod.functions.items() if isinstance(f, relax.Function))
+    return ReferenceBuild(build_cpu(relax_mod).load(), functions, order)
+
+
+def _reference_build(golden_plan: GoldenPlan, folder: Path, manifest: art.Manifest) -> LoadedArtifact:
+    """The cpu reference (prepared ahead, or built now) with the artifact's weights."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    from .runtime.loader import LoadedArtifact
+    from .runtime.verify import verification_weights
+
+    reference = golden_plan.reference
+    if reference is None:
+        reference = _build_reference(golden_plan, random_fill=manifest.weights == art.WEIGHTS_RANDOM)
+    if isinstance(reference, Exception):
+        raise reference
     dev = tvm.cpu()
-    vm = VirtualMachine(build_cpu(relax_mod).load(), dev)
-    view = dataclasses.replace(manifest, functions=functions)  # the full params: random fills seed by their index
-    params = verification_weights(folder, view, dev, vm, set(order), order=order)
+    vm = VirtualMachine(reference.library, dev)
+    view = dataclasses.replace(manifest, functions=reference.functions)  # the full params: fills seed by index
+    params = verification_weights(folder, view, dev, vm, set(reference.order), order=reference.order)
     return LoadedArtifact(folder, view, dev, vm, tvm.runtime.convert(params))
 
 
@@ -233,5 +273,5 @@ def _between_casts(lowering: Any) -> Any:
     return lower_half
 
 
-__all__ = ["GoldenPlan", "plan", "record", "fixed_prompt", "ReferenceCpuTarget", "WHOLE_MODEL_MAX_PARAMS",
+__all__ = ["GoldenPlan", "ReferenceBuild", "plan", "prepare_reference", "record", "fixed_prompt", "ReferenceCpuTarget", "WHOLE_MODEL_MAX_PARAMS",
            "TOLERANCES"]

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class BuildOptions:
     cuda_graph: bool = True  # capture static-shape regions into CUDA graphs (cuda only)
+    # Host work of the driver's that needs no library (the golden reference build): a target that waits on a
+    # compiler process of its own calls it once, before waiting, so that the two overlap; otherwise it runs later.
+    meanwhile: Callable[[], None] | None = None
 
 
 class Progress:

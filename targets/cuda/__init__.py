@@ -122,6 +122,8 @@ class CudaTarget(Target):
             executable = build_cuda(relax_mod, self.archs, cuda_graph=options.cuda_graph)
         link: dict[str, Any] = {}
         if objects:
+            if options.meanwhile is not None and not all(b.cached for b in objects):
+                options.meanwhile()
             with stage.wait("waiting for nvcc: ember's prefill GEMMs"):
                 link = {"addons": [str(p) for b in objects for p in b.result()], "options": objects[0].link_options()}
         with stage.wait(f"compiling and linking {library.name} (nvcc for {', '.join(self.archs)})"):

@@ -229,6 +229,36 @@ def test_random_weights_half_precision_truncation_against_a_separate_build(rando
     assert all(c["top1_agree"] == c["rows"] for c in checks)
 
 
+def test_a_reference_built_while_the_target_waits_records_the_same_goldens(hf_dir, random_half, tmp_path):
+    """A cuda build hands the reference cpu build to `meanwhile` before it waits on nvcc: built ahead that way,
+    the golden file is byte for byte the one of a reference built at record time."""
+    from ember.targets.cpu import CpuTarget
+
+    prepared = []
+    plain_build = CpuTarget.build
+
+    def build_calling_meanwhile(self, relax_mod, library, stage, options):
+        options.meanwhile()  # as the cuda target does before waiting for nvcc
+        prepared.append(True)
+        return plain_build(self, relax_mod, library, stage, options)
+
+    built = golden._build_reference
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(prepared[:])
+        return built(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CpuTarget, "build", build_calling_meanwhile)
+        patch.setattr(golden, "_build_reference", counted)
+        ahead = _compile(hf_dir, tmp_path / "ahead", truncate=True, reference_build=True, random_weights=True,
+                         dtype="float16", quant="q0f16")
+    assert calls == [[]]  # built once, inside meanwhile (before the target's own build went on), not again
+    goldens = "verify/golden.safetensors"
+    assert (ahead / goldens).read_bytes() == (random_half / goldens).read_bytes()
+
+
 # -- what must fail --------------------------------------------------------------------------------------------------
 def test_a_corrupted_file_fails_the_file_check_naming_it(packed, tmp_path):
     art = copy_of(packed, tmp_path)
