@@ -14,8 +14,9 @@
  *    an even k (low nibble) and the next odd k (high nibble), so x is split once per call into the even and
  *    odd halves of every 32-block and a block's dot product is two vector FMAs with no shuffles; the scale is
  *    applied once per block and the `- 8 s` / `m` term once per block from the sums of x.
- *  - GEMM (prefill): a panel of rows is dequantized into float32 (in natural k order, sized for L2) and
- *    multiplied by 4 x 4 register tiles of dot products over k; x rows are read from L1, panel rows from L2.
+ *  - GEMM (prefill): 16 rows at a time are dequantized into float32 and transposed into a k-major panel (16
+ *    weights per k, 64 bytes), which GEMM_MR rows of x at a time multiply as outer products: per k one panel
+ *    vector, GEMM_MR broadcasts and GEMM_MR vector FMAs into register accumulators (a sum in k order per output).
  */
 #include <stdlib.h>
 
@@ -25,11 +26,16 @@ enum { EMBER_Q4 = 0, EMBER_Q4_1 = 1, EMBER_Q8 = 2, EMBER_F16 = 3, EMBER_BF16 = 4
 
 #define GEMV_MAX_ROWS 3      /* x rows up to which the GEMV kernel runs (weights re-read per row) */
 #if defined(__AVX512F__)
-#define TILE 4 /* GEMM register tile TILE x TILE of 16-lane accumulators: 16 of the 32 zmm registers */
+#define GEMM_LANES 16
+#define GEMM_MR 12 /* GEMM register tile: GEMM_MR rows of x by 16 weight rows, one 16-lane accumulator per x row */
+#define TILE_CASES TILE_CASE(12) TILE_CASE(11) TILE_CASE(10) TILE_CASE(9) TILE_CASE(8) TILE_CASE(7) \
+  TILE_CASE(6) TILE_CASE(5) TILE_CASE(4) TILE_CASE(3) TILE_CASE(2) TILE_CASE(1)
 #else
-#define TILE 2 /* 16 ymm (AVX2) or xmm registers: a 4 x 4 tile would spill */
+#define GEMM_LANES 8
+#define GEMM_MR 6 /* 12 ymm (AVX2) accumulators + the weights' 2 + a broadcast of the 16 registers */
+#define TILE_CASES TILE_CASE(6) TILE_CASE(5) TILE_CASE(4) TILE_CASE(3) TILE_CASE(2) TILE_CASE(1)
 #endif
-#define PANEL_BYTES (256 * 1024)
+typedef float gemm_vec __attribute__((vector_size(4 * GEMM_LANES)));
 
 typedef struct {
   const float* x;
@@ -219,58 +225,71 @@ static void dequant_row(const LinearArgs* a, int64_t n, float* out, int64_t Kp) 
   for (int64_t k = K; k < Kp; ++k) out[k] = 0.0f;
 }
 
-/* y[m0 + i, n0 + j] for i < MR, j < NR: dot products of x rows (stride K) and panel rows (stride Kp). */
-EMBER_INLINE void tile(const LinearArgs* a, int64_t m0, int64_t n0, const float* panel, int64_t Kp, int MR, int NR) {
-  const int64_t K = a->K, K16 = K & ~(int64_t)15;
-  const float* x = a->x + m0 * K;
-  f32x16 acc[4][4];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = (f32x16){0};
-  for (int64_t k = 0; k < K16; k += 16) {
-    f32x16 xv[4], wv[4];
-    for (int i = 0; i < MR; ++i) xv[i] = ld_f32(x + i * K + k);
-    for (int j = 0; j < NR; ++j) wv[j] = ld_f32(panel + j * Kp + k);
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j] += xv[i] * wv[j];
+/* The weights of 16 rows n0 .. n0+15 (zero past the last row) as a k-major panel: panel[16 k + j] = W[n0 + j, k]. */
+static void pack_panel(const LinearArgs* a, int64_t n0, int rows, float* dequant, int64_t Kp, float* panel) {
+  const int64_t K = a->K;
+  for (int r = 0; r < rows; ++r) dequant_row(a, n0 + r, dequant + r * Kp, Kp);
+  for (int64_t k = 0; k < K; ++k) {
+    float* out = panel + 16 * k;
+    for (int j = 0; j < rows; ++j) out[j] = dequant[j * Kp + k];
+    for (int j = rows; j < 16; ++j) out[j] = 0.0f;
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      float s = hsum(acc[i][j]);
-      for (int64_t k = K16; k < K; ++k) s += x[i * K + k] * panel[j * Kp + k];
-      a->y[(m0 + i) * a->N + n0 + j] = s + (a->bias ? a->bias[n0 + j] : 0.0f);
-    }
 }
 
-#define TILE_CASE(mr, nr) \
-  case (mr)*8 + (nr): tile(a, m, n, p, Kp, mr, nr); break;
+/* y[m0 + i, n0 + j] for i < MR, j < NR: MR x 16 outer products per k (16 panel values times MR broadcast x values),
+ * each sum in k order. In vectors of the machine's width (GCC spills 64-byte vectors on AVX2). */
+EMBER_INLINE void tile(const LinearArgs* a, int64_t m0, int64_t n0, const float* panel, int MR, int NR) {
+  enum { NV = 16 / GEMM_LANES };
+  const int64_t K = a->K;
+  const float* x = a->x + m0 * a->K;
+  gemm_vec acc[GEMM_MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = (gemm_vec){0};
+  for (int64_t k = 0; k < K; ++k) {
+    gemm_vec w[NV];
+    for (int v = 0; v < NV; ++v) memcpy(&w[v], panel + 16 * k + GEMM_LANES * v, sizeof w[v]);
+    for (int i = 0; i < MR; ++i) {
+      const gemm_vec xs = (gemm_vec){0} + x[i * K + k];
+      for (int v = 0; v < NV; ++v) acc[i][v] += xs * w[v];
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float out[16];
+    memcpy(out, acc[i], sizeof out);
+    for (int j = 0; j < NR; ++j) a->y[(m0 + i) * a->N + n0 + j] = out[j] + (a->bias ? a->bias[n0 + j] : 0.0f);
+  }
+}
 
-static void tile_any(const LinearArgs* a, int64_t m, int64_t n, const float* p, int64_t Kp, int mr, int nr) {
-  switch (mr * 8 + nr) {
-    TILE_CASE(4, 4) TILE_CASE(4, 3) TILE_CASE(4, 2) TILE_CASE(4, 1)
-    TILE_CASE(3, 4) TILE_CASE(3, 3) TILE_CASE(3, 2) TILE_CASE(3, 1)
-    TILE_CASE(2, 4) TILE_CASE(2, 3) TILE_CASE(2, 2) TILE_CASE(2, 1)
-    TILE_CASE(1, 4) TILE_CASE(1, 3) TILE_CASE(1, 2) TILE_CASE(1, 1)
+#define TILE_CASE(mr) \
+  case mr: tile(a, m, n, panel, mr, nr); break;
+
+static void tile_any(const LinearArgs* a, int64_t m, int64_t n, const float* panel, int mr, int nr) {
+  switch (mr) {
+    TILE_CASES
     default: break;
   }
 }
 
 static int gemm_range(const LinearArgs* a, int64_t n0, int64_t n1) {
-  const int64_t Kp = (a->K + 15) & ~(int64_t)15;
-  int64_t nb = PANEL_BYTES / (Kp * (int64_t)sizeof(float));
-  nb = nb < 4 ? 4 : nb > 64 ? 64 : nb & ~(int64_t)3;
-  float* panel = (float*)aligned_alloc(64, (size_t)(nb * Kp * sizeof(float)));
-  if (panel == NULL) return -1;
-  for (int64_t nblk = n0; nblk < n1; nblk += nb) {
-    int64_t rows = n1 - nblk < nb ? n1 - nblk : nb;
-    for (int64_t r = 0; r < rows; ++r) dequant_row(a, nblk + r, panel + r * Kp, Kp);
-    for (int64_t m = 0; m < a->M; m += TILE) {
-      int mr = a->M - m < TILE ? (int)(a->M - m) : TILE;
-      for (int64_t j = 0; j < rows; j += TILE) {
-        int nr = rows - j < TILE ? (int)(rows - j) : TILE;
-        tile_any(a, m, nblk + j, panel + j * Kp, Kp, mr, nr);
-      }
+  /* dequantized rows 64 bytes more than a multiple of 64 apart: a power-of-two stride would put the 16 rows that
+     pack_panel reads together in one cache set */
+  const int64_t Kp = ((a->K + 15) & ~(int64_t)15) + 16;
+  float* dequant = (float*)aligned_alloc(64, (size_t)(16 * Kp * sizeof(float)));
+  float* panel = (float*)aligned_alloc(64, (size_t)(16 * Kp * sizeof(float)));
+  if (dequant == NULL || panel == NULL) {
+    free(dequant);
+    free(panel);
+    return -1;
+  }
+  for (int64_t n = n0; n < n1; n += 16) {
+    const int nr = n1 - n < 16 ? (int)(n1 - n) : 16;
+    pack_panel(a, n, nr, dequant, Kp, panel);
+    for (int64_t m = 0; m < a->M; m += GEMM_MR) {
+      const int mr = a->M - m < GEMM_MR ? (int)(a->M - m) : GEMM_MR;
+      tile_any(a, m, n, panel, mr, nr);
     }
   }
+  free(dequant);
   free(panel);
   return 0;
 }
