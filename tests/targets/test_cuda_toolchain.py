@@ -191,6 +191,30 @@ def test_nvcc_failure_names_kept_source_and_first_error() -> None:
 
 
 @needs_nvcc
+def test_a_fatbin_comes_from_the_kernel_cache_the_second_time(tmp_path: Path, monkeypatch) -> None:
+    """The same source and archs: the cached fatbin, byte for byte, without running nvcc; another source or arch
+    list compiles again."""
+    from ember.targets.cuda import nvcc
+
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
+    code = 'extern "C" __global__ void k(float* a) { a[threadIdx.x] *= 2.0f; }\n'
+    first = compile_fatbin(code, ["sm_90"])
+    assert len(list((tmp_path / "kernels").glob("tvm-kernels-*.fatbin"))) == 1
+
+    def no_nvcc(*args, **kwargs):
+        raise AssertionError("nvcc ran for a cached fatbin")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nvcc.subprocess, "Popen", no_nvcc)
+        stats = nvcc.CompileStats()
+        assert compile_fatbin(code, ["sm_90"], stats) == first
+        assert stats.calls == 1 and stats.fatbin_bytes == [len(first)]
+    assert compile_fatbin(code, ["sm_80", "sm_90"]) != first
+    compile_fatbin(code.replace("2.0f", "3.0f"), ["sm_90"])
+    assert len(list((tmp_path / "kernels").glob("tvm-kernels-*.fatbin"))) == 3
+
+
+@needs_nvcc
 def test_multi_arch_compile_restores_previous_hook(tmp_path: Path) -> None:
     import tvm  # noqa: F401  (registers TVM's own hook, which must survive this test)
     import tvm_ffi
