@@ -206,6 +206,15 @@ def cuda_library_dir(nvcc: str) -> Path:
     raise CudaToolchainError(f"libcudart.so of the CUDA toolkit of {nvcc} not found (set CUDA_HOME)")
 
 
+def _strip_local_symbols(obj: Path) -> None:
+    """Drops the symbols no relocation needs, among them the FILE symbol naming nvcc's host temp file
+    (`tmpxft_<pid>_...cudafe1.cpp`): with it, every nvcc run gives other bytes. Without objcopy the object keeps them
+    (it links the same; only byte-identical rebuilds are lost)."""
+    objcopy = shutil.which("objcopy")
+    if objcopy is not None:
+        subprocess.run([objcopy, "--strip-unneeded", str(obj)], check=True, capture_output=True)
+
+
 class ObjectBuild:
     """nvcc runs for the missing objects in a background thread; `result()` waits and gives the object paths.
     A spec has `stem`, `source_text()` (one self-contained source), `command(nvcc, source, output)` and
@@ -236,7 +245,7 @@ class ObjectBuild:
 
     def _compile(self, spec: Any, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A stable source path (the object records it): the same inputs give the same bytes in every cache.
+        # A stable source name (the object records it): the same inputs give the same bytes in every cache.
         work = Path(tempfile.mkdtemp(prefix=path.stem + ".", dir=path.parent))
         source = path.parent / f"{path.stem}.cu"
         if not source.is_file():
@@ -244,11 +253,15 @@ class ObjectBuild:
             tmp_source.write_text(spec.source_text(), encoding="utf-8")
             os.replace(tmp_source, source)
         output = work / path.name
-        proc = subprocess.run(spec.command(self.nvcc, source, output), capture_output=True, text=True)
+        # Relative paths from the cache folder: the object records its source's path, and the cache's own location
+        # (the user's home, XDG_CACHE_HOME) must not change the library's bytes.
+        command = spec.command(self.nvcc, Path(source.name), Path(work.name) / path.name)
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=path.parent)
         if proc.returncode != 0 or not output.is_file():
             lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "error" in l.lower()] or ["(no output)"]
             shutil.rmtree(work, ignore_errors=True)
             raise CudaToolchainError(f"nvcc failed on {spec.stem}: {lines[0].strip()}")
+        _strip_local_symbols(output)
         os.replace(output, path)  # atomic: a concurrent compile sees the whole object or none
         shutil.rmtree(work, ignore_errors=True)
 

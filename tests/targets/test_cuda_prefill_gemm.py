@@ -108,3 +108,33 @@ def test_object_holds_a_cubin_per_arch_and_exports_the_function():
     assert sorted(report.cubin_archs) == ["sm_80", "sm_90"] and not report.has_ptx and not report.global_sources
     symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
     assert re.search(r" T __tvm_ffi_ember_prefill_gemm_f16$", symbols, re.MULTILINE)
+
+
+class _TinySpec:
+    """An ObjectBuild spec of one small kernel (the cache's mechanics, without CUTLASS's minute of nvcc)."""
+    stem = "tiny"
+
+    def source_text(self) -> str:
+        return '__global__ void tiny(float* a) { a[threadIdx.x] += 1.0f; }\n'
+
+    def command(self, nvcc: str, source: Path, output: Path) -> list[str]:
+        return [nvcc, "-O3", "-c", "-Xcompiler", "-fPIC", "-gencode", "arch=compute_90,code=sm_90", "-o", str(output),
+                str(source)]
+
+    def key(self, nvcc: str) -> str:
+        return "0" * 24
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_a_cached_object_does_not_depend_on_where_the_cache_is(tmp_path, monkeypatch):
+    """The object records its source's path: compiled from inside the cache folder, two caches give the same
+    bytes (a library built on another machine, or with XDG_CACHE_HOME set, is byte-identical)."""
+    from ember.targets.cuda.prefill_gemm import ObjectBuild
+
+    objects = []
+    for where in ("one", "elsewhere/two"):
+        monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / where))
+        [path] = ObjectBuild([_TinySpec()]).result()
+        assert path.is_relative_to(tmp_path / where) and path.is_file()
+        objects.append(path.read_bytes())
+    assert objects[0] == objects[1]
