@@ -7,6 +7,9 @@ x.float() @ W^T in float32; speed beside cuBLAS (torch fp16 x @ W16^T of the sam
 
     python tools/qgemm_check.py OUT.jsonl [--quick] [--tiles T,..] [--layers L,..] [--ms M,..] [--no-timing]
 
+Tiles: mma.sync (prefill_qgemm.cuh), wgmma with both operands in shared memory ("wg", prefill_qgemm_sm90.cuh),
+wgmma with the weights as the register operand ("rs", prefill_qgemm_sm90_rs.cuh, 4-bit only).
+
 Under ncu: `ncu --clock-control none -k regex:qgemm90 ... python tools/qgemm_check.py OUT --tiles wg128x256s4
 --layers gate_up --ms 128 --no-timing` profiles one shape's launch (without the timing loops' launches).
 """
@@ -33,7 +36,14 @@ TILES = {"128x128x2x4s4": (128, 128, 2, 4, 4), "128x128x2x2s4": (128, 128, 2, 2,
          "wg128x256s4-nosc": (128, 256, 4, "EMBER_QGEMM_PROBE_NO_SCALES"),
          "wg128x256s4-nodq": (128, 256, 4, "EMBER_QGEMM_PROBE_NO_DEQUANT"),
          # split-K (the .cu's choice for grids under half the SMs)
-         "wg128x128s4-k2": (128, 128, 4, 2), "wg128x128s4-k4": (128, 128, 4, 4), "wg128x64s4-k2": (128, 64, 4, 2)}
+         "wg128x128s4-k2": (128, 128, 4, 2), "wg128x128s4-k4": (128, 128, 4, 4), "wg128x64s4-k2": (128, 64, 4, 2),
+         # weights as the register operand (prefill_qgemm_sm90_rs.cuh, 4-bit): ("rs", warpgroups of 64 features,
+         # tokens, stages, blocks per SM, splits)
+         "rs2x128s4": ("rs", 2, 128, 4, 1, 1), "rs4x128s4": ("rs", 4, 128, 4, 1, 1),
+         "rs2x256s4": ("rs", 2, 256, 4, 1, 1), "rs2x64s4": ("rs", 2, 64, 4, 1, 1), "rs4x64s4": ("rs", 4, 64, 4, 1, 1),
+         "rs2x128s4b2": ("rs", 2, 128, 4, 2, 1), "rs1x128s6b2": ("rs", 1, 128, 6, 2, 1),
+         "rs2x128s4-k2": ("rs", 2, 128, 4, 1, 2), "rs2x128s4-k4": ("rs", 2, 128, 4, 1, 4),
+         "rs4x128s4-k2": ("rs", 4, 128, 4, 1, 2)}
 DEFAULT = ("128x128x2x4s4", "64x64x2x2s4", "wg128x128s4", "wg64x128s4")  # the tiles the other schemes run
 
 LAUNCHER = """
@@ -46,6 +56,17 @@ extern "C" int launch(int m, const void* x, const void* w, const void* s, const 
   const int blocks = (m + {bm} - 1) / {bm} * ({n} / {bn});
   kern<<<blocks, {threads}, 0, (cudaStream_t)stream>>>(m, x, w, s, mn, bias, y);
   return (int)cudaGetLastError();
+}}
+"""
+LAUNCHER_RS = """
+#include "prefill_qgemm_sm90_rs.cuh"
+static int g_splits = 1;
+static float* g_workspace = nullptr;
+extern "C" void set_split(int splits, void* workspace) {{ g_splits = splits; g_workspace = (float*)workspace; }}
+extern "C" int launch(int m, const void* x, const void* w, const void* s, const void* mn, const void* bias,
+                      void* y, void* stream) {{
+  return (int)ember::qgemm90::launch_rs<{args}>(m, {n}, {k}, x, w, s, mn, y, (cudaStream_t)stream, g_splits,
+                                                g_workspace);
 }}
 """
 LAUNCHER90 = """
@@ -65,13 +86,19 @@ def build(work: Path, code: int, n: int, k: int, group: int, bias: int, tile: tu
     name = f"q{code}_{n}_{k}_{group}_{bias}_{'_'.join(map(str, tile))}"
     src, lib = work / f"{name}.cu", work / f"{name}.so"
     defines = []
-    if len(tile) == 4 and isinstance(tile[3], int):  # split-K: the harness sets the splits
+    if tile[0] == "rs":
+        args = ", ".join(str(a) for a in (code, group, *tile[1:5]))
+        src.write_text(LAUNCHER_RS.format(args=args, n=n, k=k))
+        tile = ()
+    elif len(tile) == 4 and isinstance(tile[3], int):  # split-K: the harness sets the splits
         tile = tile[:3]
     elif len(tile) == 4:  # a probe
         defines, tile = [f"-D{tile[3]}"], tile[:3]
         name += "_" + defines[0][2:]
         src, lib = work / f"{name}.cu", work / f"{name}.so"
-    if len(tile) == 3:  # wgmma (no bias: the lowering adds it after)
+    if not tile:
+        pass
+    elif len(tile) == 3:  # wgmma (no bias: the lowering adds it after)
         args = ", ".join(str(a) for a in (code, group, *tile))
         src.write_text(LAUNCHER90.format(args=args, n=n, k=k))
     else:
@@ -136,12 +163,16 @@ def main() -> int:
             for tile in TILES:
                 if opts.tiles and tile not in opts.tiles.split(","):
                     continue
-                if scheme != "q4f16" and tile not in DEFAULT:
+                if scheme != "q4f16" and tile not in DEFAULT and not (tile.startswith("rs") and scheme != "q8f16"):
+                    continue
+                if scheme == "q8f16" and tile.startswith("rs"):
                     continue
                 cases.append((scheme, layer, n, k, 32, 0, tile))
     if not opts.layers:
         cases.append(("q4f16", "g128", 4096, 4096, 128, 0, "128x128x2x4s4"))
         cases.append(("q4f16", "g128", 4096, 4096, 128, 0, "wg128x128s4"))
+        cases.append(("q4f16", "g128", 4096, 4096, 128, 0, "rs2x128s4"))
+        cases.append(("q4f16_1", "g128", 4096, 4096, 128, 0, "rs2x128s4-k2"))
         cases.append(("q4f16_1", "smollm2_down", 576, 1536, 32, 0, "wg64x64s4"))
         cases.append(("q4f16", "bias_f16", 1536, 576, 32, 1, "64x64x2x2s4"))  # SmolLM2's gate_up, an fp16 bias
         cases.append(("q8f16", "bias_f32", 576, 576, 32, 2, "64x64x2x2s4"))
@@ -180,7 +211,9 @@ def main() -> int:
 
             spec = TILES[tile]
             splits = spec[3] if len(spec) == 4 and isinstance(spec[3], int) else 1
-            if tile.startswith("wg"):
+            if spec[0] == "rs":
+                splits = spec[5]
+            if tile.startswith(("wg", "rs")):
                 workspace = torch.empty(splits * m * n, device="cuda", dtype=torch.float32)
                 lib.set_split(splits, ctypes.c_void_p(workspace.data_ptr()))
             status = lib.launch(m, ptr(x), ptr(w), ptr(s), ptr(mn), ptr(bias_t), ptr(y), ctypes.c_void_p(stream))

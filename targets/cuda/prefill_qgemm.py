@@ -6,8 +6,10 @@ Two kernels:
 - sm_90-only builds: kernels/prefill_qgemm_sm90.cuh, wgmma with both operands in shared memory (each k-tile of
   weights dequantized once per block into a swizzled fp16 tile while the wgmma of the tile before runs), compiled
   by nvcc at `ember compile` into an object per (scheme, group) (cached like prefill_gemm.py's) and called through
-  `call_dps_packed("ember_prefill_qgemm_<scheme>_g<group>")`; it picks its tile per call from m and N. A bias is
-  a Relax add after it.
+  `call_dps_packed("ember_prefill_qgemm_<scheme>_g<group>")`; it picks its tile per call from m and N. For 4-bit
+  weights the object also holds kernels/prefill_qgemm_sm90_rs.cuh (the weights converted straight into wgmma's
+  register operand, no fp16 tile and no barrier in between: 1.15x at 2048 tokens), among whose tiles and the
+  shared-memory kernel's the wave model chooses. A bias is a Relax add after it.
 - EMBER_CUDA_QGEMM=mma (any arch from sm_80; A/B runs): kernels/prefill_qgemm.cuh, mma.sync with the weights
   dequantized into registers, a device function in TVM's own kernel source (call_extern, like native_lowbatch.py);
   two block tiles chosen at run time from the token count m: the large one once its grid fills the GPU, the small

@@ -2,9 +2,10 @@
 // `ember compile` (targets/cuda/prefill_qgemm.py) for sm_90a and linked into model.so; the Relax VM calls
 // EMBER_QGEMM_NAME(x, qweight, scales[, mins], y) through call_dps_packed. One object per (scheme, group).
 //
-// The tile is chosen per call from m and N by a wave model: each tile's measured large-m rate on an H200
-// (docs/measurements/2026-12-03-h200-prefill-qgemm) times the fraction of its last wave of blocks that is full,
-// so that a 512-token prompt does not run 64 big blocks on 132 SMs; a grid that still fills less than half the
+// The tile is chosen per call from m and N by a wave model: each tile's measured large-m rate on an H200 times
+// the fraction of its last wave of blocks that is full, so that a 512-token prompt does not run 64 big blocks on
+// 132 SMs; 4-bit weights also have the tiles of prefill_qgemm_sm90_rs.cuh (the weights as wgmma's register
+// operand: 1.15x at 2048 tokens); a grid that still fills less than half the
 // SMs (a short prompt) splits K, the splits summed in order by a second kernel (deterministic).
 #include <algorithm>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <tvm/ffi/function.h>
 
 #include "prefill_qgemm_sm90.cuh"
+#include "prefill_qgemm_sm90_rs.cuh"
 
 #ifndef EMBER_QGEMM_SCHEME
 #define EMBER_QGEMM_SCHEME 0
@@ -36,22 +38,31 @@ constexpr int S = EMBER_QGEMM_SCHEME;
 constexpr int G = EMBER_QGEMM_GROUP;
 
 struct Tile {
-  int bm, bn, per_sm;  // per_sm: blocks an SM holds at once (shared memory bound)
-  double rate;         // TFLOP/s at large m
+  int bm, bn, per_sm;  // tokens, weight rows (features) per block; per_sm: blocks an SM holds at once
+  double rate;         // TFLOP/s at m = 2048 (docs/measurements/2026-12-03-h200-qgemm-rs)
+  bool rs;             // the weights as the register operand (prefill_qgemm_sm90_rs.cuh; 4-bit only)
 };
-// 128x256, 128x128, 128x64 (4 stages each)
-constexpr Tile kTiles[] = {{128, 256, 1, 360.0}, {128, 128, 1, 265.0}, {128, 64, 2, 232.0}};
+// Both operands in shared memory: 128x256, 128x128, 128x64; weights from registers: 128 tokens x 128 features (one
+// and two blocks an SM), 128 x 256, 256 x 128. All with 4 stages.
+constexpr Tile kTiles[] = {{128, 256, 1, 355.0, false}, {128, 128, 1, 240.0, false}, {128, 64, 2, 232.0, false},
+                           {128, 128, 1, 279.0, true},   {128, 128, 2, 330.0, true},   {128, 256, 1, 316.0, true},
+                           {256, 128, 1, 412.0, true}};
+constexpr int kTileCount = sizeof(kTiles) / sizeof(kTiles[0]);
 
+// The tile's large-m rate times the fullness of its last wave of blocks and the share of its token rows that are
+// real (a 256-token tile on a 128-token prompt computes half zeros).
 int choose(int64_t m, int64_t n, int sms) {
   int best = -1;
   double best_score = 0.0;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < kTileCount; ++i) {
     const Tile& t = kTiles[i];
-    if (n % t.bn != 0) continue;
-    const int64_t blocks = (m + t.bm - 1) / t.bm * (n / t.bn);
+    if ((t.rs && S == Q8) || n % t.bn != 0) continue;
+    const int64_t tiles_m = (m + t.bm - 1) / t.bm;
+    const int64_t blocks = tiles_m * (n / t.bn);
     const int64_t slots = static_cast<int64_t>(sms) * t.per_sm;
     const int64_t waves = (blocks + slots - 1) / slots;
-    const double score = t.rate * static_cast<double>(blocks) / static_cast<double>(waves * slots);
+    const double score = t.rate * static_cast<double>(blocks) / static_cast<double>(waves * slots) *
+                         static_cast<double>(m) / static_cast<double>(tiles_m * t.bm);
     if (score > best_score) best = i, best_score = score;
   }
   return best;
@@ -128,6 +139,12 @@ void run(DLTensor* x, DLTensor* w, DLTensor* scales, DLTensor* mins, DLTensor* y
   if (tile == 0) err = launch<S, G, 128, 256, 4>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
   if (tile == 1) err = launch<S, G, 128, 128, 4>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
   if (tile == 2) err = launch<S, G, 128, 64, 4>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
+#if EMBER_QGEMM_SCHEME != 2
+  if (tile == 3) err = launch_rs<S, G, 2, 128, 4, 1>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
+  if (tile == 4) err = launch_rs<S, G, 2, 128, 4, 2>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
+  if (tile == 5) err = launch_rs<S, G, 4, 128, 4, 1>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
+  if (tile == 6) err = launch_rs<S, G, 2, 256, 4, 1>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
+#endif
   TVM_FFI_ICHECK(err == cudaSuccess) << "ember_prefill_qgemm: " << cudaGetErrorString(err) << " (M=" << m
                                      << ", N=" << n << ", K=" << k << ")";
 }
