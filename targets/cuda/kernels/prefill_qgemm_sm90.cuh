@@ -346,6 +346,13 @@ __global__ void reduce_splits(const float4* __restrict__ partial, int splits, si
   y[i] = out;
 }
 
+// y (fp16 [m, n]) = the sum of a split-K launch's `splits` fp32 partial tiles in `workspace`.
+inline void sum_splits(int m, int n, void* y, cudaStream_t stream, int splits, const float* workspace) {
+  const size_t count4 = static_cast<size_t>(m) * n / 4;
+  reduce_splits<<<static_cast<unsigned>((count4 + 255) / 256), 256, 0, stream>>>(
+      reinterpret_cast<const float4*>(workspace), splits, count4, static_cast<uint2*>(y));
+}
+
 // A namespace-scope static (internal linkage): a function-local static of a template would be a process-wide
 // unique symbol, shared by every library that holds the same instantiation.
 template <int SCHEME, int G, int BM, int BN, int STAGES>
@@ -369,11 +376,7 @@ cudaError_t launch(int m, int n, int k, const void* x, const void* w, const void
   fn<<<grid, L::kThreads, L::kBytes, stream>>>(m, n, k, static_cast<const __half*>(x), static_cast<const uint8_t*>(w),
                                                static_cast<const __half*>(scales), static_cast<const __half*>(mins),
                                                static_cast<__half*>(y), splits > 1 ? workspace : nullptr);
-  if (splits > 1) {
-    const size_t count4 = static_cast<size_t>(m) * n / 4;
-    reduce_splits<<<static_cast<unsigned>((count4 + 255) / 256), 256, 0, stream>>>(
-        reinterpret_cast<const float4*>(workspace), splits, count4, static_cast<uint2*>(y));
-  }
+  if (splits > 1) sum_splits(m, n, y, stream, splits, workspace);
   return cudaGetLastError();
 }
 

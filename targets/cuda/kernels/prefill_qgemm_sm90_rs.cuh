@@ -311,11 +311,7 @@ cudaError_t launch_rs(int m, int n, int k, const void* x, const void* w, const v
   fn<<<grid, L::kThreads, L::kBytes, stream>>>(m, n, k, static_cast<const __half*>(x), static_cast<const uint8_t*>(w),
                                                static_cast<const __half*>(scales), static_cast<const __half*>(mins),
                                                static_cast<__half*>(y), splits > 1 ? workspace : nullptr);
-  if (splits > 1) {
-    const size_t count4 = static_cast<size_t>(m) * n / 4;
-    reduce_splits<<<static_cast<unsigned>((count4 + 255) / 256), 256, 0, stream>>>(
-        reinterpret_cast<const float4*>(workspace), splits, count4, static_cast<uint2*>(y));
-  }
+  if (splits > 1) sum_splits(m, n, y, stream, splits, workspace);
   return cudaGetLastError();
 }
 
