@@ -82,7 +82,7 @@ def gpu_relax_pipeline(target: tvm.target.Target, backend: Any, prefill_rules: S
     from tvm import relax
     from tvm.s_tir import dlight as dl
 
-    from .shape_func_order import canonical_shape_functions
+    from .shape_func_order import canonical_shape_functions, merged_shape_functions
     from .vm_order import with_sunk_param_items
 
     legalize = backend.legalize_passes(target)
@@ -95,7 +95,7 @@ def gpu_relax_pipeline(target: tvm.target.Target, backend: Any, prefill_rules: S
     passes = ([relax.transform.FuseTransposeMatmul()] + backend.library_dispatch_passes(target) + legalize
               + list(after_schedule) + backend.dataflow_lower_passes(target)
               + with_sunk_param_items(backend.finalize_passes(target))
-              + [canonical_shape_functions()])  # reproducible builds (shape_func_order.py)
+              + [canonical_shape_functions(), merged_shape_functions()])  # reproducible builds (shape_func_order.py)
 
     def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:

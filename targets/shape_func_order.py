@@ -133,4 +133,78 @@ def _sequence_types() -> tuple[type, ...]:
     return (tvm_ffi.Array, list, tuple)
 
 
-__all__ = ["canonical_shape_functions"]
+def merged_shape_functions():
+    """A module pass, after canonical_shape_functions: host shape functions that are now equal become one, and the
+    ones left are numbered shape_func, shape_func1, ... in their old order.
+
+    VMShapeLower adds each shape function through a BlockBuilder, which reuses an equal function already there: two
+    shape functions whose stores it happened to emit in the same order are one function, in the other order two
+    (seen in llama3-8b q0f16 cuda builds: 4 or 5 host shape functions from one process to the next). Once the
+    stores are in canonical order, merging the equal ones gives every build the same set."""
+    import tvm
+    from tvm import relax
+
+    def run(mod: Any, _ctx: Any) -> Any:
+        shape = sorted(((gv, f) for gv, f in mod.functions_items() if _is_shape_function(gv, f)),
+                       key=lambda item: _number(item[0].name_hint))
+        survivors: list[tuple[Any, Any]] = []
+        replaced: dict[Any, Any] = {}  # old GlobalVar -> the survivor it becomes
+        for gv, func in shape:
+            same = next((kept for kept, kept_func in survivors if _same_body(func, kept_func)), None)
+            if same is None:
+                survivors.append((gv, func))
+            else:
+                replaced[gv] = same
+        if not replaced:
+            return mod
+        # survivor i moves to the i-th shape function's GlobalVar (they all have one signature: the shape heap)
+        slots = [gv for gv, _ in shape]
+        index = {gv: i for i, (gv, _) in enumerate(survivors)}
+        renamed = {}
+        for i, (gv, func) in enumerate(survivors):
+            named = "global_symbol" in func.attrs  # VMShapeLower's are private: named by their GlobalVar
+            renamed[slots[i]] = func.with_attr("global_symbol", slots[i].name_hint) if named else func
+        target = {gv: slots[i] for gv, i in index.items()} | {gv: slots[index[kept]] for gv, kept in replaced.items()}
+
+        @relax.expr_functor.mutator
+        class Rename(relax.PyExprMutator):
+            def visit_call_(self, call: Any) -> Any:
+                call = super().visit_call_(call)
+                if isinstance(call.op, tvm.ir.GlobalVar) and call.op in target:
+                    return relax.Call(target[call.op], call.args, call.attrs, call.ty_args, call.span)
+                return call
+
+        out = tvm.IRModule({}, attrs=mod.attrs, global_infos=mod.global_infos)
+        for gv, func in mod.functions_items():
+            if gv in renamed:
+                out[gv] = renamed[gv]
+            elif _is_shape_function(gv, func):
+                continue  # merged away (the last numbers)
+            elif isinstance(func, relax.Function):
+                out[gv] = Rename(mod).visit_expr(func)
+            else:
+                out[gv] = func
+        return out
+
+    return tvm.transform.module_pass(run, opt_level=0, name="ember.MergedShapeFunctions")
+
+
+def _is_shape_function(gv: Any, func: Any) -> bool:
+    import tvm
+
+    return (isinstance(func, tvm.tirx.PrimFunc) and gv.name_hint.startswith("shape_func")
+            and _number(gv.name_hint) is not None and bool(func.attrs and func.attrs.get("tirx.is_host_func")))
+
+
+def _number(name: str) -> int | None:
+    rest = name[len("shape_func"):]
+    return 0 if rest == "" else int(rest) if rest.isdigit() else None
+
+
+def _same_body(a: Any, b: Any) -> bool:
+    import tvm_ffi
+
+    return tvm_ffi.structural_equal(a.with_attr("global_symbol", "f"), b.with_attr("global_symbol", "f"))
+
+
+__all__ = ["canonical_shape_functions", "merged_shape_functions"]

@@ -11,7 +11,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir import dlight as dl
 
-from ..shape_func_order import canonical_shape_functions
+from ..shape_func_order import canonical_shape_functions, merged_shape_functions
 from ...runtime.artifact import TargetInfo
 from . import native, native_elementwise, native_linear
 from .arch import MCPU_ENV, CrossArch, build_machine, mcpu_override  # noqa: F401  (MCPU_ENV: re-exported)
@@ -93,7 +93,7 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
                    dl.ApplyDefaultSchedule(*schedule_rules())]
                 + cpu_pipeline.dataflow_lower_passes(target)
                 + cpu_pipeline.finalize_passes(target)
-                + [canonical_shape_functions()]  # reproducible builds (shape_func_order.py)
+                + [canonical_shape_functions(), merged_shape_functions()]  # reproducible builds (shape_func_order.py)
             )
             return seq(mod)
 
