@@ -10,6 +10,11 @@ On the GPU:  python tools/prefill_gemm_check.py check DIR OUT.jsonl
         counts (1, 7, 100, 128, 512, 2048, 4096): y against torch's fp32 matmul of the same fp16/bf16 inputs (max abs
         error over max |y|, output NaN-poisoned first), and time (CUDA events, median of 20) beside torch.matmul
         (cuBLAS) on the same tensors. One JSON line per case; exit 1 if a check fails.
+On the GPU:  python tools/prefill_gemm_check.py kernel OUT.jsonl [--quick]
+        ember's own sm_90a kernel (kernels/prefill_gemm_sm90.cuh) without TVM: nvcc compiles it there with an
+        extern "C" launcher called through ctypes on torch tensors; every tile and split-K choice forced, the
+        automatic choice, shapes off the tile grid (M, N, K not multiples of the tile: TMA's zero fill), fp16 and
+        bf16, against torch's fp32 matmul and timed beside cuBLAS.
 """
 from __future__ import annotations
 
@@ -108,7 +113,97 @@ def check(root: Path, out_path: Path) -> int:
     return 1 if failures else 0
 
 
+KERNEL_LAUNCHER = r"""
+#include "prefill_gemm_sm90.cuh"
+extern "C" int launch(int bf16, int m, int n, int k, const void* x, const void* w, void* y, void* stream, int sms,
+                      int tile, int splits, float* ws, unsigned long long ws_floats) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (bf16) return ember::gemm90::run<__nv_bfloat16>(m, n, k, x, w, y, s, sms, ws, ws_floats, tile, splits);
+  return ember::gemm90::run<__half>(m, n, k, x, w, y, s, sms, ws, ws_floats, tile, splits);
+}
+"""
+
+
+def _kernel_library(work: Path) -> Path:
+    kernels = Path(__file__).resolve().parents[1] / "targets" / "cuda" / "kernels"
+    source, lib = work / "launcher.cu", work / "gemm90.so"
+    source.write_text(KERNEL_LAUNCHER, encoding="utf-8")
+    subprocess.run(["nvcc", "-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC", "-gencode",
+                    "arch=compute_90a,code=sm_90a", f"-I{kernels}", "-o", str(lib), str(source)], check=True)
+    return lib
+
+
+def check_kernel(out_path: Path, quick: bool) -> int:
+    import ctypes
+    import tempfile
+
+    import torch
+
+    lib = ctypes.CDLL(str(_kernel_library(Path(tempfile.mkdtemp()))))
+    lib.launch.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 3 + [ctypes.c_void_p,
+                                                                                           ctypes.c_ulonglong]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    ws_floats = 8 * 4096 * 28672
+    ws = torch.empty(ws_floats, device="cuda", dtype=torch.float32)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    failures, rows = 0, []
+
+    def case(dtype: str, name: str, m: int, n: int, k: int, tile: int, splits: int, timed: bool) -> None:
+        nonlocal failures
+        tdtype = getattr(torch, dtype)
+        x = (torch.randn(m, k, generator=gen, device="cuda") * 0.5).to(tdtype)
+        w = (torch.randn(n, k, generator=gen, device="cuda") / k ** 0.5).to(tdtype)
+        y = torch.full((m, n), float("nan"), device="cuda", dtype=tdtype)
+        stream = torch.cuda.current_stream().cuda_stream
+
+        def run() -> int:
+            return lib.launch(int(dtype == "bfloat16"), m, n, k, x.data_ptr(), w.data_ptr(), y.data_ptr(), stream,
+                              sms, tile, splits, ws.data_ptr(), ws_floats)
+
+        rc = run()
+        torch.cuda.synchronize()
+        ref = x.float() @ w.float().T
+        err = ((y.float() - ref).abs().max() / ref.abs().max()).item() if rc == 0 else float("nan")
+        ok = rc == 0 and bool(err <= TOL[dtype])
+        failures += not ok
+        row = {"kernel": "gemm90", "dtype": dtype, "layer": name, "m": m, "n": n, "k": k, "tile": tile,
+               "splits": splits, "rc": rc, "err": err, "ok": ok}
+        if timed and ok:
+            ours = _time(run, torch)
+            theirs = _time(lambda: torch.matmul(x, w.T), torch)
+            flop = 2 * m * n * k
+            row.update(us=round(ours, 2), torch_us=round(theirs, 2), tflops=round(flop / ours / 1e6, 1),
+                       torch_tflops=round(flop / theirs / 1e6, 1), ratio=round(theirs / ours, 3))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    tokens = (1, 128, 512, 2048) if quick else TOKENS
+    for name, (n, k) in LAYERS.items():
+        for m in tokens:
+            case("float16", name, m, n, k, -1, 0, True)  # the automatic choice
+            if m >= 128:
+                for tile in (0, 1):
+                    case("float16", name, m, n, k, tile, 1, True)
+            if m <= 128:
+                for splits in (2, 4):
+                    case("float16", name, m, n, k, 1, splits, True)
+    for m in (7, 512):
+        for name, (n, k) in LAYERS.items():
+            case("bfloat16", name, m, n, k, -1, 0, m == 512)
+    for m, n, k in ((1, 8, 8), (33, 200, 72), (129, 264, 136), (300, 1000, 1000), (77, 4104, 520)):
+        for tile in (0, 1):
+            for splits in (1, 3):
+                case("float16", "odd", m, n, k, tile, splits, False)
+        case("bfloat16", "odd", m, n, k, -1, 0, False)
+    with open(out_path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    print(f"{len(rows)} cases, {failures} failed", flush=True)
+    return 1 if failures else 0
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "kernel":
+        return check_kernel(Path(argv[1]), "--quick" in argv)
     if len(argv) >= 2 and argv[0] == "build":
         build(Path(argv[1]))
         return 0

@@ -8,7 +8,8 @@ x.float() @ W^T in float32; speed beside cuBLAS (torch fp16 x @ W16^T of the sam
     python tools/qgemm_check.py OUT.jsonl [--quick] [--tiles T,..] [--layers L,..] [--ms M,..] [--no-timing]
 
 Tiles: mma.sync (prefill_qgemm.cuh), wgmma with both operands in shared memory ("wg", prefill_qgemm_sm90.cuh),
-wgmma with the weights as the register operand ("rs", prefill_qgemm_sm90_rs.cuh, 4-bit only).
+wgmma with the weights as the register operand ("rs", prefill_qgemm_sm90_rs.cuh, 4-bit only), and the same fed by
+a TMA producer warp ("ws", prefill_qgemm_sm90_ws.cuh, 4-bit only).
 
 Under ncu: `ncu --clock-control none -k regex:qgemm90 ... python tools/qgemm_check.py OUT --tiles wg128x256s4
 --layers gate_up --ms 128 --no-timing` profiles one shape's launch (without the timing loops' launches).
@@ -43,7 +44,13 @@ TILES = {"128x128x2x4s4": (128, 128, 2, 4, 4), "128x128x2x2s4": (128, 128, 2, 2,
          "rs2x256s4": ("rs", 2, 256, 4, 1, 1), "rs2x64s4": ("rs", 2, 64, 4, 1, 1), "rs4x64s4": ("rs", 4, 64, 4, 1, 1),
          "rs2x128s4b2": ("rs", 2, 128, 4, 2, 1), "rs1x128s6b2": ("rs", 1, 128, 6, 2, 1),
          "rs2x128s4-k2": ("rs", 2, 128, 4, 1, 2), "rs2x128s4-k4": ("rs", 2, 128, 4, 1, 4),
-         "rs4x128s4-k2": ("rs", 4, 128, 4, 1, 2)}
+         "rs4x128s4-k2": ("rs", 4, 128, 4, 1, 2),
+         # the register-operand kernel fed by a TMA producer warp (prefill_qgemm_sm90_ws.cuh, 4-bit): ("ws",
+         # consumer warpgroups, tokens, stages, blocks per SM, splits)
+         "ws2x128s6": ("ws", 2, 128, 6, 1, 1), "ws1x128s6b2": ("ws", 1, 128, 6, 2, 1),
+         "ws1x64s6b2": ("ws", 1, 64, 6, 2, 1), "ws2x64s6": ("ws", 2, 64, 6, 1, 1),
+         "ws2x128s6-k2": ("ws", 2, 128, 6, 1, 2), "ws2x128s6-k4": ("ws", 2, 128, 6, 1, 4),
+         "ws1x128s6b2-k2": ("ws", 1, 128, 6, 2, 2)}
 DEFAULT = ("128x128x2x4s4", "64x64x2x2s4", "wg128x128s4", "wg64x128s4")  # the tiles the other schemes run
 
 LAUNCHER = """
@@ -69,6 +76,8 @@ extern "C" int launch(int m, const void* x, const void* w, const void* s, const 
                                                 g_workspace);
 }}
 """
+LAUNCHER_WS = LAUNCHER_RS.replace("prefill_qgemm_sm90_rs.cuh", "prefill_qgemm_sm90_ws.cuh").replace(
+    "launch_rs<", "launch_ws<")
 LAUNCHER90 = """
 #include "prefill_qgemm_sm90.cuh"
 static int g_splits = 1;
@@ -86,9 +95,9 @@ def build(work: Path, code: int, n: int, k: int, group: int, bias: int, tile: tu
     name = f"q{code}_{n}_{k}_{group}_{bias}_{'_'.join(map(str, tile))}"
     src, lib = work / f"{name}.cu", work / f"{name}.so"
     defines = []
-    if tile[0] == "rs":
+    if tile[0] in ("rs", "ws"):
         args = ", ".join(str(a) for a in (code, group, *tile[1:5]))
-        src.write_text(LAUNCHER_RS.format(args=args, n=n, k=k))
+        src.write_text((LAUNCHER_RS if tile[0] == "rs" else LAUNCHER_WS).format(args=args, n=n, k=k))
         tile = ()
     elif len(tile) == 4 and isinstance(tile[3], int):  # split-K: the harness sets the splits
         tile = tile[:3]
@@ -163,9 +172,10 @@ def main() -> int:
             for tile in TILES:
                 if opts.tiles and tile not in opts.tiles.split(","):
                     continue
-                if scheme != "q4f16" and tile not in DEFAULT and not (tile.startswith("rs") and scheme != "q8f16"):
+                four_bit = tile.startswith(("rs", "ws"))
+                if scheme != "q4f16" and tile not in DEFAULT and not (four_bit and scheme != "q8f16"):
                     continue
-                if scheme == "q8f16" and tile.startswith("rs"):
+                if scheme == "q8f16" and four_bit:
                     continue
                 cases.append((scheme, layer, n, k, 32, 0, tile))
     if not opts.layers:
@@ -211,9 +221,9 @@ def main() -> int:
 
             spec = TILES[tile]
             splits = spec[3] if len(spec) == 4 and isinstance(spec[3], int) else 1
-            if spec[0] == "rs":
+            if spec[0] in ("rs", "ws"):
                 splits = spec[5]
-            if tile.startswith(("wg", "rs")):
+            if tile.startswith(("wg", "rs", "ws")):
                 workspace = torch.empty(splits * m * n, device="cuda", dtype=torch.float32)
                 lib.set_split(splits, ctypes.c_void_p(workspace.data_ptr()))
             status = lib.launch(m, ptr(x), ptr(w), ptr(s), ptr(mn), ptr(bias_t), ptr(y), ctypes.c_void_p(stream))

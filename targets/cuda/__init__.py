@@ -71,8 +71,9 @@ class CudaTarget(Target):
         GEMM (native_lowbatch.py); EMBER_CUDA_GEMV=0 keeps dlight's for both, EMBER_CUDA_LOWBATCH=0 for the latter.
         add_rms_norm on one kernel (native_norm.py; EMBER_CUDA_NORM=0 keeps the generic add + norm). fp16-weight
         `linear` (q0f16) at decode1 and the batched decode on native_linear.py's kernels (EMBER_CUDA_LINEAR=0 or
-        EMBER_CUDA_GEMV=0 keep dlight's). The prefill's 16-bit `linear` on CUTLASS GEMMs (prefill_gemm.py) where the
-        nvidia-cutlass headers are installed and every arch is sm_80..sm_90 (EMBER_CUDA_GEMM=0 keeps dlight's); the
+        EMBER_CUDA_GEMV=0 keep dlight's). The prefill's 16-bit `linear` on prefill_gemm.py's GEMMs (ember's wgmma kernel
+        for sm_90, CUTLASS 2 for sm_80 where the nvidia-cutlass headers are installed) where every arch is
+        sm_80..sm_90 (EMBER_CUDA_GEMM=0 keeps dlight's); the
         prefill's quantized linears on prefill_qgemm.py's mma.sync GEMM (EMBER_CUDA_QGEMM=0 keeps dlight's)."""
         from . import native_gemv, native_linear, native_lowbatch, native_norm, prefill_gemm, prefill_qgemm
         from .nvcc import sm_number
@@ -84,12 +85,13 @@ class CudaTarget(Target):
             table = chained(table, "quant_linear", self._prefill_qgemm.lower_quant_linear)
         table = {**table, **native_linear.LOWERINGS} if native_linear.enabled() else table
         self._prefill_gemm = None
-        if prefill_gemm.enabled() and all(80 <= sm_number(a) <= 90 for a in self.archs):
+        if prefill_gemm.enabled(self.archs):
             self._prefill_gemm = prefill_gemm.PrefillGemm(self.archs)
             table = chained(table, "linear", self._prefill_gemm.lower_linear)
-        elif os.environ.get(prefill_gemm.ENV, "1") != "0" and prefill_gemm.cutlass_root() is None:
+        elif (os.environ.get(prefill_gemm.ENV, "1") != "0" and all(80 <= sm_number(a) <= 90 for a in self.archs)
+              and prefill_gemm.cutlass_root() is None):
             log.warning("nvidia-cutlass headers not found (pip install --no-deps nvidia-cutlass==4.2.0.0): "
-                        "the prefill GEMMs stay on TVM's WMMA schedule")
+                        "the 16-bit prefill GEMMs of %s stay on TVM's WMMA schedule", ", ".join(self.archs))
         return {**table, **native_norm.LOWERINGS} if native_norm.enabled() else table
 
     def window_in_kernels(self, kv_cache: Any) -> bool:

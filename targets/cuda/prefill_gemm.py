@@ -1,19 +1,23 @@
-"""cuda lowering of the prefill's 16-bit `linear` layers onto CUTLASS GEMMs compiled into the artifact's library.
+"""cuda lowering of the prefill's 16-bit `linear` layers onto GEMMs compiled into the artifact's library.
 
 TVM's dlight Matmul schedule (WMMA) runs the prefill GEMMs at 27-38 % of cuBLAS (../shared/guide/tvm-tensorcore.md).
 Here a `linear` with fp16 or bf16 x and weight in a prefill function (a symbolic token count) becomes a
-`call_dps_packed` of `ember_prefill_gemm_<dtype>`, defined by kernels/prefill_gemm.cu: CUTLASS 3's warp-specialized
-TMA + wgmma kernel on sm_90, CUTLASS 2's multistage mma.sync kernel on sm_80, chosen at run time by the device.
-A bias is added by a Relax add after it (it fuses into the next elementwise kernel).
+`call_dps_packed` of `ember_prefill_gemm_<dtype>`, defined by kernels/prefill_gemm.cu: on sm_90 ember's
+warp-specialized TMA + wgmma kernel (kernels/prefill_gemm_sm90.cuh), on sm_80 CUTLASS 2's multistage mma.sync
+kernel, chosen at run time by the device. A bias is added by a Relax add after it (it fuses into the next
+elementwise kernel). For now CUTLASS 3's cooperative kernel stays the sm_90 default and EMBER_CUDA_GEMM=ember
+takes ember's (not yet run on a GPU; ~5 s of nvcc where CUTLASS's takes ~50 s on one core).
 
-The .cu is compiled by nvcc at `ember compile` against the headers of the `nvidia-cutlass` package (TVM's copy of
-CUTLASS lacks the collective builders), once per (dtype, archs, nvcc, CUTLASS, source), and the object is kept in
-a cache folder (`$EMBER_CACHE_DIR`, else `$XDG_CACHE_HOME/ember`, else `~/.cache/ember`) for later compiles; the
-compile runs beside `tvm.compile` and the object is linked into model.so with libcudart. Without the headers, or
-with EMBER_CUDA_GEMM=0, dlight's schedule keeps these layers.
+The .cu is compiled by nvcc at `ember compile` (CUTLASS from the headers of the `nvidia-cutlass` package, which
+builds with sm_80 need: TVM's copy of CUTLASS lacks the collective builders), once per (dtype, archs, nvcc, CUTLASS,
+source), and the object is kept in a cache folder (`$EMBER_CACHE_DIR`, else `$XDG_CACHE_HOME/ember`, else
+`~/.cache/ember`) for later compiles; the compile runs beside `tvm.compile` and the object is linked into model.so
+with libcudart. With EMBER_CUDA_GEMM=0, or an sm_80 build without the headers, dlight's schedule keeps these layers.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -25,7 +29,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import CudaToolchainError
 from .native_gemv import is_decode1
@@ -35,8 +39,9 @@ from .nvcc import sm_number
 log = logging.getLogger(__name__)
 
 ENV = "EMBER_CUDA_GEMM"
-SOURCE = Path(__file__).with_name("kernels") / "prefill_gemm.cu"
-DTYPES = {"float16": ("f16", "cutlass::half_t"), "bfloat16": ("bf16", "cutlass::bfloat16_t")}
+KERNEL_DIR = Path(__file__).with_name("kernels")
+SOURCE = KERNEL_DIR / "prefill_gemm.cu"
+DTYPES = {"float16": ("f16",), "bfloat16": ("bf16",)}
 _FLAGS = ("-std=c++17", "-O3", "-DNDEBUG", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", "-c")
 
 
@@ -56,8 +61,22 @@ def cutlass_root() -> Path | None:
     return root if (root / "include" / "cutlass" / "gemm" / "collective" / "builders").is_dir() else None
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV, "1") != "0" and cutlass_root() is not None
+def cutlass_forced() -> bool:
+    """CUTLASS 3's kernel for sm_90 instead of ember's: the default until ember's kernel has been checked on a GPU
+    (tools/prefill_gemm_check.py kernel); EMBER_CUDA_GEMM=ember takes ember's."""
+    return os.environ.get(ENV, "1") != "ember"
+
+
+def needs_cutlass(archs: list[str] | tuple[str, ...]) -> bool:
+    """Whether the object for these archs includes CUTLASS: sm_80 code always does, sm_90 code only when forced."""
+    return cutlass_forced() or any(sm_number(a) != 90 for a in archs)
+
+
+def enabled(archs: list[str] | tuple[str, ...] = ("sm_90",)) -> bool:
+    """The GEMM takes the prefill linears of a build for `archs` (every arch sm_80..sm_90, headers where needed)."""
+    if os.environ.get(ENV, "1") == "0" or not all(80 <= sm_number(a) <= 90 for a in archs):
+        return False
+    return not needs_cutlass(archs) or cutlass_root() is not None
 
 
 def cache_dir() -> Path:
@@ -121,10 +140,10 @@ class PrefillGemm:
         """Starts compiling (or finds in the cache) the object for every dtype the lowering used."""
         if not self.dtypes:
             return None
-        root = cutlass_root()
-        if root is None:
+        root = cutlass_root() if needs_cutlass(self.archs) else None
+        if root is None and needs_cutlass(self.archs):
             raise CudaToolchainError("the nvidia-cutlass headers went missing during the compile")
-        return ObjectBuild([ObjectSpec(d, tuple(self.archs), root) for d in sorted(self.dtypes)])
+        return ObjectBuild([ObjectSpec(d, tuple(self.archs), root, cutlass_forced()) for d in sorted(self.dtypes)])
 
 
 # ---- the object -----------------------------------------------------------------------------------------------------
@@ -133,19 +152,23 @@ class PrefillGemm:
 class ObjectSpec:
     dtype: str
     archs: tuple[str, ...]
-    cutlass: Path
+    cutlass: Path | None  # the nvidia-cutlass source folder, where the object includes CUTLASS
+    cutlass90: bool = False  # CUTLASS 3's kernel for sm_90 instead of ember's
 
     def command(self, nvcc: str, source: Path, output: Path) -> list[str]:
-        suffix, ctype = DTYPES[self.dtype]
+        suffix = DTYPES[self.dtype][0]
         sms = [sm_number(a) for a in self.archs]
         gencode: list[str] = []
         for sm in sms:
             code = f"{sm}a" if sm == 90 else str(sm)  # wgmma and setmaxnreg are sm_90a features
             gencode += ["-gencode", f"arch=compute_{code},code=sm_{code}"]
         defines = [f"-DEMBER_GEMM_SM90={int(90 in sms)}", f"-DEMBER_GEMM_SM80={int(any(80 <= s < 90 for s in sms))}",
-                   f"-DEMBER_GEMM_T={ctype}", f"-DEMBER_GEMM_NAME=ember_prefill_gemm_{suffix}"]
-        includes = [f"-I{self.cutlass / 'include'}", f"-I{self.cutlass / 'tools' / 'util' / 'include'}",
-                    f"-I{tvm_ffi_include()}"]
+                   f"-DEMBER_GEMM_BF16={int(self.dtype == 'bfloat16')}", f"-DEMBER_GEMM_NAME=ember_prefill_gemm_{suffix}"]
+        if self.cutlass90:
+            defines.append("-DEMBER_GEMM_CUTLASS90=1")
+        includes = [f"-I{tvm_ffi_include()}"]
+        if self.cutlass is not None:
+            includes = [f"-I{self.cutlass / 'include'}", f"-I{self.cutlass / 'tools' / 'util' / 'include'}", *includes]
         return [nvcc, *_FLAGS, *defines, *gencode, *includes, "-o", str(output), str(source)]
 
     @property
@@ -153,9 +176,14 @@ class ObjectSpec:
         return f"prefill_gemm-{self.dtype}"
 
     def source_text(self) -> str:
-        return SOURCE.read_text(encoding="utf-8")
+        """The .cu with ember's own headers inlined (the cache folder compiles it, away from kernels/)."""
+        from .device_code import inlined
+
+        return inlined(SOURCE.name, set()) if SOURCE.parent == KERNEL_DIR else SOURCE.read_text(encoding="utf-8")
 
     def key(self, nvcc: str) -> str:
+        if self.cutlass is None:
+            return object_key(self, nvcc)
         return object_key(self, nvcc, _cutlass_version(self.cutlass), str(self.cutlass))
 
 
@@ -206,6 +234,32 @@ def cuda_library_dir(nvcc: str) -> Path:
     raise CudaToolchainError(f"libcudart.so of the CUDA toolkit of {nvcc} not found (set CUDA_HOME)")
 
 
+STAGE = Path("/tmp/ember-nvcc")
+
+
+def _stage_folder() -> Path | None:
+    """The fixed folder nvcc compiles ember's objects in, or None where it cannot be written (the objects then come
+    out right, but their bytes follow the temporary folder's path)."""
+    try:
+        STAGE.mkdir(mode=0o1777, parents=True, exist_ok=True)
+        probe = Path(tempfile.mkstemp(dir=STAGE)[1])
+        probe.unlink()
+        return STAGE
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    """An exclusive lock on `lock` (two compiles of one object share its stage folder)."""
+    with open(lock, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _strip_local_symbols(obj: Path) -> None:
     """Drops the symbols no relocation needs, among them the FILE symbol naming nvcc's host temp file
     (`tmpxft_<pid>_...cudafe1.cpp`): with it, every nvcc run gives other bytes. Without objcopy the object keeps them
@@ -245,25 +299,30 @@ class ObjectBuild:
 
     def _compile(self, spec: Any, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A stable source name (the object records it): the same inputs give the same bytes in every cache.
-        work = Path(tempfile.mkdtemp(prefix=path.stem + ".", dir=path.parent))
-        source = path.parent / f"{path.stem}.cu"
-        if not source.is_file():
-            tmp_source = work / "source.cu"
-            tmp_source.write_text(spec.source_text(), encoding="utf-8")
-            os.replace(tmp_source, source)
-        output = work / path.name
-        # Relative paths from the cache folder: the object records its source's path, and the cache's own location
-        # (the user's home, XDG_CACHE_HOME) must not change the library's bytes.
-        command = spec.command(self.nvcc, Path(source.name), Path(work.name) / path.name)
-        proc = subprocess.run(command, capture_output=True, text=True, cwd=path.parent)
-        if proc.returncode != 0 or not output.is_file():
-            lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "error" in l.lower()] or ["(no output)"]
+        stage = _stage_folder()
+        with _locked(stage / f"{path.stem}.lock") if stage is not None else contextlib.nullcontext():
+            if path.is_file():  # a concurrent compile of the same object finished first
+                return
+            # The source at a fixed absolute path (nvcc names anonymous namespaces after a hash of it, and the
+            # object records it): the same inputs give the same bytes from every cache, user and machine.
+            work = stage / path.stem if stage is not None else Path(tempfile.mkdtemp(prefix=path.stem + ".",
+                                                                                     dir=path.parent))
             shutil.rmtree(work, ignore_errors=True)
-            raise CudaToolchainError(f"nvcc failed on {spec.stem}: {lines[0].strip()}")
-        _strip_local_symbols(output)
-        os.replace(output, path)  # atomic: a concurrent compile sees the whole object or none
-        shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            source = work / f"{path.stem}.cu"
+            source.write_text(spec.source_text(), encoding="utf-8")
+            command = spec.command(self.nvcc, Path(source.name), Path(path.name))
+            proc = subprocess.run(command, capture_output=True, text=True, cwd=work)
+            output = work / path.name
+            if proc.returncode != 0 or not output.is_file():
+                lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "error" in l.lower()] or ["(no output)"]
+                shutil.rmtree(work, ignore_errors=True)
+                raise CudaToolchainError(f"nvcc failed on {spec.stem}: {lines[0].strip()}")
+            _strip_local_symbols(output)
+            partial = path.with_name(f".{path.name}.{os.getpid()}")
+            shutil.copyfile(output, partial)
+            os.replace(partial, path)  # atomic: a concurrent compile sees the whole object or none
+            shutil.rmtree(work, ignore_errors=True)
 
     def result(self) -> list[Path]:
         self._thread.join()
@@ -276,5 +335,6 @@ class ObjectBuild:
         return [f"-L{cuda_library_dir(self.nvcc)}", "-Wl,--no-as-needed", "-lcudart", "-Wl,--as-needed"]
 
 
-__all__ = ["ENV", "ObjectBuild", "PrefillGemm", "cache_dir", "cutlass_root", "enabled", "function_name", "object_key",
+__all__ = ["ENV", "ObjectBuild", "PrefillGemm", "cache_dir", "cutlass_forced", "cutlass_root", "enabled",
+           "function_name", "needs_cutlass", "object_key",
            "plan", "tvm_ffi_include"]

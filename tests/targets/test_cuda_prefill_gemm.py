@@ -1,6 +1,6 @@
-"""ember's CUTLASS prefill GEMMs for cuda (targets/cuda/prefill_gemm.py, kernels/prefill_gemm.cu), no GPU needed:
-which linears take them, the nvcc command and cache key, and the compiled object (each arch its own kernel:
-wgmma only in the sm_90a cubin). The numbers are checked on a GPU against torch (tools/prefill_gemm_check.py) and
+"""ember's 16-bit prefill GEMMs for cuda (targets/cuda/prefill_gemm.py, kernels/prefill_gemm.cu: ember's wgmma kernel
+for sm_90, CUTLASS 2 for sm_80), no GPU needed: which linears take them, the nvcc command and cache key, and the
+compiled object (each arch its own kernel: wgmma only in the sm_90a cubin; no CUTLASS in an sm_90-only build). The numbers are checked on a GPU against torch (tools/prefill_gemm_check.py) and
 inside whole models against the cpu build (`ember verify`, tools/gemv_parity.py)."""
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def _dps_calls(relax_mod) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("dtype,name", [("float16", "ember_prefill_gemm_f16"), ("bfloat16", "ember_prefill_gemm_bf16")])
-def test_prefill_linears_take_the_gemm_and_decode_ones_do_not(dtype, name):
-    _needs_cutlass()
+def test_prefill_linears_take_the_gemm_and_decode_ones_do_not(dtype, name, monkeypatch):
+    monkeypatch.setenv("EMBER_CUTLASS_DIR", "/nonexistent")  # ember's sm_90 kernel needs no CUTLASS headers
+    monkeypatch.setenv("EMBER_CUDA_GEMM", "ember")
     calls = _dps_calls(lowered(LLAMA, "q0f16" if dtype == "float16" else "q0bf16", dtype))
     assert calls["prefill"] == [name] * 4 + [name]  # qkv, o, gate_up, down, LM head (the last token)
     for decode in ("decode1", "decode"):
@@ -46,7 +47,6 @@ def test_prefill_linears_take_the_gemm_and_decode_ones_do_not(dtype, name):
 
 
 def test_bias_is_added_after_the_gemm():
-    _needs_cutlass()
     relax_mod = lowered(QWEN2, "q0f16")
     assert _dps_calls(relax_mod)["prefill"] == ["ember_prefill_gemm_f16"] * 5
     script = relax_mod["prefill"].script()
@@ -54,12 +54,21 @@ def test_bias_is_added_after_the_gemm():
 
 
 def test_quantized_and_off_switch_keep_dlight(monkeypatch):
-    _needs_cutlass()
     from ember.targets.cuda import prefill_gemm
 
-    assert _dps_calls(lowered(LLAMA, "q4f16"))["prefill"] == []  # 4-bit: not yet (dlight's dequant-in-tile GEMM)
+    assert _dps_calls(lowered(LLAMA, "q4f16"))["prefill"] == []  # 4-bit: prefill_qgemm.py's kernels
     monkeypatch.setenv(prefill_gemm.ENV, "0")
     assert _dps_calls(lowered(LLAMA, "q0f16"))["prefill"] == []
+
+
+def test_only_sm80_code_needs_the_cutlass_headers(monkeypatch):
+    from ember.targets.cuda import prefill_gemm
+
+    monkeypatch.setattr(prefill_gemm, "cutlass_root", lambda: None)
+    assert not prefill_gemm.enabled(["sm_90"])  # CUTLASS 3 for sm_90 (the default), not installed
+    monkeypatch.setenv(prefill_gemm.ENV, "ember")
+    assert prefill_gemm.enabled(["sm_90"]) and not prefill_gemm.enabled(["sm_80", "sm_90"])
+    assert not prefill_gemm.enabled(["sm_100"])
 
 
 def test_nvcc_command_keeps_hopper_code_in_sm90a(tmp_path):
@@ -70,9 +79,13 @@ def test_nvcc_command_keeps_hopper_code_in_sm90a(tmp_path):
     assert cmd[cmd.index("-gencode") + 1] == "arch=compute_80,code=sm_80"
     assert "arch=compute_90a,code=sm_90a" in cmd
     assert "-DEMBER_GEMM_SM80=1" in cmd and "-DEMBER_GEMM_SM90=1" in cmd and "-DNDEBUG" in cmd
-    only90 = ObjectSpec("bfloat16", ("sm_90",), tmp_path).command("nvcc", Path("in.cu"), Path("out.o"))
-    assert "-DEMBER_GEMM_SM80=0" in only90 and "-DEMBER_GEMM_T=cutlass::bfloat16_t" in only90
+    assert f"-I{tmp_path / 'include'}" in cmd and "-DEMBER_GEMM_CUTLASS90=1" not in cmd
+    only90 = ObjectSpec("bfloat16", ("sm_90",), None).command("nvcc", Path("in.cu"), Path("out.o"))
+    assert "-DEMBER_GEMM_SM80=0" in only90 and "-DEMBER_GEMM_BF16=1" in only90
     assert "-DEMBER_GEMM_NAME=ember_prefill_gemm_bf16" in only90
+    assert not any("cutlass" in part for part in only90)
+    forced = ObjectSpec("float16", ("sm_90",), tmp_path, cutlass90=True).command("nvcc", Path("in.cu"), Path("o"))
+    assert "-DEMBER_GEMM_CUTLASS90=1" in forced
 
 
 def test_cache_key_follows_dtype_archs_and_source(tmp_path, monkeypatch):
@@ -89,6 +102,44 @@ def test_cache_key_follows_dtype_archs_and_source(tmp_path, monkeypatch):
     edited.write_text(prefill_gemm.SOURCE.read_text() + "\n// edited\n")
     monkeypatch.setattr(prefill_gemm, "SOURCE", edited)
     assert a != ObjectSpec("float16", ("sm_80", "sm_90"), tmp_path).key("nvcc")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_sm90_object_is_embers_kernel_without_cutlass(monkeypatch, tmp_path):
+    """An sm_90-only build compiles ember's TMA + wgmma kernel alone (seconds of nvcc, no CUTLASS headers): one
+    sm_90a cubin, the packed function exported; its PTX has wgmma and TMA loads, and ptxas spills nothing."""
+    from ember.targets.cuda import prefill_gemm
+    from ember.targets.cuda.library_check import inspect_cuda_library
+
+    monkeypatch.setenv("EMBER_CUTLASS_DIR", "/nonexistent")
+    monkeypatch.setenv(prefill_gemm.ENV, "ember")
+    job = prefill_gemm.PrefillGemm(["sm_90"])
+    job.dtypes.update(("float16", "bfloat16"))
+    for obj, suffix in zip(job.start_objects().result(), ("bf16", "f16")):
+        report = inspect_cuda_library(obj)
+        assert report.cubin_archs == ["sm_90"] and not report.has_ptx and not report.global_sources
+        symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
+        assert re.search(rf" T __tvm_ffi_ember_prefill_gemm_{suffix}$", symbols, re.MULTILINE)
+    spec = prefill_gemm.ObjectSpec("bfloat16", ("sm_90",), None)
+    source = tmp_path / "gemm.cu"
+    source.write_text(spec.source_text())
+    cmd = spec.command(shutil.which("nvcc"), source, tmp_path / "gemm.ptx")
+    cmd[cmd.index("-c")] = "-ptx"
+    subprocess.run(cmd, check=True, capture_output=True)
+    ptx = (tmp_path / "gemm.ptx").read_text()
+    assert "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16" in ptx and "cp.async.bulk.tensor.2d" in ptx
+    ptxas = subprocess.run(["ptxas", "-arch=sm_90a", "-v", "-o", str(tmp_path / "gemm.cubin"), str(tmp_path / "gemm.ptx")],
+                           capture_output=True, text=True, check=True)
+    spills = re.findall(r"(\d+) bytes spill stores", ptxas.stdout + ptxas.stderr)
+    assert spills and all(n == "0" for n in spills)
+
+
+def test_sm90_source_includes_no_cutlass_unless_forced():
+    from ember.targets.cuda.prefill_gemm import ObjectSpec
+
+    text = ObjectSpec("float16", ("sm_90",), None).source_text()
+    assert '#include "' not in text  # ember's headers inlined: the cache folder compiles it on its own
+    assert "gemm90::run" in text
 
 
 def test_object_holds_a_cubin_per_arch_and_exports_the_function():
@@ -114,8 +165,9 @@ class _TinySpec:
     """An ObjectBuild spec of one small kernel (the cache's mechanics, without CUTLASS's minute of nvcc)."""
     stem = "tiny"
 
-    def source_text(self) -> str:
-        return '__global__ void tiny(float* a) { a[threadIdx.x] += 1.0f; }\n'
+    def source_text(self) -> str:  # an anonymous namespace: nvcc names it after a hash of the source's path
+        return 'namespace { __global__ void tiny(float* a) { a[threadIdx.x] += 1.0f; } }\n' \
+               'void launch(float* a) { tiny<<<1, 32>>>(a); }\n'
 
     def command(self, nvcc: str, source: Path, output: Path) -> list[str]:
         return [nvcc, "-O3", "-c", "-Xcompiler", "-fPIC", "-gencode", "arch=compute_90,code=sm_90", "-o", str(output),

@@ -1,17 +1,20 @@
 // ember's prefill GEMMs for 16-bit weights: y[M, N] = x[M, K] . W[N, K]^T, fp32 accumulation, x/W/y fp16 or bf16
-// (EMBER_GEMM_T), all row-major with K (or N) contiguous. M is the token count of a (ragged) prefill, any value.
+// (EMBER_GEMM_BF16), all row-major with K (or N) contiguous. M is the token count of a (ragged) prefill, any value.
 //
 // One translation unit compiled by nvcc at `ember compile` (targets/cuda/prefill_gemm.py) into an object that is
 // linked into model.so; the Relax VM calls the exported packed function EMBER_GEMM_NAME (call_dps_packed).
 // It holds one kernel per arch and picks the one of the device it runs on:
-//   sm_90: CUTLASS 3 (from the nvidia-cutlass headers): TMA loads, wgmma, warp-specialized cooperative kernel with
-//          a persistent tile scheduler (Hopper-only instructions, compiled for sm_90a only);
+//   sm_90: ember's warp-specialized TMA + wgmma kernel (prefill_gemm_sm90.cuh; Hopper-only instructions, compiled
+//          for sm_90a only), or with EMBER_GEMM_CUTLASS90 CUTLASS 3's cooperative kernel (the A/B reference; it
+//          takes ~50 s of nvcc on one core where ember's takes ~5 s);
 //   sm_80: CUTLASS 2 multistage mma.sync GEMM (cp.async), for A100-class devices (EMBER_GEMM_SM80).
 // The kernels run on the stream TVM's runtime has set for the device (TVMFFIEnvGetStream).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <tvm/ffi/container/tensor.h>
@@ -19,14 +22,23 @@
 #include <tvm/ffi/extra/c_env_api.h>
 #include <tvm/ffi/function.h>
 
+#ifndef EMBER_GEMM_BF16
+#define EMBER_GEMM_BF16 0
+#endif
+#ifndef EMBER_GEMM_CUTLASS90
+#define EMBER_GEMM_CUTLASS90 0
+#endif
+#define EMBER_GEMM_CUTLASS (EMBER_GEMM_SM80 || (EMBER_GEMM_SM90 && EMBER_GEMM_CUTLASS90))
+
+#if EMBER_GEMM_CUTLASS
 #include <cutlass/cutlass.h>
 #include <cutlass/bfloat16.h>
 #include <cutlass/half.h>
-
+#endif
 #if EMBER_GEMM_SM80
 #include <cutlass/gemm/device/gemm.h>
 #endif
-#if EMBER_GEMM_SM90
+#if EMBER_GEMM_SM90 && EMBER_GEMM_CUTLASS90
 #include <cute/tensor.hpp>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
 #include <cutlass/gemm/collective/collective_builder.hpp>
@@ -34,18 +46,29 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/util/packed_stride.hpp>
 #endif
-
-#ifndef EMBER_GEMM_T
-#define EMBER_GEMM_T cutlass::half_t
+#if EMBER_GEMM_SM90 && !EMBER_GEMM_CUTLASS90
+#include "prefill_gemm_sm90.cuh"
+#include "split_workspace.cuh"
 #endif
 
 namespace ember {
 namespace prefill_gemm {
 
-using T = EMBER_GEMM_T;
+#if EMBER_GEMM_BF16
+using Element = __nv_bfloat16;  // what ember's kernel computes in
+#else
+using Element = __half;
+#endif
+#if EMBER_GEMM_CUTLASS
+#if EMBER_GEMM_BF16
+using T = cutlass::bfloat16_t;
+#else
+using T = cutlass::half_t;
+#endif
 using Accum = float;
+#endif
 
-#if EMBER_GEMM_SM90
+#if EMBER_GEMM_SM90 && EMBER_GEMM_CUTLASS90
 namespace sm90 {
 using namespace cute;
 // 128x128 output tiles, 64-wide k steps (128 bytes: the TMA swizzle), one CTA per cluster: the token count M is
@@ -109,6 +132,21 @@ cutlass::Status run(int m, int n, int k, const T* x, const T* w, T* y, cudaStrea
 }  // namespace sm80
 #endif
 
+#if EMBER_GEMM_SM90 && !EMBER_GEMM_CUTLASS90
+namespace sm90 {
+// the tile and split-K choice of prefill_gemm_sm90.cuh, the partials in this library's per-device buffer
+cudaError_t run(int m, int n, int k, const void* x, const void* w, void* y, int device, cudaStream_t stream) {
+  const int sms = split_workspace::sm_count(device);
+  const int tile = gemm90::choose(m, n, sms);
+  int splits = gemm90::choose_splits(m, n, k, gemm90::kTiles[tile].bn, sms);
+  const size_t floats = static_cast<size_t>(splits) * m * n;
+  float* partial = splits > 1 ? split_workspace::workspace(device, floats, stream) : nullptr;
+  if (partial == nullptr) splits = 1;
+  return gemm90::run<Element>(m, n, k, x, w, y, stream, sms, partial, partial != nullptr ? floats : 0, tile, splits);
+}
+}  // namespace sm90
+#endif
+
 // The device's compute capability major; EMBER_GEMM_ARCH=80 picks the sm_80 kernel on any device (tests run it on
 // an H200 from a build whose sm_80 code is PTX: tools/prefill_gemm_check.py).
 int device_major(int device) {
@@ -147,20 +185,30 @@ void prefill_gemm(DLTensor* x, DLTensor* w, DLTensor* y) {
   if (m == 0) return;
   const int device = x->device.device_id;
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(kDLCUDA, device));
-  const T* xp = data_of<const T>(x);
-  const T* wp = data_of<const T>(w);
-  T* yp = data_of<T>(y);
-  cutlass::Status status = cutlass::Status::kErrorArchMismatch;
   const int major = device_major(device);
-#if EMBER_GEMM_SM90
-  if (major == 9) status = sm90::run(int(m), int(n), int(k), xp, wp, yp, stream);
+  const char* failure = "no kernel for this device's arch in this library";
+#if EMBER_GEMM_SM90 && !EMBER_GEMM_CUTLASS90
+  if (major == 9) {
+    const cudaError_t err = sm90::run(int(m), int(n), int(k), data_of<const Element>(x), data_of<const Element>(w),
+                                      data_of<Element>(y), device, stream);
+    failure = err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+  }
+#endif
+#if EMBER_GEMM_CUTLASS
+  cutlass::Status status = cutlass::Status::kErrorArchMismatch;
+#if EMBER_GEMM_SM90 && EMBER_GEMM_CUTLASS90
+  if (major == 9) status = sm90::run(int(m), int(n), int(k), data_of<const T>(x), data_of<const T>(w),
+                                     data_of<T>(y), stream);
 #endif
 #if EMBER_GEMM_SM80
-  if (major != 9 && major >= 8) status = sm80::run(int(m), int(n), int(k), xp, wp, yp, stream);
+  if (major != 9 && major >= 8) status = sm80::run(int(m), int(n), int(k), data_of<const T>(x), data_of<const T>(w),
+                                                   data_of<T>(y), stream);
 #endif
-  TVM_FFI_ICHECK(status == cutlass::Status::kSuccess)
-      << "ember_prefill_gemm: " << cutlassGetStatusString(status) << " (M=" << m << ", N=" << n << ", K=" << k
-      << ", sm_" << major << "x)";
+  if (major != 9 || EMBER_GEMM_CUTLASS90)
+    failure = status == cutlass::Status::kSuccess ? nullptr : cutlassGetStatusString(status);
+#endif
+  TVM_FFI_ICHECK(failure == nullptr) << "ember_prefill_gemm: " << failure << " (M=" << m << ", N=" << n
+                                     << ", K=" << k << ", sm_" << major << "x)";
   cudaError_t launched = cudaGetLastError();
   TVM_FFI_ICHECK(launched == cudaSuccess) << "ember_prefill_gemm: " << cudaGetErrorString(launched);
 }

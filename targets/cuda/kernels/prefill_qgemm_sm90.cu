@@ -8,6 +8,7 @@
 // operand: 1.15x at 2048 tokens); a grid that still fills less than half the
 // SMs (a short prompt) splits K, the splits summed in order by a second kernel (deterministic).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include <cuda_runtime.h>
@@ -19,6 +20,8 @@
 
 #include "prefill_qgemm_sm90.cuh"
 #include "prefill_qgemm_sm90_rs.cuh"
+#include "prefill_qgemm_sm90_ws.cuh"
+#include "split_workspace.cuh"
 
 #ifndef EMBER_QGEMM_SCHEME
 #define EMBER_QGEMM_SCHEME 0
@@ -37,31 +40,40 @@ namespace {
 constexpr int S = EMBER_QGEMM_SCHEME;
 constexpr int G = EMBER_QGEMM_GROUP;
 
+enum Kind { kSmem, kRS, kWS };  // both operands in shared memory; weights from registers (cp.async; TMA producer)
 struct Tile {
   int bm, bn, per_sm;  // tokens, weight rows (features) per block; per_sm: blocks an SM holds at once
-  double rate;         // TFLOP/s at m = 2048 (docs/measurements/2026-12-03-h200-qgemm-rs)
-  bool rs;             // the weights as the register operand (prefill_qgemm_sm90_rs.cuh; 4-bit only)
+  double rate_128;     // TFLOP/s at m = 128 and at m = 2048 on an H200 (tools/qgemm_check.py); the older tiles
+  double rate_2048;    // have one rate (their m = 2048 one), as when only that was measured
+  Kind kind;           // kRS and kWS: 4-bit only
 };
 // Both operands in shared memory: 128x256, 128x128, 128x64; weights from registers: 128 tokens x 128 features (one
-// and two blocks an SM), 128 x 256, 256 x 128. All with 4 stages.
-constexpr Tile kTiles[] = {{128, 256, 1, 355.0, false}, {128, 128, 1, 240.0, false}, {128, 64, 2, 232.0, false},
-                           {128, 128, 1, 279.0, true},   {128, 128, 2, 330.0, true},   {128, 256, 1, 316.0, true},
-                           {256, 128, 1, 412.0, true}};
+// and two blocks an SM), 128 x 256, 256 x 128; fed by a TMA producer warp: 128 x 128, 128 tokens x 64 features
+// (two blocks an SM). Rates: docs/measurements/2026-12-03-h200-qgemm-rs, 2026-12-06-h200-gemm90.
+constexpr Tile kTiles[] = {{128, 256, 1, 355.0, 355.0, kSmem}, {128, 128, 1, 240.0, 240.0, kSmem},
+                           {128, 64, 2, 232.0, 232.0, kSmem},  {128, 128, 1, 279.0, 279.0, kRS},
+                           {128, 128, 2, 330.0, 330.0, kRS},   {128, 256, 1, 316.0, 316.0, kRS},
+                           {256, 128, 1, 412.0, 412.0, kRS},
+                           // not chosen until measured on the GPU (tools/qgemm_check.py ws tiles)
+                           {128, 128, 1, 0.0, 0.0, kWS},       {128, 64, 2, 0.0, 0.0, kWS}};
 constexpr int kTileCount = sizeof(kTiles) / sizeof(kTiles[0]);
 
-// The tile's large-m rate times the fullness of its last wave of blocks and the share of its token rows that are
-// real (a 256-token tile on a 128-token prompt computes half zeros).
+// The tile's rate at this many tokens (between its 128- and 2048-token rates, by log m) times the fullness of its
+// last wave of blocks and the share of its token rows that are real (a 256-token tile on a 128-token prompt
+// computes half zeros).
 int choose(int64_t m, int64_t n, int sms) {
   int best = -1;
   double best_score = 0.0;
+  const double at = std::min(1.0, std::max(0.0, std::log2(static_cast<double>(m) / 128.0) / 4.0));
   for (int i = 0; i < kTileCount; ++i) {
     const Tile& t = kTiles[i];
-    if ((t.rs && S == Q8) || n % t.bn != 0) continue;
+    if ((t.kind != kSmem && S == Q8) || n % t.bn != 0) continue;
     const int64_t tiles_m = (m + t.bm - 1) / t.bm;
     const int64_t blocks = tiles_m * (n / t.bn);
     const int64_t slots = static_cast<int64_t>(sms) * t.per_sm;
     const int64_t waves = (blocks + slots - 1) / slots;
-    const double score = t.rate * static_cast<double>(blocks) / static_cast<double>(waves * slots) *
+    const double rate = t.rate_128 + (t.rate_2048 - t.rate_128) * at;
+    const double score = rate * static_cast<double>(blocks) / static_cast<double>(waves * slots) *
                          static_cast<double>(m) / static_cast<double>(tiles_m * t.bm);
     if (score > best_score) best = i, best_score = score;
   }
@@ -78,36 +90,8 @@ int choose_splits(int64_t m, int64_t n, int64_t k, const Tile& t, int sms) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_grid, by_k, 8})));
 }
 
-// The split-K partials: one buffer per device, grown (never while the stream is being captured into a graph).
-float* workspace(int device, size_t floats, cudaStream_t stream) {
-  static float* buffers[64] = {nullptr};
-  static size_t sizes[64] = {0};
-  if (device < 0 || device >= 64) return nullptr;
-  if (sizes[device] >= floats) return buffers[device];
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &capturing) != cudaSuccess || capturing != cudaStreamCaptureStatusNone)
-    return nullptr;
-  if (cudaStreamSynchronize(stream) != cudaSuccess) return nullptr;  // the old buffer may still be in use
-  if (buffers[device] != nullptr) cudaFree(buffers[device]);
-  buffers[device] = nullptr, sizes[device] = 0;
-  if (cudaMalloc(&buffers[device], floats * sizeof(float)) != cudaSuccess) {
-    buffers[device] = nullptr;
-    cudaGetLastError();  // a failed allocation only means no split-K
-    return nullptr;
-  }
-  sizes[device] = floats;
-  return buffers[device];
-}
-
-int sm_count(int device) {
-  static int cached[64] = {0};
-  if (device < 0 || device >= 64) return 132;
-  if (cached[device] == 0) {
-    int sms = 0;
-    cached[device] = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess ? sms : 132;
-  }
-  return cached[device];
-}
+using split_workspace::sm_count;
+using split_workspace::workspace;
 
 int64_t rows_of(const DLTensor* t) {
   int64_t rows = 1;
@@ -144,6 +128,8 @@ void run(DLTensor* x, DLTensor* w, DLTensor* scales, DLTensor* mins, DLTensor* y
   if (tile == 4) err = launch_rs<S, G, 2, 128, 4, 2>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
   if (tile == 5) err = launch_rs<S, G, 4, 128, 4, 1>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
   if (tile == 6) err = launch_rs<S, G, 2, 256, 4, 1>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
+  if (tile == 7) err = launch_ws<S, G, 2, 128, 6, 1>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
+  if (tile == 8) err = launch_ws<S, G, 1, 128, 6, 2>(mi, ni, ki, xp, wp, sp, mp, yp, stream, splits, partial);
 #endif
   TVM_FFI_ICHECK(err == cudaSuccess) << "ember_prefill_qgemm: " << cudaGetErrorString(err) << " (M=" << m
                                      << ", N=" << n << ", K=" << k << ")";
