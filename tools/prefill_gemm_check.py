@@ -71,6 +71,15 @@ def _time(fn, torch, reps: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _speed(fn, x, w, torch) -> dict:
+    """Median time of `fn` (y = x . w^T) beside torch.matmul's (cuBLAS) on the same tensors, and both rates."""
+    ours = _time(fn, torch)
+    theirs = _time(lambda: torch.matmul(x, w.T), torch)
+    flop = 2 * x.shape[0] * w.shape[0] * x.shape[1]
+    return dict(us=round(ours, 2), torch_us=round(theirs, 2), tflops=round(flop / ours / 1e6, 1),
+                torch_tflops=round(flop / theirs / 1e6, 1), ratio=round(theirs / ours, 3))
+
+
 def check(root: Path, out_path: Path) -> int:
     import torch
     import tvm_ffi
@@ -101,11 +110,7 @@ def check(root: Path, out_path: Path) -> int:
             failures += not ok
             row = {"lib": lib, "dtype": dtype, "layer": name, "m": m, "n": n, "k": k, "err": err, "ok": ok}
             if not lib.endswith("ptx80"):
-                ours = _time(lambda: fn(x, w, y), torch)
-                theirs = _time(lambda: torch.matmul(x, w.T), torch)
-                flop = 2 * m * n * k
-                row.update(us=round(ours, 2), torch_us=round(theirs, 2), tflops=round(flop / ours / 1e6, 1),
-                           torch_tflops=round(flop / theirs / 1e6, 1), ratio=round(theirs / ours, 3))
+                row.update(_speed(lambda: fn(x, w, y), x, w, torch))
             rows.append(row)
             print(json.dumps(row), flush=True)
     with open(out_path, "w", encoding="utf-8") as f:
@@ -169,11 +174,7 @@ def check_kernel(out_path: Path, quick: bool) -> int:
         row = {"kernel": "gemm90", "dtype": dtype, "layer": name, "m": m, "n": n, "k": k, "tile": tile,
                "splits": splits, "rc": rc, "err": err, "ok": ok}
         if timed and ok:
-            ours = _time(run, torch)
-            theirs = _time(lambda: torch.matmul(x, w.T), torch)
-            flop = 2 * m * n * k
-            row.update(us=round(ours, 2), torch_us=round(theirs, 2), tflops=round(flop / ours / 1e6, 1),
-                       torch_tflops=round(flop / theirs / 1e6, 1), ratio=round(theirs / ours, 3))
+            row.update(_speed(run, x, w, torch))
         rows.append(row)
         print(json.dumps(row), flush=True)
 
