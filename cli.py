@@ -108,7 +108,8 @@ def bundle_command(artifact: str, output: str, server: bool, verbose: bool) -> N
 @cli.command("models")
 def models_command() -> None:
     """List the built-in model presets."""
-    from .frontend.presets import PRESETS, parameter_count, preset_config
+    from .frontend.models import parameter_count
+    from .frontend.presets import PRESETS, preset_config
 
     for name in PRESETS:
         cfg = preset_config(name)

@@ -33,12 +33,12 @@ def describe(path: str, show_ir: bool = False, as_json: bool = False) -> str:
 
 def _artifact_facts(folder: Path) -> tuple[dict[str, Any], list[str]]:
     from .frontend.config import ModelConfig
-    from .frontend.presets import parameter_count
+    from .frontend.models import parameter_count
     from .runtime.artifact import read_manifest
 
     manifest = read_manifest(folder)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    n_params = parameter_count(ModelConfig(**manifest.config))
+    n_params = parameter_count(ModelConfig.from_manifest(manifest.config))
     weight_bytes = sum(_numel(p.shape) * _bytes(p.dtype) for p in manifest.params)
     schemes = sorted({p.scheme for p in manifest.params if p.scheme})
     weights = {"packed": "packed", "random": "random weights (benchmark build)", "none": "none (library only)"}
@@ -117,7 +117,7 @@ def _gguf_facts(path: Path) -> tuple[dict[str, Any], list[str]]:
 
 def _hf_folder_facts(folder: Path) -> tuple[dict[str, Any], list[str]]:
     from .frontend.config import ModelConfig
-    from .frontend.presets import parameter_count
+    from .frontend.models import parameter_count
 
     cfg = ModelConfig.from_file(folder / "config.json")
     has_tokenizer = (folder / "tokenizer.json").is_file()

@@ -30,7 +30,7 @@ import numpy as np
 from .errors import CompilerLoadedWarning
 from .frontend.config import ModelConfig
 from .frontend.models import build_module
-from .frontend.presets import parameter_count
+from .frontend.models import parameter_count
 from .ir.graph import Module
 from .passes.manager import PassManager, default_pipeline
 from .runtime import artifact as art

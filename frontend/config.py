@@ -8,19 +8,21 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from ..errors import ConfigError
 from .config_fields import Fields
 
-# model_type -> architecture definition that implements it
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "llama"}
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
-SUPPORTED_ACTIVATIONS = ("silu", "swish")  # the same function; the MLP is SwiGLU
 
 
 @dataclass
 class ModelConfig:
+    """The fields every decoder ember compiles has. Each architecture file (frontend/models/) subclasses it with its
+    own fields and rules (`read_fields`), and `from_dict` picks the class by `model_type`."""
+
+    ACTIVATIONS: ClassVar[tuple[str, ...]] = ("silu", "swish")  # the MLP's activation(s) the forward implements
+
     model_type: str
     vocab_size: int
     hidden_size: int
@@ -55,7 +57,10 @@ class ModelConfig:
 
     @property
     def architecture(self) -> str:
-        return ARCHITECTURES[self.model_type]
+        """The architecture file implementing this config (frontend/models/<architecture>.py)."""
+        from .models import architecture_of
+
+        return architecture_of(self.model_type).name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,22 +68,35 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "ModelConfig":
         """Read a config.json dict (transformers 4 or 5 style); `source` names the file in errors. Every field ember
-        uses is checked by type and range, and against the others (heads divide, head_dim even...)."""
+        uses is checked by type and range, and against the others (heads divide, head_dim even...); fields whose
+        values the architecture does not implement are refused by name."""
+        from .models import architecture_of
+
         f = Fields(raw, source)
+        config_class = architecture_of(f.string("model_type"), source).config
+        return config_class(**config_class.read_fields(f))
+
+    @classmethod
+    def from_manifest(cls, fields: dict[str, Any]) -> "ModelConfig":
+        """The config an artifact's manifest recorded (`to_dict`), as its architecture's class."""
+        from .models import architecture_of
+
+        return architecture_of(fields["model_type"], "manifest").config(**fields)
+
+    @classmethod
+    def read_fields(cls, f: Fields) -> dict[str, Any]:
+        """This class's constructor arguments from config.json; architectures extend it."""
         model_type = f.string("model_type")
-        if model_type not in ARCHITECTURES:
-            raise ConfigError(f"{source}: unknown architecture model_type={model_type!r} "
-                              f"(supported: {', '.join(sorted(ARCHITECTURES))})")
         sizes = {key: f.positive_int(key) for key in
                  ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
         heads = sizes["num_attention_heads"]
         head_dim = f.positive_int("head_dim", 0) or _derived_head_dim(sizes["hidden_size"], heads, f.error)
         kv_heads = f.positive_int("num_key_value_heads", heads)
-        window = _sliding_window(f, model_type)
+        window = cls.read_sliding_window(f, sizes["num_hidden_layers"])
         _check_relations(heads, kv_heads, head_dim, window, f.error)
         theta, scaling = _rope(f)
         bias = f.boolean("attention_bias", False)
-        return cls(
+        return dict(
             model_type=model_type,
             **sizes,
             num_key_value_heads=kv_heads,
@@ -88,13 +106,33 @@ class ModelConfig:
             rope_scaling=scaling,
             max_position_embeddings=f.positive_int("max_position_embeddings", 2048),
             tie_word_embeddings=f.boolean("tie_word_embeddings", False),
-            qkv_bias=bias or model_type == "qwen2",
-            o_bias=bias and model_type != "qwen2",
+            qkv_bias=bias,
+            o_bias=bias,
             sliding_window=window,
-            hidden_act=f.string("hidden_act", "silu", choices=SUPPORTED_ACTIVATIONS),
+            hidden_act=f.string("hidden_act", cls.ACTIVATIONS[0], choices=cls.ACTIVATIONS),
             bos_token_id=f.token_id("bos_token_id"),
             eos_token_id=f.token_ids("eos_token_id"),
         )
+
+    @classmethod
+    def read_sliding_window(cls, f: Fields, num_layers: int) -> int | None:
+        """One window for every layer: `sliding_window`, unless transformers 5's `layer_types` says otherwise (every
+        layer "full_attention": no window; a mix of full and sliding layers is refused: ember's kernels take one
+        window per model)."""
+        window = f.positive_int("sliding_window", None)
+        kinds = f.raw.get("layer_types")
+        if kinds is None:
+            return window
+        if not isinstance(kinds, list) or len(kinds) != num_layers or \
+                not all(k in ("full_attention", "sliding_attention") for k in kinds):
+            raise f.error("layer_types", f"must list 'full_attention' or 'sliding_attention' for each of the "
+                                         f"{num_layers} layers, got {kinds!r}")
+        if all(k == "full_attention" for k in kinds):
+            return None
+        if all(k == "sliding_attention" for k in kinds):
+            return window
+        raise f.error("layer_types", "mixes full and sliding-window layers, which ember does not support yet "
+                                     "(one window for every layer)")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelConfig":
@@ -154,9 +192,3 @@ def _rope(f: Fields) -> tuple[float, dict[str, Any] | None]:
     scaling["low_freq_factor"], scaling["high_freq_factor"] = low, high
     scaling["original_max_position_embeddings"] = section.positive_int("original_max_position_embeddings")
     return theta, scaling
-
-
-def _sliding_window(f: Fields, model_type: str) -> int | None:
-    if model_type == "qwen2" and not f.boolean("use_sliding_window", False):
-        return None
-    return f.positive_int("sliding_window", None)

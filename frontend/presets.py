@@ -43,6 +43,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6,
                        rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=False,
                        use_sliding_window=False, bos_token_id=151643, eos_token_id=[151645, 151643]),
+    "qwen3-0.6b": dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                       rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=40960,
+                       tie_word_embeddings=True, use_sliding_window=False, bos_token_id=151643,
+                       eos_token_id=151645),
+    "qwen3-8b": dict(model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                     num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=40960,
+                     tie_word_embeddings=False, use_sliding_window=False, bos_token_id=151643, eos_token_id=151645),
     "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, rms_norm_eps=1e-5,
                          rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True,
@@ -54,11 +63,3 @@ def preset_config(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r} (known: {', '.join(PRESETS)})")
     return ModelConfig.from_dict(PRESETS[name], source=f"preset {name}")
-
-
-def parameter_count(cfg: ModelConfig) -> int:
-    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    attn = h * d * (cfg.num_attention_heads * 2 + cfg.num_key_value_heads * 2)
-    layer = attn + 3 * h * i + 2 * h
-    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * h
-    return cfg.num_hidden_layers * layer + cfg.vocab_size * h + head + h

@@ -24,62 +24,33 @@ from ember.errors import ModelFormatError
 from .gguf_file import GGUFFile, GGUFReadError, read_gguf_file
 
 __all__ = [
-    "SUPPORTED_ARCHITECTURES",
     "SUPPORTED_TENSOR_TYPES",
     "GGUFModel",
     "GGUFTensor",
     "describe_gguf",
-    "hf_tensor_name",
     "open_gguf",
     "read_gguf_metadata",
+    "supported_architectures",
 ]
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 
 _T = GGMLQuantizationType
 SUPPORTED_TENSOR_TYPES = frozenset(
     {_T.F32, _T.F16, _T.BF16, _T.Q8_0, _T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q4_K, _T.Q5_K, _T.Q6_K}
 )
 
-# GGUF tensor name -> HF name. Checked against gguf's TensorNameMap in tests/frontend/test_gguf.py.
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_BLOCK_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
 # Tensors with no HF counterpart: llama3 rope factors, which hf_config() turns into `rope_scaling`.
 _ROPE_FREQS = "rope_freqs.weight"
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
-_REQUIRED_BLOCK_SUFFIXES = (
-    "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
-    "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight",
-)
-_BIAS_SUFFIXES = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
+_PERMUTED = ("attn_q", "attn_k")  # the q/k projections (weights and biases) llama.cpp permutes for LLaMA rope
 
 
-def hf_tensor_name(gguf_name: str) -> str | None:
-    """The HF name of a llama/qwen2 GGUF tensor, or None when the name is not one of theirs."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    match = _BLOCK_RE.match(gguf_name)
-    if match and match.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{int(match.group(1))}.{_BLOCK_NAMES[match.group(2)]}"
-    return None
+def supported_architectures() -> list[str]:
+    """The `general.architecture` values ember reads (each architecture file declares its own)."""
+    from ..models import ARCHITECTURES
+
+    return sorted(name for a in ARCHITECTURES for name in a.gguf)
 
 
 def _unpermute_order(n_rows: int, n_head: int) -> np.ndarray:
@@ -137,6 +108,9 @@ class GGUFModel:
         self.metadata = reader.metadata
         self._reader = reader
         self.architecture: str = _architecture(path, self.metadata)
+        from ..models import gguf_architecture
+
+        self._model_arch, self._gguf_arch = gguf_architecture(self.architecture, str(path))
         self._reader_tensors = {t.name: t for t in reader.tensors}
         self._gguf_types = {t.name: t.tensor_type for t in reader.tensors}
         self._gguf_shapes = {t.name: tuple(reversed(t.dims)) for t in reader.tensors}
@@ -233,11 +207,6 @@ def _architecture(path: Path, metadata: dict[str, Any]) -> str:
     arch = metadata.get("general.architecture")
     if arch is None:
         raise ModelFormatError(f"{path}: missing metadata field general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ModelFormatError(
-            f"{path}: general.architecture: unsupported architecture {arch!r} "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
     return arch
 
 
@@ -297,7 +266,7 @@ def _hf_config(model: GGUFModel) -> dict[str, Any]:
     window_key = key("attention.sliding_window")
     sliding_window = _positive_int(model, window_key) if meta.get(window_key) else None
     return {
-        "model_type": model.architecture,
+        "model_type": model._gguf_arch.model_type,
         "hidden_size": hidden,
         "intermediate_size": _positive_int(model, key("feed_forward_length")),
         "num_hidden_layers": _positive_int(model, key("block_count")),
@@ -310,7 +279,7 @@ def _hf_config(model: GGUFModel) -> dict[str, Any]:
         "vocab_size": vocab_size,
         "max_position_embeddings": _positive_int(model, key("context_length")),
         "tie_word_embeddings": not has("output.weight"),
-        "attention_bias": model.architecture == "qwen2" or has("blk.0.attn_q.bias"),
+        "attention_bias": has("blk.0.attn_q.bias"),
         "sliding_window": sliding_window,
         "bos_token_id": _token_id(model, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": _token_id(model, "tokenizer.ggml.eos_token_id"),
@@ -400,67 +369,53 @@ def _llama3_rope_scaling(model: GGUFModel, rope_theta: float, head_dim: int, ori
     }
 
 
-def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """HF shape per GGUF name suffix, with the metadata it comes from (for error messages)."""
-    hidden, ffn, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    q_rows = config["num_attention_heads"] * config["head_dim"]
-    kv_rows = config["num_key_value_heads"] * config["head_dim"]
-    h, f = f"embedding_length {hidden}", f"feed_forward_length {ffn}"
-    q = f"head_count {config['num_attention_heads']} * head_dim {config['head_dim']}"
-    kv = f"head_count_kv {config['num_key_value_heads']} * head_dim {config['head_dim']}"
-    return {
-        "token_embd.weight": ((vocab, hidden), f"vocab_size {vocab}, {h}"),
-        "output.weight": ((vocab, hidden), f"vocab_size {vocab}, {h}"),
-        "output_norm.weight": ((hidden,), h),
-        "attn_norm.weight": ((hidden,), h),
-        "ffn_norm.weight": ((hidden,), h),
-        "attn_q.weight": ((q_rows, hidden), f"{q}, {h}"),
-        "attn_q.bias": ((q_rows,), q),
-        "attn_k.weight": ((kv_rows, hidden), f"{kv}, {h}"),
-        "attn_k.bias": ((kv_rows,), kv),
-        "attn_v.weight": ((kv_rows, hidden), f"{kv}, {h}"),
-        "attn_v.bias": ((kv_rows,), kv),
-        "attn_output.weight": ((hidden, q_rows), f"{h}, {q}"),
-        "ffn_gate.weight": ((ffn, hidden), f"{f}, {h}"),
-        "ffn_up.weight": ((ffn, hidden), f"{f}, {h}"),
-        "ffn_down.weight": ((hidden, ffn), f"{h}, {f}"),
-    }
+def _model_parameters(model: GGUFModel) -> dict[str, tuple[tuple[int, ...], str]]:
+    """HF name -> (shape, GGUF name) of every weight the architecture's model has for this file's config."""
+    from ..config import ModelConfig
+    from ..models.base import gguf_tensor_names
+
+    config = ModelConfig.from_dict(model.hf_config(), source=str(model.path))
+    params = model._model_arch.parameters(config)
+    gguf_names = gguf_tensor_names(model._gguf_arch, list(params), config.num_hidden_layers)
+    return {hf: (tuple(int(d) for d in params[hf].shape), name) for name, hf in gguf_names.items()}
+
+
+def _metadata_summary(config: dict[str, Any]) -> str:
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+            "head_dim")
+    return ", ".join(f"{k} {config[k]}" for k in keys)
 
 
 def _build_tensors(model: GGUFModel) -> list[GGUFTensor]:
     config = model._config
     n_layers = config["num_hidden_layers"]
-    expected = _expected_shapes(config)
+    params = _model_parameters(model)
+    hf_of = {gguf_name: hf for hf, (_, gguf_name) in params.items()}
     permute_heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
     tensors = []
     for name, reader_tensor in model._reader_tensors.items():
         if name == _ROPE_FREQS:
             continue
-        hf_name = hf_tensor_name(name)
-        if hf_name is None:
-            raise model._error(f"tensor {name}", f"not a {model.architecture} tensor name")
         match = _BLOCK_RE.match(name)
-        suffix = match.group(2) if match else name
         if match and int(match.group(1)) >= n_layers:
             raise model._error(f"tensor {name}", f"block {match.group(1)} is beyond block_count {n_layers}")
+        hf_name = hf_of.get(name)
+        if hf_name is None:
+            raise model._error(f"tensor {name}", f"not a tensor of a {model.architecture} model with this "
+                                                 f"metadata")
         shape = model._gguf_shapes[name]
-        want, source = expected[suffix]
+        want = params[hf_name][0]
         if shape != want:
-            raise model._error(f"tensor {name}", f"shape {shape} disagrees with metadata ({source} -> {want})")
+            raise model._error(f"tensor {name}", f"shape {shape} disagrees with metadata, which gives {want} "
+                                                 f"({_metadata_summary(config)})")
         row_order = None
-        base = suffix.split(".")[0]
-        if model.architecture == "llama" and base in permute_heads:
+        base = (match.group(2) if match else name).split(".")[0]
+        if model._gguf_arch.permuted_qk and base in _PERMUTED:
             row_order = _unpermute_order(shape[0], permute_heads[base])
         tensors.append(GGUFTensor(name, hf_name, model._gguf_types[name], shape, reader_tensor.data, row_order))
-    _check_complete(model, {t.gguf_name for t in tensors}, n_layers)
-    return tensors
-
-
-def _check_complete(model: GGUFModel, present: set[str], n_layers: int) -> None:
-    suffixes = _REQUIRED_BLOCK_SUFFIXES + (_BIAS_SUFFIXES if model._config["attention_bias"] else ())
-    required = ["token_embd.weight", "output_norm.weight"]
-    required += [f"blk.{i}.{s}" for i in range(n_layers) for s in suffixes]
-    missing = [name for name in required if name not in present]
+    present = {t.gguf_name for t in tensors}
+    missing = [gguf_name for _, gguf_name in params.values() if gguf_name not in present]
     if missing:
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
         raise model._error("tensors", f"missing {', '.join(missing[:5])}{more}")
+    return tensors

@@ -1,13 +1,42 @@
-"""Model definitions and the entry points every causal LM exports."""
+"""Model definitions, one file per architecture, and the entry points every causal LM exports.
+
+Adding an architecture: a file here ending with `ARCHITECTURE = Architecture(...)` (its config class, forward and
+GGUF conventions; see base.py), listed in `_FILES`, and a case in tests/e2e/test_hf_parity.py.
+"""
 from __future__ import annotations
 
+from ...errors import ConfigError, ModelFormatError
 from ...ir import graph
 from ...ir.builder import trace
 from ...ir.types import TensorType
 from ..config import ModelConfig
-from .llama import LlamaForCausalLM
+from . import llama, qwen3
+from .base import Architecture, GGUFArch
 
-MODELS = {"llama": LlamaForCausalLM}
+_FILES = (llama, qwen3)
+ARCHITECTURES: tuple[Architecture, ...] = tuple(f.ARCHITECTURE for f in _FILES)
+_BY_MODEL_TYPE = {t: a for a in ARCHITECTURES for t in a.model_types}
+_BY_GGUF_ARCH = {name: (a, g) for a in ARCHITECTURES for name, g in a.gguf.items()}
+
+
+def architecture_of(model_type: str, source: str = "config") -> Architecture:
+    """The architecture implementing HF `model_type`; `source` names the file in the error."""
+    if model_type not in _BY_MODEL_TYPE:
+        raise ConfigError(f"{source}: unknown architecture model_type={model_type!r} "
+                          f"(supported: {', '.join(sorted(_BY_MODEL_TYPE))})")
+    return _BY_MODEL_TYPE[model_type]
+
+
+def gguf_architecture(name: object, source: str) -> tuple[Architecture, GGUFArch]:
+    """The architecture reading GGUF files whose `general.architecture` is `name`."""
+    if name not in _BY_GGUF_ARCH:
+        raise ModelFormatError(f"{source}: general.architecture: unsupported architecture {name!r} "
+                               f"(supported: {', '.join(sorted(_BY_GGUF_ARCH))})")
+    return _BY_GGUF_ARCH[name]
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    return architecture_of(cfg.model_type).parameter_count(cfg)
 
 
 def entry_points(static_decode: bool = False) -> dict[str, dict[str, TensorType]]:
@@ -25,7 +54,7 @@ def entry_points(static_decode: bool = False) -> dict[str, dict[str, TensorType]
 
 def build_module(cfg: ModelConfig, name: str, dtype: str = "float32", static_decode: bool = False) -> graph.Module:
     """Trace the model of `cfg` into an ir.Module with activations (and, before quantization, weights) in `dtype`."""
-    model = MODELS[cfg.architecture](cfg, dtype)
+    model = architecture_of(cfg.model_type).causal_lm(cfg, dtype)
     kv = graph.KVCacheSpec(num_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
                            num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, dtype=dtype,
                            sliding_window=cfg.sliding_window)

@@ -1,6 +1,9 @@
-"""Tiny random Hugging Face models of each family, compiled for cpu: logits and greedy tokens match HF."""
+"""Tiny random Hugging Face models of each family, compiled for cpu: logits and greedy tokens match HF, from the HF
+folder and from a GGUF of the same weights written with gguf-py's writer (named and laid out as llama.cpp does)."""
 from dataclasses import dataclass
+from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -20,10 +23,10 @@ class Case:
 
     @property
     def config(self):
-        from transformers import LlamaConfig, MistralConfig, Qwen2Config
+        from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[self.family]
-        return cls(**dict(self.kwargs))
+        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[self.family]
+        return cls(**{"eos_token_id": None, **dict(self.kwargs)})  # greedy runs the full 32 tokens
 
 
 CASES = {
@@ -45,6 +48,10 @@ CASES = {
     "qwen2-tied": Case("qwen2", (("vocab_size", 200), ("hidden_size", 64), ("intermediate_size", 128),
                                  ("num_hidden_layers", 2), ("num_attention_heads", 8), ("num_key_value_heads", 2),
                                  ("tie_word_embeddings", True))),
+    # q/k RMSNorm per head, head_dim 32 != hidden / heads, GQA 4:2, untied head
+    "qwen3-qknorm": Case("qwen3", (("vocab_size", 160), ("hidden_size", 64), ("intermediate_size", 128),
+                                   ("num_hidden_layers", 2), ("num_attention_heads", 4), ("num_key_value_heads", 2),
+                                   ("head_dim", 32), ("rms_norm_eps", 1e-6))),
 }
 
 
@@ -59,6 +66,10 @@ def compiled(request, tmp_path_factory):
         for name, p in hf.named_parameters():
             if name.endswith(".bias"):
                 p.normal_(0, 0.5)
+    with torch.no_grad():  # norm weights away from 1, so a norm left out or applied twice shows
+        for name, p in hf.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
     folder = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(folder / "hf")
     artifact = compile_model(CompileRequest(model=str(folder / "hf"), target="cpu", output=str(folder / "art")))
@@ -102,3 +113,67 @@ def test_a_sliding_window_is_exact_in_chunks_of_any_length(compiled):
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0].numpy()
     np.testing.assert_allclose(chunked.score(ids), ref, atol=2e-5, rtol=1e-4)
+
+
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # llama.cpp's converter
+
+
+def write_gguf(path: Path, family: str, config, hf_model) -> Path:
+    """The HF weights (f32) as llama.cpp's converter writes them: gguf-py's names, q/k rows permuted for llama."""
+    arch = GGUF_ARCH[family]
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), config.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(path), arch)
+    rope = config.rope_parameters
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    meta = {"block_count": config.num_hidden_layers, "context_length": config.max_position_embeddings,
+            "embedding_length": config.hidden_size, "feed_forward_length": config.intermediate_size,
+            "attention.head_count": config.num_attention_heads,
+            "attention.head_count_kv": config.num_key_value_heads,
+            "attention.key_length": head_dim, "attention.value_length": head_dim,
+            "attention.layer_norm_rms_epsilon": float(config.rms_norm_eps),
+            "rope.freq_base": float(rope["rope_theta"]), "vocab_size": config.vocab_size}
+    if getattr(config, "sliding_window", None) and family == "mistral":
+        meta["attention.sliding_window"] = config.sliding_window
+    for key, value in meta.items():
+        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"{arch}.{key}", value)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"\u2581w{i}" for i in range(config.vocab_size - 3)]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_types([2, 3, 3] + [1] * (len(tokens) - 3))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    if rope.get("rope_type") == "llama3":  # llama.cpp keeps llama3 scaling only as per-frequency factors
+        writer.add_uint32(f"{arch}.rope.scaling.original_context_length", rope["original_max_position_embeddings"])
+        from ember.frontend.importers.gguf import _llama3_rope_factors
+
+        factors = _llama3_rope_factors(rope["rope_theta"], head_dim, rope["factor"], rope["low_freq_factor"],
+                                       rope["high_freq_factor"], rope["original_max_position_embeddings"])
+        writer.add_tensor("rope_freqs.weight", factors.astype(np.float32))
+    state = hf_model.state_dict()
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    for hf_name, tensor in state.items():
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        w = tensor.float().numpy()
+        if arch == "llama" and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
+            heads = config.num_attention_heads if ".attn_q." in gguf_name else config.num_key_value_heads
+            w = w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+        writer.add_tensor(gguf_name, np.ascontiguousarray(w))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_of_the_same_weights_compiles_and_matches_hf(compiled, tmp_path):
+    case, hf, engine = compiled
+    path = write_gguf(tmp_path / f"{case.family}.gguf", case.family, case.config, hf)
+    artifact = compile_model(CompileRequest(model=str(path), target="cpu", output=str(tmp_path / "art")))
+    from_gguf = ember.load(artifact, device="cpu")
+    assert from_gguf.manifest.config["model_type"] == ("llama" if case.family == "mistral" else case.family)
+    ids = prompt(case)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(from_gguf.score(ids), ref, atol=2e-5, rtol=1e-4)

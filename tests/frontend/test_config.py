@@ -5,7 +5,8 @@ import pytest
 
 from ember.errors import ConfigError, ModelFormatError
 from ember.frontend.config import ModelConfig
-from ember.frontend.presets import PRESETS, parameter_count, preset_config
+from ember.frontend.models import parameter_count
+from ember.frontend.presets import PRESETS, preset_config
 from ember.frontend.source import resolve_model
 
 BASE = dict(model_type="llama", vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -54,8 +55,41 @@ def test_presets_hold_published_values():
     assert abs(parameter_count(preset_config("llama3-8b")) - 8.03e9) < 0.01e9
     assert abs(parameter_count(preset_config("llama2-7b")) - 6.74e9) < 0.01e9
     assert abs(parameter_count(preset_config("qwen2.5-0.5b")) - 0.494e9) < 0.002e9  # tied, with qkv bias ignored
+    assert abs(parameter_count(preset_config("qwen3-8b")) - 8.19e9) < 0.01e9
+    assert abs(parameter_count(preset_config("qwen3-0.6b")) - 0.596e9) < 0.002e9  # tied
     assert preset_config("mistral-7b").sliding_window == 4096
     assert preset_config("llama3.1-8b").rope_scaling["factor"] == 8.0
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_count_is_transformers_own(name):
+    """Counted from ember's model definition; transformers builds the same config on the meta device (no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    raw = PRESETS[name]
+    hf_config = AutoConfig.for_model(**raw)
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(hf_config)
+    assert parameter_count(preset_config(name)) == sum(p.numel() for p in hf.parameters())
+
+
+def test_config_values_ember_does_not_implement_are_refused_by_name():
+    with pytest.raises(ConfigError, match="field 'mlp_bias' is true"):
+        ModelConfig.from_dict({**BASE, "mlp_bias": True})
+    with pytest.raises(ConfigError, match="field 'hidden_act' is 'gelu'"):
+        ModelConfig.from_dict({**BASE, "hidden_act": "gelu"})
+    layers = BASE["num_hidden_layers"]
+    mixed = ["full_attention"] + ["sliding_attention"] * (layers - 1)
+    with pytest.raises(ConfigError, match="field 'layer_types' mixes full and sliding-window layers"):
+        ModelConfig.from_dict({**BASE, "sliding_window": 16, "layer_types": mixed})
+    assert ModelConfig.from_dict({**BASE, "sliding_window": 16,
+                                  "layer_types": ["full_attention"] * layers}).sliding_window is None
+    qwen2 = {**BASE, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 16}
+    with pytest.raises(ConfigError, match="field 'max_window_layers' is 1"):
+        ModelConfig.from_dict({**qwen2, "max_window_layers": 1})
+    assert ModelConfig.from_dict({**qwen2, "max_window_layers": 0}).sliding_window == 16
+    assert ModelConfig.from_dict({**qwen2, "max_window_layers": layers}).sliding_window is None
 
 
 def test_unknown_preset_lists_known_ones():
