@@ -60,6 +60,25 @@ def test_chat_uses_the_template_and_streams_the_same_text(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
 
 
+def test_the_usage_chunk_comes_only_when_asked_for(server):
+    """As OpenAI: without stream_options.include_usage every chunk has a choice (so `chunk.choices[0]` works) and
+    none has `usage`; with it every chunk has `usage` null and one last chunk, with no choices, has the counts."""
+    body = {"prompt": "hello", "max_tokens": 6, "temperature": 0, "stream": True, "ignore_eos": True}
+    plain = sse_chunks(server[0], body)
+    assert plain and all(c["choices"] and "usage" not in c for c in plain)
+    counted = sse_chunks(server[0], {**body, "stream_options": {"include_usage": True}})
+    assert all(c["choices"] and c["usage"] is None for c in counted[:-1])
+    assert counted[-1]["choices"] == [] and counted[-1]["usage"]["completion_tokens"] == 6
+    assert "".join(c["choices"][0]["text"] for c in plain) == "".join(c["choices"][0]["text"] for c in counted[:-1])
+
+
+def sse_chunks(url: str, body: dict) -> list[dict]:
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
 def test_stop_strings(client):
     free = client.completions.create(model="tiny-llama", prompt="the quick", max_tokens=20, temperature=0)
     text = free.choices[0].text
@@ -146,14 +165,57 @@ def test_disconnect_mid_stream_frees_the_sequence(server):
     assert engine.stats()["running"] == 0 and engine.stats()["kv_pages_used"] == 0
 
 
-def test_metrics(server, client):
-    client.completions.create(model="tiny-llama", prompt="hello", max_tokens=4)
-    text = httpx.get(server[0] + "/metrics").text
-    for name in ("ember_queue_depth", "ember_running_sequences", "ember_kv_pages_used",
-                 "ember_time_to_first_token_seconds_bucket", "ember_time_per_output_token_seconds_bucket",
-                 "ember_generation_tokens_total", "ember_kv_pages_cached", "ember_prefix_cache_hit_tokens"):
-        assert name in text
-    assert "ember_kv_pages_total 32.0" in text
+def scrape(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics").text
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if not sample.labels or set(sample.labels) == {"le"} and
+            sample.labels["le"] == "+Inf"}
+
+
+def test_metrics_follow_the_engine_while_streams_run(tiny):
+    """One slot, two streams (decode slowed to 20 ms a step): mid-stream /metrics shows one running, one queued,
+    pages in use, tokens counted and a tokens/s rate; afterwards the queue and pages are at 0 and each request
+    is in the TTFT and TPOT histograms."""
+    import time
+
+    with running_server(tiny.path, max_seqs=1, prefix_cache=False) as (url, engine):
+        decode = engine.runner.decode
+
+        def slow_decode(*args, **kwargs):
+            time.sleep(0.02)
+            return decode(*args, **kwargs)
+
+        engine.runner.decode = slow_decode
+        idle = scrape(url)
+        assert idle["ember_generation_tokens_per_second"] == 0 and idle["ember_kv_pages_total"] == 4
+        body = {"prompt": "hello", "max_tokens": 40, "temperature": 0, "ignore_eos": True, "stream": True}
+
+        async def two():
+            async with httpx.AsyncClient(timeout=60) as http:
+                async def one():
+                    async with http.stream("POST", url + "/v1/completions", json=body) as r:
+                        return [line async for line in r.aiter_lines() if line.startswith("data: {")]
+
+                tasks = [asyncio.create_task(one()) for _ in range(2)]
+                while engine.stats()["generated_tokens"] < 10:
+                    await asyncio.sleep(0.01)
+                mid = await asyncio.to_thread(scrape, url)
+                return mid, await asyncio.gather(*tasks)
+
+        mid, streams = asyncio.run(two())
+        after = scrape(url)
+    assert mid["ember_running_sequences"] == 1 and mid["ember_queue_depth"] == 1
+    assert mid["ember_kv_pages_used"] >= 1
+    assert mid["ember_generation_tokens_total"] >= 10 and mid["ember_generation_tokens_per_second"] > 0
+    assert all(json.loads(chunks[-1][6:])["choices"][0]["finish_reason"] == "length" for chunks in streams)
+    assert after["ember_generation_tokens_total"] == 80
+    assert after["ember_queue_depth"] == after["ember_running_sequences"] == after["ember_kv_pages_used"] == 0
+    assert after["ember_time_to_first_token_seconds_count"] == 2
+    assert after["ember_time_per_output_token_seconds_count"] == 2
+    assert after["ember_time_to_first_token_seconds_bucket"] == 2  # the +Inf bucket
+    assert after["ember_prompt_tokens_total"] == 2 * len(engine.engine.encode("hello"))
 
 
 def test_load_256_streams_against_a_cache_that_holds_few(tiny):
@@ -166,7 +228,8 @@ def test_load_256_streams_against_a_cache_that_holds_few(tiny):
         start = time.perf_counter()
         try:
             stream = await client.completions.create(model="tiny-llama", prompt=[0, 3 + i % 300, 4 + i % 290],
-                                                     max_tokens=30, temperature=0, stream=True)
+                                                     max_tokens=30, temperature=0, stream=True,
+                                                     stream_options={"include_usage": True})
         except (openai.RateLimitError, openai.InternalServerError) as err:
             assert err.status_code in (429, 503) and err.response.headers["retry-after"] == "1"
             return None
@@ -228,8 +291,9 @@ def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
         got = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}, timeout=30).json()
         assert got["usage"]["completion_tokens"] >= 1
         # SIGTERM mid-stream: the stream still ends properly, new connections are refused, the exit status is 0
-        with httpx.stream("POST", url + "/v1/completions", json={"prompt": "hello", "max_tokens": 40,
-                                                                  "temperature": 0, "stream": True}, timeout=30) as r:
+        with httpx.stream("POST", url + "/v1/completions", json={
+                "prompt": "hello", "max_tokens": 40, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}, timeout=30) as r:
             lines = r.iter_lines()
             assert next(line for line in lines if line.startswith("data:"))
             proc.send_signal(signal.SIGTERM)
@@ -406,7 +470,8 @@ def test_an_artifact_without_a_tokenizer_streams_a_chunk_per_token(tiny):
         with TestClient(create_app(engine)) as http:
             with http.stream("POST", "/v1/completions", json={"prompt": [0, 5, 6], "max_tokens": 6,
                                                                "temperature": 0, "ignore_eos": True,
-                                                               "stream": True}) as r:
+                                                               "stream": True,
+                                                               "stream_options": {"include_usage": True}}) as r:
                 chunks = [json.loads(line[6:]) for line in r.iter_lines()
                           if line.startswith("data: {")]
     assert len([c for c in chunks if c["choices"]]) == 6 and chunks[-1]["usage"]["completion_tokens"] == 6
