@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
@@ -127,18 +128,68 @@ def test_errors_are_openai_style_and_the_server_keeps_serving(server, client):
         (json.dumps({"model": "tiny-llama", "prompt": "hi", "n": 0}).encode(), 400),
         (json.dumps({"model": "tiny-llama", "prompt": [1, 2, 100000]}).encode(), 400),
         (json.dumps([1, 2]).encode(), 400),
-        (b'{"prompt": "' + b"a" * (5 << 20) + b'"}', 413),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "temperature": "hot"}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "stop": 5}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "stream": "yes"}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "max_tokens": 2.5}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "max_tokens": 0}).encode(), 400),
+        (b'{"prompt": "' + b"a" * (10 << 20) + b'"}', 413),
     ]
     for body, status in cases:
         r = httpx.post(url + "/v1/completions", content=body, headers={"content-type": "application/json"},
                        timeout=30)
         assert r.status_code == status, (body[:60], r.text)
         assert r.json()["error"]["message"]
+    # 10 MB sent in chunks, without a Content-Length: refused once 4 MiB have come
+    r = httpx.post(url + "/v1/completions", content=(b"a" * (1 << 20) for _ in range(10)),
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "4194304 bytes" in r.json()["error"]["message"]
     r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny-llama", "messages": "hi"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    for content in (5, [{"type": "image_url"}]):
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi " * 80}]})
+    assert r.status_code == 400 and re.search(r"prompt has \d+ tokens, but the context length of tiny-llama is 64",
+                                              r.json()["error"]["message"])
     assert httpx.get(url + "/v1/nowhere").status_code == 404
     ok = client.completions.create(model="tiny-llama", prompt="hi", max_tokens=3, temperature=0)
     assert ok.usage.completion_tokens >= 1
+
+
+def test_a_full_queue_gets_429_with_retry_after_and_the_server_recovers(tiny):
+    """One slot and a queue of one (decode slowed to 20 ms a step): a third request is refused with 429, OpenAI's
+    rate_limit_error and Retry-After; the two accepted ones finish whole, and then requests are taken again."""
+    import time
+
+    with running_server(tiny.path, max_seqs=1, max_queue=1, prefix_cache=False) as (url, engine):
+        decode = engine.runner.decode
+
+        def slow_decode(*args, **kwargs):
+            time.sleep(0.02)
+            return decode(*args, **kwargs)
+
+        engine.runner.decode = slow_decode
+        body = {"prompt": "hello", "max_tokens": 30, "temperature": 0, "ignore_eos": True}
+
+        async def main():
+            async with httpx.AsyncClient(timeout=60) as http:
+                accepted = []
+                for running, waiting in ((1, 0), (1, 1)):  # one running, then one waiting for its slot
+                    accepted.append(asyncio.create_task(http.post(url + "/v1/completions", json=body)))
+                    deadline = time.time() + 30
+                    while (engine.stats()["running"], engine.stats()["waiting"]) != (running, waiting):
+                        assert time.time() < deadline and not accepted[-1].done()
+                        await asyncio.sleep(0.002)
+                refused = await http.post(url + "/v1/completions", json=body)
+                return refused, [r.json() for r in await asyncio.gather(*accepted)]
+
+        refused, done = asyncio.run(main())
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert [d["usage"]["completion_tokens"] for d in done] == [30, 30]
+        again = httpx.post(url + "/v1/completions", json=body, timeout=60)
+        assert again.status_code == 200 and engine.stats()["kv_pages_used"] == 0
 
 
 def test_api_key_is_required_when_set(tiny):
