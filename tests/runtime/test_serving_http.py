@@ -112,6 +112,43 @@ def test_seed_reproducible_and_n_choices(client):
     assert texts == [c.text for c in many.choices]
 
 
+SAMPLING = {  # each beside the request it differs from by that one parameter
+    "seed": ({"temperature": 1.0, "seed": 6}, "t1"), "top_k": ({"temperature": 1.0, "seed": 5, "top_k": 3}, "t1"),
+    "top_k=1 is greedy": ({"temperature": 1.0, "seed": 5, "top_k": 1}, None),
+    "top_p": ({"temperature": 1.0, "seed": 5, "top_p": 0.3}, "t1"),
+    "min_p": ({"temperature": 1.0, "seed": 5, "min_p": 0.3}, "t1"),
+    "temperature": ({"temperature": 0.3, "seed": 5}, "t1"),
+    "presence_penalty": ({"presence_penalty": 1.5}, "greedy"),
+    "frequency_penalty": ({"frequency_penalty": 1.5}, "greedy"),
+    "repetition_penalty": ({"repetition_penalty": 1.5}, "greedy"),
+}
+
+
+def test_every_sampling_parameter_is_honored(client, alone):
+    """Each parameter through the server gives what `Engine.generate` (ember run's sampler) gives with it, and
+    changes the output of the request without it (top_k 1: the greedy output at temperature 1)."""
+    def served(params):
+        top = {k: params[k] for k in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+               if k in params}
+        extra = {k: params[k] for k in ("top_k", "min_p", "repetition_penalty") if k in params}
+        return client.completions.create(model="tiny-llama", prompt="hello ember", max_tokens=16,
+                                         extra_body=extra, **{"temperature": 0, **top}).choices[0].text
+
+    base = {"greedy": served({}), "t1": served({"temperature": 1.0, "seed": 5})}
+    assert base["greedy"] == alone.generate("hello ember", max_tokens=16).text
+    for name, (params, differs_from) in SAMPLING.items():
+        got = served(params)
+        assert got == alone.generate("hello ember", max_tokens=16, **params).text, name
+        assert got != base[differs_from] if differs_from else got == base["greedy"], name
+
+
+@pytest.fixture(scope="module")
+def alone(tiny):
+    from ember.runtime.engine import Engine
+
+    return Engine.load(tiny.path)
+
+
 def test_errors_are_openai_style_and_the_server_keeps_serving(server, client):
     url = server[0]
     with pytest.raises(openai.NotFoundError):
