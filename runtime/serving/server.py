@@ -72,7 +72,8 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
             {"id": name, "object": "model", "created": 0, "owned_by": "ember"}]})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", **engine.stats()})
+        return JSONResponse({"status": "ok", "model": name, "max_num_seqs": engine.core.scheduler.max_seqs,
+                             "max_model_len": engine.context_length, **engine.stats()})
 
     async def metrics_route(request: Request) -> Response:
         body, content_type = metrics.render()

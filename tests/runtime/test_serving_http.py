@@ -355,6 +355,7 @@ def test_load_256_streams_against_a_cache_that_holds_few(tiny):
 
 
 def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
+    import os
     import signal
     import socket
     import subprocess
@@ -365,7 +366,8 @@ def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "ember.cli", "serve", str(tiny.path), "--port", str(port),
-                             "--max-batch", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--max-num-seqs", "2", "--max-model-len", "48", "--gpu-memory-utilization", "0.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -378,6 +380,17 @@ def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
             raise AssertionError(f"ember serve did not come up: {proc.stderr.read() if proc.poll() is not None else ''}")
         got = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}, timeout=30).json()
         assert got["usage"]["completion_tokens"] >= 1
+        if os.path.exists("/proc/net/tcp"):  # listening (state 0A) on 127.0.0.1 only
+            with open("/proc/net/tcp") as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+            listening = [r[1] for r in rows if r[3] == "0A" and int(r[1].split(":")[1], 16) == port]
+            assert listening == [f"0100007F:{port:04X}"]
+        # the flags: 2 slots, contexts of 48 tokens, and --gpu-memory-utilization (on cpu: of the host's free
+        # memory, capped at full contexts for the 2 running and 2 cached slots) sizes the cache to 4 x 3 pages
+        health = httpx.get(url + "/health").json()
+        assert (health["max_num_seqs"], health["max_model_len"], health["kv_pages_total"]) == (2, 48, 12)
+        long = httpx.post(url + "/v1/completions", json={"prompt": list(range(3, 51)), "max_tokens": 1})
+        assert long.status_code == 400 and "48 tokens, but the context length of tiny-llama is 48" in long.text
         # SIGTERM mid-stream: the stream still ends properly, new connections are refused, the exit status is 0
         with httpx.stream("POST", url + "/v1/completions", json={
                 "prompt": "hello", "max_tokens": 40, "temperature": 0, "stream": True,
