@@ -170,3 +170,13 @@ def test_ember_load_async_embeds_the_engine_without_http(tiny, alone):
         assert text == w.text and last.finish_reason == w.finish_reason
         assert last.completion_tokens == len(w.token_ids) and last.prompt_tokens == w.prompt_tokens
     assert seeded[0][0] == seeded[1][0] == alone.generate(prompts[0], max_tokens=12, temperature=0.7, seed=1).text
+
+
+def test_a_stream_that_ends_at_eos_inside_a_character_keeps_its_last_bytes(tiny, alone):
+    """This prompt's greedy answer ends at EOS after a token holding part of a UTF-8 character: the streamed text
+    ends with the replacement character, as the whole answer decoded at once does (it was dropped)."""
+    want = alone.generate([0, 159, 160], max_tokens=30)
+    assert want.finish_reason == "stop" and want.text.endswith("\ufffd")
+    with AsyncEngine.load(tiny.path, max_seqs=2) as engine:
+        got = run(engine.complete([0, 159, 160], max_tokens=30))
+    assert got.text == want.text and got.finish_reason == "stop"
