@@ -77,7 +77,7 @@ def test_served_chat_through_the_openai_client_answers_paris(engine):
         assert served.stats()["kv_pages_used"] == 0
 
 
-def test_serving_a_shared_system_prompt_computes_it_once_and_cuts_ttft(engine):
+def test_served_shared_system_prompt_is_computed_once_and_cuts_ttft(engine):
     """Chats that share a ~1,000-token system prompt: with the prefix cache the second and third fork the first's
     pages (only their own question is prefilled), so their time to first token is far lower, and the answer is
     the one computed without the cache. Timing robustly on a busy box: the fastest of two full prefills (the
