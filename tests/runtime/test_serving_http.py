@@ -287,8 +287,10 @@ def test_metrics_follow_the_engine_while_streams_run(tiny):
                         return [line async for line in r.aiter_lines() if line.startswith("data: {")]
 
                 tasks = [asyncio.create_task(one()) for _ in range(2)]
-                while engine.stats()["generated_tokens"] < 10:
-                    await asyncio.sleep(0.01)
+                deadline = time.time() + 30  # the first has made 10 tokens and the second waits for its slot
+                while engine.stats()["generated_tokens"] < 10 or engine.stats()["waiting"] < 1:
+                    assert time.time() < deadline
+                    await asyncio.sleep(0.005)
                 mid = await asyncio.to_thread(scrape, url)
                 return mid, await asyncio.gather(*tasks)
 
