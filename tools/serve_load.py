@@ -44,7 +44,8 @@ async def level(host: str, port: int, streams: int, prompt: int, max_tokens: int
                 logprobs: int | None = None, label: str | None = None) -> dict:
     rng = random.Random(streams)
     bodies = [{"prompt": [rng.randrange(3, vocab) for _ in range(prompt)], "max_tokens": max_tokens,
-               "temperature": 0, "stream": True, "ignore_eos": True} for _ in range(streams)]
+               "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+              for _ in range(streams)]
     if logprobs is not None:
         for body in bodies:
             body["logprobs"] = logprobs

@@ -8,8 +8,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 from ...errors import InputError
@@ -25,6 +26,9 @@ from .sequence import FINISHED, Output, Request, Sequence, TokenLogprob
 log = logging.getLogger("ember.serve")
 
 
+WINDOW_S = 10  # the tokens/s gauge's window
+
+
 @dataclass
 class StepStats:
     """Running totals the metrics read (written by the loop thread only)."""
@@ -33,6 +37,25 @@ class StepStats:
     generated_tokens: int = 0
     finished: int = 0
     preempted: int = 0
+    # [whole second, tokens sampled in it] of the last seconds that sampled any: the tokens/s gauge
+    recent: deque[list[int]] = field(default_factory=lambda: deque(maxlen=WINDOW_S + 2))
+
+    def count(self, tokens: int) -> None:
+        if not tokens:
+            return
+        self.generated_tokens += tokens
+        second = int(time.monotonic())
+        if self.recent and self.recent[-1][0] == second:
+            self.recent[-1][1] += tokens
+        else:
+            self.recent.append([second, tokens])
+
+    def tokens_per_s(self) -> float:
+        """Tokens generated per second over the last WINDOW_S whole seconds and this one's part (0 when idle).
+        Any thread may call it."""
+        now = time.monotonic()
+        start = int(now) - WINDOW_S
+        return sum(n for second, n in self.recent.copy() if second >= start) / (now - start)
 
 
 class EngineCore:
@@ -200,9 +223,9 @@ class EngineCore:
                 seq.add_token(token, logprob)
                 if seq.request.constraint is not None and seq.request.constraint.done:
                     seq.grammar_done()
-                self.stats.generated_tokens += 1
                 if seq.state == FINISHED:
                     self._retire(seq, None)
+            self.stats.count(len(sampled))
         except Exception as err:  # a model call failed: fail this step's requests, keep serving the rest
             log.exception("engine step failed")
             for seq in in_step:

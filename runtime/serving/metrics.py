@@ -1,5 +1,6 @@
-"""Prometheus metrics of a serving engine: gauges read from the engine at scrape time, TTFT / TPOT histograms and
-token counters fed by the engine loop as sequences finish (one registry per server, so tests can make many)."""
+"""Prometheus metrics of a serving engine: gauges and the generated-token counter read from the engine at scrape
+time (tokens/s: over the engine's last 10 s), TTFT / TPOT histograms and prompt / request counters fed by the
+engine loop as sequences finish (one registry per server, so tests can make many)."""
 from __future__ import annotations
 
 from typing import Any
@@ -30,23 +31,24 @@ class Metrics:
             lambda: stats()["kv_pages_total"])
         Gauge("ember_preemptions", "Sequences preempted (and recomputed) so far", registry=registry).set_function(
             lambda: stats()["preempted"])
+        Gauge("ember_generation_tokens_per_second", "Tokens generated per second over the last 10 s",
+              registry=registry).set_function(engine.core.stats.tokens_per_s)
+        registry.register(_Generated(engine.core.stats))
         self.ttft = Histogram("ember_time_to_first_token_seconds", "Arrival to first sampled token",
                               buckets=TTFT_BUCKETS, registry=registry)
         self.tpot = Histogram("ember_time_per_output_token_seconds", "Mean time per token after the first",
                               buckets=TPOT_BUCKETS, registry=registry)
-        self.generated = Counter("ember_generation_tokens", "Tokens generated", registry=registry)
         self.prompt = Counter("ember_prompt_tokens", "Prompt tokens of finished requests", registry=registry)
         self.requests = Counter("ember_requests_finished", "Requests finished, by reason", ["reason"],
                                 registry=registry)
         engine.core.on_finish = self.observe
 
     def observe(self, seq: Sequence) -> None:
-        """Called by the engine loop when a sequence retires. tokens/s is rate(ember_generation_tokens_total)."""
+        """Called by the engine loop when a sequence retires."""
         import time
 
         self.requests.labels(seq.finish_reason or "unknown").inc()
         self.prompt.inc(seq.prompt_len)
-        self.generated.inc(max(0, seq.generated))
         if seq.first_token_at is not None:
             self.ttft.observe(seq.first_token_at - seq.arrival)
             if seq.generated > 1:
@@ -56,3 +58,15 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Generated:
+    """ember_generation_tokens_total, read at scrape time: it grows while streams run, not when they end."""
+
+    def __init__(self, stats: Any) -> None:
+        self.stats = stats
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily("ember_generation_tokens", "Tokens generated", value=self.stats.generated_tokens)

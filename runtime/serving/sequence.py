@@ -102,7 +102,9 @@ class Sequence:
         """A sampled token: record it, stream what text is final, finish on EOS / stop string / length."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        if token in self.stops:
+        if token in self.stops:  # the text so far is whole: bytes of an unfinished character come out too
+            if self.detok is not None:
+                self.text += self.detok.flush()
             self._finish("stop", [])
             return
         self.tokens.append(token)

@@ -3,7 +3,9 @@
 Routes: /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics. Errors are OpenAI-style JSON:
 400 bad parameters or a prompt the context cannot hold, 401 a wrong or missing API key (when one is set), 404 an
 unknown model or route, 413 a body over MAX_BODY, 429 a full queue (with Retry-After). Streams are server-sent
-events, `data: {chunk}` lines then `data: [DONE]`, with a usage chunk last. A client that goes away mid-stream
+events, `data: {chunk}` lines then `data: [DONE]`; with `stream_options.include_usage` every chunk has `usage`
+null and a last chunk with no choices carries the counts (as OpenAI: without it no chunk has an empty `choices`,
+so a client reading `chunk.choices[0]` works). A client that goes away mid-stream
 cancels the response task, which aborts its sequences (freed within one engine step).
 """
 from __future__ import annotations
@@ -70,7 +72,8 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
             {"id": name, "object": "model", "created": 0, "owned_by": "ember"}]})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", **engine.stats()})
+        return JSONResponse({"status": "ok", "model": name, "max_num_seqs": engine.core.scheduler.max_seqs,
+                             "max_model_len": engine.context_length, **engine.stats()})
 
     async def metrics_route(request: Request) -> Response:
         body, content_type = metrics.render()
@@ -201,6 +204,7 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
         """Chunks as the tokens come; with tools, each choice's reply is held to its end, then sent as a call
         (finish_reason "tool_calls") or as text."""
         want_logprobs = parsed.logprobs is not None
+        usage_ = {"usage": None} if parsed.include_usage else {}
         hold = chat and parsed.tool_choice.mode != "none"
         held = [""] * len(gens)
         merged: asyncio.Queue[tuple[int, Output | BaseException]] = asyncio.Queue()
@@ -238,7 +242,7 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                     calls = calls_in(parsed, held[i], out.finish_reason)
                     yield event(completion_object(rid, name, chat, [choice(
                         i, None if calls else held[i], "tool_calls" if calls else FINISH.get(out.finish_reason),
-                        chat, delta=True, first=True, tool_calls=calls)], None, chunk=True))
+                        chat, delta=True, first=True, tool_calls=calls)], None, chunk=True), usage_)
                     continue
                 # without a tokenizer there is no text: a chunk per step still shows the tokens coming
                 if out.text or out.logprobs or out.finish_reason is not None or (chat and first[i]) or (
@@ -248,8 +252,9 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                     c = choice(i, out.text, FINISH.get(out.finish_reason or ""), chat, delta=True, first=first[i],
                                logprobs=lp)
                     first[i] = False
-                    yield event(completion_object(rid, name, chat, [c], None, chunk=True))
-            yield event(completion_object(rid, name, chat, [], usage(prompt_tokens, completion), chunk=True))
+                    yield event(completion_object(rid, name, chat, [c], None, chunk=True), usage_)
+            if parsed.include_usage:
+                yield event(completion_object(rid, name, chat, [], usage(prompt_tokens, completion), chunk=True))
             yield "data: [DONE]\n\n"
         finally:  # cancelling a pump aborts its request (the engine's stream does it on the way out)
             for t in tasks:
@@ -290,5 +295,7 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, model_name: s
                      lifespan=lifespan)
 
 
-def event(obj: Any) -> str:
+def event(obj: Any, extra: dict[str, Any] | None = None) -> str:
+    if extra:
+        obj = {**obj, **extra}
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

@@ -137,3 +137,46 @@ def test_kv_cache_sized_from_free_memory(tiny):
     with AsyncEngine.load(tiny.path, max_seqs=3, memory_utilization=0.5) as engine:  # host memory: capped
         assert engine.stats()["kv_pages_total"] == 2 * 3 * 64 // 16  # 3 running + 3 cached full contexts
         assert run(engine.complete("hello", max_tokens=3)).completion_tokens == 3
+
+
+def test_ember_load_async_embeds_the_engine_without_http(tiny, alone):
+    """README's embedding: `ember.load_async` streams outputs to an app's own event loop; concurrent streams are
+    batched and each equals its request run alone; a seeded sampled stream repeats."""
+    import ember
+
+    prompts = ["Once upon a time", "hello ember", "the quick"]
+    want = [alone.generate(p, max_tokens=12) for p in prompts]
+
+    async def stream(engine, prompt, **kwargs):
+        text, outs = "", []
+        async for out in engine.generate(prompt, max_tokens=12, **kwargs):
+            text += out.text
+            outs.append(out)
+        return text, outs[-1]
+
+    async def app(engine):
+        together = await asyncio.gather(*(stream(engine, p) for p in prompts))
+        seeded = [await stream(engine, prompts[0], temperature=0.7, seed=1) for _ in range(2)]
+        return together, seeded
+
+    engine = ember.load_async(tiny.path, max_seqs=4)
+    try:
+        assert engine.name == "tiny-llama"
+        together, seeded = asyncio.run(app(engine))
+        assert engine.stats()["kv_pages_used"] == 0 and engine.stats()["running"] == 0
+    finally:
+        engine.shutdown()
+    for (text, last), w in zip(together, want):
+        assert text == w.text and last.finish_reason == w.finish_reason
+        assert last.completion_tokens == len(w.token_ids) and last.prompt_tokens == w.prompt_tokens
+    assert seeded[0][0] == seeded[1][0] == alone.generate(prompts[0], max_tokens=12, temperature=0.7, seed=1).text
+
+
+def test_a_stream_that_ends_at_eos_inside_a_character_keeps_its_last_bytes(tiny, alone):
+    """This prompt's greedy answer ends at EOS after a token holding part of a UTF-8 character: the streamed text
+    ends with the replacement character, as the whole answer decoded at once does (it was dropped)."""
+    want = alone.generate([0, 159, 160], max_tokens=30)
+    assert want.finish_reason == "stop" and want.text.endswith("\ufffd")
+    with AsyncEngine.load(tiny.path, max_seqs=2) as engine:
+        got = run(engine.complete([0, 159, 160], max_tokens=30))
+    assert got.text == want.text and got.finish_reason == "stop"

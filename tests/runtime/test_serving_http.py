@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
@@ -60,6 +61,25 @@ def test_chat_uses_the_template_and_streams_the_same_text(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
 
 
+def test_the_usage_chunk_comes_only_when_asked_for(server):
+    """As OpenAI: without stream_options.include_usage every chunk has a choice (so `chunk.choices[0]` works) and
+    none has `usage`; with it every chunk has `usage` null and one last chunk, with no choices, has the counts."""
+    body = {"prompt": "hello", "max_tokens": 6, "temperature": 0, "stream": True, "ignore_eos": True}
+    plain = sse_chunks(server[0], body)
+    assert plain and all(c["choices"] and "usage" not in c for c in plain)
+    counted = sse_chunks(server[0], {**body, "stream_options": {"include_usage": True}})
+    assert all(c["choices"] and c["usage"] is None for c in counted[:-1])
+    assert counted[-1]["choices"] == [] and counted[-1]["usage"]["completion_tokens"] == 6
+    assert "".join(c["choices"][0]["text"] for c in plain) == "".join(c["choices"][0]["text"] for c in counted[:-1])
+
+
+def sse_chunks(url: str, body: dict) -> list[dict]:
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
 def test_stop_strings(client):
     free = client.completions.create(model="tiny-llama", prompt="the quick", max_tokens=20, temperature=0)
     text = free.choices[0].text
@@ -92,6 +112,43 @@ def test_seed_reproducible_and_n_choices(client):
     assert texts == [c.text for c in many.choices]
 
 
+SAMPLING = {  # each beside the request it differs from by that one parameter
+    "seed": ({"temperature": 1.0, "seed": 6}, "t1"), "top_k": ({"temperature": 1.0, "seed": 5, "top_k": 3}, "t1"),
+    "top_k=1 is greedy": ({"temperature": 1.0, "seed": 5, "top_k": 1}, None),
+    "top_p": ({"temperature": 1.0, "seed": 5, "top_p": 0.3}, "t1"),
+    "min_p": ({"temperature": 1.0, "seed": 5, "min_p": 0.3}, "t1"),
+    "temperature": ({"temperature": 0.3, "seed": 5}, "t1"),
+    "presence_penalty": ({"presence_penalty": 1.5}, "greedy"),
+    "frequency_penalty": ({"frequency_penalty": 1.5}, "greedy"),
+    "repetition_penalty": ({"repetition_penalty": 1.5}, "greedy"),
+}
+
+
+def test_every_sampling_parameter_is_honored(client, alone):
+    """Each parameter through the server gives what `Engine.generate` (ember run's sampler) gives with it, and
+    changes the output of the request without it (top_k 1: the greedy output at temperature 1)."""
+    def served(params):
+        top = {k: params[k] for k in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+               if k in params}
+        extra = {k: params[k] for k in ("top_k", "min_p", "repetition_penalty") if k in params}
+        return client.completions.create(model="tiny-llama", prompt="hello ember", max_tokens=16,
+                                         extra_body=extra, **{"temperature": 0, **top}).choices[0].text
+
+    base = {"greedy": served({}), "t1": served({"temperature": 1.0, "seed": 5})}
+    assert base["greedy"] == alone.generate("hello ember", max_tokens=16).text
+    for name, (params, differs_from) in SAMPLING.items():
+        got = served(params)
+        assert got == alone.generate("hello ember", max_tokens=16, **params).text, name
+        assert got != base[differs_from] if differs_from else got == base["greedy"], name
+
+
+@pytest.fixture(scope="module")
+def alone(tiny):
+    from ember.runtime.engine import Engine
+
+    return Engine.load(tiny.path)
+
+
 def test_errors_are_openai_style_and_the_server_keeps_serving(server, client):
     url = server[0]
     with pytest.raises(openai.NotFoundError):
@@ -108,18 +165,68 @@ def test_errors_are_openai_style_and_the_server_keeps_serving(server, client):
         (json.dumps({"model": "tiny-llama", "prompt": "hi", "n": 0}).encode(), 400),
         (json.dumps({"model": "tiny-llama", "prompt": [1, 2, 100000]}).encode(), 400),
         (json.dumps([1, 2]).encode(), 400),
-        (b'{"prompt": "' + b"a" * (5 << 20) + b'"}', 413),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "temperature": "hot"}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "stop": 5}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "stream": "yes"}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "max_tokens": 2.5}).encode(), 400),
+        (json.dumps({"model": "tiny-llama", "prompt": "hi", "max_tokens": 0}).encode(), 400),
+        (b'{"prompt": "' + b"a" * (10 << 20) + b'"}', 413),
     ]
     for body, status in cases:
         r = httpx.post(url + "/v1/completions", content=body, headers={"content-type": "application/json"},
                        timeout=30)
         assert r.status_code == status, (body[:60], r.text)
         assert r.json()["error"]["message"]
+    # 10 MB sent in chunks, without a Content-Length: refused once 4 MiB have come
+    r = httpx.post(url + "/v1/completions", content=(b"a" * (1 << 20) for _ in range(10)),
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "4194304 bytes" in r.json()["error"]["message"]
     r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny-llama", "messages": "hi"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    for content in (5, [{"type": "image_url"}]):
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi " * 80}]})
+    assert r.status_code == 400 and re.search(r"prompt has \d+ tokens, but the context length of tiny-llama is 64",
+                                              r.json()["error"]["message"])
     assert httpx.get(url + "/v1/nowhere").status_code == 404
     ok = client.completions.create(model="tiny-llama", prompt="hi", max_tokens=3, temperature=0)
     assert ok.usage.completion_tokens >= 1
+
+
+def test_a_full_queue_gets_429_with_retry_after_and_the_server_recovers(tiny):
+    """One slot and a queue of one (decode slowed to 20 ms a step): a third request is refused with 429, OpenAI's
+    rate_limit_error and Retry-After; the two accepted ones finish whole, and then requests are taken again."""
+    import time
+
+    with running_server(tiny.path, max_seqs=1, max_queue=1, prefix_cache=False) as (url, engine):
+        decode = engine.runner.decode
+
+        def slow_decode(*args, **kwargs):
+            time.sleep(0.02)
+            return decode(*args, **kwargs)
+
+        engine.runner.decode = slow_decode
+        body = {"prompt": "hello", "max_tokens": 30, "temperature": 0, "ignore_eos": True}
+
+        async def main():
+            async with httpx.AsyncClient(timeout=60) as http:
+                accepted = []
+                for running, waiting in ((1, 0), (1, 1)):  # one running, then one waiting for its slot
+                    accepted.append(asyncio.create_task(http.post(url + "/v1/completions", json=body)))
+                    deadline = time.time() + 30
+                    while (engine.stats()["running"], engine.stats()["waiting"]) != (running, waiting):
+                        assert time.time() < deadline and not accepted[-1].done()
+                        await asyncio.sleep(0.002)
+                refused = await http.post(url + "/v1/completions", json=body)
+                return refused, [r.json() for r in await asyncio.gather(*accepted)]
+
+        refused, done = asyncio.run(main())
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert [d["usage"]["completion_tokens"] for d in done] == [30, 30]
+        again = httpx.post(url + "/v1/completions", json=body, timeout=60)
+        assert again.status_code == 200 and engine.stats()["kv_pages_used"] == 0
 
 
 def test_api_key_is_required_when_set(tiny):
@@ -146,31 +253,80 @@ def test_disconnect_mid_stream_frees_the_sequence(server):
     assert engine.stats()["running"] == 0 and engine.stats()["kv_pages_used"] == 0
 
 
-def test_metrics(server, client):
-    client.completions.create(model="tiny-llama", prompt="hello", max_tokens=4)
-    text = httpx.get(server[0] + "/metrics").text
-    for name in ("ember_queue_depth", "ember_running_sequences", "ember_kv_pages_used",
-                 "ember_time_to_first_token_seconds_bucket", "ember_time_per_output_token_seconds_bucket",
-                 "ember_generation_tokens_total", "ember_kv_pages_cached", "ember_prefix_cache_hit_tokens"):
-        assert name in text
-    assert "ember_kv_pages_total 32.0" in text
+def scrape(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics").text
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if not sample.labels or set(sample.labels) == {"le"} and
+            sample.labels["le"] == "+Inf"}
 
 
-def test_load_256_streams_against_a_cache_that_holds_few(tiny):
-    """256 concurrent streams, 16 sequences at a time, a KV cache of 16 pages (4 full contexts), a queue of 160:
-    every request completes with all its tokens or gets a 429 with Retry-After, and the pages come back.
-    Prints p50/p99 time to first token and the total tokens/s."""
+def test_metrics_follow_the_engine_while_streams_run(tiny):
+    """One slot, two streams (decode slowed to 20 ms a step): mid-stream /metrics shows one running, one queued,
+    pages in use, tokens counted and a tokens/s rate; afterwards the queue and pages are at 0 and each request
+    is in the TTFT and TPOT histograms."""
     import time
+
+    with running_server(tiny.path, max_seqs=1, prefix_cache=False) as (url, engine):
+        decode = engine.runner.decode
+
+        def slow_decode(*args, **kwargs):
+            time.sleep(0.02)
+            return decode(*args, **kwargs)
+
+        engine.runner.decode = slow_decode
+        idle = scrape(url)
+        assert idle["ember_generation_tokens_per_second"] == 0 and idle["ember_kv_pages_total"] == 4
+        body = {"prompt": "hello", "max_tokens": 40, "temperature": 0, "ignore_eos": True, "stream": True}
+
+        async def two():
+            async with httpx.AsyncClient(timeout=60) as http:
+                async def one():
+                    async with http.stream("POST", url + "/v1/completions", json=body) as r:
+                        return [line async for line in r.aiter_lines() if line.startswith("data: {")]
+
+                tasks = [asyncio.create_task(one()) for _ in range(2)]
+                deadline = time.time() + 30  # the first has made 10 tokens and the second waits for its slot
+                while engine.stats()["generated_tokens"] < 10 or engine.stats()["waiting"] < 1:
+                    assert time.time() < deadline
+                    await asyncio.sleep(0.005)
+                mid = await asyncio.to_thread(scrape, url)
+                return mid, await asyncio.gather(*tasks)
+
+        mid, streams = asyncio.run(two())
+        after = scrape(url)
+    assert mid["ember_running_sequences"] == 1 and mid["ember_queue_depth"] == 1
+    assert mid["ember_kv_pages_used"] >= 1
+    assert mid["ember_generation_tokens_total"] >= 10 and mid["ember_generation_tokens_per_second"] > 0
+    assert all(json.loads(chunks[-1][6:])["choices"][0]["finish_reason"] == "length" for chunks in streams)
+    assert after["ember_generation_tokens_total"] == 80
+    assert after["ember_queue_depth"] == after["ember_running_sequences"] == after["ember_kv_pages_used"] == 0
+    assert after["ember_time_to_first_token_seconds_count"] == 2
+    assert after["ember_time_per_output_token_seconds_count"] == 2
+    assert after["ember_time_to_first_token_seconds_bucket"] == 2  # the +Inf bucket
+    assert after["ember_prompt_tokens_total"] == 2 * len(engine.engine.encode("hello"))
+
+
+def test_load_256_streams_against_a_cache_that_holds_few(tiny, alone):
+    """256 concurrent streams, 16 sequences at a time, a KV cache of 16 pages (4 full contexts), a queue of 160:
+    every request either streams its whole greedy answer (the text and token count of the request run alone) or
+    gets a 429/503 with Retry-After before any token; none is lost, and the pages come back. Prints p50/p99 time
+    to first token and the total tokens/s."""
+    import time
+
+    def prompt(i):
+        return [0, 3 + i % 300, 4 + i % 290]
 
     async def one(client, i):
         start = time.perf_counter()
         try:
-            stream = await client.completions.create(model="tiny-llama", prompt=[0, 3 + i % 300, 4 + i % 290],
-                                                     max_tokens=30, temperature=0, stream=True)
+            stream = await client.completions.create(model="tiny-llama", prompt=prompt(i), max_tokens=30,
+                                                     temperature=0, stream=True, stream_options={"include_usage": True})
         except (openai.RateLimitError, openai.InternalServerError) as err:
             assert err.status_code in (429, 503) and err.response.headers["retry-after"] == "1"
-            return None
-        tokens, finish, first, text = 0, None, None, ""
+            return err.status_code
+        tokens, finish, first, text = None, None, None, ""
         async for chunk in stream:
             for c in chunk.choices:
                 finish = c.finish_reason or finish
@@ -179,7 +335,7 @@ def test_load_256_streams_against_a_cache_that_holds_few(tiny):
                     first = time.perf_counter() - start
             if chunk.usage is not None:
                 tokens = chunk.usage.completion_tokens
-        return tokens, finish, first, text
+        return i, tokens, finish, first, text
 
     async def main(url):
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
@@ -190,20 +346,23 @@ def test_load_256_streams_against_a_cache_that_holds_few(tiny):
     with running_server(tiny.path, max_seqs=16, max_queue=160, kv_tokens=256) as (url, engine):
         results, wall = asyncio.run(main(url))
         stats = engine.stats()
-    done = [r for r in results if r is not None]
-    ttft = sorted(r[2] for r in done if r[2] is not None)
-    tokens = sum(r[0] for r in done)
-    print(f"load: {len(done)} of 256 completed, {256 - len(done)} got 429; TTFT p50 {ttft[len(ttft) // 2]:.3f} s "
-          f"p99 {ttft[int(len(ttft) * 0.99)]:.3f} s; {tokens} tokens in {wall:.1f} s = {tokens / wall:.0f} tok/s; "
-          f"{stats['preempted']} preemptions")
-    assert len(done) >= 160
-    for tokens, finish, _, text in done:
-        assert finish in ("stop", "length") and (finish == "stop" or tokens == 30)
+    done = [r for r in results if isinstance(r, tuple)]
+    refused = [r for r in results if not isinstance(r, tuple)]
+    ttft = sorted(r[3] for r in done if r[3] is not None)
+    tokens = sum(r[1] for r in done)
+    print(f"load: {len(done)} of 256 completed, {refused.count(429)} got 429 and {refused.count(503)} 503; TTFT "
+          f"p50 {ttft[len(ttft) // 2]:.3f} s p99 {ttft[int(len(ttft) * 0.99)]:.3f} s; {tokens} tokens in {wall:.1f} s "
+          f"= {tokens / wall:.0f} tok/s; {stats['preempted']} preemptions")
+    assert len(done) + len(refused) == 256 and len(done) >= 160
+    for i, tokens, finish, _, text in done:  # whole: what the request gives alone, to the last token
+        want = alone.generate(prompt(i), max_tokens=30)
+        assert (text, tokens, finish) == (want.text, len(want.token_ids), want.finish_reason), i
     assert stats["kv_pages_used"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
     assert stats["preempted"] > 0  # the cache was too small for the batch: sequences were recomputed
 
 
 def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
+    import os
     import signal
     import socket
     import subprocess
@@ -214,7 +373,8 @@ def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "ember.cli", "serve", str(tiny.path), "--port", str(port),
-                             "--max-batch", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--max-num-seqs", "2", "--max-model-len", "48", "--gpu-memory-utilization", "0.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -227,9 +387,21 @@ def test_ember_serve_binds_loopback_and_exits_0_on_sigterm(tiny):
             raise AssertionError(f"ember serve did not come up: {proc.stderr.read() if proc.poll() is not None else ''}")
         got = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}, timeout=30).json()
         assert got["usage"]["completion_tokens"] >= 1
+        if os.path.exists("/proc/net/tcp"):  # listening (state 0A) on 127.0.0.1 only
+            with open("/proc/net/tcp") as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+            listening = [r[1] for r in rows if r[3] == "0A" and int(r[1].split(":")[1], 16) == port]
+            assert listening == [f"0100007F:{port:04X}"]
+        # the flags: 2 slots, contexts of 48 tokens, and --gpu-memory-utilization (on cpu: of the host's free
+        # memory, capped at full contexts for the 2 running and 2 cached slots) sizes the cache to 4 x 3 pages
+        health = httpx.get(url + "/health").json()
+        assert (health["max_num_seqs"], health["max_model_len"], health["kv_pages_total"]) == (2, 48, 12)
+        long = httpx.post(url + "/v1/completions", json={"prompt": list(range(3, 51)), "max_tokens": 1})
+        assert long.status_code == 400 and "48 tokens, but the context length of tiny-llama is 48" in long.text
         # SIGTERM mid-stream: the stream still ends properly, new connections are refused, the exit status is 0
-        with httpx.stream("POST", url + "/v1/completions", json={"prompt": "hello", "max_tokens": 40,
-                                                                  "temperature": 0, "stream": True}, timeout=30) as r:
+        with httpx.stream("POST", url + "/v1/completions", json={
+                "prompt": "hello", "max_tokens": 40, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}, timeout=30) as r:
             lines = r.iter_lines()
             assert next(line for line in lines if line.startswith("data:"))
             proc.send_signal(signal.SIGTERM)
@@ -406,7 +578,8 @@ def test_an_artifact_without_a_tokenizer_streams_a_chunk_per_token(tiny):
         with TestClient(create_app(engine)) as http:
             with http.stream("POST", "/v1/completions", json={"prompt": [0, 5, 6], "max_tokens": 6,
                                                                "temperature": 0, "ignore_eos": True,
-                                                               "stream": True}) as r:
+                                                               "stream": True,
+                                                               "stream_options": {"include_usage": True}}) as r:
                 chunks = [json.loads(line[6:]) for line in r.iter_lines()
                           if line.startswith("data: {")]
     assert len([c for c in chunks if c["choices"]]) == 6 and chunks[-1]["usage"]["completion_tokens"] == 6
