@@ -23,7 +23,7 @@ def main() -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     raw = json.loads(args.config)
-    kind = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}[raw["model_type"]]
+    kind = raw["model_type"]  # ember's model types are Hugging Face's
     hf_keys = dict(vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"],
                    intermediate_size=raw["intermediate_size"], num_hidden_layers=raw["num_hidden_layers"],
                    num_attention_heads=raw["num_attention_heads"], num_key_value_heads=raw["num_key_value_heads"],
