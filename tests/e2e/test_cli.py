@@ -238,6 +238,7 @@ def test_run_and_chat_options_are_checked_before_loading(artifact, tmp_path, arg
     (["--perplexity", "x.txt", "--context", "4096"], "--context 4096 is larger than the context length 2048"),
     (["--perplexity", "x.txt", "--scoring", "llama.cpp", "--stride", "4"], "--stride does not apply to --scoring"),
     (["--perplexity", "x.txt", "--max-tokens", "1"], "--max-tokens must be an integer >= 2, got 1"),
+    (["--context", "64"], "give --perplexity FILE.txt"),
 ])
 def test_eval_options_are_checked_before_loading(artifact, tmp_path, args, fragment):
     only_manifest = tmp_path / "manifest-only"  # loading it would fail: no library, no weights

@@ -160,10 +160,7 @@ def test_perplexity_of_real_text_matches_transformers(engine, hf, tmp_path):
     (tmp_path / "empty.txt").write_text("")
     for args, message in [(["--perplexity", str(tmp_path / "nope.txt")], "--perplexity " + str(tmp_path / "nope.txt")
                            + ": no such file"),
-                          (["--perplexity", str(tmp_path / "empty.txt")], "empty.txt: 0 token(s)"),
-                          (["--perplexity", str(tmp_path / "empty.txt"), "--context", "9000"],
-                           "--context 9000 is larger than the context length 8192"),
-                          (["--context", "64"], "give --perplexity FILE.txt")]:
+                          (["--perplexity", str(tmp_path / "empty.txt")], "empty.txt: 0 token(s)")]:
         done = ember(*args)
         assert done.returncode == 1 and done.stderr.startswith("error: ") and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
