@@ -17,11 +17,11 @@ def cli() -> None:
     """ember: compile LLMs ahead of time with TVM, then run them with the TVM runtime alone."""
 
 
-RUNTIME_COMMANDS = ("run", "chat", "bench", "verify", "serve")
+RUNTIME_COMMANDS = ("run", "chat", "bench", "verify", "eval", "serve")
 
 
 def main() -> None:
-    """Console entry point. `ember run`/`chat`/`bench`/`verify` load the TVM runtime alone (no compiler library),
+    """Console entry point. `ember run`/`chat`/`bench`/`verify`/`eval` load the TVM runtime alone (no compiler library),
     exactly as on a device and as `ember.load` does from Python: both reach TVM through
     `runtime.tvm_import.import_tvm`."""
     cli()
@@ -143,7 +143,7 @@ def _register_runtime_commands() -> None:
     from .runtime import commands
 
     for name in RUNTIME_COMMANDS:
-        cli.add_command(getattr(commands, name), name)
+        cli.add_command(commands.COMMANDS[name], name)
 
 
 _register_runtime_commands()

@@ -1,4 +1,5 @@
-"""Click commands `run`, `chat`, `bench` and `verify` (cli.py registers them on the `ember` group)."""
+"""Click commands `run`, `chat`, `bench`, `verify`, `eval` and `serve` (cli.py registers them on the `ember`
+group by their names in COMMANDS)."""
 from __future__ import annotations
 
 import contextlib
@@ -368,6 +369,89 @@ def verify(artifact: str, device: str, as_json: bool, skip_files: bool, verbose:
         sys.exit(1)
 
 
+@click.command("eval")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--perplexity", "text_file", default=None, metavar="FILE.txt",
+              help="Perplexity of this UTF-8 text, tokenized with the artifact's tokenizer.")
+@click.option("--context", default=None, type=int,
+              help="Tokens per window (default: the artifact's context length, at most 512).")
+@click.option("--stride", default=None, type=int,
+              help="strided: tokens each window advances (default context/2); the tokens no earlier window scored "
+                   "are scored, each with at least context - stride tokens before it.")
+@click.option("--scoring", default="strided", show_default=True, type=click.Choice(["strided", "llama.cpp"]),
+              help="llama.cpp: llama-perplexity's rule (whole chunks of --context tokens, each scoring its second "
+                   "half but the first of it).")
+@click.option("--max-tokens", default=None, type=int, help="Evaluate only the first N tokens of the text.")
+@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--verbose", is_flag=True, help="Tracebacks on errors; load details.")
+@one_line_errors
+def eval_command(artifact: str, text_file: str | None, context: int | None, stride: int | None, scoring: str,
+                 max_tokens: int | None, device: str, as_json: bool, verbose: bool) -> None:
+    """Evaluate ARTIFACT's model on a text: --perplexity FILE.txt (sliding windows over the artifact's prefill)."""
+    from .artifact import read_manifest
+    from .engine import check_load_arguments
+    from .perplexity import artifact_tokenizer, check_options, check_token_count, perplexity, read_text
+
+    if text_file is None:
+        raise InputError("give --perplexity FILE.txt (the text to evaluate)")
+    manifest = read_manifest(artifact)
+    context, stride = check_options(manifest, context, stride, scoring, max_tokens)
+    check_load_arguments(manifest, device, 1, context, None)
+    tokenizer = artifact_tokenizer(artifact, manifest)
+    text = read_text(text_file)
+    ids = tokenizer.encode(text)
+    check_token_count(len(ids[:max_tokens] if max_tokens else ids), context, scoring, text_file)
+    engine = _load_for(artifact, device, verbose, context_length=context)
+    with _window_progress(enabled=not as_json) as progress:
+        result = perplexity(engine, ids, context=context, stride=stride, scoring=scoring, max_tokens=max_tokens,
+                            progress=progress)
+    if as_json:
+        click.echo(json.dumps({"artifact": engine.manifest.name, "quantization": engine.manifest.quantization,
+                               "device": device, "file": text_file, **result.to_dict()}))
+    else:
+        click.echo(result.summary())
+    if engine.random_weights:
+        click.echo("note: random weights (benchmark build)", err=True)
+
+
+def _load_for(artifact: str, device: str, verbose: bool, **options: Any) -> Any:
+    from .engine import Engine
+
+    engine = Engine.load(artifact, device=device, **options)
+    if verbose:
+        click.echo(f"loaded {engine.describe()}", err=True)
+    return engine
+
+
+@contextlib.contextmanager
+def _window_progress(enabled: bool) -> Iterator[Callable[[int, int, float], None] | None]:
+    """A bar on stderr on a terminal; elsewhere a line about every tenth of the windows (long files only)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    if not enabled:
+        yield None
+        return
+    if not console.is_terminal:
+        def line(done: int, total: int, ppl: float) -> None:
+            if total >= 20 and (done * 10 // total != (done - 1) * 10 // total):
+                click.echo(f"[{done}/{total}] perplexity so far {ppl:.4f}", err=True)
+
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("windows"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def tick(done: int, total: int, ppl: float) -> None:
+            bar.update(task, completed=done, total=total, description=f"ppl {ppl:.4f}")
+
+        yield tick
+
+
 MIN_BAR_BYTES = 256 << 20  # hashing less than this takes about a second: no bar
 
 
@@ -473,3 +557,6 @@ def serve(artifact: str, host: str, port: int, api_key: str | None, max_batch: i
     # a terminated server exits 0
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.Server(config).run()
+
+
+COMMANDS = {"run": run, "chat": chat, "bench": bench, "verify": verify, "eval": eval_command, "serve": serve}

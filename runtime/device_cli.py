@@ -1,12 +1,12 @@
 """The `ember` command of a runtime bundle (`ember bundle`, bundle.py): the runtime's commands only (run, chat,
-verify, bench, serve), on the TVM runtime alone. The full `ember` (cli.py) adds compile, inspect and models."""
+verify, bench, eval, serve), on the TVM runtime alone. The full `ember` (cli.py) adds compile, inspect and models."""
 from __future__ import annotations
 
 import click
 
 from . import commands
 
-COMMANDS = ("run", "chat", "verify", "bench", "serve")
+COMMANDS = ("run", "chat", "verify", "bench", "eval", "serve")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,7 +15,7 @@ def cli() -> None:
 
 
 for _name in COMMANDS:
-    cli.add_command(getattr(commands, _name), _name)
+    cli.add_command(commands.COMMANDS[_name], _name)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from .artifact import Manifest, read_manifest
 from .generate import RANDOM_WEIGHTS_NOTE, SEQ_ID, GenerationResult, check_max_tokens, generate
 from .loader import LoadedArtifact, load_artifact, parse_device
 from .model_runner import DEFAULT_CONTEXT_CAP, ModelRunner
+from .perplexity import PerplexityResult
 from .random_weights import RandomFill
 from .sampler import SamplingParams
 from .tokenizer import Tokenizer
@@ -153,6 +154,15 @@ class Engine:
             return self.runner.prefill([SEQ_ID], [ids], all_logits=True)
         finally:
             self.runner.remove_sequence(SEQ_ID)
+
+
+    def perplexity(self, text: str | Sequence[int], **options: Any) -> PerplexityResult:
+        """Perplexity of a text (tokenized with the artifact's tokenizer) or of token ids, by sliding windows over
+        the prefill; `options` are runtime.perplexity.perplexity's (context, stride, scoring, max_tokens,
+        progress). The KV cache must hold a window (load with context_length >= the window)."""
+        from .perplexity import perplexity
+
+        return perplexity(self, self.encode(text), **options)
 
 
 def check_load_arguments(manifest: Manifest, device: str, max_batch_size: int, context_length: int | None,

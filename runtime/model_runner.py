@@ -160,6 +160,30 @@ class ModelRunner:
                     row += 1
         return out
 
+    def prefill_at(self, seq_id: int, tokens: Sequence[int], positions: Sequence[int]) -> np.ndarray:
+        """Append `tokens` to one sequence and return float32 logits (len(positions), vocab) at those indices of
+        `tokens` (increasing): the prefill entry point computes the LM head only where `logit_pos` asks."""
+        ids = self.check_tokens(tokens, what=f"sequence {seq_id} token")
+        want = np.asarray(positions, dtype=np.int64)
+        if ids.size == 0:
+            raise InputError(f"sequence {seq_id}: nothing to prefill (empty token list)")
+        if want.size and (want[0] < 0 or want[-1] >= ids.size or (np.diff(want) <= 0).any()):
+            raise InputError(f"logit positions must increase within [0, {ids.size})")
+        self._check_growth(seq_id, ids.size)
+        budget = max(1, MAX_LOGITS_ELEMENTS // self.vocab_size)
+        out = np.empty((want.size, self.vocab_size), dtype=np.float32)
+        done = 0
+        for step in self.kv.plan_chunks([seq_id], [ids.size], token_budget=budget):
+            ((_, start, stop),) = step
+            upto = int(np.searchsorted(want, stop))
+            pos = (want[done:upto] - start).astype(np.int32)
+            # a chunk nobody asked logits of still gives one row (never an empty gather), dropped here
+            logits = self._call_prefill([seq_id], [stop - start], ids[start:stop], pos if pos.size else
+                                        np.zeros(1, np.int32))
+            out[done:upto] = logits[: pos.size]
+            done = upto
+        return out
+
     def _call_prefill(self, seq_ids: list[int], lens: list[int], flat: np.ndarray, pos: np.ndarray) -> np.ndarray:
         tensor = self._tvm.runtime.tensor
         with self.kv.forward(seq_ids, lens):

@@ -233,6 +233,20 @@ def test_run_and_chat_options_are_checked_before_loading(artifact, tmp_path, arg
     one_line_error(ember("chat", str(only_manifest), "-m", "hi", *args), fragment)
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["--perplexity", "x.txt"], "artifact tiny-hf has no tokenizer: `ember eval --perplexity` tokenizes the text"),
+    (["--perplexity", "x.txt", "--context", "4096"], "--context 4096 is larger than the context length 2048"),
+    (["--perplexity", "x.txt", "--scoring", "llama.cpp", "--stride", "4"], "--stride does not apply to --scoring"),
+    (["--perplexity", "x.txt", "--max-tokens", "1"], "--max-tokens must be an integer >= 2, got 1"),
+    (["--context", "64"], "give --perplexity FILE.txt"),
+])
+def test_eval_options_are_checked_before_loading(artifact, tmp_path, args, fragment):
+    only_manifest = tmp_path / "manifest-only"  # loading it would fail: no library, no weights
+    only_manifest.mkdir()
+    (only_manifest / "manifest.json").write_text((artifact / "manifest.json").read_text())
+    one_line_error(ember("eval", str(only_manifest), *args), fragment)
+
+
 FAKE_LLAMA_BENCH = """#!{python}
 import json, sys
 open({argv!r}, "w").write(json.dumps(sys.argv[1:]))

@@ -177,3 +177,38 @@ def test_a_gguf_of_the_same_weights_compiles_and_matches_hf(compiled, tmp_path):
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0].numpy()
     np.testing.assert_allclose(from_gguf.score(ids), ref, atol=2e-5, rtol=1e-4)
+
+
+def hf_windowed_nll(hf, ids, context, stride=None):
+    """transformers' own loss over windows, written from Hugging Face's perplexity guide: a window of `context`
+    tokens every `stride` tokens, labels -100 except the tokens no earlier window scored (stride=None: llama.cpp's
+    chunks of `context` tokens labelled from position context // 2 + 1 on). Returns (sum of NLL, tokens scored)."""
+    total, count, scored_to = 0.0, 0, 0
+    starts = range(0, len(ids) - context + 1, context) if stride is None else range(0, len(ids), stride)
+    for start in starts:
+        stop = min(start + context, len(ids))
+        window = torch.tensor([ids[start:stop]])
+        labels = window.clone()
+        labels[0, : (context // 2 + 1) if stride is None else scored_to - start] = -100
+        n = int((labels[0, 1:] != -100).sum())  # the model shifts labels: position 0 is never a target
+        with torch.no_grad():
+            total += float(hf(window, labels=labels).loss) * n
+        count, scored_to = count + n, stop
+        if stop == len(ids):
+            break
+    return total, count
+
+
+@pytest.mark.parametrize("compiled", ["llama-gqa-llama3rope"], indirect=True)
+@pytest.mark.parametrize("context,stride", [(16, 6), (16, 8), (12, None)])
+def test_perplexity_matches_transformers_strided_loss(compiled, context, stride):
+    """`ember eval --perplexity`'s windows and float64 log-softmax against transformers' cross-entropy (float32) on
+    the same ids: the strided rule (stride 6 leaves a short last window) and llama.cpp's chunks (61 tokens = 5 chunks
+    of 12 and a dropped tail)."""
+    case, hf, engine = compiled
+    ids = np.random.default_rng(4).integers(0, case.config.vocab_size, size=61).tolist()
+    ours = engine.perplexity(ids, context=context, stride=stride, scoring="strided" if stride else "llama.cpp")
+    total, count = hf_windowed_nll(hf, ids, context, stride)
+    assert ours.tokens_scored == count == (60 if stride else 5 * (12 - 6 - 1))
+    assert abs(ours.mean_nll - total / count) <= 1e-4 * (total / count)
+    assert abs(ours.perplexity - np.exp(total / count)) <= 1e-4 * np.exp(total / count)

@@ -140,3 +140,38 @@ def test_served_tool_call_follows_the_tools_schema(engine):
     c = got.choices[0]
     assert c.finish_reason == "tool_calls" and c.message.tool_calls[0].function.name == "get_weather"
     jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments), weather["function"]["parameters"])
+
+
+def test_perplexity_of_real_text_matches_transformers(engine, hf, tmp_path):
+    """`ember eval --perplexity` on the english text: a sane perplexity, equal to transformers' loss over the same
+    windows of the same ids (its float32 model of the GGUF's dequantized weights); the command prints the same."""
+    import json
+    import subprocess
+    import sys
+
+    from test_hf_parity import hf_windowed_nll
+
+    _, model = hf
+    ids = engine.encode(TEXT)
+    ours = engine.perplexity(TEXT, context=128, stride=64)
+    total, count = hf_windowed_nll(model, ids, 128, 64)
+    assert ours.tokens_scored == count == len(ids) - 1 and ours.windows == -(-(len(ids) - 128) // 64) + 1
+    assert 3 < ours.perplexity < 60 and abs(ours.mean_nll - total / count) < 1e-3 * total / count
+
+    def ember(*args):
+        return subprocess.run([sys.executable, "-c", "from ember.cli import main; main()", "eval",
+                               str(engine.artifact.path), *args], capture_output=True, text=True, timeout=300)
+
+    done = ember("--perplexity", str(Path(__file__).parents[1] / "data" / "english.txt"), "--context", "128",
+                 "--json")
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    assert row["tokens_scored"] == ours.tokens_scored and row["stride"] == 64 and row["scoring"] == "strided"
+    assert abs(row["perplexity"] - ours.perplexity) < 1e-6 * ours.perplexity and row["tokens_per_s"] > 0
+    (tmp_path / "empty.txt").write_text("")
+    for args, message in [(["--perplexity", str(tmp_path / "nope.txt")], "--perplexity " + str(tmp_path / "nope.txt")
+                           + ": no such file"),
+                          (["--perplexity", str(tmp_path / "empty.txt")], "empty.txt: 0 token(s)")]:
+        done = ember(*args)
+        assert done.returncode == 1 and done.stderr.startswith("error: ") and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

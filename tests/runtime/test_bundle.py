@@ -39,7 +39,7 @@ def test_bundle_runs_alone_and_matches_the_committed_tokens(bundle):
     assert json.loads(done.stdout.strip().splitlines()[-1])["token_ids"] == expected["token_ids"]
     helped = subprocess.run([str(bundle / "bin" / "ember"), "--help"], capture_output=True, text=True, env=env)
     commands = [line.split()[0] for line in helped.stdout.split("Commands:")[1].splitlines() if line.strip()]
-    assert commands == sorted(["bench", "chat", "run", "serve", "verify"])
+    assert commands == sorted(["bench", "chat", "eval", "run", "serve", "verify"])
 
 
 def test_bundle_holds_the_runtime_and_no_compiler(bundle):
