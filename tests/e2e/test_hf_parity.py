@@ -15,6 +15,16 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
                "original_max_position_embeddings": 16}
 
 
+PHI3 = (("vocab_size", 150), ("hidden_size", 64), ("intermediate_size", 96), ("num_hidden_layers", 2),
+        ("pad_token_id", None), ("bos_token_id", None))
+
+
+def longrope(n):
+    """Factor lists of n entries, short near 1 and long growing, as in Phi-3's configs (not those values)."""
+    return {"type": "longrope", "short_factor": [1.0 + 0.05 * i for i in range(n)],
+            "long_factor": [1.0 + 0.9 * i for i in range(n)]}
+
+
 @dataclass(frozen=True)
 class Case:
     family: str
@@ -23,9 +33,10 @@ class Case:
 
     @property
     def config(self):
-        from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+        from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 
-        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[self.family]
+        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
+               "phi3": Phi3Config}[self.family]
         return cls(**{"eos_token_id": None, **dict(self.kwargs)})  # greedy runs the full 32 tokens
 
 
@@ -52,6 +63,23 @@ CASES = {
     "qwen3-qknorm": Case("qwen3", (("vocab_size", 160), ("hidden_size", 64), ("intermediate_size", 128),
                                    ("num_hidden_layers", 2), ("num_attention_heads", 4), ("num_key_value_heads", 2),
                                    ("head_dim", 32), ("rms_norm_eps", 1e-6))),
+    # fused qkv_proj and gate_up_proj, GQA 4:2, full rotary, untied head
+    "phi3-plain": Case("phi3", PHI3 + (("num_attention_heads", 4), ("num_key_value_heads", 2))),
+    # Phi-4-mini's shape in small: partial rotary 0.75 (12 of 16 dims), GQA 4:1, tied embeddings
+    "phi3-partial-tied": Case("phi3", PHI3 + (("num_attention_heads", 4), ("num_key_value_heads", 1),
+                                              ("partial_rotary_factor", 0.75), ("tie_word_embeddings", True))),
+    # LongRoPE with partial rotary, all 21 + 32 positions within original_max_position_embeddings 64: short
+    # factors, cos/sin times sqrt(1 + ln(256 / 64) / ln(64))
+    "phi3-longrope-short": Case("phi3", PHI3 + (("num_attention_heads", 2), ("num_key_value_heads", 1),
+                                                ("partial_rotary_factor", 0.5), ("max_position_embeddings", 256),
+                                                ("original_max_position_embeddings", 64),
+                                                ("rope_scaling", longrope(8)))),
+    # LongRoPE past original_max_position_embeddings 16: the 21-token prompt and every generated token use the
+    # long factors (transformers' rule: the forward call's largest position + 1 > 16)
+    "phi3-longrope-long": Case("phi3", PHI3 + (("num_attention_heads", 2), ("num_key_value_heads", 1),
+                                               ("partial_rotary_factor", 0.5), ("max_position_embeddings", 128),
+                                               ("original_max_position_embeddings", 16),
+                                               ("rope_scaling", longrope(8)))),
 }
 
 
