@@ -22,6 +22,7 @@ class ModelConfig:
     own fields and rules (`read_fields`), and `from_dict` picks the class by `model_type`."""
 
     ACTIVATIONS: ClassVar[tuple[str, ...]] = ("silu", "swish")  # the MLP's activation(s) the forward implements
+    PARTIAL_ROTARY: ClassVar[bool] = False  # the forward rotates only partial_rotary_factor of each head (Phi-3)
 
     model_type: str
     vocab_size: int
@@ -94,7 +95,11 @@ class ModelConfig:
         kv_heads = f.positive_int("num_key_value_heads", heads)
         window = cls.read_sliding_window(f, sizes["num_hidden_layers"])
         _check_relations(heads, kv_heads, head_dim, window, f.error)
-        theta, scaling = _rope(f)
+        theta, scaling = cls.read_rope(f)
+        partial = cls.read_partial_rotary_factor(f)
+        if partial != 1.0 and not cls.PARTIAL_ROTARY:
+            raise f.error("partial_rotary_factor", f"is {partial}: partial rotary embeddings are not implemented "
+                                                   f"for model_type {model_type!r}")
         bias = f.boolean("attention_bias", False)
         return dict(
             model_type=model_type,
@@ -113,6 +118,23 @@ class ModelConfig:
             bos_token_id=f.token_id("bos_token_id"),
             eos_token_id=f.token_ids("eos_token_id"),
         )
+
+    @classmethod
+    def read_rope(cls, f: Fields) -> tuple[float, dict[str, Any] | None]:
+        """(rope_theta, rope_scaling) from config.json; architectures with other rope types extend it."""
+        return _rope(f)
+
+    @classmethod
+    def read_partial_rotary_factor(cls, f: Fields) -> float:
+        """`partial_rotary_factor` (top level, or in transformers 5's `rope_parameters`), 1.0 when absent."""
+        params = f.section("rope_parameters")
+        if params is not None and params.given("partial_rotary_factor"):
+            value = params.positive_float("partial_rotary_factor")
+        else:
+            value = f.positive_float("partial_rotary_factor", 1.0)
+        if value > 1.0:
+            raise f.error("partial_rotary_factor", f"must be in (0, 1], got {value}")
+        return value
 
     @classmethod
     def read_sliding_window(cls, f: Fields, num_layers: int) -> int | None:

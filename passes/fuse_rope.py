@@ -5,10 +5,17 @@
 
 Applies only when both q and k of an attention node come from rope nodes with equal attrs that nobody
 else reads; the rope nodes are left for dead-code elimination.
+
+LongRoPE stays in the graph (UNFUSED_ROPE_TYPES): the KV cache's rope kernels (TVM's, and ember's cpu and cuda
+ones that replace them) see only each token's position, while LongRoPE's table is chosen per forward call as
+transformers does (targets/lower.py `_longrope`); TVM's own longrope kernel decides by the number of tokens in the
+call instead, which is not transformers' rule.
 """
 from __future__ import annotations
 
 from ..ir.graph import Module
+
+UNFUSED_ROPE_TYPES = ("longrope",)
 
 
 class FuseRopeIntoAttention:
@@ -24,6 +31,8 @@ class FuseRopeIntoAttention:
                 q, k, _ = node.inputs
                 rq, rk = q.producer, k.producer
                 if rq is None or rk is None or rq.op != "rope" or rk.op != "rope" or rq.attrs != rk.attrs:
+                    continue
+                if (rq.attrs.get("scaling") or {}).get("rope_type") in UNFUSED_ROPE_TYPES:
                     continue
                 if len(users[id(q)]) != 1 or len(users[id(k)]) != 1 or {id(q), id(k)} & returned:
                     continue

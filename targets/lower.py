@@ -25,7 +25,7 @@ from .base import Target
 from .attention_window import WINDOW_ATTR
 from .gpu_schedule import PREFILL_DIMS_ATTR
 from . import random_fill as random_fill_fn
-from .rope import inverse_frequencies
+from .rope import inverse_frequencies, longrope_tables
 
 ROPE_ATTR = "ember_rope"  # IRModule attribute: JSON of the rope the KV cache applies (theta, scaling, rotary_dim)
 CREATE_KV_ARGS = ("max_batch_size", "max_total_seq_len", "prefill_chunk_size", "page_size",
@@ -159,6 +159,8 @@ def _rope(it, node, args):
     (x,) = args
     b, s, heads, dim = x.shape
     rotary = node.attrs.get("rotary_dim") or dim
+    if (node.attrs.get("scaling") or {}).get("rope_type") == "longrope":
+        return _longrope(it, node, x, rotary)
     inv = nn.Tensor.from_const(inverse_frequencies(node.attrs["theta"], rotary, node.attrs.get("scaling")))
     positions = it.positions(b * s)
     half = rotary // 2
@@ -178,6 +180,47 @@ def _rope(it, node, args):
         return te.compute(xt.shape, element, name="rope")
 
     return op.tensor_expr_op(compute, "rope", [x, positions, inv])
+
+
+def _longrope(it, node, x, rotary: int):
+    """LongRoPE: the short or the long frequency table, cos and sin times the attention factor.
+
+    transformers picks the table once per forward call: long when the call's largest position + 1 exceeds
+    original_max_position_embeddings. A prefill call here is one ragged batch of prompt chunks, so it does the same
+    with the largest position among the call's tokens (exactly transformers' rule when the call holds one
+    sequence, as in `generate` and `score`). A decode call holds one token per sequence, so each token takes the
+    table its own position calls for: transformers' rule applied to each sequence, and no sequence's rope depends
+    on what else is in the batch. Keys already in the cache keep the rotation they were appended with, as in
+    transformers' forward; its Phi-3 `generate` additionally recomputes the whole cache once, when a sequence
+    grows past original_max_position_embeddings, which ember does not (the README says so)."""
+    scaling = node.attrs["scaling"]
+    short, long_, factor = longrope_tables(node.attrs["theta"], rotary, scaling)
+    original = int(scaling["original_max_position_embeddings"])
+    b, s, heads, dim = x.shape
+    positions = it.positions(b * s)
+    per_token = isinstance(s, int) and s == 1  # decode: one token per sequence
+    limit = positions if per_token else op.max(positions, axis=0, keepdims=True)
+    tables = nn.Tensor.from_const(np.stack([short, long_]))
+    half = rotary // 2
+
+    def compute(xt: te.Tensor, pos: te.Tensor, top: te.Tensor, inv_freq: te.Tensor) -> te.Tensor:
+        seq = xt.shape[1]
+
+        def element(i, j, h, d):
+            t = i * seq + j
+            use_long = (top[t] if per_token else top[0]) + 1 > original
+            k = tirx.min(tirx.if_then_else(d < half, d, d - half), half - 1)
+            angle = pos[t].astype("float32") * inv_freq[tirx.if_then_else(use_long, 1, 0), k]
+            partner = tirx.if_then_else(d < half, -xt[i, j, h, tirx.min(d + half, dim - 1)],
+                                        xt[i, j, h, tirx.max(d - half, 0)]).astype("float32")
+            scale = tirx.const(factor, "float32")
+            rotated = (xt[i, j, h, d].astype("float32") * (tirx.cos(angle) * scale)
+                       + partner * (tirx.sin(angle) * scale))
+            return tirx.if_then_else(d < rotary, rotated.astype(xt.dtype), xt[i, j, h, d])
+
+        return te.compute(xt.shape, element, name="longrope")
+
+    return op.tensor_expr_op(compute, "longrope", [x, positions, limit, tables])
 
 
 @lowers("paged_attention")

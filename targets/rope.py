@@ -1,4 +1,4 @@
-"""Rotary embedding frequencies (default and llama3 scaling), computed as Hugging Face does."""
+"""Rotary embedding frequencies (default, llama3 and longrope scaling), computed as Hugging Face does."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,8 @@ def inverse_frequencies(theta: float, rotary_dim: int, scaling: dict[str, Any] |
     inv = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
     if not scaling or scaling.get("rope_type", "default") == "default":
         return inv
+    if scaling["rope_type"] == "longrope":
+        raise ValueError("longrope has two frequency tables: use longrope_tables")
     if scaling["rope_type"] != "llama3":
         raise ValueError(f"unsupported rope_type {scaling['rope_type']!r}")
     factor = scaling["factor"]
@@ -23,3 +25,21 @@ def inverse_frequencies(theta: float, rotary_dim: int, scaling: dict[str, Any] |
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
     return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def longrope_tables(theta: float, rotary_dim: int, scaling: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
+    """LongRoPE (Phi-3): (short inverse frequencies, long inverse frequencies, attention factor).
+
+    Each table divides the default frequencies by one factor per frequency, `1 / (factor_i * theta^(2i/d))` in
+    float32 as transformers computes it; the attention factor multiplies cos and sin whichever table is in use.
+    Which table applies is the lowering's business (targets/lower.py `rope`)."""
+    exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / rotary_dim
+    base = np.float32(theta) ** exponents
+
+    def table(key: str) -> np.ndarray:
+        factors = np.asarray(scaling[key], dtype=np.float32)
+        if factors.shape != base.shape:
+            raise ValueError(f"longrope {key} has {factors.size} entries, expected rotary_dim / 2 = {base.size}")
+        return (np.float32(1.0) / (factors * base)).astype(np.float32)
+
+    return table("short_factor"), table("long_factor"), float(scaling["attention_factor"])

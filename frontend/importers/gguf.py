@@ -42,6 +42,8 @@ SUPPORTED_TENSOR_TYPES = frozenset(
 
 # Tensors with no HF counterpart: llama3 rope factors, which hf_config() turns into `rope_scaling`.
 _ROPE_FREQS = "rope_freqs.weight"
+# LongRoPE's factor lists (Phi-3), which hf_config() turns into `rope_scaling` too
+_LONGROPE_FACTORS = {"long_factor": "rope_factors_long.weight", "short_factor": "rope_factors_short.weight"}
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 _PERMUTED = ("attn_q", "attn_k")  # the q/k projections (weights and biases) llama.cpp permutes for LLaMA rope
 
@@ -253,8 +255,16 @@ def _hf_config(model: GGUFModel) -> dict[str, Any]:
     if value_dim != head_dim:
         raise model._error(key("attention.value_length"), f"{value_dim} != key_length {head_dim} is not supported")
     rope_dims = meta.get(key("rope.dimension_count"), head_dim)
+    partial = {}
     if rope_dims != head_dim:
-        raise model._error(key("rope.dimension_count"), f"partial rotary ({rope_dims} of {head_dim}) is not supported")
+        if not model._gguf_arch.partial_rotary:
+            raise model._error(key("rope.dimension_count"),
+                               f"partial rotary ({rope_dims} of {head_dim}) is not supported")
+        if not isinstance(rope_dims, int) or isinstance(rope_dims, bool) or not 0 < rope_dims < head_dim or \
+                rope_dims % 2 or int(head_dim * (rope_dims / head_dim)) != rope_dims:
+            raise model._error(key("rope.dimension_count"), f"expected an even number of dims below head_dim "
+                                                           f"{head_dim}, found {rope_dims!r}")
+        partial["partial_rotary_factor"] = rope_dims / head_dim
     if n_head % n_kv_head:
         raise model._error(key("attention.head_count_kv"), f"{n_kv_head} does not divide head_count {n_head}")
     vocab_size = _vocab_size(model)
@@ -275,7 +285,7 @@ def _hf_config(model: GGUFModel) -> dict[str, Any]:
         "head_dim": head_dim,
         "rms_norm_eps": eps,
         "rope_theta": rope_theta,
-        "rope_scaling": _rope_scaling(model, rope_theta, head_dim),
+        "rope_scaling": _rope_scaling(model, rope_theta, head_dim, rope_dims),
         "vocab_size": vocab_size,
         "max_position_embeddings": _positive_int(model, key("context_length")),
         "tie_word_embeddings": not has("output.weight"),
@@ -283,6 +293,7 @@ def _hf_config(model: GGUFModel) -> dict[str, Any]:
         "sliding_window": sliding_window,
         "bos_token_id": _token_id(model, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": _token_id(model, "tokenizer.ggml.eos_token_id"),
+        **partial,
     }
 
 
@@ -298,11 +309,13 @@ def _vocab_size(model: GGUFModel) -> int:
     raise model._error(key, "missing, and there is neither tokenizer.ggml.tokens nor token_embd.weight to infer it")
 
 
-def _rope_scaling(model: GGUFModel, rope_theta: float, head_dim: int) -> dict[str, Any] | None:
+def _rope_scaling(model: GGUFModel, rope_theta: float, head_dim: int, rope_dims: int) -> dict[str, Any] | None:
     meta, key = model.metadata, model._key
     kind = meta.get(key("rope.scaling.type"))
     factor = meta.get(key("rope.scaling.factor"))
     original = meta.get(key("rope.scaling.original_context_length"))
+    if kind in (None, "none") and any(name in model._gguf_types for name in _LONGROPE_FACTORS.values()):
+        return _longrope_scaling(model, rope_dims, original)
     if kind in (None, "none") and _ROPE_FREQS in model._gguf_types:
         return _llama3_rope_scaling(model, rope_theta, head_dim, original or 8192)
     if kind in (None, "none"):
@@ -321,6 +334,29 @@ def _rope_scaling(model: GGUFModel, rope_theta: float, head_dim: int) -> dict[st
                 scaling[hf_key] = float(meta[key(f"rope.scaling.{gguf_suffix}")])
         return scaling
     raise model._error(key("rope.scaling.type"), f"unsupported rope scaling {kind!r} (supported: none, linear, yarn)")
+
+
+def _longrope_scaling(model: GGUFModel, rope_dims: int, original: Any) -> dict[str, Any]:
+    """HF's longrope `rope_scaling` from what llama.cpp's Phi-3 converter writes: the factor lists as the tensors
+    rope_factors_long/short.weight (rope.dimension_count / 2 values each), the pretraining context as
+    rope.scaling.original_context_length and the cos/sin multiplier as rope.scaling.attn_factor."""
+    key = model._key
+    scaling: dict[str, Any] = {"rope_type": "longrope"}
+    for hf_key, name in _LONGROPE_FACTORS.items():
+        if name not in model._gguf_types:
+            raise model._error("tensors", f"{name} is missing (longrope needs both factor tensors)")
+        values = gguf_dequantize(model._reader_tensors[name].data, model._gguf_types[name]).reshape(-1)
+        if values.shape != (rope_dims // 2,):
+            raise model._error(f"tensor {name}", f"has {values.size} values, expected rope.dimension_count / 2 = "
+                                                 f"{rope_dims // 2}")
+        scaling[hf_key] = [float(v) for v in values]
+    if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
+        raise model._error(key("rope.scaling.original_context_length"),
+                           f"longrope needs the pretraining context length, found {original!r}")
+    scaling["original_max_position_embeddings"] = original
+    if key("rope.scaling.attn_factor") in model.metadata:
+        scaling["attention_factor"] = _positive_float(model, key("rope.scaling.attn_factor"), 1.0)
+    return scaling
 
 
 def _llama3_rope_factors(rope_theta: float, head_dim: int, factor: float, low: float, high: float,
@@ -394,7 +430,7 @@ def _build_tensors(model: GGUFModel) -> list[GGUFTensor]:
     permute_heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
     tensors = []
     for name, reader_tensor in model._reader_tensors.items():
-        if name == _ROPE_FREQS:
+        if name == _ROPE_FREQS or name in _LONGROPE_FACTORS.values():
             continue
         match = _BLOCK_RE.match(name)
         if match and int(match.group(1)) >= n_layers:

@@ -10,10 +10,10 @@ from ...ir import graph
 from ...ir.builder import trace
 from ...ir.types import TensorType
 from ..config import ModelConfig
-from . import llama, qwen3
+from . import llama, phi3, qwen3
 from .base import Architecture, GGUFArch
 
-_FILES = (llama, qwen3)
+_FILES = (llama, qwen3, phi3)
 ARCHITECTURES: tuple[Architecture, ...] = tuple(f.ARCHITECTURE for f in _FILES)
 _BY_MODEL_TYPE = {t: a for a in ARCHITECTURES for t in a.model_types}
 _BY_GGUF_ARCH = {name: (a, g) for a in ARCHITECTURES for name, g in a.gguf.items()}

@@ -24,6 +24,7 @@ class GGUFArch:
     model_type: str
     arch: gguf.MODEL_ARCH
     permuted_qk: bool = False  # llama.cpp's converter permutes q/k rows for its LLaMA rope kernel (llama only)
+    partial_rotary: bool = False  # rope.dimension_count < head_dim is read as partial_rotary_factor (else refused)
 
 
 @dataclass(frozen=True)

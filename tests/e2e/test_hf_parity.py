@@ -15,6 +15,16 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
                "original_max_position_embeddings": 16}
 
 
+PHI3 = (("vocab_size", 150), ("hidden_size", 64), ("intermediate_size", 96), ("num_hidden_layers", 2),
+        ("pad_token_id", None), ("bos_token_id", None))
+
+
+def longrope(n):
+    """Factor lists of n entries, short near 1 and long growing, as in Phi-3's configs (not those values)."""
+    return {"type": "longrope", "short_factor": [1.0 + 0.05 * i for i in range(n)],
+            "long_factor": [1.0 + 0.9 * i for i in range(n)]}
+
+
 @dataclass(frozen=True)
 class Case:
     family: str
@@ -23,9 +33,10 @@ class Case:
 
     @property
     def config(self):
-        from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+        from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 
-        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[self.family]
+        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
+               "phi3": Phi3Config}[self.family]
         return cls(**{"eos_token_id": None, **dict(self.kwargs)})  # greedy runs the full 32 tokens
 
 
@@ -52,6 +63,23 @@ CASES = {
     "qwen3-qknorm": Case("qwen3", (("vocab_size", 160), ("hidden_size", 64), ("intermediate_size", 128),
                                    ("num_hidden_layers", 2), ("num_attention_heads", 4), ("num_key_value_heads", 2),
                                    ("head_dim", 32), ("rms_norm_eps", 1e-6))),
+    # fused qkv_proj and gate_up_proj, GQA 4:2, full rotary, untied head
+    "phi3-plain": Case("phi3", PHI3 + (("num_attention_heads", 4), ("num_key_value_heads", 2))),
+    # Phi-4-mini's shape in small: partial rotary 0.75 (12 of 16 dims), GQA 4:1, tied embeddings
+    "phi3-partial-tied": Case("phi3", PHI3 + (("num_attention_heads", 4), ("num_key_value_heads", 1),
+                                              ("partial_rotary_factor", 0.75), ("tie_word_embeddings", True))),
+    # LongRoPE with partial rotary, all 21 + 32 positions within original_max_position_embeddings 64: short
+    # factors, cos/sin times sqrt(1 + ln(256 / 64) / ln(64))
+    "phi3-longrope-short": Case("phi3", PHI3 + (("num_attention_heads", 2), ("num_key_value_heads", 1),
+                                                ("partial_rotary_factor", 0.5), ("max_position_embeddings", 256),
+                                                ("original_max_position_embeddings", 64),
+                                                ("rope_scaling", longrope(8)))),
+    # LongRoPE past original_max_position_embeddings 16: the 21-token prompt and every generated token use the
+    # long factors (transformers' rule: the forward call's largest position + 1 > 16)
+    "phi3-longrope-long": Case("phi3", PHI3 + (("num_attention_heads", 2), ("num_key_value_heads", 1),
+                                               ("partial_rotary_factor", 0.5), ("max_position_embeddings", 128),
+                                               ("original_max_position_embeddings", 16),
+                                               ("rope_scaling", longrope(8)))),
 }
 
 
@@ -115,7 +143,8 @@ def test_a_sliding_window_is_exact_in_chunks_of_any_length(compiled):
     np.testing.assert_allclose(chunked.score(ids), ref, atol=2e-5, rtol=1e-4)
 
 
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # llama.cpp's converter
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+             "phi3": "phi3"}  # llama.cpp's converter
 
 
 def write_gguf(path: Path, family: str, config, hf_model) -> Path:
@@ -134,6 +163,10 @@ def write_gguf(path: Path, family: str, config, hf_model) -> Path:
             "rope.freq_base": float(rope["rope_theta"]), "vocab_size": config.vocab_size}
     if getattr(config, "sliding_window", None) and family == "mistral":
         meta["attention.sliding_window"] = config.sliding_window
+    if family == "phi3":  # partial rotary as the rotated dims; the context the model was pretrained with
+        meta["rope.dimension_count"] = int(head_dim * rope.get("partial_rotary_factor", 1.0))
+        meta["rope.scaling.original_context_length"] = config.original_max_position_embeddings
+        meta["attention.sliding_window"] = config.sliding_window or 0  # 0: none (llama.cpp's Phi-4 convention)
     for key, value in meta.items():
         (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"{arch}.{key}", value)
     tokens = ["<unk>", "<s>", "</s>"] + [f"\u2581w{i}" for i in range(config.vocab_size - 3)]
@@ -150,6 +183,14 @@ def write_gguf(path: Path, family: str, config, hf_model) -> Path:
         factors = _llama3_rope_factors(rope["rope_theta"], head_dim, rope["factor"], rope["low_freq_factor"],
                                        rope["high_freq_factor"], rope["original_max_position_embeddings"])
         writer.add_tensor("rope_freqs.weight", factors.astype(np.float32))
+    if rope.get("rope_type") == "longrope":  # llama.cpp: both factor lists as tensors, the cos/sin multiplier
+        import math
+
+        scale = config.max_position_embeddings / config.original_max_position_embeddings
+        writer.add_float32(f"{arch}.rope.scaling.attn_factor",
+                           math.sqrt(1 + math.log(scale) / math.log(config.original_max_position_embeddings)))
+        writer.add_tensor("rope_factors_long.weight", np.asarray(rope["long_factor"], dtype=np.float32))
+        writer.add_tensor("rope_factors_short.weight", np.asarray(rope["short_factor"], dtype=np.float32))
     state = hf_model.state_dict()
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -173,6 +214,11 @@ def test_a_gguf_of_the_same_weights_compiles_and_matches_hf(compiled, tmp_path):
     artifact = compile_model(CompileRequest(model=str(path), target="cpu", output=str(tmp_path / "art")))
     from_gguf = ember.load(artifact, device="cpu")
     assert from_gguf.manifest.config["model_type"] == ("llama" if case.family == "mistral" else case.family)
+    assert from_gguf.manifest.config.get("partial_rotary_factor") == engine.manifest.config.get("partial_rotary_factor")
+    ours, theirs = from_gguf.manifest.config["rope_scaling"], engine.manifest.config["rope_scaling"]
+    assert (ours is None) == (theirs is None) and (ours or {}).keys() == (theirs or {}).keys()
+    for key, value in (theirs or {}).items():  # the GGUF stores the factors as float32
+        assert ours[key] == (pytest.approx(value, rel=1e-6) if not isinstance(value, str) else value), key
     ids = prompt(case)
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0].numpy()

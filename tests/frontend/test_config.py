@@ -1,5 +1,6 @@
 """config.json parsing (transformers 4 and 5 styles), presets, and source resolution errors."""
 import json
+import math
 
 import pytest
 
@@ -104,3 +105,55 @@ def test_pickle_checkpoints_are_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"x")
     with pytest.raises(ModelFormatError, match="pytorch_model.bin: PyTorch pickle checkpoints are refused"):
         resolve_model(str(tmp_path))
+
+
+PHI3 = dict(model_type="phi3", vocab_size=100, hidden_size=128, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            original_max_position_embeddings=256)
+LONGROPE = {"type": "longrope", "short_factor": [1.0] * 12, "long_factor": [2.0] * 12}
+
+
+def test_phi3_config_partial_rotary_and_longrope_as_published_and_as_transformers5_writes_it():
+    from transformers import Phi3Config
+
+    v4 = ModelConfig.from_dict({**PHI3, "partial_rotary_factor": 0.75, "rope_theta": 1e4, "rope_scaling": LONGROPE})
+    assert v4.architecture == "phi3" and v4.rotary_dim == 24 and v4.head_dim == 32
+    scaling = v4.rope_scaling
+    assert scaling["rope_type"] == "longrope" and scaling["original_max_position_embeddings"] == 256
+    assert scaling["short_factor"] == [1.0] * 12 and scaling["long_factor"] == [2.0] * 12
+    assert scaling["attention_factor"] == pytest.approx((1 + math.log(4) / math.log(256)) ** 0.5)
+    hf = Phi3Config(**{k: v for k, v in PHI3.items() if k != "model_type"}, partial_rotary_factor=0.75,
+                    rope_scaling=dict(LONGROPE)).to_dict()
+    assert "rope_parameters" in hf and ModelConfig.from_dict(hf).rope_scaling == scaling
+    plain = ModelConfig.from_dict(Phi3Config(**{k: v for k, v in PHI3.items() if k != "model_type"}).to_dict())
+    assert plain.rope_scaling is None and plain.rotary_dim == 32
+    assert ModelConfig.from_manifest(v4.to_dict()) == v4
+    # a window no position can leave (Phi-4-mini: 262144 of 131072) is no window
+    assert ModelConfig.from_dict({**PHI3, "sliding_window": 4096}).sliding_window is None
+    assert ModelConfig.from_dict({**PHI3, "sliding_window": 100}).sliding_window == 100
+
+
+def test_phi3_values_ember_does_not_implement_are_refused_by_name():
+    with pytest.raises(ConfigError, match=r"field 'rope_scaling.short_mscale' is not implemented for longrope"):
+        ModelConfig.from_dict({**PHI3, "rope_scaling": {**LONGROPE, "short_mscale": 1.1}})
+    with pytest.raises(ConfigError, match=r"field 'rope_scaling.short_factor' must be a list of rotary_dim / 2 = 16"):
+        ModelConfig.from_dict({**PHI3, "rope_scaling": LONGROPE})  # full rotary: 16 factors, not 12
+    with pytest.raises(ConfigError, match=r"rope type 'yarn' is not supported for phi3"):
+        ModelConfig.from_dict({**PHI3, "rope_scaling": {"type": "yarn", "factor": 2.0}})
+    with pytest.raises(ConfigError, match=r"field 'attention_bias' is true"):
+        ModelConfig.from_dict({**PHI3, "attention_bias": True})
+    with pytest.raises(ConfigError, match=r"field 'partial_rotary_factor' is 0.5: partial rotary embeddings are not "
+                                          r"implemented for model_type 'llama'"):
+        ModelConfig.from_dict({**BASE, "partial_rotary_factor": 0.5})
+
+
+def test_phi_presets_hold_published_shapes_and_phi4_mini_is_benchmark_only():
+    phi3, phi4 = preset_config("phi-3-mini-4k"), preset_config("phi-4-mini")
+    assert parameter_count(phi3) == 3_821_079_552 and parameter_count(phi4) == 3_836_021_760
+    assert (phi3.head_dim, phi3.rotary_dim, phi3.sliding_window, phi3.rope_scaling) == (96, 96, 2047, None)
+    assert (phi4.head_dim, phi4.rotary_dim, phi4.num_key_value_heads, phi4.tie_word_embeddings) == (128, 96, 8, True)
+    assert phi4.rope_scaling["rope_type"] == "longrope" and len(phi4.rope_scaling["long_factor"]) == 48
+    assert phi4.rope_scaling["attention_factor"] == pytest.approx((1 + math.log(32) / math.log(4096)) ** 0.5)
+    with pytest.raises(ConfigError, match=r"preset phi-4-mini makes benchmark builds only .*pass random_weights"):
+        resolve_model("phi-4-mini")
+    assert resolve_model("phi-4-mini", random_weights=True).config == phi4

@@ -208,13 +208,18 @@ def test_every_parameter_of_each_architecture_has_a_gguf_name(general_arch: str)
     from ember.frontend.models.base import gguf_tensor_names
 
     arch, gguf_arch = gguf_architecture(general_arch, "test")
+    fused = general_arch == "phi3"  # fused qkv and gate_up, no biases
     cfg = ModelConfig.from_dict({"model_type": gguf_arch.model_type, "vocab_size": 32, "hidden_size": 16,
                                  "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
-                                 "attention_bias": True, "tie_word_embeddings": False})
+                                 "attention_bias": not fused, "tie_word_embeddings": False})
     params = arch.parameters(cfg)
     names = gguf_tensor_names(gguf_arch, list(params), 3)
     assert sorted(names.values()) == sorted(params)
-    assert names["blk.2.attn_q.weight"] == "model.layers.2.self_attn.q_proj.weight"
+    if fused:
+        assert names["blk.2.attn_qkv.weight"] == "model.layers.2.self_attn.qkv_proj.weight"
+        assert names["blk.2.ffn_up.weight"] == "model.layers.2.mlp.gate_up_proj.weight"
+    else:
+        assert names["blk.2.attn_q.weight"] == "model.layers.2.self_attn.q_proj.weight"
     assert names["output.weight"] == "lm_head.weight" and names["token_embd.weight"] == "model.embed_tokens.weight"
 
 
@@ -396,7 +401,7 @@ def test_error_truncated(llama_files: dict[Q, Path], tmp_path: Path, keep: float
 def test_error_unsupported_architecture(tmp_path: Path) -> None:
     config, weights = hf_weights("llama", num_hidden_layers=1)
     path = write_gguf(tmp_path / "gptx.gguf", "gptx", config, weights, lambda name: Q.F32)
-    message = expect_error(path, "general.architecture", "'gptx'", "llama, qwen2")
+    message = expect_error(path, "general.architecture", "'gptx'", "(supported: llama, ", "qwen2")
     assert read_gguf_metadata(path)["general.architecture"] == "gptx"  # metadata alone still reads
     assert "supported" in message
 
