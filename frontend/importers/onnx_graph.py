@@ -233,3 +233,15 @@ def _numpy_dtype(data_type: int):
         return ml_dtypes.bfloat16
     entry = DTYPES.get(data_type)
     return entry[1] if entry else None
+
+
+def external_files(path: Path) -> list[Path]:
+    """The external data files a graph's initializers name (for the build fingerprint), from the graph alone."""
+    model = onnx.load(str(path), load_external_data=False)
+    names = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location")
+            if location:
+                names.add(location)
+    return [path.parent / name for name in sorted(names) if (path.parent / name).is_file()]
