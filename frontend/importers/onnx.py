@@ -27,7 +27,6 @@ Initializer names are not trusted (the exporters rename, fold transposes into ne
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
