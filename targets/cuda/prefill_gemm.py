@@ -5,8 +5,9 @@ Here a `linear` with fp16 or bf16 x and weight in a prefill function (a symbolic
 `call_dps_packed` of `ember_prefill_gemm_<dtype>`, defined by kernels/prefill_gemm.cu: on sm_90 ember's
 warp-specialized TMA + wgmma kernel (kernels/prefill_gemm_sm90.cuh), on sm_80 CUTLASS 2's multistage mma.sync
 kernel, chosen at run time by the device. A bias is added by a Relax add after it (it fuses into the next
-elementwise kernel). For now CUTLASS 3's cooperative kernel stays the sm_90 default and EMBER_CUDA_GEMM=ember
-takes ember's (not yet run on a GPU; ~5 s of nvcc where CUTLASS's takes ~50 s on one core).
+elementwise kernel). ember's kernel is the sm_90 default (checked on the GPU against torch and cuBLAS by
+tools/prefill_gemm_check.py kernel; ~5 s of nvcc where CUTLASS's takes ~50 s on one core); EMBER_CUDA_GEMM=cutlass
+takes CUTLASS 3's cooperative kernel instead (faster at 512 tokens, slower at 128 and from 2048 on: RESULTS.md).
 
 The .cu is compiled by nvcc at `ember compile` (CUTLASS from the headers of the `nvidia-cutlass` package, which
 builds with sm_80 need: TVM's copy of CUTLASS lacks the collective builders), once per (dtype, archs, nvcc, CUTLASS,
@@ -62,9 +63,8 @@ def cutlass_root() -> Path | None:
 
 
 def cutlass_forced() -> bool:
-    """CUTLASS 3's kernel for sm_90 instead of ember's: the default until ember's kernel has been checked on a GPU
-    (tools/prefill_gemm_check.py kernel); EMBER_CUDA_GEMM=ember takes ember's."""
-    return os.environ.get(ENV, "1") != "ember"
+    """CUTLASS 3's kernel for sm_90 instead of ember's (EMBER_CUDA_GEMM=cutlass)."""
+    return os.environ.get(ENV, "1") == "cutlass"
 
 
 def needs_cutlass(archs: list[str] | tuple[str, ...]) -> bool:

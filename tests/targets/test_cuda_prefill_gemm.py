@@ -65,10 +65,11 @@ def test_only_sm80_code_needs_the_cutlass_headers(monkeypatch):
     from ember.targets.cuda import prefill_gemm
 
     monkeypatch.setattr(prefill_gemm, "cutlass_root", lambda: None)
-    assert not prefill_gemm.enabled(["sm_90"])  # CUTLASS 3 for sm_90 (the default), not installed
-    monkeypatch.setenv(prefill_gemm.ENV, "ember")
-    assert prefill_gemm.enabled(["sm_90"]) and not prefill_gemm.enabled(["sm_80", "sm_90"])
+    monkeypatch.delenv(prefill_gemm.ENV, raising=False)
+    assert prefill_gemm.enabled(["sm_90"]) and not prefill_gemm.enabled(["sm_80", "sm_90"])  # ember's by default
     assert not prefill_gemm.enabled(["sm_100"])
+    monkeypatch.setenv(prefill_gemm.ENV, "cutlass")
+    assert not prefill_gemm.enabled(["sm_90"])  # CUTLASS 3 asked for, not installed
 
 
 def test_nvcc_command_keeps_hopper_code_in_sm90a(tmp_path):

@@ -49,13 +49,14 @@ struct Tile {
 };
 // Both operands in shared memory: 128x256, 128x128, 128x64; weights from registers: 128 tokens x 128 features (one
 // and two blocks an SM), 128 x 256, 256 x 128; fed by a TMA producer warp: 128 x 128, 128 tokens x 64 features
-// (two blocks an SM). Rates: docs/measurements/2026-12-03-h200-qgemm-rs, 2026-12-06-h200-gemm90.
+// (two blocks an SM). Rates: docs/measurements/2026-12-03-h200-qgemm-rs, 2026-12-07-gpu.
 constexpr Tile kTiles[] = {{128, 256, 1, 355.0, 355.0, kSmem}, {128, 128, 1, 240.0, 240.0, kSmem},
                            {128, 64, 2, 232.0, 232.0, kSmem},  {128, 128, 1, 279.0, 279.0, kRS},
                            {128, 128, 2, 330.0, 330.0, kRS},   {128, 256, 1, 316.0, 316.0, kRS},
                            {256, 128, 1, 412.0, 412.0, kRS},
-                           // not chosen until measured on the GPU (tools/qgemm_check.py ws tiles)
-                           {128, 128, 1, 0.0, 0.0, kWS},       {128, 64, 2, 0.0, 0.0, kWS}};
+                           // measured on an H100 (2026-12-07-gpu/call1b/qgemm-ws.jsonl; the older tiles' rates came out
+                           // the same there as on the H200): faster than every other tile at m = 77..2048
+                           {128, 128, 1, 390.0, 430.0, kWS},   {128, 64, 2, 330.0, 420.0, kWS}};
 constexpr int kTileCount = sizeof(kTiles) / sizeof(kTiles[0]);
 
 // The tile's rate at this many tokens (between its 128- and 2048-token rates, by log m) times the fullness of its
