@@ -42,7 +42,7 @@ def digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-TARGETS = [("cpu", "q4f16_1"), ("cpu", "q0f32"),
+TARGETS = [("cpu", "q4f16_1"), ("cpu", "q0f32"), ("metal", "q4f16_1"), ("cpu:aarch64", "q4f16_1"),
            pytest.param("cuda:sm_90", "q4f16_1", marks=pytest.mark.skipif(shutil.which("nvcc") is None,
                                                                          reason="needs nvcc (CUDA 13 toolkit)"))]
 
