@@ -1,4 +1,4 @@
-"""Rotary embedding frequencies (default and llama3 scaling), computed as Hugging Face does."""
+"""Rotary embedding frequencies (default, llama3 and linear scaling), computed as Hugging Face does."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,8 @@ def inverse_frequencies(theta: float, rotary_dim: int, scaling: dict[str, Any] |
     inv = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
     if not scaling or scaling.get("rope_type", "default") == "default":
         return inv
+    if scaling["rope_type"] == "linear":  # positions divided by the factor, i.e. every frequency
+        return (inv / np.float32(scaling["factor"])).astype(np.float32)
     if scaling["rope_type"] != "llama3":
         raise ValueError(f"unsupported rope_type {scaling['rope_type']!r}")
     factor = scaling["factor"]

@@ -43,7 +43,8 @@ def test_missing_field_and_unknown_architecture_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"config.json: missing field 'hidden_size'"):
         ModelConfig.from_file(path)
     path.write_text(json.dumps({**BASE, "model_type": "gptx"}))
-    with pytest.raises(ConfigError, match=r"unknown architecture model_type='gptx' \(supported: llama, mistral"):
+    with pytest.raises(ConfigError, match=r"unknown architecture model_type='gptx' \(supported: gemma2, gemma3, "
+                                          r"gemma3_text, llama, mistral"):
         ModelConfig.from_file(path)
     with pytest.raises(ConfigError, match="rope type 'yarn' is not supported"):
         ModelConfig.from_dict({**BASE, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
