@@ -59,6 +59,8 @@ class GemmaConfig(ModelConfig):
         super().__post_init__()
         if not self.layer_types:
             self.layer_types = default_layer_types(self.model_type, self.num_hidden_layers)
+        if SLIDING not in self.layer_types:
+            self.sliding_window = None  # no local layer: no window anywhere
 
     @property
     def qk_norm(self) -> bool:
@@ -70,7 +72,7 @@ class GemmaConfig(ModelConfig):
     @property
     def window_layers(self) -> tuple[int, ...] | None:
         layers = tuple(i for i in range(self.num_hidden_layers) if self.is_sliding(i))
-        return None if len(layers) == self.num_hidden_layers else layers
+        return None if self.sliding_window is None or len(layers) == self.num_hidden_layers else layers
 
     def layer_rope(self, layer: int) -> tuple[float, dict[str, Any] | None]:
         """(theta, scaling) of `layer`: Gemma 3's local layers have their own base and no scaling."""
@@ -106,10 +108,9 @@ class GemmaConfig(ModelConfig):
 
     @classmethod
     def read_sliding_window(cls, f: Fields, num_layers: int) -> int | None:
-        window = f.positive_int("sliding_window", None)
-        if window is None and any(k == SLIDING for k in cls._layer_types(f, f.string("model_type"), num_layers)):
-            raise f.error("sliding_window", "is missing, but layer_types has sliding-window layers")
-        return window
+        if not any(k == SLIDING for k in cls._layer_types(f, f.string("model_type"), num_layers)):
+            return None  # every layer global
+        return f.positive_int("sliding_window", 4096)  # transformers' default for both
 
     @classmethod
     def _layer_types(cls, f: Fields, model_type: str, num_layers: int) -> list[str]:
