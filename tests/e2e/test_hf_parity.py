@@ -125,6 +125,9 @@ def test_a_sliding_window_is_exact_in_chunks_of_any_length(compiled):
     if dict(case.kwargs).get("sliding_window") is None:
         pytest.skip("no sliding window")
     assert engine.manifest.kv_cache.window_in_kernels and not engine.runner.kv.evicts
+    kinds = getattr(case.config, "layer_types", None) or []
+    local = [i for i, kind in enumerate(kinds) if kind == "sliding_attention"]
+    assert engine.manifest.kv_cache.window_layers == (local if 0 < len(local) < len(kinds) else None)
     chunked = ember.load(engine.artifact.path, device="cpu", prefill_chunk_size=5)
     ids = prompt(case, seed=3)
     assert chunked.runner.prefill_chunk_size == 5
