@@ -117,7 +117,8 @@ def models_command() -> None:
         if cfg.rope_scaling:
             extra.append(f"rope {cfg.rope_scaling['rope_type']}")
         if cfg.sliding_window:
-            extra.append(f"window {cfg.sliding_window}")
+            layers = cfg.window_layers
+            extra.append(f"window {cfg.sliding_window}" + (f" on {len(layers)} layers" if layers is not None else ""))
         if cfg.tie_word_embeddings:
             extra.append("tied embeddings")
         click.echo(f"{name:14s} {cfg.model_type:8s} {parameter_count(cfg) / 1e9:6.2f}B  "

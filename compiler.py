@@ -146,6 +146,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
             quantization=quant, compute_dtype=dtype, target=target_info, library=target.library_file,
             kv_cache=art.KVCacheInfo(**{k: getattr(module.kv_cache, k) for k in (
                 "num_layers", "num_attention_heads", "num_kv_heads", "head_dim", "dtype", "sliding_window")},
+                window_layers=list(module.kv_cache.window_layers) if module.kv_cache.window_layers else None,
                 window_in_kernels=window_of(relax_mod) > 0),
             vocab_size=source.config.vocab_size, context_length=source.config.max_position_embeddings,
             functions=_exported_functions(relax_mod), params=params, weights=weights_mode,

@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar
 from ..errors import ConfigError
 from .config_fields import Fields
 
-SUPPORTED_ROPE_TYPES = ("default", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 
 
 @dataclass
@@ -55,6 +55,11 @@ class ModelConfig:
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
         self.head_dim = self.head_dim or _derived_head_dim(self.hidden_size, self.num_attention_heads, fail)
         _check_relations(self.num_attention_heads, self.num_key_value_heads, self.head_dim, self.sliding_window, fail)
+
+    @property
+    def window_layers(self) -> tuple[int, ...] | None:
+        """The layers `sliding_window` applies to; None: every layer (architectures with global layers override it)."""
+        return None
 
     @property
     def architecture(self) -> str:
@@ -204,6 +209,10 @@ def _rope(f: Fields) -> tuple[float, dict[str, Any] | None]:
         return theta, None
     scaling = {k: v for k, v in section.raw.items() if k not in ("rope_theta", "type")}
     scaling["rope_type"] = rope_type
+    if rope_type == "linear":  # positions divided by `factor` (Gemma 3 4b+ global layers)
+        if not section.given("factor"):
+            raise ConfigError(f"{f.source}: linear rope scaling is missing field 'factor'")
+        return theta, {"rope_type": "linear", "factor": section.positive_float("factor")}
     for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
         if not section.given(key):
             raise ConfigError(f"{f.source}: llama3 rope scaling is missing field {key!r}")

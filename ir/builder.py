@@ -28,9 +28,12 @@ class TraceError(ValueError):
 class Parameter:
     """A weight declared by a layer. Its name is assigned when the model is traced."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: str) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: str, transform: str | None = None) -> None:
         self.type = TensorType(tuple(shape), dtype)
         self.name: str | None = None
+        # a weight transform registered in passes/materialize.py, applied to the checkpoint tensor (e.g. Gemma's
+        # norm weights are stored as w and used as 1 + w): recorded as the traced Param's info["transform"]
+        self.transform = transform
 
     @property
     def shape(self) -> tuple[Dim, ...]:
@@ -156,7 +159,7 @@ def trace(model: Module, entries: EntrySpec, name: str, kv_cache: KVCacheSpec | 
     module = IRModule(name=name, kv_cache=kv_cache, attrs=dict(attrs or {}))
     for pname, param in model.named_parameters():
         param.name = pname
-        module.params[pname] = Param(pname, param.type)
+        module.params[pname] = Param(pname, param.type, {"transform": param.transform} if param.transform else {})
     for fname, inputs in entries.items():
         function = Function(fname, [Value(arg, ty, INPUT) for arg, ty in inputs.items()])
         method: Callable[..., Any] = getattr(model, fname)

@@ -35,9 +35,10 @@ def rope(x: Tensor, theta: float, scaling: dict[str, Any] | None = None, rotary_
 
 
 def paged_attention(q: Tensor, k: Tensor, v: Tensor, layer: int, sm_scale: float,
-                    sliding_window: int | None = None, name: str = "") -> Tensor:
+                    sliding_window: int | None = None, logit_softcap: float | None = None, name: str = "") -> Tensor:
+    extra = {"logit_softcap": float(logit_softcap)} if logit_softcap else {}  # Gemma 2: cap * tanh(score / cap)
     return emit("paged_attention", [q, k, v], name=name, layer=int(layer), sm_scale=float(sm_scale),
-                sliding_window=sliding_window)
+                sliding_window=sliding_window, **extra)
 
 
 def silu(x: Tensor, name: str = "") -> Tensor:
@@ -46,6 +47,14 @@ def silu(x: Tensor, name: str = "") -> Tensor:
 
 def gelu(x: Tensor, approximate: str = "none", name: str = "") -> Tensor:
     return emit("gelu", [x], name=name, approximate=approximate)
+
+
+def scale(x: Tensor, factor: float, name: str = "") -> Tensor:
+    return emit("scale", [x], name=name, factor=float(factor))
+
+
+def softcap(x: Tensor, cap: float, name: str = "") -> Tensor:
+    return emit("softcap", [x], name=name, cap=float(cap))
 
 
 def softmax(x: Tensor, axis: int = -1, name: str = "") -> Tensor:

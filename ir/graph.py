@@ -94,6 +94,7 @@ class KVCacheSpec:
     head_dim: int
     dtype: str
     sliding_window: int | None = None  # HF convention
+    window_layers: tuple[int, ...] | None = None  # the layers sliding_window applies to; None: every layer
 
 
 @dataclass

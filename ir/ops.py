@@ -129,7 +129,7 @@ def _layer_norm(t, attrs):
 
 # ---- positions and attention --------------------------------------------------------------------
 
-ROPE_TYPES = ("default", "llama3", "longrope")
+ROPE_TYPES = ("default", "llama3", "longrope", "linear")  # linear: positions divided by factor
 
 
 @register("rope", 1, doc="rope(x[B, S, heads, D]) -> x, rotary embedding at each token's position in its "
@@ -158,6 +158,7 @@ def _rope(t, attrs):
           doc="paged_attention(q[B, S, H, D], k[B, S, KVH, D], v[B, S, KVH, D]) -> [B, S, H, D]: appends k/v of "
               "the current tokens to the paged KV cache of `layer`, then causal attention over each sequence's "
               "history (GQA when KVH < H; sliding window when set). attrs: layer, sm_scale, sliding_window, "
+              "logit_softcap (optional: scores s = q.k * sm_scale become cap * tanh(s / cap)), "
               "rope (dict, set by fuse_rope: the cache rotates q and k itself)")
 def _paged_attention(t, attrs):
     q, k, v = t
@@ -185,6 +186,22 @@ def _unary(name: str, doc: str) -> None:
 
 _unary("silu", "silu(x) = x * sigmoid(x)")
 _unary("gelu", "gelu(x); attrs: approximate ('none' | 'tanh')")
+
+
+@register("scale", 1, doc="scale(x) = x * attrs.factor (a constant, e.g. Gemma's sqrt(hidden) embedding scale)")
+def _scale(t, attrs):
+    _float(t[0], "scale input")
+    _need(isinstance(attrs.get("factor"), float), "scale needs a float attr factor")
+    return [t[0]]
+
+
+@register("softcap", 1, doc="softcap(x) = cap * tanh(x / cap), computed in fp32 (Gemma 2's logit soft-capping); "
+                            "attrs: cap > 0")
+def _softcap(t, attrs):
+    _float(t[0], "softcap input")
+    cap = attrs.get("cap")
+    _need(isinstance(cap, float) and cap > 0, f"softcap needs a positive float attr cap, got {cap!r}")
+    return [t[0]]
 
 
 def _binary(name: str, doc: str) -> None:

@@ -124,6 +124,12 @@ def _to_float32(array: np.ndarray) -> np.ndarray:
     return array if array.dtype == np.float32 else array.astype(np.float32)
 
 
+@transform("add_one")
+def _add_one(source: Source, param: Param) -> np.ndarray:
+    """1 + w, in float32 before the cast (Gemma's RMSNorm scales by 1 + weight)."""
+    return cast(_to_float32(floats(source)) + np.float32(1.0), param.type.dtype)
+
+
 def cast(array: np.ndarray, dtype: str) -> np.ndarray:
     if str(array.dtype) == dtype:
         return array

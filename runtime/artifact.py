@@ -69,6 +69,9 @@ class KVCacheInfo:
     # True: the attention kernels apply sliding_window as a mask and the cache keeps every token; False (formats
     # 1 and 2 too): TVM's cache drops what leaves the window (targets/attention_window.py)
     window_in_kernels: bool = False
+    # the layers sliding_window applies to when only some have it (Gemma's local layers; the others are global),
+    # always with window_in_kernels; None: every layer. Written only when set, so other manifests stay as they were.
+    window_layers: list[int] | None = None
 
 
 @dataclass
@@ -153,7 +156,10 @@ class Manifest:
         return self.weights == WEIGHTS_RANDOM
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        data = asdict(self)
+        if data["kv_cache"].get("window_layers") is None:  # optional: absent unless some layers are global
+            data["kv_cache"].pop("window_layers", None)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = MANIFEST_FILE) -> "Manifest":

@@ -74,6 +74,11 @@ class Target(ABC):
         """This target's own lowerings of ir ops (targets.lower's overrides); default: none."""
         return {}
 
+    # What this target's own attention kernels apply beyond a window on every layer, where `window_in_kernels` holds:
+    # "window_layers" (a window on some layers only: attention_window.WINDOW_BY_SIGN_ATTR) and "softcap" (tanh
+    # soft-capping of the scores, attention_window.SOFTCAP_ATTR). A model asking for one the target lacks is refused.
+    attention_features: frozenset[str] = frozenset()
+
     def window_in_kernels(self, kv_cache: Any) -> bool:
         """Whether this target's own attention kernels apply the sliding window of a model with this KV cache
         spec (ir.KVCacheSpec) as a mask, over a cache that keeps every token (targets/attention_window.py);

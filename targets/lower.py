@@ -22,7 +22,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from ..ir.graph import PARAM, Function, Module, Node, Value
 from .base import Target
-from .attention_window import WINDOW_ATTR
+from .attention_window import SOFTCAP_ATTR, WINDOW_ATTR, WINDOW_BY_SIGN_ATTR, AttentionPlan, attention_plan
 from .gpu_schedule import PREFILL_DIMS_ATTR
 from . import random_fill as random_fill_fn
 from .rope import inverse_frequencies, longrope_tables
@@ -56,8 +56,10 @@ class _Interpreter:
     """Evaluates one IR function with nn ops while nn traces it into Relax."""
 
     def __init__(self, module: Module, params: dict[str, nn.Parameter], kv: PagedKVCache,
-                 overrides: Mapping[str, "Lowering"] | None = None, dequant_stage: bool = True) -> None:
+                 overrides: Mapping[str, "Lowering"] | None = None, dequant_stage: bool = True,
+                 signed_windows: bool = False) -> None:
         self.module, self.params, self.kv = module, params, kv
+        self.signed_windows = signed_windows  # attention_window.WINDOW_BY_SIGN_ATTR: windowed layers pass -sm_scale
         self.overrides = overrides or {}
         self.dequant_stage = dequant_stage  # Target.dequant_stage: quantized weights dequantize in a block of their own
         self.env: dict[int, nn.Tensor] = {}
@@ -88,6 +90,12 @@ class _Interpreter:
 
     def shape(self, dims) -> list[Any]:
         return [self.symbols[d] if isinstance(d, str) else d for d in dims]
+
+    def attention_scale(self, node: Node) -> float:
+        """The sm_scale an attention node passes the KV cache: negated on a windowed layer when only some layers
+        have the window (attention_window.WINDOW_BY_SIGN_ATTR)."""
+        scale = float(node.attrs["sm_scale"])
+        return -scale if self.signed_windows and node.attrs.get("sliding_window") is not None else scale
 
     def positions(self, total: Any) -> nn.Tensor:
         if self._positions is None:
@@ -228,7 +236,7 @@ def _paged_attention(it, node, args):
     q, k, v = args
     b, s, heads, dim = q.shape
     qkv = op.concat([q, k, v], dim=2)
-    return it.kv.attention_with_fused_qkv(node.attrs["layer"], qkv, heads, sm_scale=node.attrs["sm_scale"])
+    return it.kv.attention_with_fused_qkv(node.attrs["layer"], qkv, heads, sm_scale=it.attention_scale(node))
 
 
 @lowers("silu")
@@ -239,6 +247,20 @@ def _silu(it, node, args):
 @lowers("gelu")
 def _gelu(it, node, args):
     return op.gelu(args[0], approximate=None if node.attrs.get("approximate", "none") == "none" else "tanh")
+
+
+@lowers("scale")
+def _scale(it, node, args):
+    (x,) = args
+    return x * nn.Tensor.from_scalar(node.attrs["factor"], x.dtype)
+
+
+@lowers("softcap")
+def _softcap(it, node, args):
+    (x,) = args
+    cap = node.attrs["cap"]
+    y = op.tanh(_as(x, "float32") * nn.Tensor.from_scalar(1.0 / cap, "float32")) * nn.Tensor.from_scalar(cap, "float32")
+    return _as(y, x.dtype)
 
 
 @lowers("add")
@@ -308,6 +330,7 @@ class _LoweredModel(nn.Module):
         self._overrides = target.lowerings()
         self._dequant_stage = target.dequant_stage
         self._rope = _rope_config(module)
+        self._plan: AttentionPlan = attention_plan(module, ATTENTION_OPS)
         self._param_map: dict[str, nn.Parameter] = {}
         for i, (name, param) in enumerate(module.params.items()):
             tensor = nn.Parameter(list(param.type.shape), param.type.dtype)
@@ -317,8 +340,8 @@ class _LoweredModel(nn.Module):
     def method(self, function: Function) -> Callable[..., Any]:
         def run(*args):
             *inputs, kv = args
-            outputs = _Interpreter(self._ir, self._param_map, kv, self._overrides,
-                                   self._dequant_stage).run(function, list(inputs))
+            outputs = _Interpreter(self._ir, self._param_map, kv, self._overrides, self._dequant_stage,
+                                   signed_windows=self._plan.window_layers is not None).run(function, list(inputs))
             return (*outputs, kv)
 
         # nn's exporter binds spec arguments by the method's signature.
@@ -373,6 +396,26 @@ def _tag_rope(theta: float, rotary_dim: int, scaling: dict[str, Any]) -> None:
             bb.update_func(gv, func.with_attr(ROPE_ATTR, json.dumps(info, sort_keys=True)))
 
 
+def _check_attention_features(plan: AttentionPlan, module: Module, target: Target) -> None:
+    """Refuse, in one line, what the target's attention kernels cannot apply: a window on some layers only, and
+    soft-capping of the scores (`Target.attention_features`, on top of `window_in_kernels`)."""
+    from ..errors import ConfigError
+
+    kv = module.kv_cache
+    if plan.window_layers is not None and plan.window != kv.sliding_window:
+        raise LoweringError(f"the KV cache spec's window {kv.sliding_window} is not the layers' {plan.window}")
+    covered = target.window_in_kernels(kv)
+    cache = f"{kv.dtype} cache, head_dim {kv.head_dim}"
+    if plan.window_layers is not None and not (covered and "window_layers" in target.attention_features):
+        raise ConfigError(f"--target {target.spec}: a sliding window on {len(plan.window_layers)} of "
+                          f"{kv.num_layers} layers (the others global) needs ember's own attention kernels to take "
+                          f"a window per layer, which this target does not have for a {cache}")
+    if plan.softcap and not (covered and "softcap" in target.attention_features):
+        raise ConfigError(f"--target {target.spec}: config field 'attn_logit_softcapping' ({plan.softcap:g}) needs "
+                          f"soft-capping inside ember's attention kernels, which this target does not have for a "
+                          f"{cache}")
+
+
 def lower(module: Module, target: Target, random_fill: bool = False) -> tuple[tvm.IRModule, list[str]]:
     """Returns the Relax module and the parameter names in argument order. With `random_fill`, the module
     also exports `fill_random_<dtype>` for every parameter dtype (benchmark builds). The target's own lowerings
@@ -382,6 +425,7 @@ def lower(module: Module, target: Target, random_fill: bool = False) -> tuple[tv
     if module.kv_cache is None:
         raise LoweringError(f"module {module.name} has no KV cache spec")
     model = _LoweredModel(module, target)
+    _check_attention_features(model._plan, module, target)
     spec: dict[str, Any] = {}
     for name, function in module.functions.items():
         setattr(model, name, model.method(function))
@@ -404,6 +448,10 @@ def lower(module: Module, target: Target, random_fill: bool = False) -> tuple[tv
     mod = mod.with_attr(PREFILL_DIMS_ATTR, _prefill_dims(module))
     if module.kv_cache.sliding_window is not None and target.window_in_kernels(module.kv_cache):
         mod = mod.with_attr(WINDOW_ATTR, int(module.kv_cache.sliding_window))
+    if model._plan.window_layers is not None:
+        mod = mod.with_attr(WINDOW_BY_SIGN_ATTR, 1)
+    if model._plan.softcap:
+        mod = mod.with_attr(SOFTCAP_ATTR, float(model._plan.softcap))
     by_attr = {f"p{i:04d}": name for i, name in enumerate(module.params)}
     order = [by_attr[attr] for attr, _ in named]
     return mod, order

@@ -69,7 +69,7 @@ def _paged_attention_qkv(it, node, args):
     stacked = op.reshape(qkv, [b * s, heads + 2 * kv_heads, dim])
     out = relax.call_dps_packed(
         "vm.builtin.attention_kv_cache_attention_with_fused_qkv",
-        [it.kv._expr, relax.prim_value(node.attrs["layer"]), relax.prim_value(node.attrs["sm_scale"]), stacked._expr],
+        [it.kv._expr, relax.prim_value(node.attrs["layer"]), relax.prim_value(it.attention_scale(node)), stacked._expr],
         out_ty=relax.TensorType((b * s, heads, dim), qkv.dtype),
     )
     return op.reshape(op.wrap_nested(out, name="attn"), [b, s, heads * dim])

@@ -1,4 +1,4 @@
-"""Rotary embedding frequencies (default, llama3 and longrope scaling), computed as Hugging Face does."""
+"""Rotary embedding frequencies (default, llama3, linear and longrope scaling), computed as Hugging Face does."""
 from __future__ import annotations
 
 import math
@@ -14,6 +14,8 @@ def inverse_frequencies(theta: float, rotary_dim: int, scaling: dict[str, Any] |
         return inv
     if scaling["rope_type"] == "longrope":
         raise ValueError("longrope has two frequency tables: use longrope_tables")
+    if scaling["rope_type"] == "linear":  # positions divided by the factor, i.e. every frequency
+        return (inv / np.float32(scaling["factor"])).astype(np.float32)
     if scaling["rope_type"] != "llama3":
         raise ValueError(f"unsupported rope_type {scaling['rope_type']!r}")
     factor = scaling["factor"]

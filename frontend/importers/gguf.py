@@ -74,6 +74,7 @@ class GGUFTensor:
     shape: tuple[int, ...]  # HF/numpy order: (out_features, in_features) for matrices
     _data: np.ndarray = field(repr=False, compare=False)  # the reader's view into the memory map
     _row_order: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _offset: float = field(default=0.0, repr=False, compare=False)  # stored as HF value + offset (Gemma's norms)
 
     @property
     def n_elements(self) -> int:
@@ -88,6 +89,8 @@ class GGUFTensor:
         """Block bytes as uint8 of shape (rows, bytes_per_row), rows in HF order; 1-D tensors are one row.
 
         A view into the memory map unless rows had to be un-permuted (then a copy)."""
+        if self._offset:
+            raise ValueError(f"{self.gguf_name}: stored with an offset of {self._offset}; only its values are read")
         data = self._data.view(np.uint8)
         if len(self.shape) == 1:
             if self._row_order is not None:  # a q/k bias: permute whole elements
@@ -99,6 +102,8 @@ class GGUFTensor:
     def dequantize(self) -> np.ndarray:
         """float32 in HF layout. F32 tensors come back as a read-only view into the memory map."""
         values = gguf_dequantize(self._data, self.ggml_type).reshape(self.shape)
+        if self._offset:  # llama.cpp's Gemma norms hold 1 + w; HF's, and ember's sources, hold w
+            values = values.astype(np.float32) - np.float32(self._offset)
         return values if self._row_order is None else values[self._row_order]
 
 
@@ -275,6 +280,7 @@ def _hf_config(model: GGUFModel) -> dict[str, Any]:
     has = model._gguf_types.__contains__
     window_key = key("attention.sliding_window")
     sliding_window = _positive_int(model, window_key) if meta.get(window_key) else None
+    extra = model._gguf_arch.extra_config(model) if model._gguf_arch.extra_config is not None else {}
     return {
         "model_type": model._gguf_arch.model_type,
         "hidden_size": hidden,
@@ -294,6 +300,7 @@ def _hf_config(model: GGUFModel) -> dict[str, Any]:
         "bos_token_id": _token_id(model, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": _token_id(model, "tokenizer.ggml.eos_token_id"),
         **partial,
+        **extra,
     }
 
 
@@ -448,7 +455,9 @@ def _build_tensors(model: GGUFModel) -> list[GGUFTensor]:
         base = (match.group(2) if match else name).split(".")[0]
         if model._gguf_arch.permuted_qk and base in _PERMUTED:
             row_order = _unpermute_order(shape[0], permute_heads[base])
-        tensors.append(GGUFTensor(name, hf_name, model._gguf_types[name], shape, reader_tensor.data, row_order))
+        offset = model._gguf_arch.norm_offset if hf_name.endswith("norm.weight") else 0.0
+        tensors.append(GGUFTensor(name, hf_name, model._gguf_types[name], shape, reader_tensor.data, row_order,
+                                  offset))
     present = {t.gguf_name for t in tensors}
     missing = [gguf_name for _, gguf_name in params.values() if gguf_name not in present]
     if missing:

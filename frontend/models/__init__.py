@@ -10,10 +10,10 @@ from ...ir import graph
 from ...ir.builder import trace
 from ...ir.types import TensorType
 from ..config import ModelConfig
-from . import llama, phi3, qwen3
+from . import gemma, llama, phi3, qwen3
 from .base import Architecture, GGUFArch
 
-_FILES = (llama, qwen3, phi3)
+_FILES = (llama, qwen3, phi3, gemma)
 ARCHITECTURES: tuple[Architecture, ...] = tuple(f.ARCHITECTURE for f in _FILES)
 _BY_MODEL_TYPE = {t: a for a in ARCHITECTURES for t in a.model_types}
 _BY_GGUF_ARCH = {name: (a, g) for a in ARCHITECTURES for name, g in a.gguf.items()}
@@ -57,7 +57,7 @@ def build_module(cfg: ModelConfig, name: str, dtype: str = "float32", static_dec
     model = architecture_of(cfg.model_type).causal_lm(cfg, dtype)
     kv = graph.KVCacheSpec(num_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
                            num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, dtype=dtype,
-                           sliding_window=cfg.sliding_window)
+                           sliding_window=cfg.sliding_window, window_layers=cfg.window_layers)
     entries = entry_points(static_decode)
     if static_decode:
         model.decode1 = model.decode

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import gguf
 
@@ -25,6 +25,9 @@ class GGUFArch:
     arch: gguf.MODEL_ARCH
     permuted_qk: bool = False  # llama.cpp's converter permutes q/k rows for its LLaMA rope kernel (llama only)
     partial_rotary: bool = False  # rope.dimension_count < head_dim is read as partial_rotary_factor (else refused)
+    norm_offset: float = 0.0  # llama.cpp's converter writes w + norm_offset for RMSNorm weights (Gemma: 1)
+    # config.json keys of the architecture's own metadata (GGUFModel -> dict), over the ones every file has
+    extra_config: Callable[[Any], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

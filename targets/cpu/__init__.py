@@ -46,6 +46,8 @@ class CpuTarget(Target):
 
         return cpu_lowerings()
 
+    attention_features = frozenset({"window_layers", "softcap"})  # attention.py's kernels
+
     def window_in_kernels(self, kv_cache: Any) -> bool:
         """attention.py's kernels take the window: float32 caches with whole 16-float rows (the decode kernel's)."""
         return kv_cache.dtype == "float32" and kv_cache.head_dim % 16 == 0 and kv_cache.head_dim <= 256

@@ -22,7 +22,7 @@ import math
 import tvm
 from tvm import tirx
 
-from ..attention_window import require_windowed, window_of
+from ..attention_window import require_windowed, softcap_of, window_by_sign, window_of
 from tvm.script import tirx as T
 
 LOG2E = math.log2(math.e)
@@ -48,12 +48,16 @@ def _exp2(x):
     return (f * poly + T.float32(1)) * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
 
 
-def _attend_macro(h_q: int, h_kv: int, d: int, dtype: str, block: int, phases: int, window: int):
+def _attend_macro(h_q: int, h_kv: int, d: int, dtype: str, block: int, phases: int, window: int,
+                  by_sign: bool = False, softcap: float = 0.0):
     """The attention of one (query head, query row) of sequence b over its keys kv0 .. kv0 + n_kv of `kt` (keys
     transposed, [h_kv, d, keys + block]) and `vals` ([keys, h_kv, d]): shared by the ragged and the paged kernel.
     Row qi sits at position pos0 + qi among the keys (pos0 = n_kv - q_len when causal: the keys end with the
     chunk's own; n_kv otherwise: the cached keys before a chunk); it sees the keys before pos0 + qi + 1 (causal)
-    and, with a sliding window W > 0 (HF convention), none before pos0 + qi - W + 1."""
+    and, with a sliding window W > 0 (HF convention), none before pos0 + qi - W + 1. `by_sign`: the window applies
+    only to calls whose sm_scale is negative (the windowed layers of a model that has global ones too;
+    attention_window.WINDOW_BY_SIGN_ATTR), and |sm_scale| is the scale. `softcap` > 0: scores s = q.k * sm_scale
+    become softcap * tanh(s / softcap) before the softmax (Gemma 2)."""
     group = h_q // h_kv
     lanes = 8 if d % 8 == 0 else math.gcd(4, d)
     chunks = d // lanes
@@ -61,8 +65,22 @@ def _attend_macro(h_q: int, h_kv: int, d: int, dtype: str, block: int, phases: i
     def f32(x):
         return T.Cast("float32", x)
 
-    def lowest_key(pos):
-        return T.max(pos - window + 1, 0) if window > 0 else T.int32(0)
+    assert not softcap or phases == 1, "soft-capping needs each score whole (one phase)"
+
+    def lowest_key(pos, sm_scale):
+        if window <= 0:
+            return T.int32(0)
+        low = T.max(pos - window + 1, 0)
+        return T.if_then_else(sm_scale < T.float32(0), low, 0) if by_sign else low
+
+    def score_scale(sm_scale):  # q is pre-multiplied by it: scores in the log2 domain, or natural before a cap
+        scale = T.fabs(sm_scale) if by_sign else sm_scale
+        return scale if softcap else scale * T.float32(LOG2E)
+
+    def score(x):
+        if not softcap:
+            return x
+        return T.float32(softcap * LOG2E) * T.tanh(x * T.float32(1.0 / softcap))
 
     # fmt: off
     @T.macro
@@ -85,8 +103,8 @@ def _attend_macro(h_q: int, h_kv: int, d: int, dtype: str, block: int, phases: i
             hk: T.let[T.int32] = h // group
             pos: T.let[T.int32] = T.if_then_else(causal > 0, n_kv - q_len, n_kv) + qi
             n_keys: T.let[T.int32] = T.if_then_else(causal > 0, T.min(pos + 1, n_kv), n_kv)
-            low: T.let[T.int32] = lowest_key(pos)
-            scale: T.let[T.float32] = sm_scale * T.float32(LOG2E)
+            low: T.let[T.int32] = lowest_key(pos, sm_scale)
+            scale: T.let[T.float32] = score_scale(sm_scale)
             for i in range(d):
                 qv[i] = f32(q[row, h, i]) * scale
             for c in T.unroll(chunks):  # constant indices only, so that acc lives in registers
@@ -103,7 +121,7 @@ def _attend_macro(h_q: int, h_kv: int, d: int, dtype: str, block: int, phases: i
                         for l in T.vectorized(block):
                             part[ph, l] = part[ph, l] + qv[i0 * phases + ph] * kt[hk, i0 * phases + ph, kv0 + jb * block + l]
                 for l in T.vectorized(block):
-                    p[l] = T.Select(jb * block + l < n_keys and jb * block + l >= low, part[0, l], T.float32(-1e30))
+                    p[l] = T.Select(jb * block + l < n_keys and jb * block + l >= low, score(part[0, l]), T.float32(-1e30))
                 for ph in T.unroll(1, phases):
                     for l in T.vectorized(block):
                         p[l] = p[l] + part[ph, l]
@@ -132,14 +150,15 @@ def _attend_macro(h_q: int, h_kv: int, d: int, dtype: str, block: int, phases: i
 
 
 def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: str = INLINE_ROPE,
-                   block: int = 32, phases: int = 1, window: int = 0) -> tirx.PrimFunc:
+                   block: int = 32, phases: int = 1, window: int = 0, by_sign: bool = False,
+                   softcap: float = 0.0) -> tirx.PrimFunc:
     """Keys are handled `block` at a time: K is first transposed to [h_kv, d, kv] so that the scores of a block
     are vector FMAs over keys (block / lanes independent chains, times `phases` interleaved partial sums over
     d), the block's exp2 is vectorized, then acc[D] += p_j * V[j] (vector over D). 32 x 1 keeps the score
     chains and the D = 64 accumulator in the 16 AVX2 registers (more spills them). `window` > 0: the model's
     sliding window (HF convention), applied here to a cache that keeps every token (targets.attention_window)."""
-    phases = math.gcd(phases, d)
-    attend = _attend_macro(h_q, h_kv, d, dtype, block, phases, window)
+    phases = 1 if softcap else math.gcd(phases, d)
+    attend = _attend_macro(h_q, h_kv, d, dtype, block, phases, window, by_sign, softcap)
 
     def f32(x):
         return T.Cast("float32", x)
@@ -186,12 +205,13 @@ def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: 
 
 
 def prefill_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
-                  inline_rope_kernel: str = PAGED_INLINE_ROPE, block: int = 32, window: int = 0) -> tirx.PrimFunc:
+                  inline_rope_kernel: str = PAGED_INLINE_ROPE, block: int = 32, window: int = 0,
+                  by_sign: bool = False, softcap: float = 0.0) -> tirx.PrimFunc:
     """Same signature as TVM's cpu `batch_prefill_paged_kv_cpu` (no TVM sliding window: length_info is the
     tokens of each sequence's last page), computed as `prefill_ragged` does: each sequence's cached keys are
     first gathered from their pages, transposed ([h_kv, d, keys]), and its values copied to one contiguous
-    buffer; TVM's kernel is one serial scalar loop. `window` as in prefill_ragged."""
-    attend = _attend_macro(h_q, h_kv, d, dtype, block, 1, window)
+    buffer; TVM's kernel is one serial scalar loop. `window`, `by_sign`, `softcap` as in prefill_ragged."""
+    attend = _attend_macro(h_q, h_kv, d, dtype, block, 1, window, by_sign, softcap)
 
     def f32(x):
         return T.Cast("float32", x)
@@ -284,11 +304,11 @@ def swap_kernel(mod: tvm.IRModule, name: str, make, keep_as: str | None = None) 
 def replace_prefill_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Swap TVM's serial cpu ragged- and paged-prefill kernels for `prefill_ragged` and `prefill_paged` (same
     signatures); the originals stay in the module as INLINE_ROPE and PAGED_INLINE_ROPE for rotary_mode == 1."""
-    window = window_of(mod)
+    extra = dict(window=window_of(mod), by_sign=window_by_sign(mod), softcap=softcap_of(mod))
     mod = swap_kernel(mod, NAME, lambda f: None if (sig := _signature(f)) is None
-                      else prefill_ragged(*sig, window=window), keep_as=INLINE_ROPE)
+                      else prefill_ragged(*sig, **extra), keep_as=INLINE_ROPE)
     mod = swap_kernel(mod, PAGED_NAME, lambda f: None if (sig := _paged_signature(f)) is None
-                      else prefill_paged(*sig, window=window), keep_as=PAGED_INLINE_ROPE)
+                      else prefill_paged(*sig, **extra), keep_as=PAGED_INLINE_ROPE)
     require_windowed(mod, (INLINE_ROPE, PAGED_INLINE_ROPE), "cpu prefill attention")
     return mod
 
@@ -314,9 +334,16 @@ DECODE_INLINE_ROPE = DECODE_NAME + "_inline_rope"
 
 
 def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, inline_rope_kernel: str = DECODE_INLINE_ROPE,
-                 window: int = 0) -> tirx.PrimFunc:
+                 window: int = 0, by_sign: bool = False, softcap: float = 0.0) -> tirx.PrimFunc:
     """Same signature as TVM's cpu decode kernel; the body calls ember_decode_attention (native/attention.c),
-    parallel over (sequence, head) pairs. rotary_mode == 1 (rope inside attention) calls TVM's kernel."""
+    parallel over (sequence, head) pairs. rotary_mode == 1 (rope inside attention) calls TVM's kernel.
+    `window`, `by_sign` and `softcap` as in prefill_ragged."""
+
+    def call_window(sm_scale):
+        return T.if_then_else(sm_scale < T.float32(0), window, 0) if by_sign and window > 0 else T.int32(window)
+
+    def call_scale(sm_scale):
+        return T.fabs(sm_scale) if by_sign else sm_scale
 
     # fmt: off
     @T.prim_func(private=True, s_tir=True)
@@ -343,7 +370,8 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, inline_rope_kernel
             status: T.int32 = T.call_extern(
                 "int32", "ember_decode_attention", Q.data, pages.data, T.address_of(page_table_indptr[0]),
                 T.address_of(page_table_values[0]), T.address_of(length_info[0]), output.data, lse.data,
-                T.Cast("int64", B), h_q, h_kv, d, page_size, sm_scale, window)
+                T.Cast("int64", B), h_q, h_kv, d, page_size, call_scale(sm_scale), call_window(sm_scale),
+                T.float32(softcap))
             assert status == 0, "ember_decode_attention failed"
     # fmt: on
     return decode
@@ -372,9 +400,9 @@ def _decode_signature(func: tirx.PrimFunc) -> tuple[int, int, int, int] | None:
 @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUDecodeAttention")
 def replace_decode_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Swap TVM's serial cpu decode kernel for `decode_paged`; the original stays as DECODE_INLINE_ROPE."""
-    window = window_of(mod)
+    extra = dict(window=window_of(mod), by_sign=window_by_sign(mod), softcap=softcap_of(mod))
     mod = swap_kernel(mod, DECODE_NAME, lambda f: None if (sig := _decode_signature(f)) is None
-                      else decode_paged(*sig, window=window), keep_as=DECODE_INLINE_ROPE)
+                      else decode_paged(*sig, **extra), keep_as=DECODE_INLINE_ROPE)
     require_windowed(mod, (DECODE_INLINE_ROPE,), "cpu decode attention")
     return mod
 

@@ -33,11 +33,13 @@ class Case:
 
     @property
     def config(self):
-        from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
+        from transformers import (Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config,
+                                  Qwen2Config, Qwen3Config)
 
         cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
-               "phi3": Phi3Config}[self.family]
-        return cls(**{"eos_token_id": None, **dict(self.kwargs)})  # greedy runs the full 32 tokens
+               "phi3": Phi3Config, "gemma2": Gemma2Config, "gemma3_text": Gemma3TextConfig}[self.family]
+        kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in self.kwargs}
+        return cls(**{"eos_token_id": None, **kwargs})  # greedy runs the full 32 tokens
 
 
 CASES = {
@@ -80,6 +82,21 @@ CASES = {
                                                ("partial_rotary_factor", 0.5), ("max_position_embeddings", 128),
                                                ("original_max_position_embeddings", 16),
                                                ("rope_scaling", longrope(8)))),
+    # local layers (a 6-token window, rope base 1e4) and global ones (base 1e6, linear scaling x2), q/k norms,
+    # (1 + w) norms, sqrt(hidden) embeddings, GeGLU; query_pre_attn_scalar = head_dim, as GGUF files assume
+    "gemma3-local-global": Case("gemma3_text", (
+        ("vocab_size", 256), ("hidden_size", 64), ("intermediate_size", 96), ("num_hidden_layers", 6),
+        ("num_attention_heads", 4), ("num_key_value_heads", 2), ("head_dim", 32), ("query_pre_attn_scalar", 32),
+        ("sliding_window", 6), ("layer_types", ("sliding_attention", "sliding_attention", "full_attention") * 2),
+        ("rope_parameters", {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}))),
+    # alternating local (5-token window) and global layers, attention and final soft-capping tight enough to bend
+    # the scores (larger weights), MQA, head_dim 64 > hidden / heads
+    "gemma2-softcap": Case("gemma2", (
+        ("vocab_size", 256), ("hidden_size", 64), ("intermediate_size", 96), ("num_hidden_layers", 4),
+        ("num_attention_heads", 2), ("num_key_value_heads", 1), ("head_dim", 64), ("query_pre_attn_scalar", 64),
+        ("sliding_window", 5), ("attn_logit_softcapping", 1.0), ("final_logit_softcapping", 3.0),
+        ("initializer_range", 0.1))),
 }
 
 
@@ -135,6 +152,9 @@ def test_a_sliding_window_is_exact_in_chunks_of_any_length(compiled):
     if dict(case.kwargs).get("sliding_window") is None:
         pytest.skip("no sliding window")
     assert engine.manifest.kv_cache.window_in_kernels and not engine.runner.kv.evicts
+    kinds = getattr(case.config, "layer_types", None) or []
+    local = [i for i, kind in enumerate(kinds) if kind == "sliding_attention"]
+    assert engine.manifest.kv_cache.window_layers == (local if 0 < len(local) < len(kinds) else None)
     chunked = ember.load(engine.artifact.path, device="cpu", prefill_chunk_size=5)
     ids = prompt(case, seed=3)
     assert chunked.runner.prefill_chunk_size == 5
@@ -143,16 +163,30 @@ def test_a_sliding_window_is_exact_in_chunks_of_any_length(compiled):
     np.testing.assert_allclose(chunked.score(ids), ref, atol=2e-5, rtol=1e-4)
 
 
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-             "phi3": "phi3"}  # llama.cpp's converter
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",  # llama.cpp's converter
+             "phi3": "phi3", "gemma2": "gemma2", "gemma3_text": "gemma3"}
 
 
 def write_gguf(path: Path, family: str, config, hf_model) -> Path:
-    """The HF weights (f32) as llama.cpp's converter writes them: gguf-py's names, q/k rows permuted for llama."""
+    """The HF weights (f32) as llama.cpp's converter writes them: gguf-py's names, q/k rows permuted for llama,
+    1 + w for Gemma's norm weights, Gemma's soft-caps, window, layer pattern and local rope base."""
     arch = GGUF_ARCH[family]
     names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), config.num_hidden_layers)
     writer = gguf.GGUFWriter(str(path), arch)
     rope = config.rope_parameters
+    gemma = arch.startswith("gemma")
+    if "full_attention" in rope:  # Gemma 3 (transformers 5): a rope per layer type
+        rope, local_rope = rope["full_attention"], rope["sliding_attention"]
+        writer.add_rope_freq_base_swa(float(local_rope["rope_theta"]))
+    if gemma:
+        writer.add_sliding_window(config.sliding_window)
+        writer.add_sliding_window_pattern([kind == "sliding_attention" for kind in config.layer_types])
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if getattr(config, key, None):
+                writer.add_float32(f"{arch}.{key}", float(getattr(config, key)))
+    if rope.get("rope_type") == "linear":
+        writer.add_string(f"{arch}.rope.scaling.type", "linear")
+        writer.add_float32(f"{arch}.rope.scaling.factor", float(rope["factor"]))
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     meta = {"block_count": config.num_hidden_layers, "context_length": config.max_position_embeddings,
             "embedding_length": config.hidden_size, "feed_forward_length": config.intermediate_size,
@@ -200,6 +234,8 @@ def write_gguf(path: Path, family: str, config, hf_model) -> Path:
         if arch == "llama" and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
             heads = config.num_attention_heads if ".attn_q." in gguf_name else config.num_key_value_heads
             w = w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+        if gemma and hf_name.endswith("norm.weight"):  # llama.cpp stores Gemma's norms as 1 + w
+            w = w + 1
         writer.add_tensor(gguf_name, np.ascontiguousarray(w))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

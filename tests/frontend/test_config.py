@@ -44,7 +44,8 @@ def test_missing_field_and_unknown_architecture_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"config.json: missing field 'hidden_size'"):
         ModelConfig.from_file(path)
     path.write_text(json.dumps({**BASE, "model_type": "gptx"}))
-    with pytest.raises(ConfigError, match=r"unknown architecture model_type='gptx' \(supported: llama, mistral"):
+    with pytest.raises(ConfigError, match=r"unknown architecture model_type='gptx' \(supported: gemma2, gemma3, "
+                                          r"gemma3_text, llama, mistral"):
         ModelConfig.from_file(path)
     with pytest.raises(ConfigError, match="rope type 'yarn' is not supported"):
         ModelConfig.from_dict({**BASE, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
@@ -60,6 +61,73 @@ def test_presets_hold_published_values():
     assert abs(parameter_count(preset_config("qwen3-0.6b")) - 0.596e9) < 0.002e9  # tied
     assert preset_config("mistral-7b").sliding_window == 4096
     assert preset_config("llama3.1-8b").rope_scaling["factor"] == 8.0
+    assert parameter_count(preset_config("gemma3-1b")) == 999_885_952  # tied
+    assert parameter_count(preset_config("gemma2-2b")) == 2_614_341_888  # tied
+    gemma3 = preset_config("gemma3-1b")
+    assert gemma3.window_layers == tuple(i for i in range(26) if (i + 1) % 6) and gemma3.sliding_window == 512
+    assert gemma3.layer_rope(0) == (10000.0, None) and gemma3.layer_rope(5) == (1e6, None)
+    gemma2 = preset_config("gemma2-2b")
+    assert gemma2.window_layers == tuple(range(0, 26, 2)) and gemma2.attn_logit_softcapping == 50.0
+
+
+GEMMA3 = dict(model_type="gemma3_text", vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=32, sliding_window=8, query_pre_attn_scalar=48)
+
+
+def test_gemma3_configs_of_transformers_4_and_5_agree():
+    from transformers import Gemma3TextConfig
+
+    v4 = ModelConfig.from_dict({**GEMMA3, "rope_theta": 1e6, "rope_local_base_freq": 1e4, "sliding_window_pattern": 3,
+                                "rope_scaling": {"rope_type": "linear", "factor": 8.0}})
+    v5 = ModelConfig.from_dict(Gemma3TextConfig(**{k: v for k, v in GEMMA3.items() if k != "model_type"},
+                                                layer_types=["sliding_attention"] * 2 + ["full_attention"]
+                                                + ["sliding_attention"] * 2 + ["full_attention"],
+                                                rope_parameters={"full_attention": {"rope_type": "linear",
+                                                                                    "factor": 8.0, "rope_theta": 1e6},
+                                                                 "sliding_attention": {"rope_type": "default",
+                                                                                       "rope_theta": 1e4}}).to_dict())
+    for cfg in (v4, v5):
+        assert cfg.window_layers == (0, 1, 3, 4) and cfg.tie_word_embeddings
+        assert cfg.layer_rope(0) == (1e4, None) and cfg.layer_rope(2) == (1e6, {"rope_type": "linear", "factor": 8.0})
+        assert cfg.query_pre_attn_scalar == 48.0 and cfg.hidden_act == "gelu_pytorch_tanh"
+
+
+def test_gemma_attention_scale_is_query_pre_attn_scalar_and_windows_are_per_layer():
+    from ember.frontend.models import build_module
+
+    module = build_module(ModelConfig.from_dict(GEMMA3), "tiny")
+    nodes = [n for _, n in module.iter_nodes() if n.op == "paged_attention"][:6]
+    assert {n.attrs["sm_scale"] for n in nodes} == {48 ** -0.5}
+    assert [n.attrs["sliding_window"] for n in nodes] == [8] * 5 + [None]
+    assert module.kv_cache.window_layers == (0, 1, 2, 3, 4)
+
+
+def test_gemma_values_ember_does_not_implement_are_refused_by_name():
+    with pytest.raises(ConfigError, match="field 'model_type' is 'gemma3', the multimodal Gemma 3"):
+        ModelConfig.from_dict({**GEMMA3, "model_type": "gemma3"})
+    with pytest.raises(ConfigError, match="field 'hidden_activation' is 'relu'"):
+        ModelConfig.from_dict({**GEMMA3, "hidden_activation": "relu"})
+    with pytest.raises(ConfigError, match="field 'use_bidirectional_attention' is true"):
+        ModelConfig.from_dict({**GEMMA3, "use_bidirectional_attention": True})
+    assert ModelConfig.from_dict({**GEMMA3, "sliding_window": None}).sliding_window == 4096  # transformers' default
+    every_global = ModelConfig.from_dict({**GEMMA3, "layer_types": ["full_attention"] * 6})
+    assert every_global.sliding_window is None and every_global.window_layers is None
+
+
+def test_targets_without_per_layer_windows_or_softcap_refuse_gemma_in_one_line():
+    from ember.frontend.models import build_module
+    from ember.targets.base import parse_target
+    from ember.targets.lower import _LoweredModel, _check_attention_features
+
+    for name, problem in (("gemma3-1b", "a sliding window on 22 of 26 layers"), ("gemma2-2b", "a sliding window")):
+        module = build_module(preset_config(name), name, dtype="float16")
+        for spec in ("cuda:sm_90", "metal"):
+            target = parse_target(spec)
+            with pytest.raises(ConfigError, match=f"--target {spec}: {problem}"):
+                _check_attention_features(_LoweredModel(module, target)._plan, module, target)
+    cpu = parse_target("cpu")
+    module = build_module(preset_config("gemma2-2b"), "g2", dtype="float32")
+    _check_attention_features(_LoweredModel(module, cpu)._plan, module, cpu)  # both in ember's cpu kernels
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -64,6 +64,34 @@ def test_fuse_rope_leaves_rope_that_others_read():
     assert "rope={" not in text
 
 
+class TwoLayers(Module):
+    """Two attention layers with their own rope (Gemma 3: local and global bases)."""
+
+    def __init__(self, ropes):
+        self.w = Parameter((8, 8), "float32")
+        self.ropes = ropes
+
+    def forward(self, x):
+        for layer, (theta, scaling) in enumerate(self.ropes):
+            q = F.linear(x, self.w).reshape(1, "t", 2, 4)
+            k = F.linear(x, self.w).reshape(1, "t", 2, 4)
+            x = F.paged_attention(F.rope(q, theta, scaling), F.rope(k, theta, scaling), k, layer=layer,
+                                  sm_scale=0.5).reshape(1, "t", 8)
+        return x
+
+
+@pytest.mark.parametrize("ropes,fused", [
+    (((1e4, None), (1e4, None)), True),
+    (((1e4, None), (1e6, None)), False),  # the KV cache holds one rope: all layers fuse, or none
+    (((1e4, {"rope_type": "linear", "factor": 8.0}),) * 2, False),  # a scaling the cache's kernels do not compute
+])
+def test_fuse_rope_fuses_every_layer_or_none(ropes, fused):
+    module = trace(TwoLayers(ropes), SPEC, name="m")
+    FuseRopeIntoAttention()(module)
+    text = format_function(module.functions["forward"])
+    assert text.count("rope={") == (2 if fused else 0)
+
+
 @pytest.mark.parametrize("scheme,dtype", [("q0f16", "f16"), ("q0f32", "f32"), ("q0bf16", "bf16")])
 def test_quantize_q0_retypes_weights_only(scheme, dtype):
     module = trace(Attn(), SPEC, name="m")

@@ -41,7 +41,8 @@ def lib(request, tmp_path_factory):
     handle.ember_linear.restype = ctypes.c_int32
     handle.ember_linear.argtypes = [P] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int32] * 3
     handle.ember_decode_attention.restype = ctypes.c_int32
-    handle.ember_decode_attention.argtypes = [P] * 7 + [ctypes.c_int64] + [ctypes.c_int32] * 4 + [ctypes.c_float]
+    handle.ember_decode_attention.argtypes = ([P] * 7 + [ctypes.c_int64] + [ctypes.c_int32] * 4
+                                              + [ctypes.c_float, ctypes.c_int32, ctypes.c_float])
     handle.ember_rope_split.restype = ctypes.c_int32
     handle.ember_rope_split.argtypes = ([P] * 5 + [ctypes.c_int64] + [ctypes.c_int32] * 4 + [ctypes.c_int64]
                                         + [ctypes.c_float] * 6)
@@ -150,12 +151,14 @@ def _paged(rng, lengths, h_kv, d, page_size):
     return pages, indptr, order, last, dense
 
 
-@pytest.mark.parametrize("lengths,h_q,h_kv,d", [
-    ([1, 37, 130], 6, 2, 64), ([0, 16, 200], 4, 4, 128), ([64], 9, 3, 64),
-    ([1000], 9, 3, 64),  # one long sequence: its keys split into segments, merged after
-    ([300, 700], 32, 2, 64),  # 16 query heads per kv head: two passes of the group
+@pytest.mark.parametrize("lengths,h_q,h_kv,d,window,softcap", [
+    ([1, 37, 130], 6, 2, 64, 0, 0.0), ([0, 16, 200], 4, 4, 128, 0, 0.0), ([64], 9, 3, 64, 0, 0.0),
+    ([1000], 9, 3, 64, 0, 0.0),  # one long sequence: its keys split into segments, merged after
+    ([300, 700], 32, 2, 64, 0, 0.0),  # 16 query heads per kv head: two passes of the group
+    ([5, 40, 300], 8, 4, 256, 24, 0.0),  # Gemma's head_dim, a window shorter than two sequences
+    ([3, 90, 1000], 8, 4, 64, 0, 1.5),  # soft-capped scores (Gemma 2), capped hard enough to matter
 ])
-def test_decode_attention_matches_softmax(pool, lengths, h_q, h_kv, d):
+def test_decode_attention_matches_softmax(pool, lengths, h_q, h_kv, d, window, softcap):
     rng = np.random.default_rng(len(lengths) + d)
     page_size, sm_scale = 16, 1 / np.sqrt(d)
     pages, indptr, values, last, dense = _paged(rng, lengths, h_kv, d, page_size)
@@ -163,7 +166,7 @@ def test_decode_attention_matches_softmax(pool, lengths, h_q, h_kv, d):
     out = np.full_like(q, np.nan)
     lse = np.full((len(lengths), h_q), np.nan, np.float32)
     rc = pool.ember_decode_attention(_ptr(q), _ptr(pages), _ptr(indptr), _ptr(values), _ptr(last), _ptr(out),
-                                     _ptr(lse), len(lengths), h_q, h_kv, d, page_size, sm_scale)
+                                     _ptr(lse), len(lengths), h_q, h_kv, d, page_size, sm_scale, window, softcap)
     assert rc == 0
     for b, n in enumerate(lengths):
         for h in range(h_q):
@@ -172,7 +175,12 @@ def test_decode_attention_matches_softmax(pool, lengths, h_q, h_kv, d):
                 assert lse[b, h] == pytest.approx(-5e4)
                 continue
             k, v = dense[b][0][:, h // (h_q // h_kv)], dense[b][1][:, h // (h_q // h_kv)]
-            scores = (k.astype(np.float64) @ q[b, h]) * sm_scale * np.log2(np.e)
+            if window:
+                k, v = k[-window:], v[-window:]
+            scores = (k.astype(np.float64) @ q[b, h]) * sm_scale
+            if softcap:
+                scores = softcap * np.tanh(scores / softcap)
+            scores = scores * np.log2(np.e)
             p = np.exp2(scores - scores.max())
             np.testing.assert_allclose(out[b, h], (p / p.sum()) @ v, rtol=2e-5, atol=2e-6)
             assert lse[b, h] == pytest.approx(scores.max() + np.log2(p.sum()), abs=2e-5)
@@ -181,8 +189,8 @@ def test_decode_attention_matches_softmax(pool, lengths, h_q, h_kv, d):
 def test_decode_attention_refuses_head_dims_it_cannot_vectorize(lib):
     dummy = np.zeros(64, np.float32)
     args = [_ptr(dummy)] * 7
-    assert lib.ember_decode_attention(*args, 1, 2, 2, 24, 16, 1.0) == -1  # d not a multiple of 16
-    assert lib.ember_decode_attention(*args, 1, 3, 2, 64, 16, 1.0) == -1  # heads not a multiple of kv heads
+    assert lib.ember_decode_attention(*args, 1, 2, 2, 24, 16, 1.0, 0, 0.0) == -1  # d not a multiple of 16
+    assert lib.ember_decode_attention(*args, 1, 3, 2, 64, 16, 1.0, 0, 0.0) == -1  # heads not a multiple of kv heads
 
 
 def _rope_reference(x, pos, inv_freq, rotary):

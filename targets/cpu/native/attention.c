@@ -34,6 +34,7 @@ typedef struct {
   int32_t segments;
   float* partial; /* segments > 1: per (b, h, segment): m, denom, acc[D] */
   int32_t window; /* > 0: a sliding window (HF's convention): the query sees the last `window` keys */
+  float softcap;  /* > 0: scores s = q.k * sm_scale become softcap * tanh(s / softcap) (then scale is sm_scale) */
 } DecodeArgs;
 
 EMBER_INLINE int64_t seq_len(const DecodeArgs* a, int64_t b) {
@@ -85,6 +86,7 @@ EMBER_INLINE void attend_impl(const DecodeArgs* a, int64_t b, int32_t hk, int32_
         f32x16 dot = qv[g][0] * kc[0];
         for (int c = 1; c < chunks; ++c) dot += qv[g][c] * kc[c];
         float score = hsum(dot);
+        if (a->softcap > 0.0f) score = a->softcap * 1.4426950408889634f * tanhf(score / a->softcap);
         s[g][j] = score;
         block_max[g] = score > block_max[g] ? score : block_max[g];
       }
@@ -185,10 +187,10 @@ static void merge_segments(const DecodeArgs* a) {
 int32_t ember_decode_attention(const float* q, const float* pages, const int32_t* page_indptr,
                                const int32_t* page_values, const int32_t* last_page_len, float* out, float* lse,
                                int64_t batch, int32_t h_qo, int32_t h_kv, int32_t d, int32_t page_size,
-                               float sm_scale, int32_t window) {
+                               float sm_scale, int32_t window, float softcap) {
   if (d % 16 || d > MAX_HEAD_DIM || h_kv <= 0 || h_qo % h_kv) return -1;
   DecodeArgs a = {q, pages, page_indptr, page_values, last_page_len, out, lse, batch, h_qo, h_kv, d, page_size,
-                  sm_scale * 1.4426950408889634f, 1, NULL, window};
+                  softcap > 0.0f ? sm_scale : sm_scale * 1.4426950408889634f, 1, NULL, window, softcap};
   if (batch <= 0) return 0;
   int64_t longest = 0;
   for (int64_t b = 0; b < batch; ++b) {
