@@ -14,9 +14,10 @@ PYTHONPATH=/tmp/ember-pkgs:$D/tvm_rt TVM_USE_RUNTIME_LIB=1 \
 SH
 chmod +x /tmp/ember_rt
 t0=$(date +%s)
-for a in l8-q4f16-ws l8-q4f16 l8-q0f16; do
+arts="l8-q4f16-ws l8-q4f16 l8-q0f16"; [ -n "${SHORT:-}" ] && arts="l8-q4f16-ws l8-q4f16"  # SHORT: the 4-bit A/B only
+for a in $arts; do
   timeout 60 /tmp/ember_rt verify $D/$a --device cuda --json > "$OUT/verify-$a.json" 2>&1; echo "verify $a rc=$? ok=$(grep -o '"ok": [a-z]*' "$OUT/verify-$a.json" | head -1)"
-  timeout 100 /tmp/ember_rt bench $D/$a --device cuda --prefill 128,512,2048,4096,8000 --batch 1,16 --steps 32 --repeats 3 \
+  timeout 100 /tmp/ember_rt bench $D/$a --device cuda --prefill ${PREFILL:-128,512,2048,4096,8000} --batch 1,16 --steps 32 --repeats 3 \
     --output "$OUT/bench-$a.jsonl" > /dev/null 2>&1; echo "bench $a rc=$? $(( $(date +%s)-t0 ))s"
   python3 -c "
 import json; print('$a', json.dumps({r['metric']: r['value'] for r in map(json.loads, open('$OUT/bench-$a.jsonl')) if 'metric' in r}))"
