@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -13,7 +14,7 @@ from typing import Any, Callable, ClassVar
 from ..errors import ConfigError
 from .config_fields import Fields
 
-SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
+SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear", "yarn")
 
 
 @dataclass
@@ -213,6 +214,8 @@ def _rope(f: Fields) -> tuple[float, dict[str, Any] | None]:
         if not section.given("factor"):
             raise ConfigError(f"{f.source}: linear rope scaling is missing field 'factor'")
         return theta, {"rope_type": "linear", "factor": section.positive_float("factor")}
+    if rope_type == "yarn":
+        return theta, _yarn(f, section)
     for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
         if not section.given(key):
             raise ConfigError(f"{f.source}: llama3 rope scaling is missing field {key!r}")
@@ -223,3 +226,24 @@ def _rope(f: Fields) -> tuple[float, dict[str, Any] | None]:
     scaling["low_freq_factor"], scaling["high_freq_factor"] = low, high
     scaling["original_max_position_embeddings"] = section.positive_int("original_max_position_embeddings")
     return theta, scaling
+
+
+def _yarn(f: Fields, section: Fields) -> dict[str, Any]:
+    """YaRN (Qwen3's long-context configs), with transformers' defaults: `factor` defaults to max_position_embeddings
+    / original_max_position_embeddings, beta_fast 32, beta_slow 1, truncate true, and the cos/sin scale
+    (`attention_factor`) 0.1 ln(factor) + 1, or the ratio of two such terms when mscale and mscale_all_dim are given."""
+    original = section.positive_int("original_max_position_embeddings", None)
+    if original is None:
+        raise ConfigError(f"{f.source}: yarn rope scaling is missing field 'original_max_position_embeddings'")
+    factor = section.positive_float("factor", None) or f.positive_int("max_position_embeddings", 2048) / original
+    attention = section.positive_float("attention_factor", None)
+    if attention is None:
+        mscale, mscale_all = section.positive_float("mscale", None), section.positive_float("mscale_all_dim", None)
+
+        def term(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        attention = term(factor, mscale) / term(factor, mscale_all) if mscale and mscale_all else term(factor)
+    return {"rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": original,
+            "beta_fast": section.positive_float("beta_fast", 32.0), "beta_slow": section.positive_float("beta_slow", 1.0),
+            "truncate": section.boolean("truncate", True), "attention_factor": float(attention)}

@@ -129,7 +129,7 @@ def _layer_norm(t, attrs):
 
 # ---- positions and attention --------------------------------------------------------------------
 
-ROPE_TYPES = ("default", "llama3", "longrope", "linear")  # linear: positions divided by factor
+ROPE_TYPES = ("default", "llama3", "longrope", "linear", "yarn")  # linear: positions divided by factor
 
 
 @register("rope", 1, doc="rope(x[B, S, heads, D]) -> x, rotary embedding at each token's position in its "
@@ -151,6 +151,10 @@ def _rope(t, attrs):
         _need(isinstance(scaling.get("original_max_position_embeddings"), int) and
               isinstance(scaling.get("attention_factor"), float),
               "rope: longrope needs original_max_position_embeddings (int) and attention_factor (float)")
+    if scaling.get("rope_type") == "yarn":
+        _need(all(k in scaling for k in ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+                                          "attention_factor")),
+              "rope: yarn needs factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor")
     return [x]
 
 

@@ -25,7 +25,7 @@ from .base import Target
 from .attention_window import SOFTCAP_ATTR, WINDOW_ATTR, WINDOW_BY_SIGN_ATTR, AttentionPlan, attention_plan
 from .gpu_schedule import PREFILL_DIMS_ATTR
 from . import random_fill as random_fill_fn
-from .rope import inverse_frequencies, longrope_tables
+from .rope import inverse_frequencies, longrope_tables, rope_output_scale
 
 ROPE_ATTR = "ember_rope"  # IRModule attribute: JSON of the rope the KV cache applies (theta, scaling, rotary_dim)
 CREATE_KV_ARGS = ("max_batch_size", "max_total_seq_len", "prefill_chunk_size", "page_size",
@@ -170,6 +170,7 @@ def _rope(it, node, args):
     if (node.attrs.get("scaling") or {}).get("rope_type") == "longrope":
         return _longrope(it, node, x, rotary)
     inv = nn.Tensor.from_const(inverse_frequencies(node.attrs["theta"], rotary, node.attrs.get("scaling")))
+    scale = rope_output_scale(node.attrs.get("scaling"))  # YaRN scales cos and sin
     positions = it.positions(b * s)
     half = rotary // 2
 
@@ -182,7 +183,10 @@ def _rope(it, node, args):
             angle = pos[i * seq + j].astype("float32") * inv_freq[tirx.min(k, half - 1)]
             partner = tirx.if_then_else(d < half, -xt[i, j, h, tirx.min(d + half, dim - 1)],
                                         xt[i, j, h, tirx.max(d - half, 0)]).astype("float32")
-            rotated = xt[i, j, h, d].astype("float32") * tirx.cos(angle) + partner * tirx.sin(angle)
+            cos, sin = tirx.cos(angle), tirx.sin(angle)
+            if scale != 1.0:
+                cos, sin = cos * tirx.const(scale, "float32"), sin * tirx.const(scale, "float32")
+            rotated = xt[i, j, h, d].astype("float32") * cos + partner * sin
             return tirx.if_then_else(in_rot, rotated.astype(xt.dtype), xt[i, j, h, d])
 
         return te.compute(xt.shape, element, name="rope")

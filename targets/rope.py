@@ -1,4 +1,4 @@
-"""Rotary embedding frequencies (default, llama3, linear and longrope scaling), computed as Hugging Face does."""
+"""Rotary embedding frequencies (default, llama3, linear, yarn and longrope scaling), computed as Hugging Face does."""
 from __future__ import annotations
 
 import math
@@ -14,6 +14,8 @@ def inverse_frequencies(theta: float, rotary_dim: int, scaling: dict[str, Any] |
         return inv
     if scaling["rope_type"] == "longrope":
         raise ValueError("longrope has two frequency tables: use longrope_tables")
+    if scaling["rope_type"] == "yarn":
+        return _yarn_frequencies(inv, rotary_dim, theta, scaling)
     if scaling["rope_type"] == "linear":  # positions divided by the factor, i.e. every frequency
         return (inv / np.float32(scaling["factor"])).astype(np.float32)
     if scaling["rope_type"] != "llama3":
@@ -45,3 +47,31 @@ def longrope_tables(theta: float, rotary_dim: int, scaling: dict[str, Any]) -> t
         return (np.float32(1.0) / (factors * base)).astype(np.float32)
 
     return table("short_factor"), table("long_factor"), float(scaling["attention_factor"])
+
+
+def rope_output_scale(scaling: dict[str, Any] | None) -> float:
+    """The factor on cos and sin that a scaling implies (YaRN's attention_factor; 1 for the others but longrope,
+    whose lowering applies its own)."""
+    return float(scaling["attention_factor"]) if scaling and scaling.get("rope_type") == "yarn" else 1.0
+
+
+def _yarn_frequencies(extrapolated: np.ndarray, rotary_dim: int, theta: float, scaling: dict[str, Any]) -> np.ndarray:
+    """YaRN: each frequency blends its interpolated (divided by `factor`) and original value by a ramp over the
+    frequency index, between the dimensions where a wavelength turns beta_fast and beta_slow times within the
+    original context (floored / ceiled when `truncate`)."""
+    factor, original = float(scaling["factor"]), int(scaling["original_max_position_embeddings"])
+
+    def dim_of(rotations: float) -> float:
+        return rotary_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_of(float(scaling["beta_fast"])), dim_of(float(scaling["beta_slow"]))
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(rotary_dim // 2, dtype=np.float32) - np.float32(low)) / np.float32(high - low), 0, 1)
+    keep = (1 - ramp).astype(np.float32)  # the share of the original (extrapolated) frequency
+    exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / rotary_dim
+    interpolated = (np.float32(1.0) / (np.float32(factor) * np.float32(theta) ** exponents)).astype(np.float32)
+    return (interpolated * (1 - keep) + extrapolated * keep).astype(np.float32)

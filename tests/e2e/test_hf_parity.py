@@ -65,6 +65,12 @@ CASES = {
     "qwen3-qknorm": Case("qwen3", (("vocab_size", 160), ("hidden_size", 64), ("intermediate_size", 128),
                                    ("num_hidden_layers", 2), ("num_attention_heads", 4), ("num_key_value_heads", 2),
                                    ("head_dim", 32), ("rms_norm_eps", 1e-6))),
+    # YaRN (Qwen3's long-context configs): frequencies blended by a ramp, cos/sin times 0.1 ln(4) + 1
+    "qwen3-yarn": Case("qwen3", (("vocab_size", 160), ("hidden_size", 64), ("intermediate_size", 128),
+                                 ("num_hidden_layers", 2), ("num_attention_heads", 2), ("num_key_value_heads", 1),
+                                 ("head_dim", 64), ("max_position_embeddings", 256),
+                                 ("rope_parameters", {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                      "original_max_position_embeddings": 64}))),
     # fused qkv_proj and gate_up_proj, GQA 4:2, full rotary, untied head
     "phi3-plain": Case("phi3", PHI3 + (("num_attention_heads", 4), ("num_key_value_heads", 2))),
     # Phi-4-mini's shape in small: partial rotary 0.75 (12 of 16 dims), GQA 4:1, tied embeddings
@@ -187,6 +193,10 @@ def write_gguf(path: Path, family: str, config, hf_model) -> Path:
     if rope.get("rope_type") == "linear":
         writer.add_string(f"{arch}.rope.scaling.type", "linear")
         writer.add_float32(f"{arch}.rope.scaling.factor", float(rope["factor"]))
+    if rope.get("rope_type") == "yarn":  # as llama.cpp's converter writes Qwen3's long-context configs
+        writer.add_string(f"{arch}.rope.scaling.type", "yarn")
+        writer.add_float32(f"{arch}.rope.scaling.factor", float(rope["factor"]))
+        writer.add_uint32(f"{arch}.rope.scaling.original_context_length", rope["original_max_position_embeddings"])
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     meta = {"block_count": config.num_hidden_layers, "context_length": config.max_position_embeddings,
             "embedding_length": config.hidden_size, "feed_forward_length": config.intermediate_size,

@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from ember.errors import ConfigError, ModelFormatError
@@ -47,8 +48,8 @@ def test_missing_field_and_unknown_architecture_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown architecture model_type='gptx' \(supported: gemma2, gemma3, "
                                           r"gemma3_text, llama, mistral"):
         ModelConfig.from_file(path)
-    with pytest.raises(ConfigError, match="rope type 'yarn' is not supported"):
-        ModelConfig.from_dict({**BASE, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
+    with pytest.raises(ConfigError, match="rope type .dynamic. is not supported"):
+        ModelConfig.from_dict({**BASE, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})
 
 
 def test_presets_hold_published_values():
@@ -225,3 +226,27 @@ def test_phi_presets_hold_published_shapes_and_phi4_mini_is_benchmark_only():
     with pytest.raises(ConfigError, match=r"preset phi-4-mini makes benchmark builds only .*pass random_weights"):
         resolve_model("phi-4-mini")
     assert resolve_model("phi-4-mini", random_weights=True).config == phi4
+
+
+def test_yarn_scaling_reads_as_transformers_computes_it():
+    """Qwen3's long-context YaRN config: ember's frequencies and cos/sin scale against transformers' own."""
+    import torch
+    from transformers import Qwen3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from ember.targets.rope import inverse_frequencies, rope_output_scale
+
+    raw = dict(model_type="qwen3", vocab_size=1000, hidden_size=4096, intermediate_size=12288, num_hidden_layers=2,
+               num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+               rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+               rope_theta=1000000.0)
+    cfg = ModelConfig.from_dict(raw)
+    assert cfg.rope_scaling["rope_type"] == "yarn" and cfg.rope_scaling["beta_fast"] == 32.0
+    hf = Qwen3Config(**{k: v for k, v in raw.items() if k not in ("model_type", "rope_scaling", "rope_theta")},
+                     rope_parameters={"rope_theta": 1e6, **raw["rope_scaling"]})
+    ref_inv, ref_scale = ROPE_INIT_FUNCTIONS["yarn"](hf, torch.device("cpu"))
+    ours = inverse_frequencies(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling)
+    np.testing.assert_allclose(ours, ref_inv.numpy(), rtol=1e-6)
+    assert abs(rope_output_scale(cfg.rope_scaling) - ref_scale) < 1e-9
+    with pytest.raises(ConfigError, match="yarn rope scaling is missing field 'original_max_position_embeddings'"):
+        ModelConfig.from_dict({**raw, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
