@@ -41,7 +41,16 @@ def save_hf(case: Case, folder):
     return hf
 
 
-@pytest.fixture(scope="session", params=sorted(CASES))
+# test_hf_parity's cases whose fusions are checked (each compiles twice): the first four families, plus one of
+# each later architecture whose graph differs (q/k norms, a checkpoint already fused, GeGLU with post-norms)
+FUSION_CASES = ("llama-gqa-llama3rope", "llama-tied-bias", "mistral-window", "qwen2-tied", "qwen3-qknorm",
+                "phi3-partial-tied", "gemma3-local-global")
+# families where q/k/v + rope become one paged_attention_qkv and gate/up one swiglu (Qwen3's q/k norms sit
+# between the projections and rope; Gemma's MLP is GeGLU)
+ALL_FUSIONS = ("llama", "mistral", "qwen2", "phi3")
+
+
+@pytest.fixture(scope="session", params=FUSION_CASES)
 def pair(request, tmp_path_factory):
     case = CASES[request.param]
     folder = tmp_path_factory.mktemp(f"fusion-{request.param}")
@@ -56,7 +65,10 @@ def pair(request, tmp_path_factory):
 
 def test_fused_ir_and_weights(pair):
     ir = (pair.folders[True] / "ir.txt").read_text()
-    assert "paged_attention_qkv(" in ir and "swiglu(" in ir and "add_rms_norm(" in ir
+    assert "add_rms_norm(" in ir and ir != (pair.folders[False] / "ir.txt").read_text()
+    if pair.case.family not in ALL_FUSIONS:
+        return
+    assert "paged_attention_qkv(" in ir and "swiglu(" in ir
     assert " split(" not in ir and " concat(" not in ir and "silu(" not in ir
     names = [p["name"] for p in json.loads((pair.folders[True] / "manifest.json").read_text())["params"]]
     assert "model.layers.0.self_attn.qkv_proj.weight" in names and "model.layers.1.mlp.gate_up_proj.weight" in names
@@ -125,6 +137,9 @@ def test_decode_launches_fewer_kernels(pair):
     layers = pair.case.config.num_hidden_layers
     print(f"\n{pair.case.family}: decode step kernels {len(kernels[False])} -> {len(kernels[True])}, "
           f"VM calls {len(calls[False])} -> {len(calls[True])}")
+    if pair.case.family not in ("llama", "mistral", "qwen2"):  # q/k norms, a fused checkpoint, GeGLU: fewer fusions
+        assert len(kernels[True]) < len(kernels[False])
+        return
     assert any("concatenate" in k for k in kernels[False]) and not any("concatenate" in k for k in kernels[True])
     # per layer: q, k, v GEMMs + concat -> one qkv GEMM; up + gate*silu*up -> gate_up + swiglu; on cpu the GEMMs
     # are opaque native calls, so the residual adds also join the norms (add_rms_norm) instead of GEMM epilogues
