@@ -27,6 +27,7 @@ from ...ir.builder import Module, Parameter, Tensor
 from ..config import ModelConfig, _rope
 from ..config_fields import Fields
 from ..layers import Embedding, Linear
+from . import llama
 from .base import Architecture, GGUFArch
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -187,11 +188,8 @@ class Attention(Module):
         return self.o_proj(o.reshape(b, s, h * d), name="o")
 
 
-class MLP(Module):
-    def __init__(self, cfg: ModelConfig, dtype: str) -> None:
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False, dtype=dtype)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False, dtype=dtype)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False, dtype=dtype)
+class MLP(llama.MLP):
+    """Llama's projections, GeGLU (tanh gelu) instead of SwiGLU."""
 
     def __call__(self, x: Tensor) -> Tensor:
         gate = F.gelu(self.gate_proj(x, name="gate"), approximate="tanh")
