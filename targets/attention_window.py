@@ -81,16 +81,17 @@ def attention_plan(module: Any, ops: Iterable[str]) -> AttentionPlan:
 
 
 def require_windowed(mod: Any, replaced: Iterable[str], what: str) -> None:
-    """With a window recorded, every kernel TVM's cache may call for this model must be one of ember's: `replaced`
+    """With a window or a soft-cap recorded, every kernel TVM's cache may call for this model must be one of ember's: `replaced`
     names the originals kept beside their replacements (swap_kernel's keep_as), one per kernel."""
-    if not window_of(mod):
+    if not (window_of(mod) or softcap_of(mod)):
         return
     names = {g.name_hint for g in mod.get_global_vars()}
     missing = [name for name in replaced if name not in names]
     if missing:
         from .lower import LoweringError
 
-        raise LoweringError(f"{what}: the sliding window needs ember's attention kernels, but "
+        needs = "the sliding window" if window_of(mod) else "the soft-capping of the scores"
+        raise LoweringError(f"{what}: {needs} needs ember's attention kernels, but "
                             f"{', '.join(n.removesuffix('_inline_rope') for n in missing)} stayed TVM's")
 
 

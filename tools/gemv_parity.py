@@ -3,7 +3,8 @@
 decode attention) and CUDA graphs, against the cpu build of the same model and weights.
 
 Here:   python tools/gemv_parity.py build DIR [SCHEME,...|""] [MODEL,...]
-        tiny HF models (a llama, a qwen2 for the qkv bias, a mistral for the sliding window), each compiled for
+        tiny HF models (a llama, a qwen2 for the qkv bias, a mistral for the sliding window, a Gemma 2 and a Gemma 3
+        for head dim 256, per-layer windows and soft-capping), each compiled for
         cpu, for cuda (ember's GEMV at decode1) and for cuda with EMBER_CUDA_GEMV=0 (dlight's GEMV, as before),
         per scheme (4-bit, and q0f16 for the fp16-weight kernels of native_linear.py), or only the schemes named.
 On the GPU (runtime-only ember):  python tools/gemv_parity.py check DIR
@@ -34,6 +35,23 @@ MODELS = {  # name -> (transformers config class, kwargs, schemes)
     "mistral": ("MistralConfig", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 416,
                                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1,
                                   "sliding_window": 12, "head_dim": 64}, ("q4f16_1", "q0f16")),
+    # head dim 256, a 12-token window on every other layer (sm_scale's sign), scores soft-capped tightly enough to
+    # bend them (larger weights), final logit soft-capping; Gemma 3: local / global layers with two rope bases,
+    # q/k norms, GQA group 4
+    "gemma2": ("Gemma2Config", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 512,
+                                "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                "head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 12,
+                                "attn_logit_softcapping": 1.0, "final_logit_softcapping": 3.0,
+                                "initializer_range": 0.1}, ("q4f16_1", "q0f16")),
+    "gemma3": ("Gemma3TextConfig", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 512,
+                                    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 1,
+                                    "head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 12,
+                                    "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+                                    "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                           "rope_theta": 1e6},
+                                                        "sliding_attention": {"rope_type": "default",
+                                                                              "rope_theta": 1e4}}},
+               ("q4f16_1", "q0f16")),
 }
 BUILDS = {"cpu": (["--target", "cpu"], {}), "cuda": (["--target", "cuda:sm_90", "--no-cuda-graph"], {}),
           "cuda-graph": (["--target", "cuda:sm_90", "--cuda-graph"], {}),
@@ -171,6 +189,7 @@ def check(root: Path) -> int:
                 vs_stock = float(np.abs(logits["cuda"][1:] - logits["cuda-stock"][1:]).max() / scale)
                 row["decode_max_err_vs_stock"] = vs_stock
             row["ok"] = bool(row["cuda"]["decode_max_err_vs_cpu"] < TOL_CPU and vs_stock < TOL_STOCK
+                             and row["cuda"]["prefill_max_err_vs_cpu"] < TOL_CPU
                              and row["cuda"]["chunked_prefill_max_err_vs_cpu"] < TOL_CPU
                              and row["cuda"]["batched_decode_max_err_vs_cpu"] < TOL_CPU
                              and row.get("graph_max_err_vs_cuda", 0.0) < 1e-6)

@@ -23,25 +23,29 @@ from pathlib import Path
 KERNELS = Path(__file__).resolve().parent.parent / "targets" / "cuda" / "kernels"
 SHAPES = {  # name -> (d, h_kv, group, ctype)
     "llama3": (128, 8, 4, "__half"), "smollm2": (64, 3, 3, "__half"), "mha_bf16": (64, 8, 1, "__nv_bfloat16"),
+    "gemma2": (256, 4, 2, "__half"), "gemma3_bf16": (256, 1, 4, "__nv_bfloat16"),  # head dim 256
 }
 SOURCE = """
 #include <cuda_runtime.h>
 #include "prefill_attention.cuh"
-#define K(NAME, D, HKV, G, T) \\
+#define K(NAME, D, HKV, G, T) K2(NAME, D, HKV, G, T, false) K2(NAME##_capped, D, HKV, G, T, true)
+#define K2(NAME, D, HKV, G, T, CAP) \\
   __global__ void __launch_bounds__(128) NAME##_kernel(const T* q, const int* qi, const T* k, const T* v, \\
-      const int* ki, T* o, float* lse, int b, int c, float s, int w) { \\
-    ember::prefill::ragged<D, HKV, G, T>(q, qi, k, v, ki, o, lse, b, c, s, w); } \\
+      const int* ki, T* o, float* lse, int b, int c, float s, int w, int bs, float cap) { \\
+    ember::prefill::ragged<D, HKV, G, T, CAP>(q, qi, k, v, ki, o, lse, b, c, s, w, bs, cap); } \\
   extern "C" void NAME(const void* q, const void* qi, const void* k, const void* v, const void* ki, void* o, \\
-      void* lse, int b, int c, float s, int w, int tiles, int heads) { \\
+      void* lse, int b, int c, float s, int w, int bs, float cap, int tiles, int heads) { \\
     NAME##_kernel<<<dim3(tiles, heads), 128>>>((const T*)q, (const int*)qi, (const T*)k, (const T*)v, \\
-        (const int*)ki, (T*)o, (float*)lse, b, c, s, w); } \
+        (const int*)ki, (T*)o, (float*)lse, b, c, s, w, bs, cap); } \
   __global__ void __launch_bounds__(128) NAME##_paged_kernel(const T* q, const int* qi, const T* pages, \
-      const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, float s, int w) { \
-    ember::prefill::paged<D, HKV, G, 16, T>(q, qi, pages, pi, pv, last, o, lse, b, c, s, w); } \
+      const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, float s, int w, int bs, \
+      float cap) { \
+    ember::prefill::paged<D, HKV, G, 16, T, CAP>(q, qi, pages, pi, pv, last, o, lse, b, c, s, w, bs, cap); } \
   extern "C" void NAME##_paged(const void* q, const void* qi, const void* pages, const void* pi, const void* pv, \
-      const void* last, void* o, void* lse, int b, int c, float s, int w, int tiles, int heads) { \
+      const void* last, void* o, void* lse, int b, int c, float s, int w, int bs, float cap, int tiles, \
+      int heads) { \
     NAME##_paged_kernel<<<dim3(tiles, heads), 128>>>((const T*)q, (const int*)qi, (const T*)pages, \
-        (const int*)pi, (const int*)pv, (const int*)last, (T*)o, (float*)lse, b, c, s, w); }
+        (const int*)pi, (const int*)pv, (const int*)last, (T*)o, (float*)lse, b, c, s, w, bs, cap); }
 """
 PAGE = 16
 TOL = {"__half": 2e-3, "__nv_bfloat16": 1.6e-2}  # max abs error of the output (values are |v| <= ~3)
@@ -55,9 +59,9 @@ def build(workdir: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(workdir / "k.so"))
 
 
-def reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale, window=0):
+def reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale, window=0, softcap=0.0):
     """Row i of a sequence sits at position (kl - ql if causal else kl) + i among its keys; a window W > 0 hides
-    the keys before position - W + 1 (HF's convention, the kernel's)."""
+    the keys before position - W + 1 (HF's convention, the kernel's); softcap > 0: s = cap * tanh(s / cap)."""
     import torch
 
     outs, lses = [], []
@@ -67,6 +71,8 @@ def reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale, window=0):
         ks = k[ko:ko + kl].double().repeat_interleave(group, 1).transpose(0, 1)
         vs = v[ko:ko + kl].double().repeat_interleave(group, 1).transpose(0, 1)
         s = qs @ ks.transpose(1, 2) * sm_scale
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
         i = torch.arange(ql, device=q.device)[:, None]
         j = torch.arange(kl, device=q.device)[None, :]
         pos = (kl - ql if causal else kl) + i
@@ -82,7 +88,7 @@ def reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale, window=0):
     return torch.cat(outs), torch.cat(lses)
 
 
-def run_kernel(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window=0):
+def run_kernel(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window=0, by_sign=0, softcap=0.0):
     import torch
 
     dev = q.device
@@ -91,14 +97,14 @@ def run_kernel(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window=0):
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=dev)
     tiles = -(-q.shape[0] // 64) + len(q_lens)
-    getattr(lib, name)(ctypes.c_void_p(q.data_ptr()), ctypes.c_void_p(qi.data_ptr()), ctypes.c_void_p(k.data_ptr()),
+    getattr(lib, name + ("_capped" if softcap else ""))(ctypes.c_void_p(q.data_ptr()), ctypes.c_void_p(qi.data_ptr()), ctypes.c_void_p(k.data_ptr()),
                        ctypes.c_void_p(v.data_ptr()), ctypes.c_void_p(ki.data_ptr()), ctypes.c_void_p(out.data_ptr()),
                        ctypes.c_void_p(lse.data_ptr()), len(q_lens), int(causal), ctypes.c_float(sm_scale),
-                       int(window), tiles, q.shape[1])
+                       int(window), int(by_sign), ctypes.c_float(softcap), tiles, q.shape[1])
     return out, lse
 
 
-def run_paged(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window=0):
+def run_paged(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window=0, by_sign=0, softcap=0.0):
     """The paged kernel on k / v scattered into 16-key pages in a shuffled order (a last page part full)."""
     import torch
 
@@ -127,13 +133,15 @@ def run_paged(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window=0):
     lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=dev)
     tiles = -(-q.shape[0] // 64) + len(q_lens)
     ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
-    getattr(lib, name + "_paged")(ptr(q), ptr(qi), ptr(pages), ptr(pi), ptr(pv), ptr(last), ptr(out), ptr(lse),
-                                  len(q_lens), int(causal), ctypes.c_float(sm_scale), int(window), tiles,
-                                  q.shape[1])
+    getattr(lib, name + ("_capped" if softcap else "") + "_paged")(ptr(q), ptr(qi), ptr(pages), ptr(pi), ptr(pv), ptr(last), ptr(out), ptr(lse),
+                                  len(q_lens), int(causal), ctypes.c_float(sm_scale), int(window), int(by_sign),
+                                  ctypes.c_float(softcap), tiles, q.shape[1])
     return out, lse
 
 
-def check(lib, name, q_lens, kv_lens, causal, seed=0, paged=False, window=0) -> dict:
+def check(lib, name, q_lens, kv_lens, causal, seed=0, paged=False, window=0, by_sign="", softcap=0.0) -> dict:
+    """by_sign "local": the kernel is told to window by sign and gets -sm_scale (a local layer); "global": it gets
+    +sm_scale, so the window must not apply."""
     import torch
 
     d, h_kv, group, ctype = SHAPES[name]
@@ -143,16 +151,19 @@ def check(lib, name, q_lens, kv_lens, causal, seed=0, paged=False, window=0) -> 
     k = torch.randn(sum(kv_lens), h_kv, d, device="cuda", generator=g).to(dtype)
     v = torch.randn(sum(kv_lens), h_kv, d, device="cuda", generator=g).to(dtype)
     sm_scale = 1 / math.sqrt(d)
-    out, lse = (run_paged if paged else run_kernel)(lib, name, q, k, v, q_lens, kv_lens, causal, sm_scale, window)
+    passed = -sm_scale if by_sign == "local" else sm_scale
+    out, lse = (run_paged if paged else run_kernel)(lib, name, q, k, v, q_lens, kv_lens, causal, passed, window,
+                                                    1 if by_sign else 0, softcap)
     torch.cuda.synchronize()
-    ref_out, ref_lse = reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale, window)
+    ref_window = 0 if by_sign == "global" else window
+    ref_out, ref_lse = reference(q, k, v, q_lens, kv_lens, group, causal, sm_scale, ref_window, softcap)
     seen = torch.isfinite(ref_lse)
     err = float((out.double() - ref_out).abs().max())
     lse_err = float((lse.double() - ref_lse)[seen].abs().max()) if seen.any() else 0.0
     empty_ok = bool(((lse[~seen] == -5e4).all() and (out[~seen] == 0).all()).item()) if (~seen).any() else True
     ok = err < TOL[ctype] and lse_err < 1e-3 and empty_ok and not out.isnan().any().item()
     return {"case": name, "paged": paged, "q_lens": q_lens, "kv_lens": kv_lens, "causal": causal, "window": window,
-            "max_err": err,
+            "by_sign": by_sign, "softcap": softcap, "max_err": err,
             "lse_max_err": lse_err, "empty_rows_ok": empty_ok, "ok": bool(ok)}
 
 
@@ -207,7 +218,22 @@ def main(out_path: str) -> int:
                      True, 0, False, 64), ("smollm2", [129, 17], [129, 17], True, 0, False, 9),
                     ("llama3", [300, 20], [1000, 20], False, 0, True, 256), ("smollm2", [129, 5], [300, 33], False,
                      0, True, 70), ("mha_bf16", [200], [211], False, 0, True, 150)]
-        for case in [(*c, 0, False) for c in cases] + [(*c, 0, True) for c in paged] + windowed:
+        # head dim 256 (Gemma): plain, ragged, paged; windows by sm_scale's sign (local and global layers) and
+        # tanh soft-capping (cap 1: every score bent), with the window too
+        gemma = [("gemma2", [512], [512], True), ("gemma2", [37, 1, 130, 300], [37, 1, 130, 300], True),
+                 ("gemma3_bf16", [200, 64], [200, 64], True), ("gemma3_bf16", [65, 3], [65, 3], False)]
+        gemma_paged = [("gemma2", [300, 20], [1000, 20], False), ("gemma3_bf16", [129, 5], [300, 33], False)]
+        signed = [("gemma2", [300], [300], True, 0, False, 100, "local"),
+                  ("gemma2", [300], [300], True, 0, False, 100, "global"),
+                  ("gemma2", [300, 20], [1000, 20], False, 0, True, 256, "local"),
+                  ("gemma3_bf16", [129, 17], [129, 17], True, 0, False, 9, "local"),
+                  ("gemma3_bf16", [129, 5], [300, 33], False, 0, True, 70, "global"),
+                  ("gemma2", [512], [512], True, 0, False, 0, "", 1.0),
+                  ("gemma2", [129, 17], [129, 17], True, 0, False, 40, "local", 1.0),
+                  ("gemma2", [300, 20], [1000, 20], False, 0, True, 0, "", 1.0),
+                  ("llama3", [512], [512], True, 0, False, 0, "", 2.0)]
+        gemma_cases = [(*c, 0, False) for c in gemma] + [(*c, 0, True) for c in gemma_paged] + signed
+        for case in [(*c, 0, False) for c in cases] + [(*c, 0, True) for c in paged] + windowed + gemma_cases:
             row = check(lib, *case)
             failed += not row["ok"]
             rows.append(row)

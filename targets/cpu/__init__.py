@@ -49,8 +49,10 @@ class CpuTarget(Target):
     attention_features = frozenset({"window_layers", "softcap"})  # attention.py's kernels
 
     def window_in_kernels(self, kv_cache: Any) -> bool:
-        """attention.py's kernels take the window: float32 caches with whole 16-float rows (the decode kernel's)."""
-        return kv_cache.dtype == "float32" and kv_cache.head_dim % 16 == 0 and kv_cache.head_dim <= 256
+        """attention.py's kernels take the window: head dims of whole 16-float rows up to 256 (the decode kernel's);
+        float32 caches, or 16-bit ones (decode_paged_16bit: the golden references of gpu builds)."""
+        return (kv_cache.dtype in ("float32", "float16", "bfloat16") and kv_cache.head_dim % 16 == 0
+                and kv_cache.head_dim <= 256)
 
     def build(self, relax_mod: tvm.IRModule, library: Path, stage: Progress, options: BuildOptions) -> TargetInfo:
         from .build import build_cpu, target_info

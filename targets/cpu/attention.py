@@ -377,8 +377,70 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, inline_rope_kernel
     return decode
 
 
-def _decode_signature(func: tirx.PrimFunc) -> tuple[int, int, int, int] | None:
-    """(h_q, h_kv, d, page_size) of TVM's float32 cpu decode kernel, or None if it is not the one known."""
+def decode_paged_16bit(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
+                       inline_rope_kernel: str = DECODE_INLINE_ROPE, block: int = 32, window: int = 0,
+                       by_sign: bool = False, softcap: float = 0.0) -> tirx.PrimFunc:
+    """TVM's cpu decode kernel's signature for float16 / bfloat16 caches, computed as `prefill_paged` does (one
+    causal query row per sequence, every cached key gathered to float32 first): the cpu builds that use it are the
+    golden references of 16-bit gpu builds (cpu builds themselves run float32 through `decode_paged`), and it lets
+    them apply per-layer windows and soft-capping as the gpu kernels do."""
+    attend = _attend_macro(h_q, h_kv, d, dtype, block, 1, window, by_sign, softcap)
+
+    def f32(x):
+        return T.Cast("float32", x)
+
+    # fmt: off
+    @T.prim_func(private=True, s_tir=True)
+    def decode(Q_handle: T.handle, pages_handle: T.handle, page_table_indptr_handle: T.handle,
+               page_table_values_handle: T.handle, var_length_info: T.handle, k_rope_pos_offset_handle: T.handle,
+               q_rope_position_handle: T.handle, output_handle: T.handle, lse_handle: T.handle,
+               rotary_mode: T.int32, rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32):
+        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True, "tirx.noalias": True})
+        B, nnz_pages, max_num_pages = T.int32(), T.int32(), T.int32()
+        Q = T.match_buffer(Q_handle, (B, h_q, d), dtype)
+        pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, page_size, d), dtype)
+        page_indptr = T.match_buffer(page_table_indptr_handle, (B + 1,), "int32", offset_factor=1)
+        page_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", offset_factor=1)
+        length_info = T.match_buffer(var_length_info, (B,), "int32", offset_factor=1)
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", offset_factor=1)
+        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", offset_factor=1)
+        output = T.match_buffer(output_handle, (B, h_q, d), dtype)
+        lse = T.match_buffer(lse_handle, (B, h_q), "float32")
+        q_indptr = T.sblock_alloc_buffer((B + 1,), "int32")  # one query row per sequence
+        kt = T.sblock_alloc_buffer((h_kv, d, nnz_pages * page_size + block), "float32")  # keys transposed
+        vals = T.sblock_alloc_buffer((nnz_pages * page_size, h_kv, d), "float32")
+        if rotary_mode == 1:
+            T.evaluate(T.call_cpacked(inline_rope_kernel, Q, pages, page_indptr, page_values, length_info,
+                                      k_rope_pos_offset, q_rope_position, output, lse, rotary_mode, rope_scale,
+                                      rope_theta, sm_scale))
+        else:
+            for i in range(B + 1):
+                q_indptr[i] = i
+            for hd in T.parallel(h_kv * d):
+                with T.sblock("gather"):
+                    T.reads(pages[0:max_num_pages, 0:2, 0:h_kv, 0:page_size, 0:d], page_values[0:nnz_pages])
+                    T.writes(kt[0:h_kv, 0:d, 0:nnz_pages * page_size + block], vals[0:nnz_pages * page_size, 0:h_kv, 0:d])
+                    for j in range(nnz_pages * page_size):
+                        kt[hd // d, hd % d, j] = f32(pages[page_values[j // page_size], 0, hd // d, j % page_size, hd % d])
+                        vals[j, hd // d, hd % d] = f32(pages[page_values[j // page_size], 1, hd // d, j % page_size, hd % d])
+                    for j in range(block):
+                        kt[hd // d, hd % d, nnz_pages * page_size + j] = T.float32(0)
+            for b in range(B):
+                for hq in T.parallel(h_q):
+                    attend(Q, q_indptr, kt, vals, output, lse, b, hq, page_indptr[b] * page_size,
+                           T.if_then_else(page_indptr[b + 1] > page_indptr[b],
+                                          (page_indptr[b + 1] - page_indptr[b] - 1) * page_size + length_info[b], 0),
+                           1, sm_scale)
+    # fmt: on
+    return decode
+
+
+HALF_DTYPES = ("float16", "bfloat16")  # decode_paged_16bit's caches
+
+
+def _decode_signature(func: tirx.PrimFunc) -> tuple[int, int, int, int, str] | None:
+    """(h_q, h_kv, d, page_size, dtype) of TVM's cpu decode kernel (float32, or 16-bit: decode_paged_16bit), or
+    None if it is not the one known."""
     params = list(func.params)
     if len(params) != 13:
         return None
@@ -388,21 +450,29 @@ def _decode_signature(func: tirx.PrimFunc) -> tuple[int, int, int, int] | None:
     q, pages, length_info = _shape(buffers[0]), _shape(buffers[1]), buffers[4]
     if len(q) != 3 or len(pages) != 5 or len(length_info.shape) != 1 or None in q[1:] + pages[1:]:
         return None
-    if str(buffers[0].dtype) != "float32" or str(buffers[1].dtype) != "float32":
+    dtype = str(buffers[0].dtype)
+    if dtype not in ("float32", *HALF_DTYPES) or str(buffers[1].dtype) != dtype or str(buffers[7].dtype) != dtype:
         return None
     h_q, d = q[1], q[2]
     h_kv, page_size = pages[2], pages[3]
     if pages[4] != d or d % 16 or d > 256 or h_q % h_kv:
         return None
-    return h_q, h_kv, d, page_size
+    return h_q, h_kv, d, page_size, dtype
+
+
+def _decode_kernel(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, **extra) -> tirx.PrimFunc:
+    if dtype == "float32":
+        return decode_paged(h_q, h_kv, d, page_size, **extra)
+    return decode_paged_16bit(h_q, h_kv, d, page_size, dtype, **extra)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUDecodeAttention")
 def replace_decode_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Swap TVM's serial cpu decode kernel for `decode_paged`; the original stays as DECODE_INLINE_ROPE."""
+    """Swap TVM's serial cpu decode kernel for `decode_paged` (float32) or `decode_paged_16bit`; the original stays
+    as DECODE_INLINE_ROPE."""
     extra = dict(window=window_of(mod), by_sign=window_by_sign(mod), softcap=softcap_of(mod))
     mod = swap_kernel(mod, DECODE_NAME, lambda f: None if (sig := _decode_signature(f)) is None
-                      else decode_paged(*sig, **extra), keep_as=DECODE_INLINE_ROPE)
+                      else _decode_kernel(*sig, **extra), keep_as=DECODE_INLINE_ROPE)
     require_windowed(mod, (DECODE_INLINE_ROPE,), "cpu decode attention")
     return mod
 
@@ -478,5 +548,5 @@ def replace_rope_split(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tv
     return swap_kernel(mod, ROPE_NAME, make)
 
 
-__all__ = ["decode_paged", "prefill_ragged", "replace_decode_attention", "replace_prefill_attention",
+__all__ = ["decode_paged", "decode_paged_16bit", "prefill_ragged", "replace_decode_attention", "replace_prefill_attention",
            "replace_rope_split", "rope_split", "swap_kernel"]

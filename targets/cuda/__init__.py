@@ -43,6 +43,7 @@ class CudaTarget(Target):
     forms = "cuda, cuda:sm_XX[,sm_YY...]"
     default_quant = "q0f16"
     default_dtype = "float16"
+    attention_features = frozenset({"window_layers", "softcap"})  # attention.py's and prefill_attention.py's kernels
 
     def __init__(self, spec: str, archs: list[str]) -> None:
         super().__init__(spec)
@@ -96,7 +97,7 @@ class CudaTarget(Target):
 
     def window_in_kernels(self, kv_cache: Any) -> bool:
         """ember's decode and prefill attention kernels take the window where they cover the cache (fp16/bf16, head
-        dim 64 or 128, GQA groups up to 8) and are not switched off (EMBER_CUDA_ATTENTION / EMBER_CUDA_PREFILL)."""
+        dim 64, 128 or 256, GQA groups up to 8) and are not switched off (EMBER_CUDA_ATTENTION / EMBER_CUDA_PREFILL)."""
         from . import attention, prefill_attention
 
         group = kv_cache.num_attention_heads // kv_cache.num_kv_heads

@@ -23,14 +23,14 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from ..attention_window import require_windowed, window_of
+from ..attention_window import require_windowed, softcap_of, window_by_sign, window_of
 from ..cpu.attention import _shape, swap_kernel
 
 ENV = "EMBER_CUDA_ATTENTION"  # "0" keeps TVM's decode kernel (for A/B runs)
 NAME = "batch_decode_paged_kv"  # TVM's non-sliding-window cuda decode kernel
 DECODE_INLINE_ROPE = NAME + "_inline_rope"
 DTYPES = ("float16", "bfloat16")
-HEAD_DIMS = (64, 128)
+HEAD_DIMS = (64, 128, 256)
 MAX_GROUP = 8
 OPAQUE = 8  # relax OpPatternKind.kOpaque
 
@@ -47,8 +47,11 @@ class SplitConfig:
         return self.unroll or (4 if group <= 4 else 2)
 
 
-def split_name(h_kv: int, group: int, d: int, page_size: int, cfg: SplitConfig) -> str:
+def split_name(h_kv: int, group: int, d: int, page_size: int, cfg: SplitConfig, dtype: str = "float16",
+               capped: bool = False) -> str:
     args = [d, h_kv, group, page_size, cfg.warps, cfg.tokens_in_flight(group)]
+    if capped:  # the soft-capped instantiation names every template argument
+        args += ["__half" if dtype == "float16" else "__nv_bfloat16", "true"]
     return f"ember::attn::split<{', '.join(str(a) for a in args)}>"
 
 
@@ -65,19 +68,23 @@ def merge_name(d: int) -> str:
 
 
 def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config: SplitConfig | None = None,
-                 inline_rope_kernel: str = DECODE_INLINE_ROPE, window: int = 0) -> tirx.PrimFunc:
+                 inline_rope_kernel: str = DECODE_INLINE_ROPE, window: int = 0, by_sign: bool = False,
+                 softcap: float = 0.0) -> tirx.PrimFunc:
     """Same signature as TVM's cuda `batch_decode_paged_kv` (non-sliding-window: length_info is [B], the tokens
     of each sequence's last page). `window` > 0: the model's sliding window (HF convention), applied here to a
-    cache that keeps every token (targets.window)."""
+    cache that keeps every token (targets.window); `by_sign`: only where sm_scale < 0 (attention_window.py);
+    `softcap` > 0: tanh soft-capping of the scores."""
     cfg = config or SplitConfig()
     group = h_q // h_kv
     threads = 32 * cfg.warps
-    split = split_name(h_kv, group, d, page_size, cfg)
+    split = split_name(h_kv, group, d, page_size, cfg, dtype, capped=softcap > 0)
     merge = merge_name(d)
     min_pages = -(-cfg.min_chunk_tokens // page_size)
     cap = fused_chunk_cap(cfg)
     fused_on = 1 if cfg.fused_merge else 0
-    window_pages = -(-window // page_size) + 1 if window > 0 else 0  # the most pages a window of tokens spans
+    # the most pages a window of tokens spans (a kernel for local and global layers plans for the global ones)
+    window_pages = -(-window // page_size) + 1 if window > 0 and not by_sign else 0
+    sign_on = 1 if by_sign else 0
 
     # fmt: off
     @T.prim_func(private=True, s_tir=True)
@@ -126,7 +133,7 @@ def decode_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, config
                                 "int32", split, Q.data, T.address_of(pages[0, 0, 0, 0, 0]),
                                 T.address_of(page_table_indptr[0]), T.address_of(page_table_values[0]),
                                 T.address_of(length_info[0]), output.data, lse.data, ws_o.data, ws_ml.data, chunks,
-                                sm_scale, fused, window))
+                                sm_scale, fused, window, sign_on, T.float32(softcap)))
             if chunks > 1 and fused == 0:
                 for bh in T.thread_binding(B * h_q, thread="blockIdx.x"):
                     for tx in T.thread_binding(d, thread="threadIdx.x"):
@@ -178,9 +185,9 @@ def replace_decode_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext)
     if os.environ.get(ENV, "1") == "0":
         require_windowed(mod, (DECODE_INLINE_ROPE,), f"{ENV}=0")
         return mod
-    window = window_of(mod)
+    extra = dict(window=window_of(mod), by_sign=window_by_sign(mod), softcap=softcap_of(mod))
     mod = swap_kernel(mod, NAME, lambda f: None if (sig := _decode_signature(f)) is None
-                      else decode_paged(*sig, window=window), keep_as=DECODE_INLINE_ROPE)
+                      else decode_paged(*sig, **extra), keep_as=DECODE_INLINE_ROPE)
     require_windowed(mod, (DECODE_INLINE_ROPE,), "cuda decode attention")
     return mod
 

@@ -25,7 +25,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from ..attention_window import require_windowed, window_of
+from ..attention_window import require_windowed, softcap_of, window_by_sign, window_of
 from ..cpu.attention import _signature, swap_kernel
 
 ENV = "EMBER_CUDA_PREFILL"
@@ -34,7 +34,7 @@ INLINE_ROPE = NAME + "_inline_rope"
 PAGED = "batch_prefill_paged_kv"  # the sliding-window variant has its own name and stays TVM's
 PAGED_INLINE_ROPE = PAGED + "_inline_rope"
 DTYPES = ("float16", "bfloat16")
-HEAD_DIMS = (64, 128)
+HEAD_DIMS = (64, 128, 256)
 TILE_ROWS, THREADS = 64, 128  # prefill_attention.cuh's BM and block size
 OPAQUE = 8  # relax OpPatternKind.kOpaque
 
@@ -43,19 +43,22 @@ def _ctype(dtype: str) -> str:
     return "__half" if dtype == "float16" else "__nv_bfloat16"
 
 
-def kernel_name(h_q: int, h_kv: int, d: int, dtype: str) -> str:
-    return f"ember::prefill::ragged<{d}, {h_kv}, {h_q // h_kv}, {_ctype(dtype)}>"
+def kernel_name(h_q: int, h_kv: int, d: int, dtype: str, capped: bool = False) -> str:
+    return f"ember::prefill::ragged<{d}, {h_kv}, {h_q // h_kv}, {_ctype(dtype)}{', true' if capped else ''}>"
 
 
-def paged_kernel_name(h_q: int, h_kv: int, d: int, page_size: int, dtype: str) -> str:
-    return f"ember::prefill::paged<{d}, {h_kv}, {h_q // h_kv}, {page_size}, {_ctype(dtype)}>"
+def paged_kernel_name(h_q: int, h_kv: int, d: int, page_size: int, dtype: str, capped: bool = False) -> str:
+    return (f"ember::prefill::paged<{d}, {h_kv}, {h_q // h_kv}, {page_size}, {_ctype(dtype)}"
+            f"{', true' if capped else ''}>")
 
 
 def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: str = INLINE_ROPE,
-                   window: int = 0) -> tirx.PrimFunc:
+                   window: int = 0, by_sign: bool = False, softcap: float = 0.0) -> tirx.PrimFunc:
     """Same signature as TVM's cuda `batch_prefill_ragged_kv`; `window` > 0: the model's sliding window (HF
-    convention) as a mask (targets/attention_window.py)."""
-    name = kernel_name(h_q, h_kv, d, dtype)
+    convention) as a mask (targets/attention_window.py), `by_sign`: only where sm_scale < 0; `softcap` > 0: tanh
+    soft-capping of the scores."""
+    name = kernel_name(h_q, h_kv, d, dtype, capped=softcap > 0)
+    sign_on = 1 if by_sign else 0
 
     # fmt: off
     @T.prim_func(private=True, s_tir=True)
@@ -87,16 +90,18 @@ def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: 
                         T.evaluate(T.call_extern(
                             "int32", name, q.data, T.address_of(q_indptr[0]), k.data, v.data,
                             T.address_of(kv_indptr[0]), output.data, lse.data, batch_size, causal, sm_scale,
-                            window))
+                            window, sign_on, T.float32(softcap)))
     # fmt: on
     return batch_prefill_ragged_kv
 
 
 def prefill_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
-                  inline_rope_kernel: str = PAGED_INLINE_ROPE, window: int = 0) -> tirx.PrimFunc:
+                  inline_rope_kernel: str = PAGED_INLINE_ROPE, window: int = 0, by_sign: bool = False,
+                  softcap: float = 0.0) -> tirx.PrimFunc:
     """Same signature as TVM's cuda `batch_prefill_paged_kv` (no TVM sliding window: length_info is
-    last_page_len); `window` as in prefill_ragged."""
-    name = paged_kernel_name(h_q, h_kv, d, page_size, dtype)
+    last_page_len); `window`, `by_sign`, `softcap` as in prefill_ragged."""
+    name = paged_kernel_name(h_q, h_kv, d, page_size, dtype, capped=softcap > 0)
+    sign_on = 1 if by_sign else 0
 
     # fmt: off
     @T.prim_func(private=True, s_tir=True)
@@ -133,7 +138,7 @@ def prefill_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
                             "int32", name, q.data, T.address_of(q_indptr[0]), T.address_of(pages[0, 0, 0, 0, 0]),
                             T.address_of(page_indptr[0]), T.address_of(page_values[0]),
                             T.address_of(length_info[0]), output.data, lse.data, batch_size, causal, sm_scale,
-                            window))
+                            window, sign_on, T.float32(softcap)))
     # fmt: on
     return batch_prefill_paged_kv
 
@@ -175,11 +180,11 @@ def replace_prefill_attention(mod: tvm.IRModule, _ctx: tvm.transform.PassContext
     if os.environ.get(ENV, "1") == "0":
         require_windowed(mod, (INLINE_ROPE, PAGED_INLINE_ROPE), f"{ENV}=0")
         return mod
-    window = window_of(mod)
+    extra = dict(window=window_of(mod), by_sign=window_by_sign(mod), softcap=softcap_of(mod))
     mod = swap_kernel(mod, NAME, lambda f: None if (sig := _covered(f)) is None
-                      else prefill_ragged(*sig, window=window), keep_as=INLINE_ROPE)
+                      else prefill_ragged(*sig, **extra), keep_as=INLINE_ROPE)
     mod = swap_kernel(mod, PAGED, lambda f: None if (sig := _paged_covered(f)) is None
-                      else prefill_paged(*sig, window=window), keep_as=PAGED_INLINE_ROPE)
+                      else prefill_paged(*sig, **extra), keep_as=PAGED_INLINE_ROPE)
     require_windowed(mod, (INLINE_ROPE, PAGED_INLINE_ROPE), "cuda prefill attention")
     return mod
 

@@ -115,20 +115,25 @@ def test_gemma_values_ember_does_not_implement_are_refused_by_name():
     assert every_global.sliding_window is None and every_global.window_layers is None
 
 
-def test_targets_without_per_layer_windows_or_softcap_refuse_gemma_in_one_line():
+def test_targets_without_per_layer_windows_or_softcap_refuse_gemma_in_one_line(monkeypatch):
     from ember.frontend.models import build_module
     from ember.targets.base import parse_target
     from ember.targets.lower import _LoweredModel, _check_attention_features
 
+    def check(name: str, spec: str, dtype: str = "float16") -> None:
+        module = build_module(preset_config(name), name, dtype=dtype)
+        target = parse_target(spec)
+        _check_attention_features(_LoweredModel(module, target)._plan, module, target)
+
     for name, problem in (("gemma3-1b", "a sliding window on 22 of 26 layers"), ("gemma2-2b", "a sliding window")):
-        module = build_module(preset_config(name), name, dtype="float16")
-        for spec in ("cuda:sm_90", "metal"):
-            target = parse_target(spec)
-            with pytest.raises(ConfigError, match=f"--target {spec}: {problem}"):
-                _check_attention_features(_LoweredModel(module, target)._plan, module, target)
-    cpu = parse_target("cpu")
-    module = build_module(preset_config("gemma2-2b"), "g2", dtype="float32")
-    _check_attention_features(_LoweredModel(module, cpu)._plan, module, cpu)  # both in ember's cpu kernels
+        with pytest.raises(ConfigError, match=f"--target metal: {problem}"):
+            check(name, "metal")
+        check(name, "cuda:sm_90")  # per-layer windows and soft-capping in ember's cuda kernels (head dim 256)
+        check(name, "cpu", "float32")
+        with monkeypatch.context() as patch:  # TVM's cuda prefill kernels (A/B switch) have neither
+            patch.setenv("EMBER_CUDA_PREFILL", "0")
+            with pytest.raises(ConfigError, match=f"--target cuda:sm_90: {problem}"):
+                check(name, "cuda:sm_90")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -95,7 +95,8 @@ def test_unsupported_head_dim_keeps_tvm_kernel():
     (16, 2, 128, "float16", (16, 2, 128, 16, "float16")),    # group 8
     (32, 2, 128, "float16", None),                           # group 16: more q heads a block than the kernel holds
     (8, 2, 96, "float16", None),                             # head dim 96
-    (8, 2, 256, "float16", None),
+    (8, 2, 256, "float16", (8, 2, 256, 16, "float16")),      # Gemma's head dim
+    (8, 2, 512, "float16", None),
     (8, 2, 64, "float32", None),
 ])
 def test_signature_takes_exactly_the_supported_kernels(h_q, h_kv, d, dtype, expected):
@@ -117,33 +118,35 @@ def test_signature_refuses_sliding_window_and_other_kernels():
 
 HARNESS = textwrap.dedent("""
     #include "decode_attention.cuh"
-    template <int D, int HKV, int G, typename T>
+    template <int D, int HKV, int G, typename T, bool CAP>
     __global__ void __launch_bounds__(128) split_k(const T* q, const T* p, const int* a, const int* b, const int* c,
                                                    T* o, float* l, float* wo, float* wm, int n, float s, int f,
-                                                   int w) {
-      ember::attn::split<D, HKV, G, 16, 4, (G <= 4 ? 4 : 2)>(q, p, a, b, c, o, l, wo, wm, n, s, f, w);
+                                                   int w, int bs, float cap) {
+      ember::attn::split<D, HKV, G, 16, 4, (G <= 4 ? 4 : 2), T, CAP>(q, p, a, b, c, o, l, wo, wm, n, s, f, w, bs,
+                                                                    cap);
     }
     template <int D, typename T>
     __global__ void merge_k(const float* wo, const float* wm, T* o, float* l, int n) {
       ember::attn::merge<D>(wo, wm, o, l, n);
     }
-    template __global__ void split_k<128, 8, 4, __half>(const __half*, const __half*, const int*, const int*,
-        const int*, __half*, float*, float*, float*, int, float, int, int);
-    template __global__ void split_k<64, 3, 3, __half>(const __half*, const __half*, const int*, const int*,
-        const int*, __half*, float*, float*, float*, int, float, int, int);
-    template __global__ void split_k<64, 1, 8, __nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*,
-        const int*, const int*, const int*, __nv_bfloat16*, float*, float*, float*, int, float, int, int);
-    template __global__ void split_k<128, 8, 1, __half>(const __half*, const __half*, const int*, const int*,
-        const int*, __half*, float*, float*, float*, int, float, int, int);
+    #define SPLIT(D, HKV, G, T, CAP) template __global__ void split_k<D, HKV, G, T, CAP>(const T*, const T*, \\
+        const int*, const int*, const int*, T*, float*, float*, float*, int, float, int, int, int, float);
+    SPLIT(128, 8, 4, __half, false)
+    SPLIT(64, 3, 3, __half, false)
+    SPLIT(64, 1, 8, __nv_bfloat16, false)
+    SPLIT(128, 8, 1, __half, false)
+    SPLIT(256, 4, 2, __half, true)           // Gemma 2: head dim 256, soft-capped
+    SPLIT(256, 1, 4, __nv_bfloat16, false)   // Gemma 3
     template __global__ void merge_k<128, __half>(const float*, const float*, __half*, float*, int);
     template __global__ void merge_k<64, __nv_bfloat16>(const float*, const float*, __nv_bfloat16*, float*, int);
+    template __global__ void merge_k<256, __half>(const float*, const float*, __half*, float*, int);
 """)
 
 
 @needs_nvcc
 def test_kernel_source_compiles_with_nvcc(tmp_path):
-    """The .cuh on its own, instantiated for the llama3-8b, SmolLM2, group-8 bf16 and MHA shapes: no errors, no
-    register spills (ptxas -v)."""
+    """The .cuh on its own, instantiated for the llama3-8b, SmolLM2, group-8 bf16, MHA and Gemma (head dim 256,
+    soft-capped) shapes: no errors, no register spills (ptxas -v)."""
     from ember.targets.cuda.device_code import KERNEL_DIR
 
     (tmp_path / "k.cu").write_text(HARNESS)

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from cuda_lowered import through_cuda_pipeline
+from ember.passes.manager import PassManager, default_pipeline
 from test_cuda_attention import _extern_calls as _calls
 from test_cuda_attention import _lowered, _prims
 
@@ -64,13 +65,40 @@ def test_a_sliding_window_reaches_every_attention_kernel_as_a_mask():
     for name, kernel in ((pa.NAME, "ember::prefill::ragged<"), (pa.PAGED, "ember::prefill::paged<"),
                          (attention.NAME, "ember::attn::split<")):
         call = re.search(r'T\.call_extern\("int32", "' + re.escape(kernel) + r'[^"]*",(.*)\)', prims[name].script())
-        assert call is not None and call.group(1).rstrip().endswith(", 48"), (name, call)
+        # the window, then by_sign (0: every layer) and the soft-cap (none)
+        assert call is not None and re.search(r", 48, 0, T\.float32\(0(\.0)?\)\s*$", call.group(1)), (name, call)
     assert WINDOW_ATTR not in (_lowered().attrs or {})
     with pytest.MonkeyPatch.context() as env:
         env.setenv(pa.ENV, "0")
         assert WINDOW_ATTR not in (_lowered(model_type="mistral", sliding_window=48).attrs or {})
         with pytest.raises((LoweringError, RuntimeError), match="sliding window needs ember's attention kernels"):
             pa.replace_prefill_attention(lowered)  # (a module pass: TVM's FFI re-raises as RuntimeError)
+
+
+def test_gemma_windows_by_sign_and_soft_capping_reach_every_attention_kernel():
+    """Gemma 2's attention (head dim 256, a window on every other layer, scores soft-capped): lower() records the
+    window, the by-sign rule and the cap; the ragged, paged and decode kernels are ember's capped instantiations
+    and get (window, by_sign = 1, cap); the golden reference's cpu kernels take the same (16-bit decode)."""
+    from ember.frontend.models import build_module
+    from ember.frontend.presets import preset_config
+    from ember.targets.attention_window import SOFTCAP_ATTR, WINDOW_ATTR, WINDOW_BY_SIGN_ATTR
+    from ember.targets.cuda import CudaTarget, attention
+    from ember.targets.cuda import prefill_attention as pa
+    from ember.targets.lower import lower
+    import dataclasses
+
+    config = dataclasses.replace(preset_config("gemma2-2b"), num_hidden_layers=2, vocab_size=512)
+    module = PassManager(default_pipeline("q0f16")).run(build_module(config, "g2", dtype="float16",
+                                                                      static_decode=True))
+    lowered, _ = lower(module, CudaTarget.parse("cuda:sm_90"))
+    assert int(lowered.attrs[WINDOW_ATTR]) == 4096 and int(lowered.attrs[WINDOW_BY_SIGN_ATTR]) == 1
+    assert float(lowered.attrs[SOFTCAP_ATTR]) == 50.0
+    prims = _prims(through_cuda_pipeline(lowered))
+    for name, kernel in ((pa.NAME, "ember::prefill::ragged<256, 4, 2, __half, true>"),
+                         (pa.PAGED, "ember::prefill::paged<256, 4, 2, 16, __half, true>"),
+                         (attention.NAME, "ember::attn::split<256, 4, 2, 16, 4, 4, __half, true>")):
+        call = re.search(r'T\.call_extern\("int32", "' + re.escape(kernel) + r'",(.*)\)', prims[name].script())
+        assert call is not None and re.search(r", 4096, 1, T\.float32\(50(\.0)?\)\s*$", call.group(1)), (name, call)
 
 
 def test_kernel_names():
@@ -81,23 +109,29 @@ def test_kernel_names():
     from ember.targets.cuda.prefill_attention import paged_kernel_name
 
     assert paged_kernel_name(32, 8, 128, 16, "float16") == "ember::prefill::paged<128, 8, 4, 16, __half>"
+    assert kernel_name(8, 4, 256, "float16", capped=True) == "ember::prefill::ragged<256, 4, 2, __half, true>"
 
 
 HARNESS = """
 #include "prefill_attention.cuh"
-#define K(NAME, D, HKV, G, T) extern "C" __global__ void __launch_bounds__(128) NAME(const T* q, const int* qi, \\
-    const T* k, const T* v, const int* ki, T* o, float* lse, int b, int c, float s, int w) { \\
-  ember::prefill::ragged<D, HKV, G, T>(q, qi, k, v, ki, o, lse, b, c, s, w); }
-K(llama3, 128, 8, 4, __half)
-K(smollm2, 64, 3, 3, __half)
-K(bf16_mha, 64, 8, 1, __nv_bfloat16)
-K(group8, 128, 2, 8, __half)
-#define P(NAME, D, HKV, G, T) extern "C" __global__ void __launch_bounds__(128) NAME(const T* q, const int* qi, \\
-    const T* pages, const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, float s, \\
-    int w) { \\
-  ember::prefill::paged<D, HKV, G, 16, T>(q, qi, pages, pi, pv, last, o, lse, b, c, s, w); }
-P(llama3_paged, 128, 8, 4, __half)
-P(bf16_paged, 64, 8, 1, __nv_bfloat16)
+#define K(NAME, D, HKV, G, T, CAP) extern "C" __global__ void __launch_bounds__(128) NAME(const T* q, \\
+    const int* qi, const T* k, const T* v, const int* ki, T* o, float* lse, int b, int c, float s, int w, int bs, \\
+    float cap) { \\
+  ember::prefill::ragged<D, HKV, G, T, CAP>(q, qi, k, v, ki, o, lse, b, c, s, w, bs, cap); }
+K(llama3, 128, 8, 4, __half, false)
+K(smollm2, 64, 3, 3, __half, false)
+K(bf16_mha, 64, 8, 1, __nv_bfloat16, false)
+K(group8, 128, 2, 8, __half, false)
+K(gemma2, 256, 4, 2, __half, true)
+K(gemma3, 256, 1, 4, __nv_bfloat16, false)
+#define P(NAME, D, HKV, G, T, CAP) extern "C" __global__ void __launch_bounds__(128) NAME(const T* q, \\
+    const int* qi, const T* pages, const int* pi, const int* pv, const int* last, T* o, float* lse, int b, int c, \\
+    float s, int w, int bs, float cap) { \\
+  ember::prefill::paged<D, HKV, G, 16, T, CAP>(q, qi, pages, pi, pv, last, o, lse, b, c, s, w, bs, cap); }
+P(llama3_paged, 128, 8, 4, __half, false)
+P(bf16_paged, 64, 8, 1, __nv_bfloat16, false)
+P(gemma2_paged, 256, 4, 2, __half, true)
+P(gemma3_paged, 256, 1, 4, __nv_bfloat16, false)
 """
 
 

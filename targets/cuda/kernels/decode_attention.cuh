@@ -7,7 +7,9 @@
 //   out    [B, HKV * GROUP, D], lse [B, HKV * GROUP] (float32)
 // TVM's conventions: scores in the log2 domain, s = q.k * sm_scale * log2(e); lse = max + log2(sum 2^(s - max));
 // an empty sequence gives out = 0 and lse = -5e4 (TVM's initial state m = -5e4, d = 1). A sliding window W > 0
-// (HF's convention) keeps the last W tokens of each sequence: the query is the newest of them.
+// (HF's convention) keeps the last W tokens of each sequence: the query is the newest of them. With `by_sign` set,
+// the window applies only where sm_scale < 0 (Gemma's local layers: targets/attention_window.py) and |sm_scale| is
+// the scale. `softcap` > 0: scores become softcap * tanh(q.k * sm_scale / softcap) before the softmax (Gemma 2).
 //
 // Plan: the context of each (sequence, kv head) is cut into `chunks` contiguous ranges of tokens (chunks is chosen
 // by the host from the batch size and the page count, the same for every sequence of a call). `split` runs one
@@ -66,12 +68,13 @@ __device__ __forceinline__ void unpack8(const uint4& v, float* f) {
 
 // One block per (chunk = blockIdx.x, kv head = blockIdx.y, sequence = blockIdx.z), 32 * WARPS threads.
 // ws_o [B, HKV, GROUP, chunks, D], ws_ml [B, HKV, GROUP, chunks, 2]: written only when chunks > 1.
-template <int D, int HKV, int GROUP, int PAGE, int WARPS, int U, typename T>
+// CAPPED: the scores are soft-capped (softcap > 0 then), a separate instantiation so that the others carry no tanh
+template <int D, int HKV, int GROUP, int PAGE, int WARPS, int U, typename T, bool CAPPED = false>
 __device__ __forceinline__ void split(const T* __restrict__ q, const T* __restrict__ pages,
                                       const int* __restrict__ indptr, const int* __restrict__ values,
                                       const int* __restrict__ last, T* __restrict__ out, float* __restrict__ lse,
                                       float* __restrict__ ws_o, float* __restrict__ ws_ml, int chunks,
-                                      float sm_scale, int fused, int window) {
+                                      float sm_scale, int fused, int window, int by_sign, float softcap) {
   static_assert(D % 8 == 0 && 32 % (D / 8) == 0, "a row of K must be a power-of-two number of lanes <= 32");
   constexpr int LANES = D / 8;          // lanes per row
   constexpr int ROWS = 32 / LANES;      // rows (tokens) per warp at once
@@ -84,13 +87,19 @@ __device__ __forceinline__ void split(const T* __restrict__ q, const T* __restri
   ember::pdl::launch_dependents();
   ember::pdl::wait();
 
+  if (by_sign) {
+    if (sm_scale < 0.f) sm_scale = -sm_scale;
+    else window = 0;
+  }
   const int p0 = indptr[b], p1 = indptr[b + 1];
   const int len = p1 > p0 ? (p1 - p0 - 1) * PAGE + last[b] : 0;
   const int first = window > 0 ? max(len - window, 0) : 0;  // the oldest token the query sees
   const int per = (len - first + chunks - 1) / chunks;
   const int start = min(len, first + c * per), end = min(len, start + per);
 
-  const float scale = sm_scale * kLog2e;
+  const float scale = CAPPED ? sm_scale : sm_scale * kLog2e;  // capped: tanh takes the plain score
+  const float cap_log2 = softcap * kLog2e;
+  const float inv_cap = CAPPED ? 1.f / softcap : 0.f;
   float qf[GROUP][8];
 #pragma unroll
   for (int h = 0; h < GROUP; ++h) {
@@ -142,7 +151,7 @@ __device__ __forceinline__ void split(const T* __restrict__ q, const T* __restri
         for (int i = 0; i < 8; ++i) x = fmaf(qf[h][i], k[i], x);
 #pragma unroll
         for (int o = LANES / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-        s[u][h] = x;
+        s[u][h] = CAPPED ? cap_log2 * tanhf(x * inv_cap) : x;
       }
     }
 #pragma unroll

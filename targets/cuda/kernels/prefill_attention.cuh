@@ -8,7 +8,9 @@
 // sees no key gets out = 0 and lse = -5e4. A sliding window W > 0 (HF's convention: a query sees itself and W - 1
 // keys before it) also hides the keys before pos - W + 1, where pos is the row's position among the keys:
 // n_kv - q_len + i when causal (the keys end with the chunk's own), n_kv + i otherwise (the cached pages before a
-// chunk); the block starts at the first key tile its first row sees.
+// chunk); the block starts at the first key tile its first row sees. `by_sign`: the window applies only where
+// sm_scale < 0 (|sm_scale| is the scale; Gemma's local layers); `softcap` > 0: s = softcap * tanh(q.k * sm_scale /
+// softcap) * log2(e) (Gemma 2).
 //
 // Plan (flash attention 2 on mma.sync m16n8k16, fp32 accumulation): one block of 4 warps per (tile of 64 query
 // rows of one sequence, query head); the tiles of all sequences are numbered one after the other (blockIdx.x; the
@@ -18,7 +20,9 @@
 // of V hit distinct banks), each warp computes its 16 x 64 scores (B = K^T straight from K's rows), masks,
 // updates the online softmax of its rows (a quad of lanes shares a row), turns the scores into the A fragments of
 // P in registers (the accumulator layout of two n-tiles is the A layout of one k-step) and adds P V, V's B
-// fragments loaded transposed by ldmatrix.
+// fragments loaded transposed by ldmatrix. Head dim 256 (Gemma): keys come 32 at a time (K and V tiles within the
+// 48 KB of static shared memory) and the Q fragments are read again from global memory (L1) at every key tile, as
+// keeping them beside the 16 x 256 fp32 output in registers would spill.
 // PDL (pdl.cuh): wait() before the first read.
 #ifndef EMBER_PREFILL_ATTENTION_CUH
 #define EMBER_PREFILL_ATTENTION_CUH
@@ -100,12 +104,13 @@ struct PagedKV {
 };
 
 // One block per (query tile = blockIdx.x, query head = blockIdx.y), 128 threads.
-template <int D, int HKV, int GROUP, typename T, typename KV>
+template <int D, int HKV, int GROUP, typename T, bool CAPPED, typename KV>
 __device__ __forceinline__ void attend(const T* __restrict__ q, const int* __restrict__ q_indptr, KV kv,
                                        T* __restrict__ out, float* __restrict__ lse, int batch, int causal,
-                                       float sm_scale, int window) {
+                                       float sm_scale, int window, int by_sign, float softcap) {
   static_assert(D % 16 == 0, "head dim: whole mma k-steps");
-  constexpr int BM = 64, BN = 64, THREADS = 128, LD = D + 8, HQ = HKV * GROUP;
+  constexpr bool QREG = D <= 128;  // the Q fragments stay in registers
+  constexpr int BM = 64, BN = QREG ? 64 : 32, THREADS = 128, LD = D + 8, HQ = HKV * GROUP;
   constexpr int KS = D / 16;   // k-steps of the scores
   constexpr int NS = BN / 8;   // n-tiles of the scores
   constexpr int NO = D / 8;    // n-tiles of the output
@@ -129,18 +134,26 @@ __device__ __forceinline__ void attend(const T* __restrict__ q, const int* __res
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};  // this lane's rows (in the sequence)
 
-  uint32_t qa[KS][4];
+  if (by_sign) {
+    if (sm_scale < 0.f) sm_scale = -sm_scale;
+    else window = 0;
+  }
+  // a0: row g, k 2t; a1: row g + 8; a2: row g, k 2t + 8; a3: row g + 8, k 2t + 8 (of k-step s)
+  auto q_fragment = [&](int s, int e) -> uint32_t {
+    const int r = rows[e & 1];
+    const int d = 16 * s + 2 * t + (e >> 1) * 8;
+    return r < q_len ? *reinterpret_cast<const uint32_t*>(q + (static_cast<size_t>(q0 + r) * HQ + h) * D + d) : 0u;
+  };
+  uint32_t qa[QREG ? KS : 1][4];
+  if constexpr (QREG) {
 #pragma unroll
-  for (int s = 0; s < KS; ++s) {
+    for (int s = 0; s < KS; ++s) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {  // a0: row g, k 2t; a1: row g + 8; a2: row g, k 2t + 8; a3: row g + 8, k 2t + 8
-      const int r = rows[e & 1];
-      const int d = 16 * s + 2 * t + (e >> 1) * 8;
-      qa[s][e] = r < q_len ? *reinterpret_cast<const uint32_t*>(q + (static_cast<size_t>(q0 + r) * HQ + h) * D + d)
-                           : 0u;
+      for (int e = 0; e < 4; ++e) qa[s][e] = q_fragment(s, e);
     }
   }
-  const float scale = sm_scale * kLog2e;
+  const float scale = CAPPED ? sm_scale / softcap : sm_scale * kLog2e;
+  const float cap_log2 = softcap * kLog2e;
   float m[2] = {kTvmEmpty, kTvmEmpty}, l[2] = {0.f, 0.f};
   float o[NO][4];
 #pragma unroll
@@ -172,14 +185,31 @@ __device__ __forceinline__ void attend(const T* __restrict__ q, const int* __res
 
     float s[NS][4];
 #pragma unroll
-    for (int n = 0; n < NS; ++n) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-      const T* krow = ks + (n * 8 + g) * LD + 2 * t;
+    for (int n = 0; n < NS; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+    if constexpr (QREG) {
+#pragma unroll
+      for (int n = 0; n < NS; ++n) {
+        const T* krow = ks + (n * 8 + g) * LD + 2 * t;
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+          const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + 16 * kk);
+          const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + 16 * kk + 8);
+          mma(s[n], qa[kk], b0, b1, static_cast<const T*>(nullptr));
+        }
+      }
+    } else {  // one k-step of Q at a time, from global memory
 #pragma unroll
       for (int kk = 0; kk < KS; ++kk) {
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + 16 * kk);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + 16 * kk + 8);
-        mma(s[n], qa[kk], b0, b1, static_cast<const T*>(nullptr));
+        uint32_t qk[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) qk[e] = q_fragment(kk, e);
+#pragma unroll
+        for (int n = 0; n < NS; ++n) {
+          const T* krow = ks + (n * 8 + g) * LD + 2 * t + 16 * kk;
+          const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow);
+          const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + 8);
+          mma(s[n], qk, b0, b1, static_cast<const T*>(nullptr));
+        }
       }
     }
 #pragma unroll
@@ -190,7 +220,8 @@ __device__ __forceinline__ void attend(const T* __restrict__ q, const int* __res
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int key = n0 + n * 8 + 2 * t + e;
-          const float x = key < limit[i] && key >= low[i] ? s[n][2 * i + e] * scale : -INFINITY;
+          const float raw = s[n][2 * i + e] * scale;
+          const float x = key < limit[i] && key >= low[i] ? (CAPPED ? cap_log2 * tanhf(raw) : raw) : -INFINITY;
           s[n][2 * i + e] = x;
           mx = fmaxf(mx, x);
         }
@@ -253,25 +284,26 @@ __device__ __forceinline__ void attend(const T* __restrict__ q, const int* __res
   }
 }
 
-template <int D, int HKV, int GROUP, typename T>
+// CAPPED: the scores are soft-capped (softcap > 0 then), a separate instantiation so that the others carry no tanh
+template <int D, int HKV, int GROUP, typename T, bool CAPPED = false>
 __device__ __forceinline__ void ragged(const T* __restrict__ q, const int* __restrict__ q_indptr,
                                        const T* __restrict__ k, const T* __restrict__ v,
                                        const int* __restrict__ kv_indptr, T* __restrict__ out,
                                        float* __restrict__ lse, int batch, int causal, float sm_scale,
-                                       int window) {
-  attend<D, HKV, GROUP, T>(q, q_indptr, RaggedKV<D, HKV, T>{k, v, kv_indptr}, out, lse, batch, causal, sm_scale,
-                           window);
+                                       int window, int by_sign, float softcap) {
+  attend<D, HKV, GROUP, T, CAPPED>(q, q_indptr, RaggedKV<D, HKV, T>{k, v, kv_indptr}, out, lse, batch, causal, sm_scale,
+                           window, by_sign, softcap);
 }
 
 // TVM's `batch_prefill_paged_kv` (the cached pages of the sequences of a prefill chunk).
-template <int D, int HKV, int GROUP, int PS, typename T>
+template <int D, int HKV, int GROUP, int PS, typename T, bool CAPPED = false>
 __device__ __forceinline__ void paged(const T* __restrict__ q, const int* __restrict__ q_indptr,
                                       const T* __restrict__ pages, const int* __restrict__ page_indptr,
                                       const int* __restrict__ page_values, const int* __restrict__ last_page_len,
                                       T* __restrict__ out, float* __restrict__ lse, int batch, int causal,
-                                      float sm_scale, int window) {
-  attend<D, HKV, GROUP, T>(q, q_indptr, PagedKV<D, HKV, PS, T>{pages, page_indptr, page_values, last_page_len}, out,
-                           lse, batch, causal, sm_scale, window);
+                                      float sm_scale, int window, int by_sign, float softcap) {
+  attend<D, HKV, GROUP, T, CAPPED>(q, q_indptr, PagedKV<D, HKV, PS, T>{pages, page_indptr, page_values, last_page_len}, out,
+                           lse, batch, causal, sm_scale, window, by_sign, softcap);
 }
 
 }  // namespace prefill
