@@ -90,7 +90,7 @@ class Quantize:
         formats = module.attrs.get("source_formats")
         keep_native = formats is not None and formats.keep_native
         uses = _weight_uses(module)
-        layers = layer_count(list(module.params))
+        layers = _layers(module)
         params: dict[str, Param] = {}
         for name, param in module.params.items():
             source_format = formats.format_of(param) if formats is not None else None
@@ -124,7 +124,7 @@ class Quantize:
                 return GGML_TO_SCHEME[source_format]
         if self.recipe is not None and param.type.ndim == 2:
             return self.recipe.scheme_for(sources_of(param)[0], int(param.type.shape[1]),
-                                          layer_count(list(module.params)), head=False)
+                                          _layers(module), head=False)
         return self.scheme.name
 
     def _choose(self, param: Param, uses: list[tuple[Node, int]], vocab: int | None, keep_native: bool,
@@ -141,6 +141,11 @@ class Quantize:
             name = sources[0] if len(sources) > 1 else param.name  # ember-fused siblings share one scheme
             return SCHEMES[self.recipe.scheme_for(name, int(param.type.shape[1]), layers, head)]
         return SCHEMES[self.scheme.edge_scheme] if edge else self.scheme
+
+
+def _layers(module: Module) -> int:
+    """The model's layer count for per-layer recipes (a golden truncation records its model's)."""
+    return int(module.attrs.get("recipe_layers") or layer_count(list(module.params)))
 
 
 def _weight_uses(module: Module) -> dict[str, list[tuple[Node, int]]]:
