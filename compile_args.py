@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .passes.quant_recipes import RECIPES
 from .passes.quant_schemes import SCHEMES
 from .runtime.output_rules import check_destination
 from .targets.base import TARGETS, Target, parse_target, target_forms
@@ -30,8 +31,9 @@ def parse_target_arg(target: object) -> Target:
 def check_request(request: CompileRequest) -> Target:
     """Check what the arguments alone decide; returns the target."""
     target = parse_target_arg(request.target)
-    if request.quant is not None and request.quant not in SCHEMES:
-        raise ConfigError.about(f"{{quant}} {request.quant!r}: unknown scheme (known: {', '.join(SCHEMES)})")
+    if request.quant is not None and request.quant not in SCHEMES and request.quant not in RECIPES:
+        raise ConfigError.about(f"{{quant}} {request.quant!r}: unknown scheme (known: "
+                                f"{', '.join([*SCHEMES, *RECIPES])})")
     if request.dtype is not None and request.dtype not in DTYPES:
         raise ConfigError.about(f"{{dtype}} {request.dtype!r}: unknown compute dtype (known: {', '.join(DTYPES)})")
     if request.random_weights and request.weights:

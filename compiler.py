@@ -31,7 +31,7 @@ from .ir.graph import Module
 from .ir.printer import format_module
 from .passes.manager import PassManager, default_pipeline
 from .passes.materialize import check_sources, materialize
-from .passes.quantize import SourceFormats, default_quant, quantization_notes
+from .passes.quantize import SourceFormats, default_quant, quantization_notes, unquantizable
 from .runtime import artifact as art
 from .runtime.output_rules import check_destination
 from .runtime.tvm_import import import_tvm_with_compiler
@@ -106,6 +106,11 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
                           print_after=request.print_after, printer=stage.dump)
     stage.say(f"running passes: {', '.join(manager.names)}")
     module = manager.run(module)
+    missing = unquantizable(module) if packs_weights else []
+    if missing:
+        raise ConfigError(f"--quant {quant}: ember keeps GGUF K-quant blocks but does not make them from other "
+                          f"weights ({len(missing)}, e.g. {missing[0]}); compile the GGUF file without --quant, or "
+                          "use --random-weights")
     source.notes.extend(quantization_notes(module))
     golden_plan = golden.plan(module, source.config, target, quant=quant, dtype=dtype, fuse_rope=request.fuse_rope,
                               fuse=request.fuse, formats=formats)  # a big model's truncation: its entry points

@@ -83,6 +83,7 @@ def plan(module: Module, config: ModelConfig, target: Target, *, quant: str, dty
     truncation = build_module(small, module.name, dtype=dtype, static_decode=target.static_decode)
     if formats is not None:
         truncation.attrs["source_formats"] = formats
+    truncation.attrs["recipe_layers"] = config.num_hidden_layers  # per-layer recipes (q4_k_m) follow the model
     truncation = PassManager(default_pipeline(quant, fuse_rope=fuse_rope, fuse=fuse)).run(truncation)
     for name, param in truncation.params.items():  # the truncation's weights are the model's, by name
         full = module.params.get(name)

@@ -10,11 +10,13 @@ parameters are left for dead-code elimination, so importers stay one-to-one. Run
 then sees one linear with one weight.
 
 A group is fused only if every read of every member parameter, in every function, belongs to an identical
-group (prefill, decode and decode1 share weights, so all of them are rewritten or none).
+group (prefill, decode and decode1 share weights, so all of them are rewritten or none), and only if quantization
+will give every member the same scheme (`scheme_of`: per-tensor GGUF types and recipes can differ).
 """
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..ir.graph import PARAM, Function, Module, Node, Param, Value
@@ -97,6 +99,9 @@ def _fused_param(members: list[Param], name: str) -> Param | None:
 class FuseParallelLinears:
     name = "fuse_linears"
 
+    def __init__(self, scheme_of: Callable[[Module, Param], str] | None = None) -> None:
+        self.scheme_of = scheme_of  # the scheme quantization will give a member: mixed ones are not fused
+
     def __call__(self, module: Module) -> Module:
         matches = [(f, m, nodes) for f in module.functions.values() for m, nodes in _groups(f)]
         reads = Counter(v.name for _, node in module.iter_nodes() for v in node.inputs if v.kind == PARAM)
@@ -105,6 +110,9 @@ class FuseParallelLinears:
         fusable = {m for m, n in count.items() if all(reads[p] == n for p in m.params())}
         fused: dict[tuple[_Match, str], Param] = {}
         for match in fusable:
+            if self.scheme_of is not None and len({self.scheme_of(module, module.params[match.member(leaf, "weight")])
+                                                   for leaf in match.rule}) > 1:
+                continue  # e.g. a Q4_K_M file's q/k (Q4_K) and v (Q6_K) projections
             kinds = ("weight", "bias") if match.bias else ("weight",)
             made = {k: _fused_param([module.params[match.member(leaf, k)] for leaf in match.rule], match.fused(k))
                     for k in kinds}

@@ -54,10 +54,12 @@ def default_pipeline(quant: str, fuse_rope: bool = True, fuse: bool = True) -> l
     from .fuse_swiglu import FuseSwiGLU
     from .quantize import Quantize
 
+    quantize = Quantize(quant)
     passes: list[Pass] = [DeadCodeElimination()]
     if fuse_rope:
         passes.append(FuseRopeIntoAttention())
-    if fuse:  # before Quantize, so it quantizes the fused weights
-        passes += [FuseParallelLinears(), FuseQKVIntoAttention(), FuseSwiGLU(), FuseAddRMSNorm()]
-    passes += [DeadCodeElimination(), Quantize(quant)]
+    if fuse:  # before Quantize, so it quantizes the fused weights (siblings fuse only where their schemes agree)
+        passes += [FuseParallelLinears(quantize.member_scheme), FuseQKVIntoAttention(), FuseSwiGLU(),
+                   FuseAddRMSNorm()]
+    passes += [DeadCodeElimination(), quantize]
     return passes

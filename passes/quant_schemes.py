@@ -14,6 +14,9 @@ Quantization follows ggml's reference rounding (bit-exact with `gguf.quants.quan
   sym 8-bit (Q8_0):  s = amax/127, q = round_half_away(w/s)
   sym 4-bit (Q4_0):  s = v/-8 with v the value of largest |w|, q = min(15, trunc(w/s + 8.5)), W = s*(q-8)
   min 4-bit (Q4_1):  s = (max-min)/15, m = min, q = min(15, trunc((w-m)/s + 0.5)), W = s*q + m
+  5-bit (Q5_0, Q5_1): the same with 16 and 31 for 8 and 15
+K-quants (Q4_K, Q5_K, Q6_K) are never made from float weights here (ggml's search for their scales is not ported):
+GGUF files' blocks are repacked (quant_kblocks.py).
 A partial last group is padded by repeating its last value, which changes neither its max, min nor amax.
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.ops_quant import NIBBLES_PER_WORD, QuantFormat
+from ..ir.ops_quant import NIBBLES_PER_WORD, SUPER_BLOCK, QuantFormat
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ class Scheme:
         return self.edge or self.name
 
 
-def _q(bits: int, group: int, has_min: bool) -> QuantFormat:
-    return QuantFormat(bits, group, has_min)
+def _q(bits: int, group: int, has_min: bool, super_block: int = 0) -> QuantFormat:
+    return QuantFormat(bits, group, has_min, super_block)
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
@@ -57,27 +60,43 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("q4f16_1", "int4, s*q + m, group 32, fp16 scale and min (= GGUF Q4_1)", format=_q(4, 32, True),
            edge="q8f16", ggml_type="Q4_1"),
     Scheme("q4f16g128", "int4, symmetric s*(q-8), group 128, fp16 scale", format=_q(4, 128, False), edge="q8f16"),
+    Scheme("q5f16", "int5, symmetric s*(q-16), group 32, fp16 scale (= GGUF Q5_0)", format=_q(5, 32, False),
+           edge="q8f16", ggml_type="Q5_0"),
+    Scheme("q5f16_1", "int5, s*q + m, group 32, fp16 scale and min (= GGUF Q5_1)", format=_q(5, 32, True),
+           edge="q8f16", ggml_type="Q5_1"),
+    Scheme("q4_k", "GGUF Q4_K: int4 s*q - m, groups of 32 in super blocks of 256 (6-bit scale/min codes, fp16 d, "
+           "dmin)", format=_q(4, 32, True, SUPER_BLOCK), edge="q6_k", ggml_type="Q4_K"),
+    Scheme("q5_k", "GGUF Q5_K: int5 s*q - m, groups of 32 in super blocks of 256 (6-bit scale/min codes, fp16 d, "
+           "dmin)", format=_q(5, 32, True, SUPER_BLOCK), edge="q6_k", ggml_type="Q5_K"),
+    Scheme("q6_k", "GGUF Q6_K: int6 s*(q-32), groups of 16 in super blocks of 256 (int8 scale codes, fp16 d)",
+           format=_q(6, 16, False, SUPER_BLOCK), ggml_type="Q6_K"),
 )}
 
-# GGUF tensor type -> the scheme a tensor of that type is converted into when the file's type decides.
-# Exact for F32/F16/BF16/Q8_0/Q4_0/Q4_1; the others are dequantized and requantized (Q4_K keeps a min per group,
-# 5- and 6-bit types go up to 8 bits rather than lose precision).
-GGML_TO_SCHEME = {"F32": "q0f32", "F16": "q0f16", "BF16": "q0bf16", "Q8_0": "q8f16", "Q4_0": "q4f16",
-                  "Q4_1": "q4f16_1", "Q4_K": "q4f16_1", "Q5_0": "q8f16", "Q5_1": "q8f16", "Q5_K": "q8f16",
-                  "Q6_K": "q8f16"}
+# GGUF tensor type -> the scheme holding it exactly (a tensor of that type keeps it when the file's types decide).
+GGML_TO_SCHEME = {s.ggml_type: s.name for s in SCHEMES.values() if s.ggml_type is not None}
 FLOAT_GGML_TYPES = ("F32", "F16", "BF16")
 
 
 @dataclass
 class Packed:
-    """One quantized weight: the arrays of its qweight, scales and (optional) mins parameters."""
+    """One quantized weight: the arrays of its pieces (ir/ops_quant.py), None where the format has no such piece."""
 
     qweight: np.ndarray
     scales: np.ndarray
     mins: np.ndarray | None = None
+    qhigh: np.ndarray | None = None  # 5- and 6-bit: the codes' bits above the low nibble
+    super: np.ndarray | None = None  # super blocks: fp16 d
+    super_mins: np.ndarray | None = None  # super blocks with mins: fp16 dmin
+
+    def piece(self, name: str) -> np.ndarray:
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"this packed weight has no {name} piece")
+        return value
 
     def pieces(self) -> list[np.ndarray]:
-        return [self.qweight, self.scales] + ([self.mins] if self.mins is not None else [])
+        names = ("qweight", "qhigh", "scales", "mins", "super", "super_mins")
+        return [getattr(self, n) for n in names if getattr(self, n) is not None]
 
 
 # -- nibble packing --------------------------------------------------------------------------------------------------
@@ -124,49 +143,96 @@ def quantize(w: np.ndarray, fmt: QuantFormat) -> Packed:
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2:
         raise ValueError(f"can only quantize matrices, got shape {list(w.shape)}")
+    if fmt.super_block or fmt.bits == 6:
+        raise ValueError(f"ember does not quantize float weights into {fmt.bits}-bit super blocks (GGUF K-quants): "
+                         "they are kept from GGUF files as they are (quantize with llama.cpp's llama-quantize)")
     rows, cols = w.shape
     blocks = _groups(w, fmt.group_size)
     mins = None
     if fmt.bits == 8:
         d = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)
         codes = _round_half_away(blocks * _inverse(d)).astype(np.int8)
-        qweight = codes.reshape(rows, -1)[:, :cols]
+        return Packed(np.ascontiguousarray(codes.reshape(rows, -1)[:, :cols]), d[..., 0].astype(np.float16))
+    top = (1 << fmt.bits) - 1
+    if fmt.has_min:
+        lo = blocks.min(axis=-1, keepdims=True)
+        d = (blocks.max(axis=-1, keepdims=True) - lo) / np.float32(top)
+        q = np.trunc((blocks - lo) * _inverse(d) + np.float32(0.5))
+        mins = lo[..., 0].astype(np.float16)
     else:
-        if fmt.has_min:
-            lo = blocks.min(axis=-1, keepdims=True)
-            d = (blocks.max(axis=-1, keepdims=True) - lo) / np.float32(15)
-            q = np.trunc((blocks - lo) * _inverse(d) + np.float32(0.5))
-            mins = lo[..., 0].astype(np.float16)
-        else:
-            peak = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)
-            d = peak / np.float32(-8)
-            q = np.trunc(blocks * _inverse(d) + np.float32(8.5))
-        codes = q.astype(np.uint8).clip(0, 15)  # uint8 first, as ggml: a (never seen) negative wraps, then clips
-        qweight = pack_nibbles(codes.reshape(rows, -1)[:, :cols])
-    return Packed(np.ascontiguousarray(qweight), d[..., 0].astype(np.float16), mins)
+        peak = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)
+        d = peak / np.float32(-fmt.offset)
+        q = np.trunc(blocks * _inverse(d) + np.float32(fmt.offset + 0.5))
+    codes = q.astype(np.uint8).clip(0, top).reshape(rows, -1)[:, :cols]  # uint8 first, as ggml: then clips
+    qhigh = pack_high_bits(codes >> np.uint8(4), fmt.bits - 4) if fmt.bits > 4 else None
+    return Packed(np.ascontiguousarray(pack_nibbles(codes & np.uint8(15))), d[..., 0].astype(np.float16), mins,
+                  qhigh=qhigh)
 
 
 def codes_of(packed: Packed, fmt: QuantFormat, cols: int) -> np.ndarray:
-    """The integer codes q [N, K]: int8 for 8-bit, 0..15 (uint8) for 4-bit."""
-    return packed.qweight if fmt.bits == 8 else unpack_nibbles(packed.qweight, cols)
+    """The integer codes q [N, K]: int8 for 8-bit, 0..2^bits-1 (uint8) otherwise."""
+    if fmt.bits == 8:
+        return packed.qweight
+    codes = unpack_nibbles(packed.qweight, cols)
+    if fmt.bits in (5, 6):
+        codes |= unpack_high_bits(packed.piece("qhigh"), fmt.bits - 4, cols) << np.uint8(4)
+    return codes
+
+
+def group_scales(packed: Packed, fmt: QuantFormat) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 s and m per group [N, G] (m None for symmetric formats); super blocks: s = d * code and
+    m = -(dmin * code), exact in float32 (an 11-bit significand times a code of at most 8 bits)."""
+    if not fmt.super_block:
+        mins = packed.mins.astype(np.float32) if fmt.has_min else None
+        return packed.scales.astype(np.float32), mins
+    per = fmt.super_block // fmt.group_size
+    groups = packed.scales.shape[1]
+    expand = np.arange(groups) // per
+    s = packed.super.astype(np.float32)[:, expand] * packed.scales.astype(np.float32)
+    if not fmt.has_min:
+        return s, None
+    return s, -(packed.super_mins.astype(np.float32)[:, expand] * packed.mins.astype(np.float32))
 
 
 def dequantize(packed: Packed, fmt: QuantFormat, cols: int) -> np.ndarray:
     """Packed -> float32 [N, K], the values the kernels compute with (f32 math, like ggml)."""
     q = codes_of(packed, fmt, cols).astype(np.float32)
     expand = np.arange(cols) // fmt.group_size
-    s = packed.scales.astype(np.float32)[:, expand]
-    if fmt.has_min:
-        return s * q + packed.mins.astype(np.float32)[:, expand]
-    return s * (q - 8) if fmt.bits == 4 else q * s
+    s, m = group_scales(packed, fmt)
+    if m is not None:
+        return s[:, expand] * q + m[:, expand]
+    return s[:, expand] * (q - fmt.offset) if fmt.offset else q * s[:, expand]
+
+
+def pack_high_bits(high: np.ndarray, width: int) -> np.ndarray:
+    """uint8 [N, K] of `width`-bit values (1 or 2) -> uint32 [N, ceil(K*width/32)]: value k in bits
+    width*(k % per)... of word k // per, per = 32 / width."""
+    rows, cols = high.shape
+    per = 32 // width
+    words = -(-cols // per)
+    padded = np.zeros((rows, words * per), dtype=np.uint32)
+    padded[:, :cols] = high
+    shifts = np.arange(0, 32, width, dtype=np.uint32)
+    return np.bitwise_or.reduce(padded.reshape(rows, words, per) << shifts, axis=-1)
+
+
+def unpack_high_bits(words: np.ndarray, width: int, cols: int) -> np.ndarray:
+    shifts = np.arange(0, 32, width, dtype=np.uint32)
+    values = (words[:, :, None] >> shifts) & np.uint32((1 << width) - 1)
+    return values.reshape(words.shape[0], -1)[:, :cols].astype(np.uint8)
 
 
 # -- GGUF blocks -----------------------------------------------------------------------------------------------------
 _GGML_BLOCKS = {"Q8_0": (34, 2), "Q4_0": (18, 2), "Q4_1": (20, 4)}  # bytes per 32-block, header bytes (d[, m])
+KBLOCK_TYPES = ("Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")  # repacked by quant_kblocks.py
 
 
 def from_ggml_blocks(raw: np.ndarray, ggml_type: str, cols: int) -> Packed:
-    """GGUF Q8_0 / Q4_0 / Q4_1 blocks (uint8 [N, bytes per row], rows in HF order) -> Packed, values unchanged."""
+    """GGUF blocks of a type with a scheme (uint8 [N, bytes per row], rows in HF order) -> Packed, values
+    unchanged."""
+    if ggml_type in KBLOCK_TYPES:
+        from .quant_kblocks import from_kblocks
+        return from_kblocks(raw, ggml_type, cols)
     if ggml_type not in _GGML_BLOCKS:
         raise ValueError(f"no exact ember layout for GGUF {ggml_type} blocks")
     size, header = _GGML_BLOCKS[ggml_type]

@@ -1,7 +1,8 @@
 """The weight side of the Quantize pass: transforms that make a quantized weight's qweight, scales and mins.
 
-The pass (quantize.py) splits a float weight into two or three parameters, each recording
-  info["transform"]      "quant_weight" | "quant_scales" | "quant_mins" (registered below with materialize.py)
+The pass (quantize.py) splits a float weight into its pieces (QuantFormat.piece_names), each recording
+  info["transform"]      "quant_weight" | "quant_qhigh" | "quant_scales" | "quant_mins" | "quant_super" |
+                         "quant_super_mins" (PIECES, registered below with materialize.py)
   info["scheme"]         the scheme name (quant_schemes.SCHEMES)
   info["quantized_from"] the float parameter it replaces
 plus the float parameter's sources. The compiler materializes parameters one at a time in manifest order, where the
@@ -23,7 +24,9 @@ from .block_source import BlockSource
 from .materialize import Source, floats, transform
 from .quant_schemes import SCHEMES, Packed, from_ggml_blocks, quantize
 
-PIECES = ("quant_weight", "quant_scales", "quant_mins")
+# transform of each piece (ir/ops_quant.py names them)
+PIECES = {"qweight": "quant_weight", "qhigh": "quant_qhigh", "scales": "quant_scales", "mins": "quant_mins",
+          "super": "quant_super", "super_mins": "quant_super_mins"}
 
 
 @dataclass
@@ -44,7 +47,7 @@ def packed_weight(source: Source, param: Param) -> Packed:
     key = (param.info["quantized_from"], scheme.name)
     if _last is not None and _last.key == key and _same(_last.source, source):
         return _last.packed
-    if isinstance(source, BlockSource) and source.ggml_type == scheme.ggml_type:
+    if isinstance(source, BlockSource) and source.ggml_type == scheme.ggml_type and scheme.ggml_type is not None:
         packed = from_ggml_blocks(source.blocks(), scheme.ggml_type, int(source.shape[1]))
     else:
         packed = quantize(np.asarray(floats(source), dtype=np.float32), scheme.format)
@@ -58,18 +61,12 @@ def _same(a: Source, b: Source) -> bool:
     return a is b or (a.shape == b.shape and np.array_equal(a, b))
 
 
-@transform("quant_weight")
-def _quant_weight(source: Source, param: Param) -> np.ndarray:
-    return packed_weight(source, param).qweight
+def _piece_transform(piece: str) -> None:
+    def make(source: Source, param: Param) -> np.ndarray:
+        return packed_weight(source, param).piece(piece)
+
+    transform(PIECES[piece])(make)
 
 
-@transform("quant_scales")
-def _quant_scales(source: Source, param: Param) -> np.ndarray:
-    return packed_weight(source, param).scales
-
-
-@transform("quant_mins")
-def _quant_mins(source: Source, param: Param) -> np.ndarray:
-    mins = packed_weight(source, param).mins
-    assert mins is not None, f"{param.name}: scheme {param.info['scheme']} has no mins"
-    return mins
+for _piece in PIECES:
+    _piece_transform(_piece)

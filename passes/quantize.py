@@ -13,8 +13,11 @@ Schemes name the weight format only; the compute dtype is the module's activatio
   (q8f16 for the 4-bit ones). Other float parameters (norms, biases) keep the compute dtype.
 
 Per-tensor formats: when the weights come from a GGUF file, `module.attrs["source_formats"]` (a SourceFormats) gives
-each source tensor's GGUF type. If it says keep_native (no --quant given), every weight whose type ember holds exactly
-(F32/F16/BF16/Q8_0/Q4_0/Q4_1) keeps it; other tensors follow the scheme and are dequantized and requantized.
+each source tensor's GGUF type. If it says keep_native (no --quant given), every weight keeps its type (every GGUF
+type ember reads has a scheme holding it exactly: F32/F16/BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), so a
+Q4_K_M file stays Q4_K + Q6_K (+ Q5_0/Q8_0 fallbacks) weight by weight. A recipe (quant_recipes.py: q4_k_m, q5_k_m)
+also picks a scheme per weight. `member_scheme` tells FuseParallelLinears which siblings would get different schemes,
+so that they are not fused (one fused weight has one scheme).
 """
 from __future__ import annotations
 
@@ -26,13 +29,12 @@ from ..ir.graph import PARAM, Module, Node, Param, Value
 from ..ir.types import TensorType, is_float
 from . import quant_weights  # noqa: F401  (registers the quant_* transforms)
 from .materialize import sources_of
+from .quant_recipes import RECIPES, layer_count
 from .quant_schemes import FLOAT_GGML_TYPES, GGML_TO_SCHEME, SCHEMES, Scheme
 
 from .quant_help import QUANT_HELP  # noqa: E402,F401  (the --quant help text)
 
-EXACT_GGML_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
-PIECE_SUFFIXES = ("qweight", "scales", "mins")
-_TRANSFORMS = dict(zip(PIECE_SUFFIXES, quant_weights.PIECES))
+EXACT_GGML_TYPES = tuple(GGML_TO_SCHEME)  # every GGUF type ember reads is held exactly by a scheme
 
 
 @dataclass
@@ -78,20 +80,23 @@ class Quantize:
     name = "quantize"
 
     def __init__(self, scheme: str) -> None:
-        if scheme not in SCHEMES:
-            raise ValueError(f"--quant {scheme!r} is not a known scheme (known: {', '.join(SCHEMES)})")
-        self.scheme = SCHEMES[scheme]
+        if scheme not in SCHEMES and scheme not in RECIPES:
+            raise ValueError(f"--quant {scheme!r} is not a known scheme (known: {', '.join([*SCHEMES, *RECIPES])})")
+        self.label = scheme
+        self.recipe = RECIPES.get(scheme)
+        self.scheme = SCHEMES[self.recipe.base if self.recipe else scheme]
 
     def __call__(self, module: Module) -> Module:
         formats = module.attrs.get("source_formats")
         keep_native = formats is not None and formats.keep_native
         uses = _weight_uses(module)
+        layers = _layers(module)
         params: dict[str, Param] = {}
         for name, param in module.params.items():
             source_format = formats.format_of(param) if formats is not None else None
             if source_format is not None:
                 param.info["source_format"] = source_format
-            scheme = self._choose(param, uses.get(name, []), module.attrs.get("vocab_size"), keep_native)
+            scheme = self._choose(param, uses.get(name, []), module.attrs.get("vocab_size"), keep_native, layers)
             if scheme.quantized and _quantizable(param, uses.get(name)):
                 pieces = _split(param, scheme)
                 params.update((p.name, p) for p in pieces)
@@ -107,18 +112,40 @@ class Quantize:
             for value in node.inputs:
                 if value.kind == PARAM:
                     value.type = module.params[value.name].type
-        module.attrs["quantization"] = self.scheme.name
+        module.attrs["quantization"] = self.label
         return module
 
-    def _choose(self, param: Param, uses: list[tuple[Node, int]], vocab: int | None, keep_native: bool) -> Scheme:
+    def member_scheme(self, module: Module, param: Param) -> str:
+        """The scheme a plain (never edge) weight would get: what fusing siblings must agree on."""
+        formats = module.attrs.get("source_formats")
+        if formats is not None and formats.keep_native:
+            source_format = formats.format_of(param)
+            if source_format in GGML_TO_SCHEME:
+                return GGML_TO_SCHEME[source_format]
+        if self.recipe is not None and param.type.ndim == 2:
+            return self.recipe.scheme_for(sources_of(param)[0], int(param.type.shape[1]),
+                                          _layers(module), head=False)
+        return self.scheme.name
+
+    def _choose(self, param: Param, uses: list[tuple[Node, int]], vocab: int | None, keep_native: bool,
+                layers: int) -> Scheme:
         source_format = param.info.get("source_format")
-        if keep_native and source_format in EXACT_GGML_TYPES:
+        if keep_native and source_format in GGML_TO_SCHEME:
             return SCHEMES[GGML_TO_SCHEME[source_format]]
         if not self.scheme.quantized:
             return self.scheme
-        edge = any(i == 1 and (n.op == "embedding" or (n.op == "linear" and n.inputs[1].type.shape[0] == vocab))
-                   for n, i in uses)
+        head = any(i == 1 and n.op == "linear" and n.inputs[1].type.shape[0] == vocab for n, i in uses)
+        edge = head or any(i == 1 and n.op == "embedding" for n, i in uses)
+        if self.recipe is not None and param.type.ndim == 2:
+            sources = sources_of(param)
+            name = sources[0] if len(sources) > 1 else param.name  # ember-fused siblings share one scheme
+            return SCHEMES[self.recipe.scheme_for(name, int(param.type.shape[1]), layers, head)]
         return SCHEMES[self.scheme.edge_scheme] if edge else self.scheme
+
+
+def _layers(module: Module) -> int:
+    """The model's layer count for per-layer recipes (a golden truncation records its model's)."""
+    return int(module.attrs.get("recipe_layers") or layer_count(list(module.params)))
 
 
 def _weight_uses(module: Module) -> dict[str, list[tuple[Node, int]]]:
@@ -144,9 +171,9 @@ def _split(param: Param, scheme: Scheme) -> list[Param]:
     base = param.name.removesuffix(".weight")
     info = {k: v for k, v in param.info.items() if k not in ("scheme", "transform")}
     info["sources"] = sources_of(param)
-    return [Param(f"{base}.{suffix}", ty, {**info, "transform": _TRANSFORMS[suffix], "scheme": scheme.name,
+    return [Param(f"{base}.{suffix}", ty, {**info, "transform": quant_weights.PIECES[suffix], "scheme": scheme.name,
                                            "quantized_from": param.name})
-            for suffix, ty in zip(PIECE_SUFFIXES, fmt.piece_types(rows, cols))]
+            for suffix, ty in zip(fmt.piece_names, fmt.piece_types(rows, cols))]
 
 
 def _rewrite(node: Node, pieces: list[Param], scheme: Scheme) -> None:
@@ -161,6 +188,19 @@ def _rewrite(node: Node, pieces: list[Param], scheme: Scheme) -> None:
     else:
         node.inputs = [node.inputs[0], *values]
         node.op, node.attrs = "quant_embedding", {"dtype": node.attrs.get("dtype", weight.type.dtype), **attrs}
+
+
+def unquantizable(module: Module) -> list[str]:
+    """Weights whose scheme ember cannot make from their source (K-quants from float or other GGUF types)."""
+    found = []
+    for param in module.params.values():
+        scheme = SCHEMES.get(param.info.get("scheme", ""))
+        if param.info.get("transform") != "quant_weight" or scheme is None or scheme.format is None:
+            continue
+        if scheme.format.super_block and param.info.get("source_format") != scheme.ggml_type:
+            found.append(f"{param.info['quantized_from']} ({param.info.get('source_format') or 'float'} -> "
+                         f"{scheme.name})")
+    return found
 
 
 def quantization_notes(module: Module) -> list[str]:

@@ -32,29 +32,40 @@ def is_norm_weight(param: ParamInfo) -> bool:
     return len(param.shape) == 1 and "norm" in param.name.lower()
 
 
-# Spread of the random codes a packed weight holds: uniform int8 (std 73.9) or uniform 4-bit codes 0..15 (std 4.61).
-_CODE_STD = {8: 73.9, 4: 4.61}
+# Spread of the random codes a packed weight holds: uniform int8 (std 73.9) or uniform b-bit codes 0..2^b-1.
+_CODE_STD = {8: 73.9, 6: 18.47, 5: 9.23, 4: 4.61}
+# K-quants (scheme names q4_k, q5_k, q6_k): random uint8 scale and min codes (mean 127.5), int8 ones (Q6_K: mean 0,
+# std 73.9) times the super block's d / dmin
+_CODE_MEAN_U8, _CODE_STD_I8 = 127.5, 73.9
 
 
 def fill_stats(param: ParamInfo) -> tuple[float, float]:
     """(std, mean) of a float tensor's random values, chosen so that every weight *as the model sees it* has std
     MATRIX_STD around 0, quantized ones included: a scale of random codes is near MATRIX_STD / std(codes), and a
-    4-bit min cancels the codes' mean (q*s + m with m = -7.5 s). Uniform scales of std MATRIX_STD instead would make
-    4-bit weights ~9x (8-bit ~75x) too large, and a deep random model's activations then blow up in float16."""
+    min cancels the codes' mean (q*s + m with m = -mean(q) s; K-quants: dmin * mean(min code) = d * mean(scale
+    code) * mean(q)). Uniform scales of std MATRIX_STD instead would make 4-bit weights ~9x (8-bit ~75x) too large,
+    and a deep random model's activations then blow up in float16."""
     if is_norm_weight(param):
         return 0.0, 1.0
     piece = param.name.rsplit(".", 1)[-1]
     bits = _scheme_bits(param.scheme)
-    if bits is None or piece not in ("scales", "mins"):
+    if bits is None or piece not in ("scales", "mins", "super", "super_mins"):
         return MATRIX_STD, 0.0
     scale = MATRIX_STD / _CODE_STD[bits]
+    code_mean = ((1 << bits) - 1) / 2
+    if piece in ("super", "super_mins"):  # K-quants
+        if bits == 6:  # Q6_K: int8 scale codes around 0, codes q - 32 around 0
+            d = MATRIX_STD / (_CODE_STD_I8 * _CODE_STD[bits])
+            return d / 8, d
+        d = scale / _CODE_MEAN_U8
+        return (d / 8, d) if piece == "super" else (d * code_mean / 8, d * code_mean)
     if piece == "scales":
         return scale / 8, scale
-    return scale / 8, -7.5 * scale
+    return scale / 8, -code_mean * scale
 
 
 def _scheme_bits(scheme: str | None) -> int | None:
-    """4 or 8 for a quantized scheme name (q4f16_1, q8f16, ...), None for float ones (q0...)."""
+    """4, 5, 6 or 8 for a quantized scheme name (q4f16_1, q8f16, q4_k, ...), None for float ones (q0...)."""
     if not scheme or len(scheme) < 2 or scheme[0] != "q" or not scheme[1].isdigit():
         return None
     bits = int(scheme[1])

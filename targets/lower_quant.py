@@ -30,16 +30,30 @@ def _f32(expr: Any) -> Any:
 
 
 def dequant_value(fmt: QuantFormat, pieces: list[te.Tensor], n: Any, k: Any) -> Any:
-    """The float32 weight value W[n, k] as a TIR expression over the packed tensors."""
-    weight, scales = pieces[0], pieces[1]
-    scale = _f32(scales[n, k // fmt.group_size])
+    """The float32 weight value W[n, k] as a TIR expression over the packed tensors (ir/ops_quant.py)."""
+    named = dict(zip(fmt.piece_names, pieces))
+    weight, g = named["qweight"], k // fmt.group_size
+    scale = _f32(named["scales"][n, g])
+    if fmt.super_block:  # d * code: exact in float32, as gguf's dequantize computes it
+        scale = _f32(named["super"][n, k // fmt.super_block]) * scale
     if fmt.bits == 8:
         return _f32(weight[n, k]) * scale
     shift = tirx.Cast("uint32", (k % NIBBLES_PER_WORD) * 4)
-    code = _f32((weight[n, k // NIBBLES_PER_WORD] >> shift) & tirx.const(15, "uint32"))
+    code = (weight[n, k // NIBBLES_PER_WORD] >> shift) & tirx.const(15, "uint32")
+    if fmt.bits in (5, 6):
+        width = fmt.bits - 4
+        per = 32 // width
+        high_shift = tirx.Cast("uint32", (k % per) * width)
+        high = (named["qhigh"][n, k // per] >> high_shift) & tirx.const((1 << width) - 1, "uint32")
+        code = code | (high << tirx.const(4, "uint32"))
+    value = _f32(code)
     if fmt.has_min:
-        return code * scale + _f32(pieces[2][n, k // fmt.group_size])
-    return (code - tirx.const(8.0, "float32")) * scale
+        if fmt.super_block:
+            low = -(_f32(named["super_mins"][n, k // fmt.super_block]) * _f32(named["mins"][n, g]))
+        else:
+            low = _f32(named["mins"][n, g])
+        return value * scale + low
+    return (value - tirx.const(float(fmt.offset), "float32")) * scale
 
 
 def _is_static(dims: Any) -> bool:

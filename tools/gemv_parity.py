@@ -7,6 +7,9 @@ Here:   python tools/gemv_parity.py build DIR [SCHEME,...|""] [MODEL,...]
         for head dim 256, per-layer windows and soft-capping), each compiled for
         cpu, for cuda (ember's GEMV at decode1) and for cuda with EMBER_CUDA_GEMV=0 (dlight's GEMV, as before),
         per scheme (4-bit, and q0f16 for the fp16-weight kernels of native_linear.py), or only the schemes named.
+Here:   python tools/gemv_parity.py build-gguf DIR FILE.gguf [LABEL]
+        one GGUF compiled with its own tensor types (K-quants kept native: tools/kquant_tiny_gguf.py writes a
+        tiny Q4_K_M-like one), the same four builds, under DIR/llama/LABEL.
 On the GPU (runtime-only ember):  python tools/gemv_parity.py check DIR
         the same prompt prefilled in every build, then 24 decode1 steps fed the cpu build's greedy tokens; the
         logits of every step are compared (max abs error over the logit scale, top-1 agreement) and greedy
@@ -88,6 +91,18 @@ def build(root: Path, only: set[str] | None = None, models: set[str] | None = No
                                 str(out), "--force", *args], check=True, stdout=subprocess.DEVNULL,
                                env={**os.environ, **env})
                 print(f"built {out}", flush=True)
+
+
+def build_gguf(root: Path, gguf: Path, label: str = "gguf") -> None:
+    """The builds of one GGUF file compiled with its own tensor types (no --quant: K-quants, Q5_0/Q5_1 kept
+    native), under root/llama/<label>/ so that `check` finds them: cpu (the reference: bit-exact gguf values, f32),
+    cuda (kgemv.cuh at decode1, dlight's inlined dequant for batched decode and prefill), cuda-graph, cuda-stock
+    (EMBER_CUDA_GEMV=0: dlight's decode1 GEMV on the same fp16 pipeline, an A/B of the kernel alone)."""
+    for name, (args, env) in BUILDS.items():
+        out = root / "llama" / label / name
+        subprocess.run(["ember", "compile", "--model", str(gguf), "-o", str(out), "--force", *args], check=True,
+                       stdout=subprocess.DEVNULL, env={**os.environ, **env})
+        print(f"built {out}", flush=True)
 
 
 def _steps(engine, prompt: list[int], tokens: list[int]):
@@ -202,6 +217,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["build"]:
         build(Path(sys.argv[2]), set(sys.argv[3].split(",")) if len(sys.argv) > 3 and sys.argv[3] else None,
               set(sys.argv[4].split(",")) if len(sys.argv) > 4 else None)
+    elif sys.argv[1:2] == ["build-gguf"]:  # build-gguf DIR FILE.gguf [LABEL]
+        build_gguf(Path(sys.argv[2]), Path(sys.argv[3]), *(sys.argv[4:5]))
     elif sys.argv[1:2] == ["check"]:
         sys.exit(check(Path(sys.argv[2])))
     else:

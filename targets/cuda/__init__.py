@@ -76,10 +76,13 @@ class CudaTarget(Target):
         for sm_90, CUTLASS 2 for sm_80 where the nvidia-cutlass headers are installed) where every arch is
         sm_80..sm_90 (EMBER_CUDA_GEMM=0 keeps dlight's); the
         prefill's quantized linears on prefill_qgemm.py's mma.sync GEMM (EMBER_CUDA_QGEMM=0 keeps dlight's)."""
-        from . import native_gemv, native_linear, native_lowbatch, native_norm, prefill_gemm, prefill_qgemm
+        from . import (native_gemv, native_kgemv, native_linear, native_lowbatch, native_norm, prefill_gemm,
+                       prefill_qgemm)
         from .nvcc import sm_number
 
         table = dict(native_gemv.LOWERINGS) if native_gemv.enabled() else {}
+        if native_gemv.enabled():  # the GGUF formats kept native (Q5_0/Q5_1/K-quants): kgemv.cuh at decode1
+            table = chained(table, "quant_linear", native_kgemv.lower_quant_linear)
         table = native_lowbatch.merged(table) if native_lowbatch.enabled() else table
         self._prefill_qgemm = prefill_qgemm.PrefillQGemm(self.archs) if prefill_qgemm.enabled() else None
         if self._prefill_qgemm is not None:

@@ -53,6 +53,8 @@ class GemvConfig:
 
 def scheme_code(fmt: QuantFormat, cols: int) -> int | None:
     """gemv.cuh's Scheme for this format, or None where the kernel's lane loads do not fit it."""
+    if fmt.bits not in (4, 8) or fmt.super_block:  # 5-/6-bit and K-quants: native_kgemv.py
+        return None
     code = Q8 if fmt.bits == 8 else (Q4_MIN if fmt.has_min else Q4)
     values = VALUES_PER_LOAD[code]
     if fmt.group_size % values or cols % values:

@@ -55,7 +55,7 @@ class LowBatchConfig:
 
 def scheme_code(fmt: QuantFormat, cols: int) -> int | None:
     """lowbatch.cuh's Scheme for this format, or None where its lane loads do not fit it."""
-    if fmt.bits not in (4, 8):
+    if fmt.bits not in (4, 8) or fmt.super_block:
         return None
     code = Q8 if fmt.bits == 8 else (Q4_MIN if fmt.has_min else Q4)
     values = VALUES_PER_LOAD[code]

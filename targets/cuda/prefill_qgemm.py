@@ -91,7 +91,7 @@ def function_name(code: int, group: int) -> str:
 
 
 def scheme_code(fmt: QuantFormat, cols: int) -> int | None:
-    if fmt.bits not in (4, 8) or fmt.group_size % TILE_K or cols % TILE_K:
+    if fmt.bits not in (4, 8) or fmt.super_block or fmt.group_size % TILE_K or cols % TILE_K:
         return None
     return Q8 if fmt.bits == 8 else (Q4_MIN if fmt.has_min else Q4)
 

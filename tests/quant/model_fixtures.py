@@ -66,8 +66,24 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+KQUANT_HALVES = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}  # byte offsets of a block's fp16 d (, dmin)
+
+
+def random_kquant_blocks(shape: tuple[int, int], qtype: Q, seed: int) -> np.ndarray:
+    """Random K-quant super blocks (gguf-py cannot quantize them): any codes, fp16 d / dmin scaled so the weights'
+    std is about 0.02-0.05, as a trained model's. uint8 [rows, bytes per row]."""
+    rng = np.random.default_rng(seed)
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, (shape[0], shape[1] // block, size), dtype=np.uint8)
+    for offset in KQUANT_HALVES[qtype]:
+        d = np.abs(rng.normal(2e-4 if qtype != Q.Q6_K else 3e-5, 2e-5, raw.shape[:2])).astype(np.float16)
+        raw[..., offset:offset + 2] = d.view(np.uint8).reshape(*raw.shape[:2], 2)
+    return raw.reshape(shape[0], -1)
+
+
 def write_gguf(path: Path, model, type_of: Callable[[str], Q]) -> Path:
-    """`model`'s weights as a llama GGUF; type_of(gguf tensor name) picks each 2-D tensor's type (1-D: F32)."""
+    """`model`'s weights as a llama GGUF; type_of(gguf tensor name) picks each 2-D tensor's type (1-D: F32). K-quant
+    tensors are random super blocks (the oracle is the file itself, read by transformers)."""
     config = model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -92,7 +108,10 @@ def write_gguf(path: Path, model, type_of: Callable[[str], Q]) -> Path:
         w = tensor.float().numpy()
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         qtype = type_of(name) if w.ndim == 2 else Q.F32
-        data = w.astype(np.float16) if qtype == Q.F16 else (w if qtype == Q.F32 else gguf.quants.quantize(w, qtype))
+        if qtype in KQUANT_HALVES:
+            data = random_kquant_blocks(w.shape, qtype, seed=len(name) * 7919 + sum(map(ord, name)))
+        else:
+            data = w.astype(np.float16) if qtype == Q.F16 else (w if qtype == Q.F32 else gguf.quants.quantize(w, qtype))
         if ".attn_q." in name or ".attn_k." in name:
             data = _permute(data, config.num_attention_heads if ".attn_q." in name else config.num_key_value_heads)
         writer.add_tensor(name, data, raw_dtype=None if qtype in (Q.F32, Q.F16) else qtype)

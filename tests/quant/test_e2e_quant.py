@@ -20,9 +20,9 @@ from ember.frontend.importers.gguf import GGUFTensor
 from ember.passes import quant_weights
 from ember.passes.quant_schemes import SCHEMES, quantize
 
-QUANTIZED = [name for name, s in SCHEMES.items() if s.quantized]
+QUANTIZED = [name for name, s in SCHEMES.items() if s.quantized and not s.format.super_block]  # made from floats
 # max |logit error| / std(logits) against the float model: random weights are the hard case for 4 bits
-LOOSE = {"q8f16": 0.05, "q4f16": 0.6, "q4f16_1": 0.6, "q4f16g128": 0.8}
+LOOSE = {"q8f16": 0.05, "q4f16": 0.6, "q4f16_1": 0.6, "q4f16g128": 0.8, "q5f16": 0.3, "q5f16_1": 0.3}
 EDGES = ("model.embed_tokens.weight", "lm_head.weight")
 
 
@@ -128,8 +128,6 @@ def spy_dequantize(patch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 def test_gguf_logits_equal_transformers(gguf_artifact):
     case, path, _, engine, _, _ = gguf_artifact
     oracle = load_gguf_model(path)
-    if case == "smollm2-like":  # the Q5_0 head is requantized into q8f16 (the q4f16_1 edge scheme)
-        oracle = with_weights(oracle, lambda name, w: requantized(w, "q8f16") if name == "lm_head.weight" else None)
     ids = prompt(seed=4)
     np.testing.assert_allclose(engine.score(ids), hf_logits(oracle, ids), rtol=1e-4, atol=3e-5)
 
@@ -146,20 +144,19 @@ def test_gguf_default_scheme_keeps_each_tensor_type(gguf_artifact):
     assert schemes["model.norm.weight"] == "q0f32"  # F32 stays F32
     assert schemes["model.layers.0.mlp.gate_up_proj.qweight"] == default
     if case == "smollm2-like":
-        assert schemes["model.embed_tokens.qweight"] == "q8f16" and schemes["lm_head.qweight"] == "q8f16"
+        assert schemes["model.embed_tokens.qweight"] == "q8f16" and schemes["lm_head.qweight"] == "q5f16"
         assert schemes["model.layers.1.mlp.down_proj.weight"] == "q0f16"
-        assert manifest["notes"] == ["requantized from GGUF (dequantized, then quantized again): 1 Q5_0 -> q8f16"]
-        assert quantized == [(VOCAB, 64)]  # the Q5_0 head only: every Q8_0 / Q4_1 tensor was repacked
+        assert manifest["notes"] == [] and quantized == []  # every Q8_0 / Q4_1 / Q5_0 tensor was repacked
     else:  # an all-Q4_0 file keeps even its embedding and head in Q4_0
         assert schemes["model.embed_tokens.qweight"] == default == schemes["lm_head.qweight"]
         assert manifest["notes"] == [] and quantized == []
 
 
 def test_gguf_repacked_tensors_are_never_dequantized(gguf_artifact):
-    """A default compile repacks Q8_0 / Q4_0 / Q4_1 blocks without making float values: only float tensors and
-    requantized ones (the SmolLM2-like file's Q5_0 head) are dequantized, each once."""
+    """A default compile repacks Q8_0 / Q4_0 / Q4_1 / Q5_0 blocks without making float values: only float tensors
+    are dequantized, each once."""
     case, _, _, _, _, dequantized = gguf_artifact
-    expected = {"F32", "F16", "Q5_0"} if case == "smollm2-like" else {"F32"} | ({case} & {"F16"})
+    expected = {"F32", "F16"} if case == "smollm2-like" else {"F32"} | ({case} & {"F16"})
     assert {t for _, t in dequantized} == expected
     assert len(dequantized) == len(set(dequantized))
 
@@ -189,3 +186,57 @@ def test_gguf_q0f32_weights_are_exactly_gguf_dequantized(tmp_path, monkeypatch):
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, expected, err_msg=name)
     assert {t for _, t in dequantized} >= {"Q4_1", "Q8_0"}
+
+
+def q4_k_m_like(name: str) -> Q:
+    """A Q4_K_M file's types (llama.cpp's mix: Q6_K head, v and down in Q6_K in some layers) plus the other kept
+    types: a Q5_K down projection, a Q5_0 and a Q5_1 projection."""
+    if name == "output.weight" or name in ("blk.0.attn_v.weight", "blk.0.ffn_down.weight"):
+        return Q.Q6_K
+    return {"blk.1.ffn_down.weight": Q.Q5_K, "blk.1.attn_output.weight": Q.Q5_0,
+            "blk.1.ffn_up.weight": Q.Q5_1}.get(name, Q.Q4_K)
+
+
+@pytest.fixture(scope="module")
+def kquant_gguf(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quant-gguf-kquant")
+    model = random_llama(seed=5, hidden_size=256, intermediate_size=512, head_dim=64)
+    path = write_gguf(folder / "tiny-q4_k_m.gguf", model, q4_k_m_like)
+    quantized = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quant_weights, "quantize", lambda w, fmt: quantized.append(w.shape) or quantize(w, fmt))
+        dequantized = spy_dequantize(patch)
+        artifact = compile_model(CompileRequest(model=str(path), target="cpu", output=str(folder / "art")))
+    return path, artifact, quantized, dequantized
+
+
+def test_kquant_gguf_logits_equal_transformers(kquant_gguf):
+    """Q4_K / Q5_K / Q6_K / Q5_0 / Q5_1 tensors kept native: prompt logits equal transformers on the same file
+    (within 1e-4 of the logit scale), greedy top-1 identical, and the decode steps too."""
+    path, artifact, quantized, dequantized = kquant_gguf
+    engine = ember.load(artifact, device="cpu")
+    oracle = load_gguf_model(path)
+    ids = prompt(seed=6)
+    ours, theirs = engine.score(ids), hf_logits(oracle, ids)
+    scale = float(np.abs(theirs).max())
+    assert float(np.abs(ours - theirs).max()) <= 1e-4 * scale
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+    with torch.no_grad():
+        expected = oracle.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                   pad_token_id=0)[0, len(ids):].tolist()
+    assert engine.generate(ids, max_tokens=8, temperature=0.0).token_ids == expected
+    assert quantized == [] and {t for _, t in dequantized} == {"F32"}  # every quantized tensor repacked
+
+
+def test_kquant_gguf_keeps_each_tensor_type(kquant_gguf):
+    _, artifact, _, _ = kquant_gguf
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["quantization"] == "q4_k"  # the dominant type
+    schemes = {p["name"]: p["scheme"] for p in manifest["params"]}
+    assert schemes["lm_head.qweight"] == "q6_k" and schemes["model.embed_tokens.qweight"] == "q4_k"
+    assert schemes["model.layers.0.self_attn.v_proj.qweight"] == "q6_k"  # not fused with Q4_K q/k
+    assert schemes["model.layers.1.self_attn.qkv_proj.qweight"] == "q4_k"  # all Q4_K: fused
+    assert schemes["model.layers.1.mlp.down_proj.qhigh"] == "q5_k"
+    assert schemes["model.layers.1.self_attn.o_proj.qhigh"] == "q5f16"
+    assert schemes["model.layers.1.mlp.up_proj.mins"] == "q5f16_1"  # not fused with the Q4_K gate
+    assert manifest["notes"] == []

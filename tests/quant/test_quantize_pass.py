@@ -132,7 +132,7 @@ def test_q0_schemes_only_retype():
 
 
 def test_gguf_tensors_keep_their_own_type():
-    """No --quant on a GGUF: each tensor keeps the type ember holds exactly; others follow the scheme (noted)."""
+    """No --quant on a GGUF: each tensor keeps its type (every type ember reads is held exactly), none is noted."""
     module = build(tied=True)
     types = {"embed": "Q8_0", "norm": "F32", "up": "Q4_1", "up_bias": "F32", "down": "Q5_0"}
     module.attrs["source_formats"] = SourceFormats(types, keep_native=True)
@@ -140,10 +140,9 @@ def test_gguf_tensors_keep_their_own_type():
     schemes = {name: p.info.get("scheme") for name, p in module.params.items()}
     assert schemes == {"embed.qweight": "q8f16", "embed.scales": "q8f16", "norm": "q0f32",
                        "up.qweight": "q4f16_1", "up.scales": "q4f16_1", "up.mins": "q4f16_1", "up_bias": "q0f32",
-                       "down.qweight": "q4f16_1", "down.scales": "q4f16_1", "down.mins": "q4f16_1"}
+                       "down.qweight": "q5f16", "down.qhigh": "q5f16", "down.scales": "q5f16"}
     assert module.params["down.qweight"].info["source_format"] == "Q5_0"
-    assert quantization_notes(module) == [
-        "requantized from GGUF (dequantized, then quantized again): 1 Q5_0 -> q4f16_1"]
+    assert quantization_notes(module) == []
     assert "attrs {vocab_size: 64, source_formats: GGUF F32x2 Q8_0x1 Q4_1x1 Q5_0x1 keep_native" \
         in format_module(module)
 
@@ -164,7 +163,7 @@ def test_default_scheme_follows_the_dominant_quantized_type():
                             elements={"a": 100, "b": 100, "e": 150})
     assert default_quant(formats) == "q4f16_1"
     assert default_quant(SourceFormats({"a": "F16"}, elements={"a": 10})) is None  # float files: target default
-    assert default_quant(SourceFormats({"a": "Q6_K", "b": "F16"}, elements={"a": 10, "b": 99})) == "q8f16"
+    assert default_quant(SourceFormats({"a": "Q6_K", "b": "F16"}, elements={"a": 10, "b": 99})) == "q6_k"
     assert default_quant(None) is None
 
 

@@ -16,7 +16,9 @@ from gguf import GGMLQuantizationType as Q
 from ember.passes.quant_schemes import SCHEMES, dequantize, from_ggml_blocks, quantize
 from ember.targets.cpu.build import _host_x86_level
 from ember.targets.cpu import native
-from ember.targets.cpu.native_linear import BF16, F16, Q4, Q4_1, Q8
+from ember.passes.quant_kblocks import BLOCK_BYTES
+from ember.passes.quant_schemes import GGML_TO_SCHEME
+from ember.targets.cpu.native_linear import BF16, F16, Q4, Q4_1, Q8, WIDE, quant_format_code
 
 LEVELS = {"x86-64-v4": ["x86-64-v4", "x86-64-v3", "generic"], "x86-64-v3": ["x86-64-v3", "generic"]}.get(
     _host_x86_level() or "", ["generic"])
@@ -40,6 +42,8 @@ def lib(request, tmp_path_factory):
     handle = ctypes.CDLL(str(out))
     handle.ember_linear.restype = ctypes.c_int32
     handle.ember_linear.argtypes = [P] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int32] * 3
+    handle.ember_linear_k.restype = ctypes.c_int32
+    handle.ember_linear_k.argtypes = [P] * 9 + [ctypes.c_int64] * 3 + [ctypes.c_int32] * 2
     handle.ember_decode_attention.restype = ctypes.c_int32
     handle.ember_decode_attention.argtypes = ([P] * 7 + [ctypes.c_int64] + [ctypes.c_int32] * 4
                                               + [ctypes.c_float, ctypes.c_int32, ctypes.c_float])
@@ -101,6 +105,39 @@ def test_gguf_blocks_match_gguf_dequantize(pool, qtype, m, rows, cols):
     x = rng.normal(size=(m, cols)).astype(np.float32)
     bias = rng.normal(size=rows).astype(np.float32) if m % 2 else None
     y = _linear(pool, x, packed.pieces(), bias, rows, cols, 32, GGUF_CASES[qtype])
+    expected = x.astype(np.float64) @ reference_w.T + (0 if bias is None else bias)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def _kblocks(ggml_type: str, rows: int, cols: int, seed: int) -> np.ndarray:
+    """Random GGUF blocks of `ggml_type` (any byte pattern) with small finite fp16 scales."""
+    rng = np.random.default_rng(seed)
+    size, values = BLOCK_BYTES[ggml_type]
+    raw = rng.integers(0, 256, (rows, cols // values, size), dtype=np.uint8)
+    for offset in {"Q5_0": (0,), "Q5_1": (0, 2), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}[ggml_type]:
+        halves = (rng.standard_normal(raw.shape[:2]) * 1e-3).astype(np.float16)
+        raw[..., offset:offset + 2] = halves.view(np.uint8).reshape(*raw.shape[:2], 2)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("ggml_type", list(BLOCK_BYTES))
+@pytest.mark.parametrize("m", [1, 3, 4, 13])  # GEMV (<= 3 rows of x), GEMM tiles and remainders
+@pytest.mark.parametrize("rows,cols", [(5, 256), (37, 768)])
+def test_kept_native_blocks_match_gguf_dequantize(pool, ggml_type, m, rows, cols):
+    """Q5_0 / Q5_1 / Q4_K / Q5_K / Q6_K through ember_linear_k against x @ gguf's dequantized weights (float64)."""
+    raw = _kblocks(ggml_type, rows, cols, seed=rows + m)
+    reference_w = gguf.quants.dequantize(raw, Q[ggml_type]).astype(np.float64)
+    fmt = SCHEMES[GGML_TO_SCHEME[ggml_type]].format
+    packed = from_ggml_blocks(raw, ggml_type, cols)
+    named = dict(zip(fmt.piece_names, packed.pieces()))
+    rng = np.random.default_rng(m)
+    x = rng.normal(size=(m, cols)).astype(np.float32)
+    bias = rng.normal(size=rows).astype(np.float32) if m % 2 else None
+    y = np.full((m, rows), np.nan, np.float32)
+    code = quant_format_code(fmt, cols)
+    assert code in WIDE.values()
+    args = [_ptr(named.get(k, named["qweight"])) for k in ("qweight", "qhigh", "scales", "mins", "super", "super_mins")]
+    assert pool.ember_linear_k(_ptr(x), *args, _ptr(bias), _ptr(y), m, rows, cols, code, int(bias is not None)) == 0
     expected = x.astype(np.float64) @ reference_w.T + (0 if bias is None else bias)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 

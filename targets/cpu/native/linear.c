@@ -5,6 +5,11 @@
  *   EMBER_Q4_1  as EMBER_Q4 plus fp16 mins,                                        W = s * q + m
  *   EMBER_Q8    int8[N, K],                                                          W = s * q
  *   EMBER_F16 / EMBER_BF16   half-precision [N, K] (no scales)
+ *   EMBER_Q5_0 .. EMBER_Q6_K (GGUF Q5_0, Q5_1, Q4_K, Q5_K, Q6_K kept native; entry ember_linear_k): the nibbles of
+ *     EMBER_Q4 plus `qhigh` (bit 4 of q at k = 32j + i in bit i of word j; Q6_K: bits 4-5 at k = 16j + i in bits
+ *     2i, 2i+1), Q5_0/Q5_1 fp16 scales (and mins) per 32, K-quants uint8 scale/min codes per 32 (Q6_K: int8 per 16)
+ *     times the fp16 `sup` / `sup_mins` of each 256: W = s (q - 16) | s q + m | d c q - dmin cm | d c (q - 32).
+ *     Both kernels dequantize a row (or 16) into float32 in L1 and multiply from there.
  * with fp16 scales (and mins) per `group` consecutive k of a row (the last group of a row may be partial).
  * Quantized formats need K and group multiples of 32 (the Python side checks it and keeps TIR's kernel
  * otherwise). Accumulation is float32.
@@ -22,7 +27,9 @@
 
 #include "ember_native.h"
 
-enum { EMBER_Q4 = 0, EMBER_Q4_1 = 1, EMBER_Q8 = 2, EMBER_F16 = 3, EMBER_BF16 = 4 };
+enum { EMBER_Q4 = 0, EMBER_Q4_1 = 1, EMBER_Q8 = 2, EMBER_F16 = 3, EMBER_BF16 = 4,
+       /* 5- and 6-bit and super-block formats (ember_linear_k): codes = low nibbles | high bits << 4 */
+       EMBER_Q5_0 = 5, EMBER_Q5_1 = 6, EMBER_Q4_K = 7, EMBER_Q5_K = 8, EMBER_Q6_K = 9 };
 
 #define GEMV_MAX_ROWS 3      /* x rows up to which the GEMV kernel runs (weights re-read per row) */
 #if defined(__AVX512F__)
@@ -48,7 +55,72 @@ typedef struct {
   int32_t group, fmt;
   float* xs; /* GEMV, 4-bit: x rows split per 32-block into the 16 even k, then the 16 odd k */
   int status;
+  const uint32_t* qhigh;   /* EMBER_Q5_0 ..: high code bits */
+  const uint16_t* sup;     /* K-quants: fp16 d per 256 */
+  const uint16_t* sup_min; /* Q4_K, Q5_K: fp16 dmin per 256 */
 } LinearArgs;
+
+EMBER_INLINE int is_wide(int32_t fmt) { return fmt >= EMBER_Q5_0; }
+
+/* Row n of a 5-/6-bit or super-block weight into float32 out[0 .. K) (K a multiple of 32; 256 for K-quants). The
+ * values are gguf's: d * code is exact in float32, then one multiply and one add, as the scheme's formula. */
+static void dequant_row_wide(const LinearArgs* a, int64_t n, float* out) {
+  const int64_t K = a->K;
+  const uint32_t* w = (const uint32_t*)a->w + n * (K / 8);
+  const int six = a->fmt == EMBER_Q6_K;
+  const uint32_t* hi = a->qhigh ? a->qhigh + n * (six ? K / 16 : K / 32) : NULL;
+  const int64_t groups = six ? K / 16 : K / 32;
+  for (int64_t b = 0; b < K / 32; ++b) {
+    float q[32];
+    for (int i = 0; i < 32; ++i) {
+      uint32_t code = (w[4 * b + i / 8] >> (4 * (i % 8))) & 15u;
+      if (six) code |= ((hi[2 * b + i / 16] >> (2 * (i % 16))) & 3u) << 4;
+      else if (hi) code |= ((hi[b] >> i) & 1u) << 4;
+      q[i] = (float)code;
+    }
+    float s0, c0, s1, c1;
+    if (a->fmt == EMBER_Q5_0 || a->fmt == EMBER_Q5_1) {
+      s0 = s1 = f16_to_f32(a->scales[n * groups + b]);
+      c0 = c1 = a->fmt == EMBER_Q5_1 ? f16_to_f32(a->mins[n * groups + b]) : 0.0f;
+      if (a->fmt == EMBER_Q5_0)
+        for (int i = 0; i < 32; ++i) q[i] -= 16.0f;
+    } else if (six) {
+      const int8_t* sc = (const int8_t*)a->scales + n * groups;
+      const float d = f16_to_f32(a->sup[n * (K / 256) + b / 8]);
+      s0 = d * (float)sc[2 * b];
+      s1 = d * (float)sc[2 * b + 1];
+      c0 = c1 = 0.0f;
+      for (int i = 0; i < 32; ++i) q[i] -= 32.0f;
+    } else {
+      const uint8_t* sc = (const uint8_t*)a->scales + n * groups;
+      const uint8_t* mn = (const uint8_t*)a->mins + n * groups;
+      const float d = f16_to_f32(a->sup[n * (K / 256) + b / 8]), dm = f16_to_f32(a->sup_min[n * (K / 256) + b / 8]);
+      s0 = s1 = d * (float)sc[b];
+      c0 = c1 = -(dm * (float)mn[b]);
+    }
+    float* o = out + 32 * b;
+    for (int i = 0; i < 16; ++i) o[i] = q[i] * s0 + c0;
+    for (int i = 16; i < 32; ++i) o[i] = q[i] * s1 + c1;
+  }
+}
+
+/* GEMV of the wide formats: each row dequantized into `row` (L1), then dotted with the M <= 3 rows of x. */
+static int gemv_range_wide(const LinearArgs* a, int64_t n0, int64_t n1) {
+  const int64_t K = a->K;
+  float* row = (float*)aligned_alloc(64, (size_t)(((K + 15) & ~(int64_t)15) * sizeof(float)));
+  if (row == NULL) return -1;
+  for (int64_t n = n0; n < n1; ++n) {
+    dequant_row_wide(a, n, row);
+    for (int64_t m = 0; m < a->M; ++m) {
+      const float* x = a->x + m * K;
+      f32x16 acc = {0};
+      for (int64_t k = 0; k < K; k += 16) acc += ld_f32(row + k) * ld_f32(x + k);
+      a->y[m * a->N + n] = hsum(acc) + (a->bias ? a->bias[n] : 0.0f);
+    }
+  }
+  free(row);
+  return 0;
+}
 
 
 /* ------------------------------------------------------------------ GEMV */
@@ -194,7 +266,9 @@ static int gemv_range(const LinearArgs* a, int64_t n0, int64_t n1) {
 /* Row n of W into float32 `out` (K values, natural order, then zeros up to a multiple of 16). */
 static void dequant_row(const LinearArgs* a, int64_t n, float* out, int64_t Kp) {
   const int64_t K = a->K, groups = a->group ? (K + a->group - 1) / a->group : 0;
-  if (a->fmt == EMBER_Q4 || a->fmt == EMBER_Q4_1) {
+  if (is_wide(a->fmt)) {
+    dequant_row_wide(a, n, out);
+  } else if (a->fmt == EMBER_Q4 || a->fmt == EMBER_Q4_1) {
     const uint8_t* w = a->w + n * (K / 2);
     const int64_t per = a->group / 32;
     for (int64_t b = 0; b < K / 32; ++b) {
@@ -299,7 +373,10 @@ static int linear_task(int task, TVMParallelGroupEnv* env, void* cdata) {
   int64_t n0, n1;
   ember_split(a->N, task, env->num_task, 4, &n0, &n1);
   if (n0 >= n1) return 0;
-  if ((a->M <= GEMV_MAX_ROWS ? gemv_range(a, n0, n1) : gemm_range(a, n0, n1)) != 0) a->status = -1;
+  int status;
+  if (a->M > GEMV_MAX_ROWS) status = gemm_range(a, n0, n1);
+  else status = is_wide(a->fmt) ? gemv_range_wide(a, n0, n1) : gemv_range(a, n0, n1);
+  if (status != 0) a->status = -1;
   return 0;
 }
 
@@ -307,7 +384,7 @@ static int linear_task(int task, TVMParallelGroupEnv* env, void* cdata) {
 int32_t ember_linear(const float* x, const void* w, const void* scales, const void* mins, const float* bias,
                      float* y, int64_t M, int64_t N, int64_t K, int32_t group, int32_t fmt, int32_t has_bias) {
   LinearArgs a = {x, (const uint8_t*)w, (const uint16_t*)scales, (const uint16_t*)mins, has_bias ? bias : NULL,
-                  y, M, N, K, group, fmt, NULL, 0};
+                  y, M, N, K, group, fmt, NULL, 0, NULL, NULL, NULL};
   if (M <= 0 || N <= 0) return 0;
   if (M <= GEMV_MAX_ROWS && (fmt == EMBER_Q4 || fmt == EMBER_Q4_1)) {
     a.xs = (float*)malloc((size_t)(M * K) * sizeof(float));
@@ -320,5 +397,18 @@ int32_t ember_linear(const float* x, const void* w, const void* scales, const vo
   }
   ember_parallel(linear_task, &a);
   free(a.xs);
+  return a.status;
+}
+
+/* The entry point of the 5-/6-bit and super-block formats (EMBER_Q5_0 .. EMBER_Q6_K; K a multiple of 32, of 256
+ * for K-quants). Unused pieces may be any pointer. Returns 0, or -1 when out of memory. */
+int32_t ember_linear_k(const float* x, const void* w, const void* qhigh, const void* scales, const void* mins,
+                       const void* sup, const void* sup_min, const float* bias, float* y, int64_t M, int64_t N,
+                       int64_t K, int32_t fmt, int32_t has_bias) {
+  LinearArgs a = {x, (const uint8_t*)w, (const uint16_t*)scales, (const uint16_t*)mins, has_bias ? bias : NULL,
+                  y, M, N, K, 32, fmt, NULL, 0, fmt == EMBER_Q4_K ? NULL : (const uint32_t*)qhigh,
+                  (const uint16_t*)sup, (const uint16_t*)sup_min};
+  if (M <= 0 || N <= 0) return 0;
+  ember_parallel(linear_task, &a);
   return a.status;
 }
