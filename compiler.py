@@ -30,7 +30,7 @@ from .frontend.source import ModelSource, resolve_model
 from .ir.graph import Module
 from .ir.printer import format_module
 from .passes.manager import PassManager, default_pipeline
-from .passes.materialize import check_sources, materialize
+from .passes.materialize import adopt_stacked_sources, check_sources, materialize
 from .passes.quantize import SourceFormats, default_quant, quantization_notes, unquantizable
 from .runtime import artifact as art
 from .runtime.output_rules import check_destination
@@ -98,6 +98,8 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
               f"{source.config.num_hidden_layers} layers)")
     module = build_module(source.config, source.name, dtype=dtype, static_decode=target.static_decode)
     packs_weights = source.weights is not None and not request.random_weights
+    if packs_weights:
+        adopt_stacked_sources(module, source.weights)
     if packs_weights:  # every tensor present, of a convertible type and the config's shape, before any kernel
         check_sources(module, source.weights)
     if formats is not None:

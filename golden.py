@@ -257,7 +257,7 @@ class ReferenceCpuTarget(CpuTarget):
 
     def lowerings(self) -> dict[str, Any]:
         table = dict(super().lowerings())
-        for op_name in ("linear", "quant_linear"):
+        for op_name in ("linear", "quant_linear", "moe", "quant_moe"):  # MoE: x cast (the kernel casts the logits)
             if op_name in table:
                 table[op_name] = _between_casts(table[op_name])
         return table

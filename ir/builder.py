@@ -28,12 +28,16 @@ class TraceError(ValueError):
 class Parameter:
     """A weight declared by a layer. Its name is assigned when the model is traced."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: str, transform: str | None = None) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: str, transform: str | None = None,
+                 info: dict[str, Any] | None = None) -> None:
         self.type = TensorType(tuple(shape), dtype)
         self.name: str | None = None
         # a weight transform registered in passes/materialize.py, applied to the checkpoint tensor (e.g. Gemma's
         # norm weights are stored as w and used as 1 + w): recorded as the traced Param's info["transform"]
         self.transform = transform
+        # more of the traced Param's info: "keep_float" (never quantized: a MoE router), "stacked_experts" (E: a
+        # weight of E experts stacked on axis 0, read from E per-expert checkpoint tensors, see build_module)
+        self.info = dict(info or {})
 
     @property
     def shape(self) -> tuple[Dim, ...]:
@@ -159,7 +163,8 @@ def trace(model: Module, entries: EntrySpec, name: str, kv_cache: KVCacheSpec | 
     module = IRModule(name=name, kv_cache=kv_cache, attrs=dict(attrs or {}))
     for pname, param in model.named_parameters():
         param.name = pname
-        module.params[pname] = Param(pname, param.type, {"transform": param.transform} if param.transform else {})
+        info = {"transform": param.transform} if param.transform else {}
+        module.params[pname] = Param(pname, param.type, {**info, **param.info})
     for fname, inputs in entries.items():
         function = Function(fname, [Value(arg, ty, INPUT) for arg, ty in inputs.items()])
         method: Callable[..., Any] = getattr(model, fname)

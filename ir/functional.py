@@ -72,3 +72,9 @@ def concat(xs: list[Tensor], axis: int, name: str = "") -> Tensor:
 
 def gather_tokens(x: Tensor, positions: Tensor, name: str = "") -> Tensor:
     return emit("gather_tokens", [x, positions], name=name)
+
+
+def moe(x: Tensor, logits: Tensor, gate: Operand, up: Operand, down: Operand, top_k: int, norm_topk_prob: bool,
+        name: str = "") -> Tensor:
+    """Top-k routed SwiGLU experts (ir/ops_moe.py): `logits` are the router's, the weights stacked per expert."""
+    return emit("moe", [x, logits, gate, up, down], name=name, top_k=int(top_k), norm_topk_prob=bool(norm_topk_prob))

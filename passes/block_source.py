@@ -34,6 +34,15 @@ class BlockSource:
         """float32 values, dequantized now (not kept: the caller decides what to hold on to)."""
         return self.read_values()
 
+    def flatten_rows(self) -> "BlockSource":
+        """A stacked [E, rows, cols] tensor (a GGUF file's experts) as the [E * rows, cols] matrix of its rows."""
+        rows = 1
+        for d in self.shape[:-1]:
+            rows *= d
+        return BlockSource(self.ggml_type, (rows, self.shape[-1]),
+                           lambda: np.ascontiguousarray(self.blocks()).reshape(rows, -1),
+                           lambda: self.values().reshape(rows, self.shape[-1]), key=("flat", self.key))
+
     @staticmethod
     def concat_rows(parts: Sequence[object]) -> "BlockSource | None":
         """Row concatenation (how fused weights are made) of matrices of one block type, still lazy; None when the

@@ -6,6 +6,10 @@ Passes describe how each parameter is made from the checkpoint in `Param.info`; 
   info["concat_axis"]   axis to concatenate several sources on (horizontal fusion), default 0
   info["transform"]     name of a registered transform applied last (e.g. quantization packing), default a
                         plain cast to the parameter dtype
+  info["stacked_experts"] E: the parameter stacks E experts' matrices on a leading axis (MoE). Its sources are
+                        the E per-expert tensors (HF folders) or, where the provider has it, the one stacked tensor
+                        info["stacked_source"] (GGUF: `adopt_stacked_sources`); either way the transforms see one
+                        [E * rows, cols] matrix and the result is reshaped to the parameter's [E, ...]
 Transforms register with `@transform("name")` and receive (source, param) -> array of the param's shape and
 dtype, where the source is a float array or a `BlockSource` (quantized blocks, dequantized only by `floats()`).
 """
@@ -79,6 +83,29 @@ def check_sources(module: Module, provider: Provider) -> None:
                                    f"the config implies {list(want)}")
 
 
+STACKED, STACKED_SOURCE = "stacked_experts", "stacked_source"
+
+
+def adopt_stacked_sources(module: Module, provider: Provider) -> None:
+    """Read each stacked expert weight from the provider's stacked tensor when it has one (a GGUF file's
+    ffn_*_exps), instead of the per-expert tensors of an HF checkpoint."""
+    available = set(provider.names())
+    for param in module.params.values():
+        stacked = param.info.get(STACKED_SOURCE)
+        if stacked is not None and stacked in available:
+            param.info["sources"] = [stacked]
+            param.info["source_shapes"] = [[param.info[STACKED], *param.info["source_shapes"][0]]]
+
+
+def _flat_rows(source: Source) -> Source:
+    """A stacked [E, rows, cols] source as the [E * rows, cols] matrix it is."""
+    if source.ndim == 2:
+        return source
+    if isinstance(source, BlockSource):
+        return source.flatten_rows()
+    return source.reshape(-1, source.shape[-1])
+
+
 def load_sources(param: Param, provider: Provider) -> Source:
     """The source tensor of `param` (concatenated if fused), shape-checked against the config. Row-fused quantized
     tensors of one type stay a (lazy) BlockSource; anything else fused is concatenated as float32."""
@@ -91,6 +118,8 @@ def load_sources(param: Param, provider: Provider) -> Source:
             raise ModelFormatError(f"{provider.origin(name)}: tensor {name!r} has shape {list(array.shape)}, "
                                    f"the config implies {list(shape)}")
         arrays.append(array)
+    if STACKED in param.info:
+        arrays = [_flat_rows(a) for a in arrays]
     if len(arrays) == 1:
         return arrays[0]
     axis = param.info.get("concat_axis", 0)
@@ -114,6 +143,8 @@ def materialize(param: Param, provider: Provider) -> np.ndarray:
     else:
         out = cast(floats(source), param.type.dtype)
     expected = tuple(int(d) for d in param.type.shape)
+    if STACKED in param.info and out.ndim == 2 and out.size == np.prod(expected):
+        out = out.reshape(expected)  # [E * rows, ...] -> [E, rows, ...]
     if tuple(out.shape) != expected or str(out.dtype) != param.type.dtype:
         raise AssertionError(f"materialize {param.name}: made {out.dtype}{list(out.shape)}, "
                              f"expected {param.type.dtype}{list(expected)}")

@@ -11,6 +11,9 @@ Schemes name the weight format only; the compute dtype is the module's activatio
   The float parameter becomes its pieces (quant_weights.py makes them from the checkpoint). The embedding table and
   the LM head (a linear with vocab_size rows; a tied head is the embedding table) take the scheme's edge scheme
   (q8f16 for the 4-bit ones). Other float parameters (norms, biases) keep the compute dtype.
+- Mixture-of-experts blocks (ir/ops_moe.py): the three stacked expert weights of a `moe` node are packed per expert
+  ([E, N, K] -> qweight [E, N, W], scales [E, N, G]...) with the scheme, and the node becomes `quant_moe`. The router
+  (a linear whose weight says info["keep_float"]) is never quantized.
 
 Per-tensor formats: when the weights come from a GGUF file, `module.attrs["source_formats"]` (a SourceFormats) gives
 each source tensor's GGUF type. If it says keep_native (no --quant given), every weight keeps its type (every GGUF
@@ -21,6 +24,7 @@ so that they are not fused (one fused weight has one scheme).
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +55,7 @@ class SourceFormats:
         if not hasattr(provider, "formats"):
             return None
         formats = provider.formats()
-        elements = {n: shape[0] * shape[1] for n, (_, shape) in formats.items() if len(shape) == 2}
+        elements = {n: math.prod(shape) for n, (_, shape) in formats.items() if len(shape) >= 2}  # experts: 3-D
         return cls({n: t for n, (t, _) in formats.items()}, elements=elements)
 
     def dominant_scheme(self) -> str | None:
@@ -92,11 +96,23 @@ class Quantize:
         uses = _weight_uses(module)
         layers = _layers(module)
         params: dict[str, Param] = {}
+        expert_pieces: dict[str, list[Param]] = {}  # stacked expert weight -> its pieces
         for name, param in module.params.items():
             source_format = formats.format_of(param) if formats is not None else None
             if source_format is not None:
                 param.info["source_format"] = source_format
             scheme = self._choose(param, uses.get(name, []), module.attrs.get("vocab_size"), keep_native, layers)
+            if _expert_weight(param, uses.get(name)) and self.scheme.quantized:
+                if self.scheme.format.bits not in (4, 8) or self.scheme.format.super_block:
+                    from ..errors import ConfigError
+
+                    raise ConfigError(f"--quant {self.scheme.name}: mixture-of-experts weights ({name}) take the 4- "
+                                      f"and 8-bit group schemes (q4f16, q4f16_1, q4f16g128, q8f16) or float ones")
+                # one format for the three weights of a block (quant_moe): the requested scheme, whatever the source
+                pieces = _split(param, self.scheme)
+                params.update((p.name, p) for p in pieces)
+                expert_pieces[name] = pieces
+                continue
             if scheme.quantized and _quantizable(param, uses.get(name)):
                 pieces = _split(param, scheme)
                 params.update((p.name, p) for p in pieces)
@@ -108,6 +124,9 @@ class Quantize:
                 param.info["scheme"] = scheme.name
             params[name] = param
         module.params = params
+        for _, node in module.iter_nodes():
+            if node.op == "moe" and expert_pieces:
+                _rewrite_moe(node, [expert_pieces[v.name] for v in node.inputs[2:5]], self.scheme)
         for _, node in module.iter_nodes():
             for value in node.inputs:
                 if value.kind == PARAM:
@@ -161,19 +180,27 @@ def _weight_uses(module: Module) -> dict[str, list[tuple[Node, int]]]:
 def _quantizable(param: Param, uses: list[tuple[Node, int]] | None) -> bool:
     """A float matrix read only as the weight of linear / embedding nodes, not already packed by another pass."""
     return (bool(uses) and param.type.ndim == 2 and is_float(param.type.dtype) and "transform" not in param.info
+            and not param.info.get("keep_float")
             and all(node.op in ("linear", "embedding") and index == 1 for node, index in uses))
+
+
+def _expert_weight(param: Param, uses: list[tuple[Node, int]] | None) -> bool:
+    """A stacked float [E, N, K] weight read only as an expert weight of moe nodes."""
+    return (bool(uses) and param.type.ndim == 3 and is_float(param.type.dtype) and "transform" not in param.info
+            and all(node.op == "moe" and index >= 2 for node, index in uses))
 
 
 def _split(param: Param, scheme: Scheme) -> list[Param]:
     fmt = scheme.format
     assert fmt is not None
-    rows, cols = (int(d) for d in param.type.shape)
+    *lead, rows, cols = (int(d) for d in param.type.shape)  # lead: [E] for stacked expert weights
     base = param.name.removesuffix(".weight")
     info = {k: v for k, v in param.info.items() if k not in ("scheme", "transform")}
     info["sources"] = sources_of(param)
     return [Param(f"{base}.{suffix}", ty, {**info, "transform": quant_weights.PIECES[suffix], "scheme": scheme.name,
                                            "quantized_from": param.name})
-            for suffix, ty in zip(fmt.piece_names, fmt.piece_types(rows, cols))]
+            for suffix, ty in zip(fmt.piece_names, [TensorType((*lead, *t.shape), t.dtype)
+                                                    for t in fmt.piece_types(rows, cols)])]
 
 
 def _rewrite(node: Node, pieces: list[Param], scheme: Scheme) -> None:
@@ -201,6 +228,17 @@ def unquantizable(module: Module) -> list[str]:
             found.append(f"{param.info['quantized_from']} ({param.info.get('source_format') or 'float'} -> "
                          f"{scheme.name})")
     return found
+
+
+def _rewrite_moe(node: Node, pieces: list[list[Param]], scheme: Scheme) -> None:
+    """moe(x, logits, gate, up, down) -> quant_moe(x, logits, gate pieces, up pieces, down pieces)."""
+    fmt = scheme.format
+    assert fmt is not None
+    experts, inter, hidden = (int(d) for d in node.inputs[2].type.shape)
+    values = [Value(p.name, p.type, PARAM) for weight in pieces for p in weight]
+    node.inputs = [node.inputs[0], node.inputs[1], *values]
+    node.op = "quant_moe"
+    node.attrs = {**node.attrs, "scheme": scheme.name, **fmt.attrs(), "hidden": hidden, "intermediate": inter}
 
 
 def quantization_notes(module: Module) -> list[str]:

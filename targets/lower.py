@@ -463,3 +463,4 @@ def lower(module: Module, target: Target, random_fill: bool = False) -> tuple[tv
 
 from . import lower_fused  # noqa: E402,F401  (registers the lowerings of ir/ops_fused.py)
 from . import lower_quant  # noqa: E402,F401  (registers the lowerings of ir/ops_quant.py)
+from . import lower_moe  # noqa: E402,F401  (the generic refusal of ir/ops_moe.py's ops)

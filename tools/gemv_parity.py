@@ -55,6 +55,15 @@ MODELS = {  # name -> (transformers config class, kwargs, schemes)
                                                         "sliding_attention": {"rope_type": "default",
                                                                               "rope_theta": 1e4}}},
                ("q4f16_1", "q0f16")),
+    # mixture-of-experts blocks (kernels/moe.cuh): 4 experts top 2; 8 experts top 3 renormalized, one dense layer
+    "mixtral": ("MixtralConfig", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 384,
+                                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                  "num_local_experts": 4, "num_experts_per_tok": 2}, ("q4f16", "q4f16_1", "q0f16")),
+    "qwen3_moe": ("Qwen3MoeConfig", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 384,
+                                     "moe_intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+                                     "num_key_value_heads": 2, "head_dim": 64, "num_experts": 8,
+                                     "num_experts_per_tok": 3, "norm_topk_prob": True, "mlp_only_layers": [1]},
+                  ("q4f16", "q8f16", "q0f16")),
 }
 BUILDS = {"cpu": (["--target", "cpu"], {}), "cuda": (["--target", "cuda:sm_90", "--no-cuda-graph"], {}),
           "cuda-graph": (["--target", "cuda:sm_90", "--cuda-graph"], {}),
@@ -81,6 +90,8 @@ def build(root: Path, only: set[str] | None = None, models: set[str] | None = No
             for name, p in hf.named_parameters():
                 if name.endswith(".bias"):
                     p.normal_(0, 0.5)
+                if name.endswith("mlp.gate.weight") and p.ndim == 2 and "experts" not in name:
+                    p.normal_(0, 0.5)  # a MoE router: decisive routing, so fp16 rounding does not flip experts
         hf.save_pretrained(root / model / "hf")
         for scheme in schemes:
             if only and scheme not in only:

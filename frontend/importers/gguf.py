@@ -415,10 +415,13 @@ def _llama3_rope_scaling(model: GGUFModel, rope_theta: float, head_dim: int, ori
 def _model_parameters(model: GGUFModel) -> dict[str, tuple[tuple[int, ...], str]]:
     """HF name -> (shape, GGUF name) of every weight the architecture's model has for this file's config."""
     from ..config import ModelConfig
+    from ..models import architecture_of
     from ..models.base import gguf_tensor_names
 
     config = ModelConfig.from_dict(model.hf_config(), source=str(model.path))
-    params = model._model_arch.parameters(config)
+    # the config's own architecture: one general.architecture may hold several (llama.cpp's "llama" with experts is
+    # Mixtral)
+    params = architecture_of(config.model_type).parameters(config)
     gguf_names = gguf_tensor_names(model._gguf_arch, list(params), config.num_hidden_layers)
     return {hf: (tuple(int(d) for d in params[hf].shape), name) for name, hf in gguf_names.items()}
 

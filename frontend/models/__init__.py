@@ -10,10 +10,11 @@ from ...ir import graph
 from ...ir.builder import trace
 from ...ir.types import TensorType
 from ..config import ModelConfig
-from . import gemma, llama, phi3, qwen3
+from . import gemma, llama, mixtral, phi3, qwen3, qwen3_moe
 from .base import Architecture, GGUFArch
+from .moe_block import STACKED, expert_source_names
 
-_FILES = (llama, qwen3, phi3, gemma)
+_FILES = (llama, qwen3, phi3, gemma, mixtral, qwen3_moe)
 ARCHITECTURES: tuple[Architecture, ...] = tuple(f.ARCHITECTURE for f in _FILES)
 _BY_MODEL_TYPE = {t: a for a in ARCHITECTURES for t in a.model_types}
 _BY_GGUF_ARCH = {name: (a, g) for a in ARCHITECTURES for name, g in a.gguf.items()}
@@ -64,6 +65,12 @@ def build_module(cfg: ModelConfig, name: str, dtype: str = "float32", static_dec
     module = trace(model, entries, name=name, kv_cache=kv,
                    attrs={"vocab_size": cfg.vocab_size, "compute_dtype": dtype})
     for param in module.params.values():  # the checkpoint tensor each parameter is read from
-        param.info["sources"] = [param.name]
-        param.info["source_shapes"] = [list(param.type.shape)]
+        experts = param.info.get(STACKED)
+        if experts:  # E experts' [rows, cols] tensors, concatenated by rows ([E * rows, cols], then reshaped)
+            param.info["sources"] = expert_source_names(param.name, experts)
+            param.info["stacked_source"] = param.name  # a GGUF file's one tensor (materialize.adopt_stacked_sources)
+            param.info["source_shapes"] = [list(param.type.shape[1:])] * experts
+        else:
+            param.info["sources"] = [param.name]
+            param.info["source_shapes"] = [list(param.type.shape)]
     return module

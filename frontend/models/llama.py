@@ -139,12 +139,23 @@ class LlamaForCausalLM(Module):
         return self.logits(self.hidden_states(ids))
 
 
+def gguf_config(model: Any) -> dict[str, Any]:
+    """llama.cpp writes Mixtral as "llama" with experts: `llama.expert_count` > 0 makes the file model_type mixtral."""
+    from ..importers.gguf import _positive_int
+
+    key = model._key
+    if not model.metadata.get(key("expert_count")):
+        return {}
+    return {"model_type": "mixtral", "num_local_experts": _positive_int(model, key("expert_count")),
+            "num_experts_per_tok": _positive_int(model, key("expert_used_count"))}
+
+
 ARCHITECTURE = Architecture(
     name="llama",
     model_types=("llama", "mistral", "qwen2"),
     config=LlamaConfig,
     causal_lm=LlamaForCausalLM,
     # llama.cpp writes Mistral's files as "llama" (a window in llama.attention.sliding_window)
-    gguf={"llama": GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, permuted_qk=True),
+    gguf={"llama": GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, permuted_qk=True, extra_config=gguf_config),
           "qwen2": GGUFArch("qwen2", gguf.MODEL_ARCH.QWEN2)},
 )

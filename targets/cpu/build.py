@@ -13,7 +13,7 @@ from tvm.s_tir import dlight as dl
 
 from ..shape_func_order import canonical_shape_functions, merged_shape_functions
 from ...runtime.artifact import TargetInfo
-from . import native, native_elementwise, native_linear
+from . import native, native_elementwise, native_linear, native_moe
 from .arch import MCPU_ENV, CrossArch, build_machine, mcpu_override  # noqa: F401  (MCPU_ENV: re-exported)
 from .attention import replace_decode_attention, replace_prefill_attention, replace_rope_split
 from .elementwise_schedule import Elementwise
@@ -68,7 +68,7 @@ def target_info(arch: CrossArch | None = None) -> TargetInfo:
 def cpu_lowerings() -> dict:
     """The cpu target's own lowerings (lower.lower's overrides): linear layers, SwiGLU and norms on the native
     kernels."""
-    return {**native_linear.LOWERINGS, **native_elementwise.LOWERINGS}
+    return {**native_linear.LOWERINGS, **native_elementwise.LOWERINGS, **native_moe.LOWERINGS}
 
 
 def schedule_rules() -> list:

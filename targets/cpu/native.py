@@ -19,7 +19,7 @@ from ...errors import EmberError
 from .. import zig
 
 SOURCE_DIR = Path(__file__).parent / "native"
-SOURCES = ("linear.c", "attention.c", "elementwise.c", "rope.c")
+SOURCES = ("linear.c", "attention.c", "elementwise.c", "rope.c", "moe.c")
 HEADERS = ("ember_native.h",)
 CC_ENV = "CC"
 

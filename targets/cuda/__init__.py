@@ -96,6 +96,9 @@ class CudaTarget(Target):
               and prefill_gemm.cutlass_root() is None):
             log.warning("nvidia-cutlass headers not found (pip install --no-deps nvidia-cutlass==4.2.0.0): "
                         "the 16-bit prefill GEMMs of %s stay on TVM's WMMA schedule", ", ".join(self.archs))
+        from . import native_moe
+
+        table = {**table, **native_moe.LOWERINGS}  # mixture-of-experts blocks (EMBER_CUDA_MOE=0: refused)
         return {**table, **native_norm.LOWERINGS} if native_norm.enabled() else table
 
     def window_in_kernels(self, kv_cache: Any) -> bool:

@@ -17,7 +17,8 @@ SOURCES: tuple[tuple[str, str], ...] = (("ember::gemv::", "gemv.cuh"), ("ember::
                                         ("ember::attn::", "decode_attention.cuh"),
                                         ("ember::linear::", "linear.cuh"), ("ember::kv::", "kv_append.cuh"),
                                         ("ember::prefill::", "prefill_attention.cuh"),
-                                        ("ember::qgemm::", "prefill_qgemm.cuh"), ("ember::kgemv::", "kgemv.cuh"))
+                                        ("ember::qgemm::", "prefill_qgemm.cuh"), ("ember::kgemv::", "kgemv.cuh"),
+                                        ("ember::moe::", "moe.cuh"))
 
 
 def needed_sources(code: str) -> list[str]:

@@ -64,6 +64,8 @@ def test_presets_hold_published_values():
     assert preset_config("llama3.1-8b").rope_scaling["factor"] == 8.0
     assert parameter_count(preset_config("gemma3-1b")) == 999_885_952  # tied
     assert parameter_count(preset_config("gemma2-2b")) == 2_614_341_888  # tied
+    assert abs(parameter_count(preset_config("mixtral-8x7b")) - 46.70e9) < 0.01e9  # all experts, 12.9B active
+    assert abs(parameter_count(preset_config("qwen3-30b-a3b")) - 30.53e9) < 0.01e9
     gemma3 = preset_config("gemma3-1b")
     assert gemma3.window_layers == tuple(i for i in range(26) if (i + 1) % 6) and gemma3.sliding_window == 512
     assert gemma3.layer_rope(0) == (10000.0, None) and gemma3.layer_rope(5) == (1e6, None)

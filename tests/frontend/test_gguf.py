@@ -214,7 +214,9 @@ def test_every_parameter_of_each_architecture_has_a_gguf_name(general_arch: str)
     untied = gguf.MODEL_TENSOR.OUTPUT in gguf.MODEL_TENSORS[gguf_arch.arch]  # Gemma 2's files are always tied
     cfg = ModelConfig.from_dict({"model_type": gguf_arch.model_type, "vocab_size": 32, "hidden_size": 16,
                                  "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
-                                 "attention_bias": not fused, "tie_word_embeddings": not untied})
+                                 "attention_bias": not fused, "tie_word_embeddings": not untied,
+                                 # MoE architectures' own keys (other configs ignore them)
+                                 "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32})
     params = arch.parameters(cfg)
     names = gguf_tensor_names(gguf_arch, list(params), 3)
     assert sorted(names.values()) == sorted(params)
@@ -225,6 +227,26 @@ def test_every_parameter_of_each_architecture_has_a_gguf_name(general_arch: str)
         assert names["blk.2.attn_q.weight"] == "model.layers.2.self_attn.q_proj.weight"
     assert names["token_embd.weight"] == "model.embed_tokens.weight"
     assert names.get("output.weight") == ("lm_head.weight" if untied else None)
+    if gguf_arch.model_type == "qwen3_moe":  # stacked experts and the router
+        assert names["blk.2.ffn_gate_exps.weight"] == "model.layers.2.mlp.experts.gate_proj.weight"
+        assert names["blk.2.ffn_gate_inp.weight"] == "model.layers.2.mlp.gate.weight"
+
+
+def test_mixtral_tensors_have_llama_gguf_names() -> None:
+    """llama.cpp writes Mixtral as "llama": its stacked experts and router are LLaMA's ffn_*_exps / ffn_gate_inp."""
+    from ember.frontend.config import ModelConfig
+    from ember.frontend.models import architecture_of, gguf_architecture
+    from ember.frontend.models.base import gguf_tensor_names
+
+    _, gguf_arch = gguf_architecture("llama", "test")
+    cfg = ModelConfig.from_dict({"model_type": "mixtral", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+                                 "num_hidden_layers": 2, "num_attention_heads": 2, "num_local_experts": 4,
+                                 "num_experts_per_tok": 2})
+    params = architecture_of("mixtral").parameters(cfg)
+    names = gguf_tensor_names(gguf_arch, list(params), 2)
+    assert sorted(names.values()) == sorted(params)
+    assert names["blk.1.ffn_down_exps.weight"] == "model.layers.1.block_sparse_moe.experts.w2.weight"
+    assert params["model.layers.1.block_sparse_moe.experts.w2.weight"].shape == (4, 16, 32)
 
 
 # -- tensors vs transformers -----------------------------------------------------------------------------------------
