@@ -9,7 +9,7 @@ Schemes name the weight format only; the compute dtype is the module's activatio
       %e = embedding(%ids, @t.weight, dtype=f32)  ->  %e = quant_embedding(%ids, @t.qweight, @t.scales, ...)
 
   The float parameter becomes its pieces (quant_weights.py makes them from the checkpoint). The embedding table and
-  the LM head (a linear with vocab_size rows; a tied head is the embedding table) take the scheme's edge scheme
+  the LM head (the linear named "logits", vocab_size rows; a tied head is the embedding table) take the scheme's edge scheme
   (q8f16 for the 4-bit ones). Other float parameters (norms, biases) keep the compute dtype.
 - Mixture-of-experts blocks (ir/ops_moe.py): the three stacked expert weights of a `moe` node are packed per expert
   ([E, N, K] -> qweight [E, N, W], scales [E, N, G]...) with the scheme, and the node becomes `quant_moe`. The router
@@ -153,13 +153,20 @@ class Quantize:
             return SCHEMES[GGML_TO_SCHEME[source_format]]
         if not self.scheme.quantized:
             return self.scheme
-        head = any(i == 1 and n.op == "linear" and n.inputs[1].type.shape[0] == vocab for n, i in uses)
+        head = any(i == 1 and n.op == "linear" and _is_head(n, vocab) for n, i in uses)
         edge = head or any(i == 1 and n.op == "embedding" for n, i in uses)
         if self.recipe is not None and param.type.ndim == 2:
             sources = sources_of(param)
             name = sources[0] if len(sources) > 1 else param.name  # ember-fused siblings share one scheme
             return SCHEMES[self.recipe.scheme_for(name, int(param.type.shape[1]), layers, head)]
         return SCHEMES[self.scheme.edge_scheme] if edge else self.scheme
+
+
+def _is_head(node: Node, vocab: int | None) -> bool:
+    """The LM head: the linear the models name "logits" (frontend/models), with vocab_size rows. The row count alone
+    would also take an o or down projection of a model whose hidden size equals its vocabulary (tiny configs)."""
+    return (node.inputs[1].type.shape[0] == vocab and bool(node.outputs)
+            and node.outputs[0].name.split(".")[0] == "logits")
 
 
 def _layers(module: Module) -> int:

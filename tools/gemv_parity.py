@@ -38,6 +38,10 @@ MODELS = {  # name -> (transformers config class, kwargs, schemes)
     "mistral": ("MistralConfig", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 416,
                                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1,
                                   "sliding_window": 12, "head_dim": 64}, ("q4f16_1", "q0f16")),
+    # 8-bit weights at batch 2-64 where K is 4x and 2x N (o: 1024 -> 256, down: 512 -> 256), head dim 256
+    "llama_q8": ("LlamaConfig", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 512,
+                                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                 "head_dim": 256}, ("q8f16",)),
     # head dim 256, a 12-token window on every other layer (sm_scale's sign), scores soft-capped tightly enough to
     # bend them (larger weights), final logit soft-capping; Gemma 3: local / global layers with two rope bases,
     # q/k norms, GQA group 4

@@ -103,6 +103,17 @@ def test_q4f16_1_rewrites_linears_and_keeps_edges_at_q8():
     assert module.attrs["quantization"] == "q4f16_1"
 
 
+def test_only_the_logits_linear_is_the_head_when_a_projection_has_vocab_size_rows():
+    """`down` has 32 rows; with vocab_size 32 the row count alone would have taken it for the LM head (q8f16)."""
+    module = trace(Tiny(), {"forward": {"ids": TensorType((1, "t"), "int32")}}, name="tiny",
+                   attrs={"vocab_size": 32})
+    for param in module.params.values():
+        param.info["sources"] = [param.name]
+    PassManager([Quantize("q4f16_1")]).run(module)
+    schemes = {p.info["quantized_from"]: p.info["scheme"] for p in module.params.values() if "quantized_from" in p.info}
+    assert schemes["down"] == "q4f16_1" and schemes["up"] == "q4f16_1"
+
+
 @pytest.mark.parametrize("scheme", ["q8f16", "q4f16", "q4f16g128"])
 def test_symmetric_schemes_have_no_mins(scheme):
     module = build()
