@@ -8,7 +8,9 @@ from tvm import tirx
 
 from ember.passes.quant_schemes import SCHEMES, dequantize, quantize
 
-QUANTIZED = [name for name, s in SCHEMES.items() if s.quantized]
+# schemes ember makes from float weights (the K-quants are only kept from GGUF files: their kernels are checked on
+# random super blocks in test_kquant_codecs.py and test_native_kernels.py)
+QUANTIZED = [name for name, s in SCHEMES.items() if s.quantized and not s.format.super_block]
 
 
 def quant_inputs(scheme: str, rows: int, cols: int, seed: int = 0):
@@ -16,7 +18,7 @@ def quant_inputs(scheme: str, rows: int, cols: int, seed: int = 0):
     w = np.random.default_rng(seed).normal(0, 1, (rows, cols)).astype(np.float32)
     packed = quantize(w, fmt)
     attrs = {"scheme": scheme, **fmt.attrs(), "in_features": cols}
-    pieces = {name: a for name, a in zip(("qweight", "scales", "mins"), packed.pieces())}
+    pieces = dict(zip(fmt.piece_names, packed.pieces(), strict=True))
     return attrs, pieces, dequantize(packed, fmt, cols)
 
 

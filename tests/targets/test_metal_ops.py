@@ -18,7 +18,7 @@ H, N = 64, 96  # hidden size (K) and output features
 def _quant_pieces(scheme: str, rows: int, cols: int) -> dict[str, tuple[list[int], str]]:
     fmt = SCHEMES[scheme].format
     types = fmt.piece_types(rows, cols)
-    return {name: (list(t.shape), t.dtype) for name, t in zip(("qweight", "scales", "mins"), types)}
+    return {name: (list(t.shape), t.dtype) for name, t in zip(fmt.piece_names, types, strict=True)}
 
 
 def op_cases(dtype: str) -> dict[str, tuple[str, dict[str, Any], dict[str, tuple[list[Any], str]]]]:
