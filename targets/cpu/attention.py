@@ -204,6 +204,30 @@ def prefill_ragged(h_q: int, h_kv: int, d: int, dtype: str, inline_rope_kernel: 
     return attention
 
 
+def _gather_macro(h_kv: int, d: int, page_size: int, block: int):
+    """Every cached key and value of the page table, to float32: keys transposed into kt [h_kv, d, slots + block]
+    (a zero tail of one block), values into vals [slots, h_kv, d]; slot j is page_values[j // page_size]'s row
+    j % page_size. Shared by the paged prefill and the 16-bit decode."""
+
+    def f32(x):
+        return T.Cast("float32", x)
+
+    # fmt: off
+    @T.macro
+    def gather(pages, page_values, kt, vals, max_num_pages, nnz_pages):
+        for hd in T.parallel(h_kv * d):
+            with T.sblock("gather"):
+                T.reads(pages[0:max_num_pages, 0:2, 0:h_kv, 0:page_size, 0:d], page_values[0:nnz_pages])
+                T.writes(kt[0:h_kv, 0:d, 0:nnz_pages * page_size + block], vals[0:nnz_pages * page_size, 0:h_kv, 0:d])
+                for j in range(nnz_pages * page_size):
+                    kt[hd // d, hd % d, j] = f32(pages[page_values[j // page_size], 0, hd // d, j % page_size, hd % d])
+                    vals[j, hd // d, hd % d] = f32(pages[page_values[j // page_size], 1, hd // d, j % page_size, hd % d])
+                for j in range(block):
+                    kt[hd // d, hd % d, nnz_pages * page_size + j] = T.float32(0)
+    # fmt: on
+    return gather
+
+
 def prefill_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
                   inline_rope_kernel: str = PAGED_INLINE_ROPE, block: int = 32, window: int = 0,
                   by_sign: bool = False, softcap: float = 0.0) -> tirx.PrimFunc:
@@ -212,9 +236,7 @@ def prefill_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
     first gathered from their pages, transposed ([h_kv, d, keys]), and its values copied to one contiguous
     buffer; TVM's kernel is one serial scalar loop. `window`, `by_sign`, `softcap` as in prefill_ragged."""
     attend = _attend_macro(h_q, h_kv, d, dtype, block, 1, window, by_sign, softcap)
-
-    def f32(x):
-        return T.Cast("float32", x)
+    gather = _gather_macro(h_kv, d, page_size, block)
 
     # fmt: off
     @T.prim_func(private=True, s_tir=True)
@@ -242,15 +264,7 @@ def prefill_paged(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
                                       length_info, k_rope_pos_offset, q_rope_position, output, lse, causal,
                                       rotary_mode, rope_scale, rope_theta, sm_scale))
         else:
-            for hd in T.parallel(h_kv * d):
-                with T.sblock("gather"):
-                    T.reads(pages[0:max_num_pages, 0:2, 0:h_kv, 0:page_size, 0:d], page_values[0:nnz_pages])
-                    T.writes(kt[0:h_kv, 0:d, 0:nnz_pages * page_size + block], vals[0:nnz_pages * page_size, 0:h_kv, 0:d])
-                    for j in range(nnz_pages * page_size):
-                        kt[hd // d, hd % d, j] = f32(pages[page_values[j // page_size], 0, hd // d, j % page_size, hd % d])
-                        vals[j, hd // d, hd % d] = f32(pages[page_values[j // page_size], 1, hd // d, j % page_size, hd % d])
-                    for j in range(block):
-                        kt[hd // d, hd % d, nnz_pages * page_size + j] = T.float32(0)
+            gather(pages, page_values, kt, vals, max_num_pages, nnz_pages)
             for b in range(batch_size):
                 for hq in T.parallel(h_q * (q_indptr[b + 1] - q_indptr[b])):
                     attend(q, q_indptr, kt, vals, output, lse, b, hq, page_indptr[b] * page_size,
@@ -385,9 +399,7 @@ def decode_paged_16bit(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
     golden references of 16-bit gpu builds (cpu builds themselves run float32 through `decode_paged`), and it lets
     them apply per-layer windows and soft-capping as the gpu kernels do."""
     attend = _attend_macro(h_q, h_kv, d, dtype, block, 1, window, by_sign, softcap)
-
-    def f32(x):
-        return T.Cast("float32", x)
+    gather = _gather_macro(h_kv, d, page_size, block)
 
     # fmt: off
     @T.prim_func(private=True, s_tir=True)
@@ -416,15 +428,7 @@ def decode_paged_16bit(h_q: int, h_kv: int, d: int, page_size: int, dtype: str,
         else:
             for i in range(B + 1):
                 q_indptr[i] = i
-            for hd in T.parallel(h_kv * d):
-                with T.sblock("gather"):
-                    T.reads(pages[0:max_num_pages, 0:2, 0:h_kv, 0:page_size, 0:d], page_values[0:nnz_pages])
-                    T.writes(kt[0:h_kv, 0:d, 0:nnz_pages * page_size + block], vals[0:nnz_pages * page_size, 0:h_kv, 0:d])
-                    for j in range(nnz_pages * page_size):
-                        kt[hd // d, hd % d, j] = f32(pages[page_values[j // page_size], 0, hd // d, j % page_size, hd % d])
-                        vals[j, hd // d, hd % d] = f32(pages[page_values[j // page_size], 1, hd // d, j % page_size, hd % d])
-                    for j in range(block):
-                        kt[hd // d, hd % d, nnz_pages * page_size + j] = T.float32(0)
+            gather(pages, page_values, kt, vals, max_num_pages, nnz_pages)
             for b in range(B):
                 for hq in T.parallel(h_q):
                     attend(Q, q_indptr, kt, vals, output, lse, b, hq, page_indptr[b] * page_size,
