@@ -50,7 +50,7 @@ if has mixtral; then
 fi
 if has qwen3; then
   bench $D/qwen3-30b-a3b-q4f16 qwen3-30b-a3b --prefill 128,512,2048 --batch 1,16 --steps 32
-  bench $D/qwen3-30b-a3b-q4f16-slots qwen3-30b-a3b-slots --prefill 128,512 --batch 1,16 --steps 32
+  [ -d $D/qwen3-30b-a3b-q4f16-slots ] && bench $D/qwen3-30b-a3b-q4f16-slots qwen3-30b-a3b-slots --prefill 128,512 --batch 1,16 --steps 32
   timeout 120 /tmp/ember_rt bench $D/qwen3-30b-a3b-q4f16 --device cuda --prefill 512 --batch 1,16 --steps 16 \
     --repeats 1 --profile > "$OUT/profile-qwen3.log" 2>&1; echo "profile rc=$?"
   grep -A14 -iE "top kernels|decode step" "$OUT/profile-qwen3.log" | head -60
