@@ -3,11 +3,13 @@
 `moe` with fp16/bf16 expert weights and `quant_moe` (q4f16, q4f16_1, q4f16g128, q8f16: groups of a multiple of 32)
 with fp16 or bf16 activations, H and I multiples of 32, at most 1024 experts, become one opaque PrimFunc on the
 device; the routing (expert ids and weights), the slot order and the SwiGLU activations live in scratch outputs of
-it, so nothing is read back by the host and CUDA graphs keep working. Two plans (see moe.cuh):
-- per slot (decode1, and whatever the grouped GEMM does not take): route, gate_up, down: GEMVs over the rows of
-  each slot's expert;
-- grouped (decode and prefill, fp16 activations with 4-/8-bit or fp16 experts, H and I multiples of 64): route,
-  sort (slots in expert order, tiles per expert), the gated gate_up GEMM, the down GEMM, combine. Two tile shapes,
+it, so nothing is read back by the host and CUDA graphs keep working. Three plans (see moe.cuh):
+- gemv (decode1 with 4-/8-bit experts and fp16 activations): route, then gemv.cuh's tuned GEMV run for every
+  slot's expert (gate and up; down staging silu(gate) * up), combine;
+- per slot (bf16 activations, and whatever the other plans do not take): route, gate_up, down: plain warp-per-row
+  GEMVs over the rows of each slot's expert;
+- grouped (batched decode and prefill, and decode1 of fp16 experts; fp16 activations with 4-/8-bit or fp16
+  experts, H and I multiples of 64): route, sort (slots in expert order, tiles per expert), the gated gate_up GEMM, the down GEMM, combine. Two tile shapes,
   chosen on the device-side token count: 16-row tiles while experts get few rows each (batched decode), 64-row
   ones from GROUPED_LARGE_ROWS rows per expert on average.
 Everything else returns None (the generic lowering refuses it in one line). EMBER_CUDA_MOE=0 turns the override
@@ -27,6 +29,7 @@ from tvm.relax.frontend.nn import op
 from ...ir.ops_quant import QuantFormat
 from ..extern_op import extern
 from .extern_kernel import ATTRS, launch
+from . import native_gemv
 from .native_gemv import is_decode1
 
 ENV = "EMBER_CUDA_MOE"
@@ -56,6 +59,7 @@ SMALL_TILE = GroupedTile(16, 64, 1, 4)
 LARGE_TILE = GroupedTile(64, 64, 2, 2)
 GROUPED_LARGE_ROWS = 48  # average rows per expert from which the 64-row tiles run
 GROUPED_FORMATS = (Q4, Q4_1, Q8, F16)
+GEMV_FORMATS = (Q4, Q4_1, Q8)  # gemv.cuh's schemes, same codes as moe.cuh's Fmt
 
 
 def _format(node: Any, weight_dtype: str) -> tuple[int, int, int] | None:
@@ -84,9 +88,7 @@ def lower(it: Any, node: Any, args: list) -> Any:
     top_k, norm = int(node.attrs["top_k"]), int(bool(node.attrs["norm_topk_prob"]))
     act = ACTIVATION[x.dtype]
     plan = _Plan(code, group, per, experts, hidden, inter, top_k, norm, act)
-    grouped = (os.environ.get(ENV, "1") != "slots" and not is_decode1(list(x.shape[:-1])) and x.dtype == "float16"
-               and code in GROUPED_FORMATS and hidden % 64 == 0 and inter % 64 == 0)
-    compute = _grouped_compute(plan) if grouped else _per_slot_compute(plan)
+    compute = _choose(plan, x.dtype, is_decode1(list(x.shape[:-1])))
     out = op.tensor_expr_op(compute, f"{node.attrs.get('scheme', weights[0].dtype)}_moe", [x, logits, *weights],
                             attrs=ATTRS)
     return out[0] if isinstance(out, (list, tuple)) else out
@@ -103,6 +105,67 @@ class _Plan:
     top_k: int
     norm: int
     act: str  # the activations' C++ type
+
+
+def _choose(plan: _Plan, dtype: str, decode1: bool):
+    """The compute of the fastest plan that takes the block (EMBER_CUDA_MOE=slots: per slot everywhere)."""
+    if os.environ.get(ENV, "1") == "slots" or dtype != "float16":
+        return _per_slot_compute(plan)
+    if decode1 and plan.code in GEMV_FORMATS and _gemv_fits(plan):
+        return _gemv_compute(plan)
+    if plan.code in GROUPED_FORMATS and plan.hidden % 64 == 0 and plan.inter % 64 == 0:
+        return _grouped_compute(plan)
+    return _per_slot_compute(plan)
+
+
+def _gemv_fits(plan: _Plan) -> bool:
+    values = native_gemv.VALUES_PER_LOAD[plan.code]
+    return (plan.group % values == 0 and plan.hidden % values == 0 and plan.inter % values == 0
+            and all(native_gemv.shared_bytes(plan.code, k, native_gemv.choose_config(plan.code, n, k))
+                    <= native_gemv.SHARED_LIMIT for n, k in ((plan.inter, plan.hidden), (plan.hidden, plan.inter))))
+
+
+def _gemv_args(cfg: native_gemv.GemvConfig) -> str:
+    return f"{cfg.warps}, {cfg.rows}, {cfg.depth}, {cfg.per}, {cfg.async_copy}"
+
+
+def _gemv_compute(plan: _Plan):
+    """decode1: route, gemv.cuh's GEMV over every slot's expert for gate and up, the down GEMV staging
+    silu(gate) * up, combine."""
+    hidden, inter, k = plan.hidden, plan.inter, plan.top_k
+    up_cfg = native_gemv.choose_config(plan.code, inter, hidden)
+    down_cfg = native_gemv.choose_config(plan.code, hidden, inter)
+    shape = f"{plan.code}, {hidden}, {inter}, {plan.group}, {k}"
+    gate_up = f"ember::moe::gemv_gate_up<{shape}, {_gemv_args(up_cfg)}>"
+    down = f"ember::moe::gemv_down<{shape}, {_gemv_args(down_cfg)}>"
+    combine = f"ember::moe::combine<{hidden}, {k}, {plan.act}, 0>"
+
+    def compute(xt: te.Tensor, lg: te.Tensor, *packed: te.Tensor) -> Any:
+        lead, tokens = _tokens(xt)
+        slots = tokens * k
+
+        def body(ins, outs):
+            xb, lgb, pieces = ins[0], ins[1], list(ins[2:])
+            y, ids, wts, gu, ys = outs
+            ptrs = _weight_pointers(plan, pieces)
+            t = tirx.Cast("int32", tokens)
+            return tirx.SeqStmt([
+                _route(plan, t, lgb, ids, wts),
+                launch(tirx.call_extern("int32", gate_up, t, xb.access_ptr("r"), ids.access_ptr("r"), *ptrs[0],
+                                        *ptrs[1], gu.access_ptr("w")), t * k * 2 * up_cfg.blocks(inter),
+                       up_cfg.threads),
+                launch(tirx.call_extern("int32", down, t, gu.access_ptr("r"), ids.access_ptr("r"), *ptrs[2],
+                                        ys.access_ptr("w")), t * k * down_cfg.blocks(hidden), down_cfg.threads),
+                launch(tirx.call_extern("int32", combine, t, ids.access_ptr("r"), wts.access_ptr("r"),
+                                        ys.access_ptr("r"), y.access_ptr("w")),
+                       tirx.floordiv(t * (hidden // 2) + COMBINE_THREADS - 1, COMBINE_THREADS), COMBINE_THREADS),
+            ])
+
+        shapes = [lead + [hidden], [slots], [slots], [slots, 2 * inter], [slots, hidden]]
+        dtypes = [xt.dtype, "int32", "float32", "float16", "float16"]
+        return extern(shapes, [xt, lg, *packed], body, dtype=dtypes, name="ember_moe_gemv")
+
+    return compute
 
 
 def _weight_pointers(plan: _Plan, pieces: list) -> list[list[Any]]:

@@ -24,11 +24,17 @@ QWEN3_MOE = {"model_type": "qwen3_moe", "vocab_size": 160, "hidden_size": 128, "
                                         ("q0f16", 3)])
 def test_every_entry_point_routes_on_the_device(scheme, fmt):
     calls = calls_by_function(lowered(QWEN3_MOE, scheme), "ember::moe")
-    # one sparse layer (layer 1 is dense): route, then gate_up and down over the selected experts
-    assert [c.split("<")[0] for c in calls["decode1"]] == ["ember::moe::route", "ember::moe::gate_up",
-                                                            "ember::moe::down"]
+    # one sparse layer (layer 1 is dense). decode1: gemv.cuh's GEMV over the selected experts (4-/8-bit), the
+    # grouped GEMM's small tile for fp16 experts
     assert calls["decode1"][0] == "ember::moe::route<8, 2, 1, half>"
-    assert calls["decode1"][1].startswith(f"ember::moe::gate_up<{fmt}, 128, 64, 2, ")
+    if fmt == 3:
+        assert [c.split("<")[0].split("::")[-1] for c in calls["decode1"]][1:3] == ["sort", "gemm"]
+    else:
+        assert [c.split("<")[0].split("::")[-1] for c in calls["decode1"]] == ["route", "gemv_gate_up", "gemv_down",
+                                                                               "combine"]
+        group = 128 if scheme.endswith("g128") else 32
+        assert calls["decode1"][1].startswith(f"ember::moe::gemv_gate_up<{fmt}, 128, 64, {group}, 2, ")
+        assert calls["decode1"][3] == "ember::moe::combine<128, 2, half, 0>"
     for function in ("prefill", "decode"):
         # the grouped plan: both tile shapes are in the function, the device picks one per call
         assert [c.split("<")[0].split("::")[-1] for c in calls[function]] == [
@@ -45,12 +51,14 @@ def test_the_per_slot_plan_stays_on_request(monkeypatch):
     monkeypatch.setenv("EMBER_CUDA_MOE", "slots")
     calls = calls_by_function(lowered(QWEN3_MOE, "q4f16"), "ember::moe")
     assert [c.split("<")[0].split("::")[-1] for c in calls["prefill"]] == ["route", "gate_up", "down"]
+    assert [c.split("<")[0].split("::")[-1] for c in calls["decode1"]] == ["route", "gate_up", "down"]
 
 
 def test_bf16_activations_take_the_kernel_too():
     calls = calls_by_function(lowered(QWEN3_MOE, "q4f16_1", dtype="bfloat16"), "ember::moe")
     assert calls["decode"][0].endswith("__nv_bfloat16>")
     assert [c.split("<")[0].split("::")[-1] for c in calls["prefill"]] == ["route", "gate_up", "down"]
+    assert [c.split("<")[0].split("::")[-1] for c in calls["decode1"]] == ["route", "gate_up", "down"]
 
 
 def test_what_the_kernels_cannot_take_is_refused_in_one_line():
@@ -70,6 +78,14 @@ extern "C" __global__ void __launch_bounds__(1024) sort(int t, const void* ids, 
     void* count) {{ ember::moe::sort<128, 8, 16>(t, ids, rows, pos, tiles, count); }}
 extern "C" __global__ void combine(int t, const void* pos, const void* w, const void* ys, void* y) {{
   ember::moe::combine<4096, 2, half>(t, pos, w, ys, y);
+}}
+extern "C" __global__ void __launch_bounds__(256) gate_up(int t, const void* x, const void* ids, const void* gw,
+    const void* gs, const void* gm, const void* uw, const void* us, const void* um, void* gu) {{
+  ember::moe::gemv_gate_up<1, 4096, 14336, 32, 2, 8, 2, 4, 2, 0>(t, x, ids, gw, gs, gm, uw, us, um, gu);
+}}
+extern "C" __global__ void __launch_bounds__(256) down(int t, const void* gu, const void* ids, const void* dw,
+    const void* ds, const void* dm, void* ys) {{
+  ember::moe::gemv_down<0, 4096, 14336, 32, 2, 8, 2, 4, 2, 0>(t, gu, ids, dw, ds, dm, ys);
 }}
 """
 
@@ -92,7 +108,7 @@ def test_grouped_kernels_compile_without_spills(tmp_path, args):
                              "-v", str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("0 bytes spill stores, 0 bytes spill loads") == 3, result.stderr
+    assert result.stderr.count("0 bytes spill stores, 0 bytes spill loads") == 5, result.stderr
 
 
 def test_tile_rings_fit_static_shared_memory():

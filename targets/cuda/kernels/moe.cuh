@@ -34,6 +34,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "gemv.cuh"
 #include "lowbatch.cuh"
 
 namespace ember {
@@ -449,13 +450,65 @@ __device__ __forceinline__ void gemm(int bound, const void* tiles_ptr, const voi
     }
 }
 
-template <int H, int TOPK, typename A>
+// Decode GEMVs over the selected experts with gemv.cuh's kernel (its tuned lane loads, steps in flight, staged
+// x): one grid runs a GEMV block of every slot's expert, the weight pointers offset to expert ids[slot].
+// gemv_gate_up: gu[slot] = [gate_e x_t | up_e x_t] (fp16, 2I); gemv_down: ys[slot] = down_e silu(g) * u (gemv's
+// SWIGLU input staging reads gu[slot]); then combine<..., 0> adds the slots of each token.
+template <int F, int K>
+__device__ __forceinline__ int64_t gemv_row_bytes() {
+  return F == Q8 ? K : K / 2;
+}
+
+template <int F, int H, int I, int G, int TOPK, int WARPS, int R, int D, int PER, int ASYNC>
+__device__ __forceinline__ void gemv_gate_up(int T, const void* x_ptr, const void* ids_ptr, const void* gw,
+                                             const void* gs, const void* gm, const void* uw, const void* us,
+                                             const void* um, void* gu_ptr) {
+  static_assert(F == Q4 || F == Q4_1 || F == Q8, "gemv.cuh's schemes");
+  constexpr int PER_WEIGHT = (I + WARPS * R - 1) / (WARPS * R);  // gemv blocks of one expert's gate (or up)
+  constexpr int GS = (H + G - 1) / G;
+  const int slot = blockIdx.x / (2 * PER_WEIGHT), rest = blockIdx.x % (2 * PER_WEIGHT);
+  if (slot >= T * TOPK) return;
+  const bool up = rest >= PER_WEIGHT;
+  const int64_t e = static_cast<const int*>(ids_ptr)[slot];
+  const int64_t rows = e * I;
+  const uint8_t* w = static_cast<const uint8_t*>(up ? uw : gw) + rows * gemv_row_bytes<F, H>();
+  const __half* s = static_cast<const __half*>(up ? us : gs) + rows * GS;
+  const __half* m = static_cast<const __half*>(up ? um : gm) + rows * GS;
+  const __half* x = static_cast<const __half*>(x_ptr) + static_cast<int64_t>(slot / TOPK) * H;
+  __half* y = static_cast<__half*>(gu_ptr) + static_cast<int64_t>(slot) * 2 * I + (up ? I : 0);
+  gemv::run_block<F, I, H, G, WARPS, R, D, PER, ASYNC, gemv::NO_BIAS>(rest % PER_WEIGHT, x, w, s, m, x, y);
+}
+
+template <int F, int H, int I, int G, int TOPK, int WARPS, int R, int D, int PER, int ASYNC>
+__device__ __forceinline__ void gemv_down(int T, const void* gu_ptr, const void* ids_ptr, const void* dw,
+                                          const void* ds, const void* dm, void* ys_ptr) {
+  static_assert(F == Q4 || F == Q4_1 || F == Q8, "gemv.cuh's schemes");
+  constexpr int PER_SLOT = (H + WARPS * R - 1) / (WARPS * R);
+  constexpr int GS = (I + G - 1) / G;
+  const int slot = blockIdx.x / PER_SLOT;
+  if (slot >= T * TOPK) return;
+  const int64_t rows = static_cast<int64_t>(static_cast<const int*>(ids_ptr)[slot]) * H;
+  const uint8_t* w = static_cast<const uint8_t*>(dw) + rows * gemv_row_bytes<F, I>();
+  const __half* s = static_cast<const __half*>(ds) + rows * GS;
+  const __half* m = static_cast<const __half*>(dm) + rows * GS;
+  const __half* gu = static_cast<const __half*>(gu_ptr) + static_cast<int64_t>(slot) * 2 * I;
+  __half* y = static_cast<__half*>(ys_ptr) + static_cast<int64_t>(slot) * H;
+  gemv::run_block<F, H, I, G, WARPS, R, D, PER, ASYNC, gemv::NO_BIAS, gemv::SWIGLU>(blockIdx.x % PER_SLOT, gu, w,
+                                                                                    s, m, gu, y);
+}
+
+// SORTED: slot t TOPK + j's row of ys is pos[t TOPK + j] (the grouped GEMM's expert order); else it is the slot
+template <int H, int TOPK, typename A, int SORTED = 1>
 __device__ __forceinline__ void combine(int T, const void* pos_ptr, const void* weights_ptr, const void* ys_ptr,
                                         void* y_ptr) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // one (token, column pair)
   if (i >= static_cast<int64_t>(T) * (H / 2)) return;
   const int t = static_cast<int>(i / (H / 2)), n = static_cast<int>(i % (H / 2)) * 2;
-  const int* pos = static_cast<const int*>(pos_ptr) + static_cast<int64_t>(t) * TOPK;
+  int rows[TOPK];
+#pragma unroll
+  for (int j = 0; j < TOPK; ++j)
+    rows[j] = SORTED ? static_cast<const int*>(pos_ptr)[static_cast<int64_t>(t) * TOPK + j] : t * TOPK + j;
+  const int* pos = rows;
   const float* weights = static_cast<const float*>(weights_ptr) + static_cast<int64_t>(t) * TOPK;
   const __half* ys = static_cast<const __half*>(ys_ptr);
   float v0 = 0.0f, v1 = 0.0f;
