@@ -6,6 +6,8 @@
 #           CUDA_LAUNCH_BLOCKING=1 to name the kernel
 #   qwen3   qwen3-30b-a3b q4f16, grouped (default) and per-slot (EMBER_CUDA_MOE=slots build) plans; decode profile
 #   dense   llama3-8b q4f16 and phi-3-mini-4k q4f16: verify + bench
+#   sanitize tiny phi3 q4f16_1 (batched decode faulted in call 1) under compute-sanitizer, alone
+# PARITY_SKIP (space list of parity/<model> folders to leave out of the parity section)
 # Lead: run { carry: [".carry/moe"], command: "SECTIONS='parity mixtral' bash docs/measurements/2026-12-07-s14/call-a.sh" }
 set -u
 SECTIONS=${SECTIONS:-parity mixtral qwen3 dense}
@@ -38,6 +40,7 @@ bench() {  # artifact dir, label, extra args...
   return $rc
 }
 if has parity; then
+  for m in ${PARITY_SKIP:-}; do [ -d $D/parity/$m ] && mkdir -p $D/skipped && mv $D/parity/$m $D/skipped/; done
   timeout 240 python3 tools/gemv_parity.py check $D/parity > "$OUT/parity.jsonl" 2> "$OUT/parity.err"
   echo "parity rc=$? $(( $(date +%s)-t0 ))s"; cat "$OUT/parity.jsonl"; tail -4 "$OUT/parity.err"
 fi
@@ -58,5 +61,14 @@ fi
 if has dense; then
   bench $D/llama3-8b-q4f16 llama3-8b --prefill 128,512 --batch 1,16 --steps 64
   bench $D/phi-3-mini-4k-q4f16 phi-3-mini-4k --prefill 128,512 --batch 1,16 --steps 64
+fi
+if has sanitize; then
+  src=$D/parity/phi3; [ -d $src ] || src=$D/skipped/phi3
+  mkdir -p /tmp/san/phi3 && cp -r $src/q4f16_1 /tmp/san/phi3/
+  timeout 200 /usr/local/cuda/bin/compute-sanitizer --print-limit 4 python3 tools/gemv_parity.py check /tmp/san \
+    > "$OUT/phi3-san.jsonl" 2> "$OUT/phi3-san.err"; echo "sanitizer rc=$?"
+  cat "$OUT/phi3-san.jsonl"; grep -E "Invalid|Address|thread|in |ERROR SUMMARY" "$OUT/phi3-san.err" | head -24
+  CUDA_LAUNCH_BLOCKING=1 timeout 100 python3 tools/gemv_parity.py check /tmp/san > "$OUT/phi3-blocking.jsonl" \
+    2> "$OUT/phi3-blocking.err"; echo "blocking rc=$?"; tail -3 "$OUT/phi3-blocking.err"
 fi
 echo "done $(( $(date +%s)-t0 ))s"; nvidia-smi --query-gpu=memory.used --format=csv,noheader
