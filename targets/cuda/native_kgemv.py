@@ -13,7 +13,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
-from ..cpu.native_linear import WIDE
+from ..cpu.native_linear import Q2_K, Q3_K, WIDE
 from ..extern_op import extern
 from ...ir.ops_quant import QuantFormat
 from .extern_kernel import ATTRS, NO_BIAS, bias_code, launch
@@ -24,9 +24,12 @@ PIECES = ("qweight", "qhigh", "scales", "mins", "super", "super_mins")
 
 
 def format_code(fmt: QuantFormat, cols: int) -> int | None:
-    """kgemv.cuh's Format (= native/linear.c's codes), or None where the kernel does not apply."""
+    """kgemv.cuh's Format (= native/linear.c's codes), or None where the kernel does not apply (Q2_K and Q3_K: the
+    generic dequantize lowering at every batch size)."""
     code = WIDE.get((fmt.bits, fmt.has_min, fmt.super_block))
-    if code is None or cols % max(fmt.super_block, 32) or fmt.group_size != (16 if fmt.bits == 6 else 32):
+    if code is None or code in (Q2_K, Q3_K):
+        return None
+    if cols % max(fmt.super_block, 32) or fmt.group_size != (16 if fmt.bits == 6 else 32):
         return None
     return code
 

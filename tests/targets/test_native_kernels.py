@@ -116,7 +116,9 @@ def _kblocks(ggml_type: str, rows: int, cols: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     size, values = BLOCK_BYTES[ggml_type]
     raw = rng.integers(0, 256, (rows, cols // values, size), dtype=np.uint8)
-    for offset in {"Q5_0": (0,), "Q5_1": (0, 2), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}[ggml_type]:
+    halves = {"Q5_0": (0,), "Q5_1": (0, 2), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2),
+              "Q6_K": (208,)}
+    for offset in halves[ggml_type]:
         halves = (rng.standard_normal(raw.shape[:2]) * 1e-3).astype(np.float16)
         raw[..., offset:offset + 2] = halves.view(np.uint8).reshape(*raw.shape[:2], 2)
     return raw.reshape(rows, -1)
@@ -126,7 +128,7 @@ def _kblocks(ggml_type: str, rows: int, cols: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("m", [1, 3, 4, 13])  # GEMV (<= 3 rows of x), GEMM tiles and remainders
 @pytest.mark.parametrize("rows,cols", [(5, 256), (37, 768)])
 def test_kept_native_blocks_match_gguf_dequantize(pool, ggml_type, m, rows, cols):
-    """Q5_0 / Q5_1 / Q4_K / Q5_K / Q6_K through ember_linear_k against x @ gguf's dequantized weights (float64)."""
+    """Q5_0 / Q5_1 / Q2_K .. Q6_K through ember_linear_k against x @ gguf's dequantized weights (float64)."""
     raw = _kblocks(ggml_type, rows, cols, seed=rows + m)
     reference_w = gguf.quants.dequantize(raw, Q[ggml_type]).astype(np.float64)
     fmt = SCHEMES[GGML_TO_SCHEME[ggml_type]].format
