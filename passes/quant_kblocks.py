@@ -1,4 +1,4 @@
-"""GGUF Q5_0, Q5_1 and K-quant (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) blocks -> ember's planar layout (ir/ops_quant.py), values untouched.
+"""GGUF Q5_0, Q5_1 and K-quant (Q2_K .. Q6_K) blocks -> ember's planar layout (ir/ops_quant.py), values untouched.
 
 GGUF interleaves everything of a block (fp16 scales, packed 6-bit scale codes, codes in half-block nibble order).
 ember stores each kind of data as its own row-major tensor, so that a GPU lane reads 16 bytes of one row's codes

@@ -212,7 +212,7 @@ def kquant_gguf(tmp_path_factory):
 
 
 def test_kquant_gguf_logits_equal_transformers(kquant_gguf):
-    """Q2_K / Q3_K / Q4_K / Q5_K / Q6_K / Q5_0 / Q5_1 tensors kept native: prompt logits equal transformers on the same file
+    """Q2_K .. Q6_K / Q5_0 / Q5_1 tensors kept native: prompt logits equal transformers on the same file
     (within 1e-4 of the logit scale), greedy top-1 identical, and the decode steps too."""
     path, artifact, quantized, dequantized = kquant_gguf
     engine = ember.load(artifact, device="cpu")

@@ -1,4 +1,4 @@
-"""GGUF Q5_0 / Q5_1 / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K kept native: repacked blocks unpack to gguf-py's dequantized values bit for bit.
+"""GGUF Q5_0 / Q5_1 / Q2_K .. Q6_K kept native: repacked blocks unpack to gguf-py's dequantized values bit for bit.
 
 gguf 0.19 quantizes only Q5_0/Q5_1 (of these), so the K-quants are checked on random super blocks in their byte
 layout (every byte pattern, finite fp16 d/dmin), which also covers what any quantizer can emit.

@@ -6,12 +6,12 @@
  *   EMBER_Q8    int8[N, K],                                                          W = s * q
  *   EMBER_F16 / EMBER_BF16   half-precision [N, K] (no scales)
  *   EMBER_Q5_0 .. EMBER_Q3_K (GGUF Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K kept native; entry ember_linear_k):
- *     Q2_K/Q3_K: 2-bit fields (q at k = 16j + i in bits 2i, 2i+1 of word j), Q3_K's bit 2 in `qhigh` as Q5's bit 4,
- *     a byte per 16 of scale code | min code << 4 (Q2_K) or int8 scale codes per 16 (Q3_K): W = d c q - dmin cm | d c (q - 4);
- *     the others: the nibbles of
- *     EMBER_Q4 plus `qhigh` (bit 4 of q at k = 32j + i in bit i of word j; Q6_K: bits 4-5 at k = 16j + i in bits
- *     2i, 2i+1), Q5_0/Q5_1 fp16 scales (and mins) per 32, K-quants uint8 scale/min codes per 32 (Q6_K: int8 per 16)
- *     times the fp16 `sup` / `sup_mins` of each 256: W = s (q - 16) | s q + m | d c q - dmin cm | d c (q - 32).
+ *     Q2_K/Q3_K: 2-bit fields (q at k = 16j + i in bits 2i, 2i+1 of word j), Q3_K's bit 2 in `qhigh` as Q5's
+ *     bit 4, a byte per 16 of scale code | min code << 4 (Q2_K) or int8 scale codes per 16 (Q3_K):
+ *     W = d c q - dmin cm | d c (q - 4).  The others: the nibbles of EMBER_Q4 plus `qhigh` (bit 4 of q at
+ *     k = 32j + i in bit i of word j; Q6_K: bits 4-5 at k = 16j + i in bits 2i, 2i+1), Q5_0/Q5_1 fp16 scales (and
+ *     mins) per 32, K-quants uint8 scale/min codes per 32 (Q6_K: int8 per 16) times the fp16 `sup` / `sup_mins` of
+ *     each 256: W = s (q - 16) | s q + m | d c q - dmin cm | d c (q - 32).
  *     Both kernels dequantize a row (or 16) into float32 in L1 and multiply from there.
  * with fp16 scales (and mins) per `group` consecutive k of a row (the last group of a row may be partial).
  * Quantized formats need K and group multiples of 32 (the Python side checks it and keeps TIR's kernel
