@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .quant_schemes import Packed, pack_high_bits, pack_nibbles
+from .quant_schemes import GGML_TO_SCHEME, SCHEMES, Packed, pack_high_bits, pack_nibbles
 
 # bytes per block, values per block
 BLOCK_BYTES = {"Q5_0": (22, 32), "Q5_1": (24, 32), "Q2_K": (84, 256), "Q3_K": (110, 256), "Q4_K": (144, 256),
                "Q5_K": (176, 256), "Q6_K": (210, 256)}
-LOW_BITS = {"Q2_K": 2, "Q3_K": 2}  # bits of each code in qweight (4 for the others); qhigh holds the rest
-HIGH_BITS = {"Q3_K": 1, "Q5_0": 1, "Q5_1": 1, "Q5_K": 1, "Q6_K": 2}
 
 
 def _f16(block_bytes: np.ndarray) -> np.ndarray:
@@ -107,7 +105,8 @@ def from_kblocks(raw: np.ndarray, ggml_type: str, cols: int) -> Packed:
     rows = raw.shape[0]
     blocks = np.ascontiguousarray(raw).reshape(rows, cols // values, size)
     codes = block_codes(blocks, ggml_type)
-    low, high = LOW_BITS.get(ggml_type, 4), HIGH_BITS.get(ggml_type, 0)
+    fmt = SCHEMES[GGML_TO_SCHEME[ggml_type]].format
+    low, high = fmt.low_bits, fmt.high_bits
     low_codes = codes & np.uint8((1 << low) - 1)
     qweight = pack_nibbles(low_codes) if low == 4 else pack_high_bits(low_codes, low)
     qhigh = pack_high_bits(codes >> np.uint8(low), high) if high else None
