@@ -110,7 +110,7 @@ def lower_quant_linear(it: Any, node: Any, args: list, config: KGemvConfig | Non
     if planned is None:
         return None
     (code, rows, cols, bias), cfg = planned
-    gate_up = swiglu_input(it, node) if hasattr(node, "inputs") else None
+    gate_up = swiglu_input(it, node)
     act = SWIGLU if gate_up is not None and gate_up.dtype == "float16" else PLAIN
     inputs = [gate_up, *args[1:]] if act == SWIGLU else list(args)
     compute = kgemv_compute(QuantFormat.from_attrs(node.attrs), code, rows, cols, bias, cfg, act)
