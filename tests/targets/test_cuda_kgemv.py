@@ -26,8 +26,8 @@ from model_fixtures import llama_config, random_kquant_blocks  # noqa: E402
 
 SCHEME_OF = {"Q5_0": "q5f16", "Q5_1": "q5f16_1", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k"}
 CODE_OF = {"Q5_0": 5, "Q5_1": 6, "Q4_K": 7, "Q5_K": 8, "Q6_K": 9}  # kgemv.cuh's Format
-BIAS_OF = {"Q5_0": 16, "Q5_1": 0, "Q4_K": 0, "Q5_K": 0, "Q6_K": 32}
-VS_OF = {"Q5_0": 16, "Q5_1": 32, "Q4_K": 16, "Q5_K": 32, "Q6_K": 32}  # kgemv's value = (q - bias) / VS
+BIAS_OF = {"Q5_0": 16, "Q5_1": 16, "Q4_K": 8, "Q5_K": 16, "Q6_K": 32}  # Fmt::kBias: the kernels' q - c
+VS_OF = BIAS_OF  # kgemv's fp16 value = (q - c) / VS
 
 
 def _raw(ggml_type: str, rows: int, cols: int, seed: int) -> np.ndarray:
@@ -164,6 +164,36 @@ def test_kernel_dequant_gives_gguf_codes(ggml_type):
     gemv, exact = _kernel_codes(ggml_type, packed, rows, cols)
     np.testing.assert_array_equal(gemv, codes)
     np.testing.assert_array_equal(exact, codes)
+
+
+def _slot_scales(ggml_type: str, packed, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """kgemv.cuh's slot_scales per (row, k), in float32 as the kernel: W = s (q - c) + m."""
+    f32 = np.float32
+    group = np.arange(cols) // (16 if ggml_type == "Q6_K" else 32)
+    c = f32(BIAS_OF[ggml_type])
+    if ggml_type in ("Q5_0", "Q5_1"):
+        s = packed.scales.astype(f32)[:, group]
+        m = c * s + packed.mins.astype(f32)[:, group] if ggml_type == "Q5_1" else np.zeros_like(s)
+        return s, m
+    sup = packed.super.astype(f32)[:, np.arange(cols) // 256]
+    s = sup * packed.scales.astype(f32)[:, group]
+    if ggml_type == "Q6_K":
+        return s, np.zeros_like(s)
+    return s, c * s - packed.super_mins.astype(f32)[:, np.arange(cols) // 256] * packed.mins.astype(f32)[:, group]
+
+
+@pytest.mark.parametrize("ggml_type", sorted(SCHEME_OF))
+def test_kernel_scales_give_gguf_values(ggml_type):
+    """s (q - c) + m with the kernels' centred codes and min terms is gguf's dequantized weight."""
+    from ember.passes.quant_kblocks import BLOCK_BYTES, block_codes
+
+    rows, cols = 6, 512
+    raw, packed = _packed(ggml_type, rows, cols)
+    codes = block_codes(raw.reshape(rows, -1, BLOCK_BYTES[ggml_type][0]), ggml_type).astype(np.float64)
+    s, m = _slot_scales(ggml_type, packed, cols)
+    ours = s.astype(np.float64) * (codes - BIAS_OF[ggml_type]) + m.astype(np.float64)
+    theirs = gguf.quants.dequantize(raw, getattr(Q, ggml_type)).astype(np.float64)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())
 
 
 def test_kernel_value_scales_keep_codes_in_range():

@@ -16,9 +16,10 @@
 //   8 values) with gemv.cuh's bank swizzle; min formats also get the fp32 sum of x per group there.
 // - Codes become fp16 without I2F: one LOP3 puts a nibble pair under the magic 0x6400 (half 1024 + code) and one
 //   more ors the high bits above it (spread once per word by PRMT, shifted into place per pair); one HFMA2 turns
-//   the half into the centred code / VS (|value| <= 1, exact in fp16) so fp16 partial sums over 2 words (16
-//   codes) stay in range for large activations; the group scale (d c VS, fp32) and the min term m sum(x) are
-//   applied in fp32 per group.
+//   the half into the centred code (q - c) / c (c = 8, 16, 32 by the code width; |value| <= 1, exact in fp16) so
+//   fp16 partial sums over 2 words (16 codes) stay in range for large activations; the group scale (d code c,
+//   fp32) and the min term (m + c s) sum(x) (min formats: centred, the two terms do not cancel) are applied in
+//   fp32 per group.
 // - ACT SWIGLU: x_ptr holds [gate | up] and the staged x is silu(gate) * up (gemv.cuh's swiglu8).
 // - pdl.cuh contract: weights may be read before pdl::wait(), x only after.
 #ifndef EMBER_KGEMV_CUH
@@ -45,13 +46,15 @@ struct Fmt {
   static constexpr int kHigh = F == Q6_K ? 2 : F == Q4_K ? 0 : 1;     // high-bit words per 32-group
   static constexpr bool kMin = F == Q5_1 || F == Q4_K || F == Q5_K;   // W = s q + m
   static constexpr bool kSuper = F == Q4_K || F == Q5_K || F == Q6_K;  // scales are codes times a fp16 d
-  static constexpr float kBias = F == Q5_0 ? 16.0f : F == Q6_K ? 32.0f : 0.0f;  // q - kBias
-  static constexpr float kVS = F == Q4_K ? 16.0f : 32.0f - (F == Q5_0 ? 16.0f : 0.0f);  // value = code term / kVS
+  // Codes are used centred, as q - kBias (W = s (q - kBias) + (m + kBias s) for the min formats: the two terms of
+  // a group's sum then do not cancel), and the GEMV's fp16 values are (q - kBias) / kBias, in [-1, 1).
+  static constexpr float kBias = F == Q6_K ? 32.0f : F == Q4_K ? 8.0f : 16.0f;
+  static constexpr float kVS = kBias;
 };
 
 // The fp16 constants of the dequant: a nibble pair under the magic at bits 0-3 ("lo": the half is 1024 + q) or
 // at bits 4-7 ("hi": 1024 + 16 q, q's high bits above the nibble in both cases); v = half * mul + add = (q - bias)
-// / VS exactly (the results have <= 11 significant bits).
+// / VS exactly (VS a power of 2, the results have <= 11 significant bits).
 template <int F>
 struct Consts {
   __half2 lo_mul, lo_add, hi_mul, hi_add;
@@ -173,8 +176,8 @@ __device__ __forceinline__ void load_slot(Slot& sl, const Pieces& p, size_t n, i
   }
 }
 
-// The slot's W = s (q - bias) + m for the exact code q: s of its first and second 16 codes (equal but for Q6_K)
-// and m (0 without mins), in fp32 (d * code is exact).
+// The slot's W = s (q - kBias) + m for the exact code q: s of its first and second 16 codes (equal but for Q6_K)
+// and m (0 without mins; with them the format's min plus kBias s), in fp32 (d * code is exact).
 template <int F>
 __device__ __forceinline__ void slot_scales(const Slot& sl, float& s0, float& s1, float& m) {
   if constexpr (F == Q6_K) {
@@ -184,10 +187,10 @@ __device__ __forceinline__ void slot_scales(const Slot& sl, float& s0, float& s1
     m = 0.0f;
   } else if constexpr (F == Q5_0 || F == Q5_1) {
     s0 = s1 = half_at(sl.s, 0);
-    m = F == Q5_1 ? half_at(sl.m, 0) : 0.0f;
+    m = F == Q5_1 ? fmaf(Fmt<F>::kBias, s0, half_at(sl.m, 0)) : 0.0f;
   } else {
     s0 = s1 = half_at(sl.d, 0) * static_cast<float>(sl.s);
-    m = -(half_at(sl.d, 1) * static_cast<float>(sl.m));
+    m = fmaf(Fmt<F>::kBias, s0, -(half_at(sl.d, 1) * static_cast<float>(sl.m)));
   }
 }
 

@@ -5,10 +5,10 @@
 //   16 bytes of codes, high words and scale data: kgemv::load_slot), so a word of codes gives the B registers of
 //   two mma steps exactly as lowbatch.cuh's Q4 (pairs {n0,n4}, {n1,n5} / {n2,n6}, {n3,n7}), and the A fragment is
 //   x of batch rows g, g + 8 at the same physical k in gemv.cuh's pair order.
-// - Codes: kgemv::word_bits (nibble pair under the magic, high bits or'ed above it), then the exact q - bias in
-//   fp16 (one HADD2 / HFMA2), then the group's scale (and min) folded in fp16 (HMUL2 / HFMA2): s = d c and
-//   m = -(dmin cm) are exact in fp32 and rounded to fp16 once, the product once more (fp16 weights' one rounding,
-//   plus the scale's). Q6_K's words 0-1 and 2-3 take the scales of their 16-groups.
+// - Codes: kgemv::word_bits (nibble pair under the magic, high bits or'ed above it), then the exact centred code
+//   q - c in fp16 (one HADD2 / HFMA2; c as kgemv.cuh), then the group's scale (and min) folded in fp16 (HMUL2 /
+//   HFMA2): s = d code and the min term (m + c s) are computed in fp32 and rounded to fp16 once, the product once
+//   more (fp16 weights' one rounding, plus the scale's). Q6_K's words 0-1 and 2-3 take their 16-groups' scales.
 // - Work split as lowbatch.cuh: a block owns NT 8-row n-tiles, its WARPS warps split K, reduced through shared
 //   memory; D k-tiles of loads in flight per lane (the first D issued before pdl::wait(): weights only); batch rows
 //   in chunks of 16, CH chunks per pass over the weights, more passes for b > 16 CH (weights again, from L2).
@@ -30,7 +30,7 @@ using kgemv::Fmt;
 using lowbatch::bits_of;
 using lowbatch::half2_of;
 
-// One word of codes (high bits H spread) as the 4 B registers {v0,v4}, {v1,v5}, {v2,v6}, {v3,v7}, v = s (q - bias)
+// One word of codes (high bits H spread) as the 4 B registers {v0,v4}, {v1,v5}, {v2,v6}, {v3,v7}, v = s (q - c)
 // (+ m).
 template <int F>
 __device__ __forceinline__ void dequant_word(uint32_t w, uint32_t H, __half2 s, __half2 m, uint32_t* out) {
