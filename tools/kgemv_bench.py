@@ -226,14 +226,19 @@ def random_pieces(torch, fmt, n: int, k: int, gen, device: str = "cuda") -> list
 
 
 # -- on the GPU ------------------------------------------------------------------------------------------------------
-def _data(torch, case: dict, gen, device: str = "cuda"):
-    """(pieces, float64 values) for a case's format and shape."""
+def _pieces(torch, case: dict, gen) -> list:
+    """Random packed pieces of a case's format and shape, on the GPU."""
     if case["format"] == "q4f16":
-        pieces = gb._packed(torch, "q4f16", case["n"], case["k"], gen)
+        return gb._packed(torch, "q4f16", case["n"], case["k"], gen)
+    return random_pieces(torch, _fmt(case["format"]), case["n"], case["k"], gen)
+
+
+def _data(torch, case: dict, gen):
+    """(pieces, their float64 values)."""
+    pieces = _pieces(torch, case, gen)
+    if case["format"] == "q4f16":
         return pieces, gb._dequant(torch, "q4f16", pieces, case["k"])
-    fmt = _fmt(case["format"])
-    pieces = random_pieces(torch, fmt, case["n"], case["k"], gen, device)
-    return pieces, torch_dequant(torch, fmt, pieces, case["k"])
+    return pieces, torch_dequant(torch, _fmt(case["format"]), pieces, case["k"])
 
 
 def _inputs(torch, case: dict, batch: int, gen, spikes: bool):
@@ -327,10 +332,10 @@ def run(root: Path, out_path: Path, budget: float) -> int:
                 break
             n, k = mine[0]["n"], mine[0]["k"]
             gen.manual_seed(hash((name, shape, 1)) & 0xFFFF)
-            first, _ = _data(torch, mine[0], gen)
+            first = _pieces(torch, mine[0], gen)
             nbytes = sum(p.numel() * p.element_size() for p in first)
             copies = max(2, -(-256_000_000 // nbytes))
-            ws = [first] + [_data(torch, mine[0], gen)[0] for _ in range(copies - 1)]
+            ws = [first] + [_pieces(torch, mine[0], gen) for _ in range(copies - 1)]
             tvm_w = [[tvm.runtime.from_dlpack(p) for p in ps] for ps in ws]
             y = tvm.runtime.from_dlpack(torch.empty((batch, 1, n), dtype=torch.float16, device="cuda"))
             for case in mine:
