@@ -3,7 +3,7 @@
 Llama-3-8B Q4_K_M layer shape, beside ember's q4f16 kernels of the same shape and a device-copy roofline.
 
 Here (no GPU, nvcc on PATH):
-    python tools/kgemv_bench.py build DIR [--quick]
+    python tools/kgemv_bench.py build DIR [--quick]      (after a run: python tools/kgemv_bench.py pick OUT.jsonl)
 compiles every (format, shape) in each swept launch config (batch 1: kgemv, batched: klowbatch), dlight's
 batched lowering for two q4_k shapes, and ember's q4f16 GEMV / low-batch GEMM (their default configs) into
 DIR/kgemv.so for sm_90, with DIR/cases.json. On the GPU (torch there; runtime-only TVM on PYTHONPATH):
@@ -356,6 +356,46 @@ def run(root: Path, out_path: Path, budget: float) -> int:
     return 1 if failed else 0
 
 
+# Llama-3-8B Q4_K_M per token: 32 x (q, o, k: Q4_K; v: Q6_K; gate_up: Q4_K), down Q6_K in 16 layers (llama.cpp's
+# use_more_bits) and Q4_K in 16, the Q6_K LM head
+STEP = [("q4_k", "q_o", 64), ("q4_k", "kv", 32), ("q6_k", "kv", 32), ("q4_k", "gate_up", 32), ("q4_k", "down", 16),
+        ("q6_k", "down", 16), ("q6_k", "lm_head", 1)]
+
+def pick(path: Path) -> None:
+    """From a run's JSON lines: per kernel and batch, the one config with the least Q4_K_M step time over the layers
+    of K <= 8192 and of K > 8192 (what choose_config tells apart), beside the per-layer best; the other formats'
+    best configs per shape."""
+    rows = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("what") == "time" and r.get("ok")
+            and not r.get("act") and r["kind"] in ("kgemv", "klowbatch")]
+    for kind, batch in (("kgemv", 1), ("klowbatch", 16), ("klowbatch", 4), ("klowbatch", 32)):
+        mine = [r for r in rows if r["kind"] == kind and r["batch"] == batch]
+        if not mine:
+            continue
+        for long_rows in (False, True):
+            layers = [(f, s, c) for f, s, c in STEP if (SHAPES[s][1] > 8192) == long_rows]
+            totals: dict[tuple, float] = {}
+            for cfg in {tuple(r["config"]) for r in mine}:
+                times = [next((r["us"] for r in mine if (r["format"], r["shape"], tuple(r["config"])) == (f, s, cfg)),
+                              None) for f, s, _ in layers]
+                if all(t is not None for t in times):
+                    totals[cfg] = sum(t * c for t, (_, _, c) in zip(times, layers))
+            if not totals:
+                continue
+            best = min(totals, key=totals.get)
+            per_layer = sum(min((r["us"] for r in mine if (r["format"], r["shape"]) == (f, s)), default=0.0) * c
+                            for f, s, c in layers)
+            print(f"{kind} b{batch} {'K > 8192' if long_rows else 'K <= 8192'}: config {list(best)} "
+                  f"{totals[best]:.1f} us per token (each layer's best: {per_layer:.1f}); runners-up "
+                  + ", ".join(f"{list(c)} {totals[c]:.1f}" for c in sorted(totals, key=totals.get)[1:4]))
+        for fmt in dict.fromkeys(r["format"] for r in mine):
+            for shape in dict.fromkeys(r["shape"] for r in mine if r["format"] == fmt):
+                here = [r for r in mine if (r["format"], r["shape"]) == (fmt, shape)]
+                b = min(here, key=lambda r: r["us"])
+                d = next((r["us"] for r in here if r["default"]), float("nan"))
+                print(f"  {fmt:8} {shape:8} best {b['config']} {b['us']:.2f} us ({100 * b['of_copy']:.0f}% of copy), "
+                      f"default {d:.2f}")
+
+
 def summary(rows: list[dict], copy_tbs: float, failed: int, seconds: float, emit) -> None:
     """Per (format, shape, batch): the best checked config beside the default and ember's q4f16 kernel; then a
     Q4_K_M decode step's GEMV time at batch 1 from the best and from the default configs."""
@@ -382,14 +422,10 @@ def summary(rows: list[dict], copy_tbs: float, failed: int, seconds: float, emit
               f"{100 * best['of_copy']:5.1f} | {dflt['us'] if dflt else float('nan'):7.2f} | "
               f"{base['us'] if base else float('nan'):8.2f} {base['tb_s'] if base else float('nan'):5.2f} | "
               f"{stock['us'] if stock else float('nan'):7.2f}")
-    # Llama-3-8B Q4_K_M per token at batch 1: 32 x (q, o, k: Q4_K; v: Q6_K; gate_up: Q4_K), down Q6_K in 16 layers
-    # (llama.cpp's use_more_bits) and Q4_K in 16, the Q6_K LM head
-    step = [("q4_k", "q_o", 64), ("q4_k", "kv", 32), ("q6_k", "kv", 32), ("q4_k", "gate_up", 32),
-            ("q4_k", "down", 16), ("q6_k", "down", 16), ("q6_k", "lm_head", 1)]
     for which in ("best", "default"):
-        picked = [best_of.get((f, s, 1), {}).get(which) for f, s, _ in step]
+        picked = [best_of.get((f, s, 1), {}).get(which) for f, s, _ in STEP]
         if all(picked):
-            us = sum(r["us"] * count for r, (_, _, count) in zip(picked, step))
+            us = sum(r["us"] * count for r, (_, _, count) in zip(picked, STEP))
             emit({"what": "q4_k_m_step", "configs": which, "gemv_us": round(us, 1)})
             print(f"Q4_K_M llama3-8b GEMVs per token ({which} configs): {us / 1e3:.3f} ms")
 
@@ -404,9 +440,14 @@ def main() -> int:
     r.add_argument("dir", type=Path)
     r.add_argument("out", type=Path)
     r.add_argument("--budget", type=float, default=150.0, help="seconds after which timing stops")
+    p = sub.add_parser("pick", help="the launch configs a run's timings suggest for choose_config")
+    p.add_argument("out", type=Path)
     args = parser.parse_args()
     if args.cmd == "build":
         build(args.dir, args.quick)
+        return 0
+    if args.cmd == "pick":
+        pick(args.out)
         return 0
     return run(args.dir, args.out, args.budget)
 

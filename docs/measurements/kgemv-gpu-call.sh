@@ -13,7 +13,8 @@
 # gguf.quants.dequantize by tests/targets/test_cuda_kgemv.py), then timings (batch 1, then 16, 4, 32, 2, 8 while
 # BUDGET lasts); 2. tiny-model parity vs the cpu build (decode1, batched decode, graphs, chunked prefill);
 # 3. `ember bench` of the 8B Q4_K_M artifact (decode b1 / b16, pp512) if the kit has it (L8=0 skips).
-# Read: kgemv.log's tables ("best" per format/shape/batch beside the default config, ember's q4f16 kernel and
+# Read: kgemv-pick.txt (per kernel and batch, the config with the least Q4_K_M step time for K <= 8192 and for
+# K > 8192: what choose_config in native_kgemv.py / native_klowbatch.py should return), kgemv.log's tables ("best" per format/shape/batch beside the default config, ember's q4f16 kernel and
 # dlight), "failures: 0", parity.jsonl's "ok": true lines, bench's decode tok/s (target: b1 >= 345 on an H100 =
 # 1.3x llama.cpp's 265; b16 >> 553).
 set -u
@@ -30,6 +31,7 @@ chmod +x /tmp/ember_rt
 t0=$(date +%s)
 timeout 330 python3 tools/kgemv_bench.py run $D/bench "$OUT/kgemv.jsonl" --budget "${BUDGET:-190}" > "$OUT/kgemv.log" 2>&1
 echo "kgemv_bench rc=$? $(( $(date +%s)-t0 ))s"; grep -v '^{' "$OUT/kgemv.log" | tail -75
+python3 tools/kgemv_bench.py pick "$OUT/kgemv.jsonl" | tee "$OUT/kgemv-pick.txt"
 timeout 120 python3 tools/gemv_parity.py check $D/parity > "$OUT/parity.jsonl" 2> "$OUT/parity.err"
 echo "parity rc=$? $(( $(date +%s)-t0 ))s"; cut -c1-400 "$OUT/parity.jsonl"; tail -5 "$OUT/parity.err"
 if [ "${L8:-1}" != 0 ] && [ -d $D/l8-q4_k_m ]; then
