@@ -157,6 +157,7 @@ def _primfunc(case: dict):
 
 
 def build(out: Path, quick: bool) -> None:
+    gb._prepare()  # before cases() imports tvm: a tvm without its CUDA runtime would embed the kernels as source
     gb.compile_cases(out, cases(quick), _primfunc, "kgemv.so")
 
 
