@@ -212,8 +212,8 @@ __device__ __forceinline__ void run_block(int block, const void* x_ptr, const vo
   __half mr[D][R];
   uint4* ring = wsm + warp * D * R * 32 + lane;  // ASYNC: slot (d, r) at ring[(d * R + r) * 32]
   auto load_step = [&](int step, int d) {
-    const int c = step * 32 + lane;
-    const bool ok = step < S && (C % 32 == 0 || c < C);
+    const bool ok = step < S && (C % 32 == 0 || step * 32 + lane < C);
+    const int c = ok ? step * 32 + lane : 0;  // in the row even where !ok (see lowbatch.cuh's load_tile)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if (ok) {

@@ -228,8 +228,8 @@ __device__ __forceinline__ void run(const void* __restrict__ x_ptr, const void* 
 
   Slot ring[D][R];
   auto load_step = [&](int step, int d) {
-    const int g = step * 32 + lane;
-    const bool ok = step < S && (C % 32 == 0 || g < C);
+    const bool ok = step < S && (C % 32 == 0 || step * 32 + lane < C);
+    const int g = ok ? step * 32 + lane : 0;  // in the row even where !ok (see lowbatch.cuh's load_tile)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if (ok) {

@@ -85,8 +85,9 @@ __device__ __forceinline__ void run(int b, const void* __restrict__ x_ptr, const
   kgemv::Slot ring[D][NT];
   auto load_tile = [&](int it, int d) {
     const int tile = it * WARPS + warp;
-    const int group = tile * 4 + t;  // this lane's group of the row
-    const bool ok = it < ITERS && tile < KT && (C % 4 == 0 || group < C);
+    const bool ok = it < ITERS && tile < KT && (C % 4 == 0 || tile * 4 + t < C);
+    const int group = ok ? tile * 4 + t : 0;  // this lane's group of the row (in the row even where !ok: see
+                                              // lowbatch.cuh's load_tile)
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       if (ok) {

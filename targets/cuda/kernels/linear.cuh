@@ -84,8 +84,8 @@ __device__ __forceinline__ void gemv(const void* x_ptr, const void* w_ptr, const
 
   uint4 wr[D][R];
   auto load_step = [&](int step, int d) {
-    const int c = step * 32 + lane;
-    const bool ok = step < S && (C % 32 == 0 || c < C);
+    const bool ok = step < S && (C % 32 == 0 || step * 32 + lane < C);
+    const int c = ok ? step * 32 + lane : 0;  // in the row even where !ok (see lowbatch.cuh's load_tile)
 #pragma unroll
     for (int r = 0; r < R; ++r) wr[d][r] = ok ? load_stream(wrow[r] + c) : make_uint4(0, 0, 0, 0);
   };

@@ -193,12 +193,15 @@ __device__ __forceinline__ void run(int b, const void* x_ptr, const void* w_ptr,
       const int tile = it * WARPS + warp;
       const int load = tile * 4 + t;  // this lane's 16-byte load of the row
       const bool ok = it < ITERS && tile < KT && (K % T::kK == 0 || load < ROW_LOADS);
+      // an address inside the row even where !ok: compute-sanitizer caught reads one scale past the last row's
+      // (the warps without a k-tile, K < WARPS k-tiles), so the loads below may be issued before the branch
+      const int at = ok ? load : 0;
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         if (ok) {
-          wr[d][j] = load_stream(wrow[j] + load);
-          sr[d][j] = __ldg(srow[j] + load * T::kLane / G);
-          if (kMin) mr[d][j] = __ldg(mrow[j] + load * T::kLane / G);
+          wr[d][j] = load_stream(wrow[j] + at);
+          sr[d][j] = __ldg(srow[j] + at * T::kLane / G);
+          if (kMin) mr[d][j] = __ldg(mrow[j] + at * T::kLane / G);
         } else {  // past K: zero codes, scale and min give B = 0 (x is zero there too)
           wr[d][j] = make_uint4(0, 0, 0, 0);
           sr[d][j] = __float2half(0.0f);
