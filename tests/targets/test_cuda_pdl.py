@@ -26,7 +26,8 @@ def test_only_hopper_and_later_builds_and_switch(monkeypatch):
 
 # the device templates the lowerings call, per namespace (native_gemv.py, native_lowbatch.py, native_norm.py,
 # attention.py, native_linear.py); prefill_attention.py's ragged and paged entries both run attend()
-ENTRIES = {"ember::gemv::": ["run"], "ember::lowbatch::": ["run"], "ember::norm::": ["add_rms_norm"],
+# (gemv's run() is run_block(blockIdx.x, ...))
+ENTRIES = {"ember::gemv::": ["run_block"], "ember::lowbatch::": ["run"], "ember::norm::": ["add_rms_norm"],
            "ember::attn::": ["split", "merge"], "ember::linear::": ["gemv", "mma"], "ember::kv::": ["rotary", "append"],
            "ember::prefill::": ["attend"],
            "ember::qgemm::": ["run"], "ember::kgemv::": ["run"],
