@@ -49,6 +49,10 @@ class Target(ABC):
     # loads); False: the value is computed inside the reduction (cpu's generic path).
     dequant_stage: ClassVar[bool] = True
     library_file: ClassVar[str] = "model.so"
+    # The packed functions the tensor-parallel collectives call (targets/lower_collective.py): TVM Disco's on GPUs
+    # (in a Disco worker; NCCL is the worker's ccl), ember's host ones on cpu (runtime/tensor_parallel.py).
+    collectives: ClassVar[dict[str, str]] = {"all_reduce": "runtime.disco.allreduce",
+                                             "all_gather": "runtime.disco.allgather"}
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
