@@ -235,7 +235,7 @@ def _tensor_parallel_info(module: Module, target: Target, shards: int) -> art.Te
         return None
     ranks = {name: int(p.info["shard_value"]["rows"]) for name, p in module.params.items() if "shard_value" in p.info}
     return art.TensorParallelInfo(shards=shards, layout=shard_layout(module), shard_dirs=shard_dirs(shards),
-                                  collectives=dict(target.collectives), rank_values=ranks)
+                                  collectives=target.collective_functions(), rank_values=ranks)
 
 
 def shard_dirs(shards: int) -> list[str]:

@@ -31,15 +31,37 @@ T = TypeVar("T")
 _local = threading.local()  # .group, .rank of the calling thread while HostGroup.run runs its task
 
 
+class HostArrays:
+    """What the host collectives do with the library's tensors: numpy copies on the host. The one-GPU check swaps
+    in views on the device (docs/measurements/tensor-parallel-one-gpu.py: torch over DLPack), so the sum stays
+    there."""
+
+    def take(self, tensor: Any) -> Any:
+        return tensor.numpy()
+
+    def total(self, parts: list[Any]) -> Any:
+        total = parts[0].copy()
+        for part in parts[1:]:  # rank order, the same on every rank
+            total += part
+        return total
+
+    def concat(self, parts: list[Any]) -> Any:
+        return np.concatenate(parts, axis=0)
+
+    def put(self, array: Any, recv: Any) -> None:
+        recv.copyfrom(array)
+
+
 class HostGroup:
     """`shards` ranks, one thread each, meeting in the host collectives."""
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, arrays: HostArrays | None = None) -> None:
         self.shards = shards
+        self.arrays = arrays or HostArrays()
         self._barrier = threading.Barrier(shards)
-        self._slots: list[np.ndarray | None] = [None] * shards
+        self._slots: list[Any] = [None] * shards
 
-    def exchange(self, rank: int, array: np.ndarray) -> list[np.ndarray]:
+    def exchange(self, rank: int, array: Any) -> list[Any]:
         """Every rank's array, in rank order, once all have arrived."""
         self._slots[rank] = array
         self._barrier.wait()
@@ -91,16 +113,14 @@ def _host_allreduce(send: Any, kind: Any, in_group: bool, recv: Any) -> None:
     if int(kind[0]) != SUM:
         raise ValueError(f"host all-reduce supports sum only, got kind {int(kind[0])}")
     group, rank = _caller()
-    parts = group.exchange(rank, send.numpy())
-    total = parts[0].copy()
-    for part in parts[1:]:
-        total += part
-    recv.copyfrom(total)
+    arrays = group.arrays
+    arrays.put(arrays.total(group.exchange(rank, arrays.take(send))), recv)
 
 
 def _host_allgather(send: Any, in_group: bool, recv: Any) -> None:
     group, rank = _caller()
-    recv.copyfrom(np.concatenate(group.exchange(rank, send.numpy()), axis=0))
+    arrays = group.arrays
+    arrays.put(arrays.concat(group.exchange(rank, arrays.take(send))), recv)
 
 
 _registered = False
@@ -223,10 +243,13 @@ def shard_random_fill(base: Callable[[int], Any], manifest: Any, rank: int) -> C
 # ---- running every shard in this process --------------------------------------------------------------------------
 
 class ShardedRunner:
-    """One ModelRunner per shard of a cpu tensor-parallel artifact, each driven on a thread of its own so the
-    shards meet in the host collectives; every call returns rank 0's result (all ranks compute the same logits)."""
+    """One ModelRunner per shard of an artifact built with the host collectives (cpu builds, or any build with
+    EMBER_TP_COLLECTIVES=host), each driven on a thread of its own so the shards meet in the host collectives;
+    every call returns rank 0's result (all ranks compute the same logits). `same_device`: every shard on the
+    first device named (the one-GPU check)."""
 
-    def __init__(self, path: Any, devices: str = "cpu", **runner_options: Any) -> None:
+    def __init__(self, path: Any, devices: str = "cpu", *, same_device: bool = False,
+                 arrays: HostArrays | None = None, **runner_options: Any) -> None:
         from .artifact import read_manifest
         from .loader import load_artifact
         from .model_runner import ModelRunner
@@ -234,11 +257,11 @@ class ShardedRunner:
         manifest = read_manifest(path)
         tp = check_manifest(manifest)
         kind, ids = parse_devices(devices)
-        ids = check_devices(manifest, kind, ids)
+        ids = [ids[0]] * tp.shards if same_device else check_devices(manifest, kind, ids)
         if tp.collectives.get("all_reduce") != HOST_ALL_REDUCE:
             require_disco_ccl()
             raise ArtifactError(f"artifact {manifest.name} calls Disco's collectives: run it in Disco workers")
-        self.manifest, self.group = manifest, HostGroup(tp.shards)
+        self.manifest, self.group = manifest, HostGroup(tp.shards, arrays)
         self.runners = [ModelRunner(load_artifact(path, device=f"{kind}:{i}", shard=rank), **runner_options)
                         for rank, i in enumerate(ids)]
 
@@ -249,10 +272,27 @@ class ShardedRunner:
                 raise RuntimeError(f"tensor-parallel shard {rank} computed other logits than shard 0")
         return results[0]
 
+    # what runtime/generate.py asks of a runner: checks and facts from shard 0, model calls on every shard
+    has_device_sampler = False
+
+    @property
+    def artifact(self) -> Any:
+        return self.runners[0].artifact
+
+    @property
+    def context_length(self) -> int:
+        return self.runners[0].context_length
+
+    def check_tokens(self, tokens: Sequence[int], what: str = "token") -> Any:
+        return self.runners[0].check_tokens(tokens, what)
+
+    def check_budget(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        self.runners[0].check_budget(prompt_tokens, max_new_tokens)
+
     def prefill(self, seq_ids: Sequence[int], token_lists: Sequence[Sequence[int]], all_logits: bool = False) -> Any:
         return self._each("prefill", seq_ids, token_lists, all_logits=all_logits)
 
-    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> Any:
+    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int], reuse: bool = False) -> Any:
         return self._each("decode", seq_ids, tokens)
 
     def add_sequence(self, seq_id: int) -> None:

@@ -74,6 +74,17 @@ class Target(ABC):
     def tvm_target(self) -> tvm.target.Target:
         """The TVM target the kernels are scheduled and compiled for (host included)."""
 
+    def collective_functions(self) -> dict[str, str]:
+        """`collectives`, or ember's host ones on any target with EMBER_TP_COLLECTIVES=host (a GPU build whose
+        shards all run in one process, for the one-GPU check of docs/measurements/tensor-parallel-one-gpu.py)."""
+        import os
+
+        if os.environ.get("EMBER_TP_COLLECTIVES") == "host":
+            from ..runtime.tensor_parallel import HOST_COLLECTIVES
+
+            return dict(HOST_COLLECTIVES)
+        return dict(self.collectives)
+
     def lowerings(self) -> Mapping[str, Any]:
         """This target's own lowerings of ir ops (targets.lower's overrides); default: none."""
         return {}

@@ -334,7 +334,7 @@ class _LoweredModel(nn.Module):
         self._target = target.tvm_target()
         self._overrides = target.lowerings()
         self._dequant_stage = target.dequant_stage
-        self._collectives = target.collectives
+        self._collectives = target.collective_functions()
         self._rope = _rope_config(module)
         self._plan: AttentionPlan = attention_plan(module, ATTENTION_OPS)
         self._param_map: dict[str, nn.Parameter] = {}
