@@ -61,13 +61,14 @@ class HostGroup:
         self._barrier = threading.Barrier(shards)
         self._slots: list[Any] = [None] * shards
 
-    def exchange(self, rank: int, array: Any) -> list[Any]:
-        """Every rank's array, in rank order, once all have arrived."""
+    def exchange(self, rank: int, array: Any, combine: Callable[[list[Any]], T]) -> T:
+        """`combine` of every rank's array (in rank order), once all have arrived. It runs before any rank goes
+        on: an array may be a view of a rank's buffer, which that rank's next kernels may overwrite."""
         self._slots[rank] = array
         self._barrier.wait()
-        parts = list(self._slots)
-        self._barrier.wait()  # all have read before any rank writes its next slot
-        return parts  # type: ignore[return-value]
+        result = combine(list(self._slots))
+        self._barrier.wait()
+        return result
 
     def run(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
         """Run task r as rank r on a thread of its own; the first error is raised once every thread has stopped
@@ -114,13 +115,13 @@ def _host_allreduce(send: Any, kind: Any, in_group: bool, recv: Any) -> None:
         raise ValueError(f"host all-reduce supports sum only, got kind {int(kind[0])}")
     group, rank = _caller()
     arrays = group.arrays
-    arrays.put(arrays.total(group.exchange(rank, arrays.take(send))), recv)
+    arrays.put(group.exchange(rank, arrays.take(send), arrays.total), recv)
 
 
 def _host_allgather(send: Any, in_group: bool, recv: Any) -> None:
     group, rank = _caller()
     arrays = group.arrays
-    arrays.put(arrays.concat(group.exchange(rank, arrays.take(send))), recv)
+    arrays.put(group.exchange(rank, arrays.take(send), arrays.concat), recv)
 
 
 _registered = False

@@ -8,7 +8,8 @@ attention over each shard's own KV heads, the vocabulary-parallel embedding and 
 Here:          python tools/tensor_parallel_one_gpu.py build DIR
                a tiny HF llama (8 query / 4 kv heads) compiled for cuda:sm_90 per scheme: unsharded, and
                --tensor-parallel 2 and 4 with EMBER_TP_COLLECTIVES=host (the collectives call ember's host
-               functions, which this script points at the device)
+               functions, which this script points at the device). TP_CHECK_TARGET=cpu builds for cpu instead,
+               and `check` then runs there: a dry run of this script without a GPU
 On the GPU:    python tools/tensor_parallel_one_gpu.py check DIR
                per scheme and shard count: a prompt prefilled in chunks of 5 (every position's logits), 16
                teacher-forced decode1 steps, then 3 sequences decoded together for 8 steps; max |sharded -
@@ -27,6 +28,8 @@ CONFIG = {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 512, "num_
 SCHEMES = ("q0f16", "q4f16_1")
 SHARDS = (2, 4)
 PROMPT_LEN, CHUNK, STEPS, BATCH, BATCH_STEPS = 40, 5, 16, 3, 8
+TARGET = os.environ.get("TP_CHECK_TARGET", "cuda:sm_90")
+DEVICE = "cpu" if TARGET.startswith("cpu") else "cuda:0"
 TOL = 1e-2  # fp16 partial sums added in another order than one GEMM's: a few fp16 ulps of the logit scale
 
 
@@ -41,7 +44,7 @@ def build(root: Path) -> None:
         for shards in (1, *SHARDS):
             out = root / scheme / f"tp{shards}"
             env = {**os.environ, "EMBER_TP_COLLECTIVES": "host"}
-            subprocess.run(["ember", "compile", "--model", str(root / "hf"), "--target", "cuda:sm_90", "--quant",
+            subprocess.run(["ember", "compile", "--model", str(root / "hf"), "--target", TARGET, "--quant",
                             scheme, "--tensor-parallel", str(shards), "-o", str(out), "--force"], check=True,
                            stdout=subprocess.DEVNULL, env=env)
             print(f"built {out}", flush=True)
@@ -55,7 +58,7 @@ def device_arrays():
         import torch
     except ImportError:
         return HostArrays(), "host (numpy: no torch)"
-    if not torch.cuda.is_available():
+    if DEVICE == "cpu" or not torch.cuda.is_available():
         return HostArrays(), "host (numpy: torch without CUDA)"
 
     class TorchArrays(HostArrays):
@@ -110,11 +113,11 @@ def check(root: Path) -> int:
     batch_tokens = rng.integers(3, CONFIG["vocab_size"], (BATCH_STEPS, BATCH)).tolist()
     failed = 0
     for scheme in SCHEMES:
-        ref = ModelRunner(load_artifact(root / scheme / "tp1", device="cuda:0"), max_batch_size=BATCH,
+        ref = ModelRunner(load_artifact(root / scheme / "tp1", device=DEVICE), max_batch_size=BATCH,
                           prefill_chunk_size=CHUNK)
         want = _run(ref, prompt, tokens, batch_prompts, batch_tokens)
         for shards in SHARDS:
-            tp = ShardedRunner(root / scheme / f"tp{shards}", devices="cuda:0", same_device=True, arrays=arrays,
+            tp = ShardedRunner(root / scheme / f"tp{shards}", devices=DEVICE, same_device=True, arrays=arrays,
                                max_batch_size=BATCH, prefill_chunk_size=CHUNK)
             got = _run(tp, prompt, tokens, batch_prompts, batch_tokens)
             row = {"scheme": scheme, "shards": shards, "collectives": where}

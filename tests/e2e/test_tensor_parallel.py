@@ -127,3 +127,19 @@ def test_random_weights_fill_each_shard(builds, tmp_path):
     head = names.index("lm_head.weight")
     assert not np.array_equal(params[0][head].numpy(), params[1][head].numpy())  # split: each shard its own
     assert np.isfinite(steps(runner)).all()
+
+
+def test_ember_run_with_devices_generates_what_the_unsharded_build_does(builds):
+    from click.testing import CliRunner
+
+    from ember.runtime.commands import run
+
+    args = ["--prompt-ids", "0,5,77,300", "--max-tokens", "6", "--json"]
+    outputs = []
+    for path, extra in ((builds["q0f32", 1], []), (builds["q0f32", 4], ["--devices", "cpu"])):
+        result = CliRunner().invoke(run, [str(path), *args, *extra])
+        assert result.exit_code == 0, result.output
+        outputs.append(json.loads(result.output.strip().splitlines()[-1])["token_ids"])
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 6
+    result = CliRunner().invoke(run, [str(builds["q0f32", 4]), *args, "--devices", "cuda:0-1"])
+    assert result.exit_code == 1 and "artifact hf was built for cpu" in result.output

@@ -105,3 +105,15 @@ def test_refusals_name_the_field_or_parameter():
     cfg = ModelConfig.from_dict({**BASE, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2})
     with pytest.raises(ConfigError, match="no tensor-parallel rule for parameter model.layers.0.block_sparse_moe"):
         ShardTensorParallel(2)(build_module(cfg, "moe"))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"model_type": "qwen2", "tie_word_embeddings": True},  # q/k/v biases (column), tied head
+    {"model_type": "qwen3", "head_dim": 16},  # per-head q/k norms between the projections and rope
+    {"model_type": "gemma2", "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8},  # scaled embedding
+])
+def test_other_llama_family_graphs_shard_and_verify(overrides):
+    module = sharded(4, quant="q8f16", **overrides)  # the pass manager verifies the IR after every pass
+    text = format_function(module.functions["decode"])
+    assert text.count("all_reduce(") == 5 and text.count("all_gather(") == 1
+    assert module.kv_cache.num_kv_heads == 1

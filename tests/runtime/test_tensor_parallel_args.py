@@ -64,11 +64,11 @@ def test_random_fill_per_shard():
 
 def test_host_group_sums_in_rank_order_and_a_failing_rank_stops_all():
     group = HostGroup(3)
-    out = group.run([lambda r=r: sum(group.exchange(r, np.full(2, r + 1.0))) for r in range(3)])
+    out = group.run([lambda r=r: group.exchange(r, np.full(2, r + 1.0), sum) for r in range(3)])
     assert [o.tolist() for o in out] == [[6.0, 6.0]] * 3
 
     def fail():
         raise ValueError("rank 1 failed")
 
     with pytest.raises(ValueError, match="rank 1 failed"):
-        group.run([lambda: group.exchange(0, np.zeros(1)), fail, lambda: group.exchange(2, np.zeros(1))])
+        group.run([lambda: group.exchange(0, np.zeros(1), sum), fail, lambda: group.exchange(2, np.zeros(1), sum)])
