@@ -2,18 +2,21 @@
 
 A weight W[N, K] (N output rows, K input features) is stored as a `QuantFormat` says, in these pieces (in order):
   qweight  4-, 5-, 6-bit: uint32[N, ceil(K/8)], nibble i (bits 4i..4i+3) of word j holds the low 4 bits of q at
-           k = 8j + i;  8-bit: int8[N, K], q in -128..127
-  qhigh    5-bit only: uint32[N, ceil(K/32)], bit i of word j is bit 4 of q at k = 32j + i
+           k = 8j + i;  2-, 3-bit: uint32[N, ceil(K/16)], bits 2i..2i+1 of word j hold the low 2 bits of q at
+           k = 16j + i;  8-bit: int8[N, K], q in -128..127
+  qhigh    3-, 5-bit: uint32[N, ceil(K/32)], bit i of word j is the top bit of q (bit 2 or 4) at k = 32j + i
            6-bit only: uint32[N, ceil(K/16)], bits 2i..2i+1 of word j are bits 4-5 of q at k = 16j + i
   scales   float16[N, G] (s), G = ceil(K/group);  with super blocks: the group's integer scale code
            (uint8 when has_min, int8 otherwise)
-  mins     (has_min) float16[N, G] (m);  with super blocks: the group's uint8 min code
+  mins     (has_min) float16[N, G] (m);  with super blocks: the group's uint8 min code;  2-bit: no such piece,
+           the min code is the high nibble of the group's `scales` byte (its scale code the low one), as in GGUF
   super    (super blocks) float16[N, ceil(K/super_block)]: d, the super block's scale
   super_mins (super blocks with has_min) float16[N, ceil(K/super_block)]: dmin
 and, with s and m of group k // group,
-  plain:        W = s*q + m (has_min), s*(q - 2^(bits-1)) (4-, 5-, 6-bit without min), s*q (8-bit)
+  plain:        W = s*q + m (has_min), s*(q - 2^(bits-1)) (without min), s*q (8-bit)
   super blocks: s = d*scale_code and m = -(dmin*min_code) (both exact in float32), then the same formulas:
-                GGUF's K-quants (Q4_K, Q5_K: has_min; Q6_K: int8 scale codes, q - 32).
+                GGUF's K-quants (Q2_K, Q4_K, Q5_K: has_min; Q3_K, Q6_K: int8 scale codes, q - 4 / q - 32).
+2- and 3-bit weights exist only in super blocks (GGUF's Q2_K, Q3_K).
 The last group of a row may be partial (K not a multiple of the group): nothing past K is ever read.
 """
 from __future__ import annotations
@@ -33,14 +36,14 @@ SUPER_BLOCK = 256  # values of one GGUF K-quant super block
 
 @dataclass(frozen=True)
 class QuantFormat:
-    bits: int  # 4, 5, 6 or 8
+    bits: int  # 2, 3 (super blocks only), 4, 5, 6 or 8
     group_size: int
     has_min: bool  # W = s*q + m; otherwise symmetric
     super_block: int = 0  # 0, or SUPER_BLOCK: group scales (and mins) are integer codes times a per-block fp16
 
     def __post_init__(self) -> None:
-        if self.bits not in (4, 5, 6, 8):
-            raise ValueError(f"{self.bits}-bit weights are not supported (4, 5, 6 or 8)")
+        if self.bits not in (2, 3, 4, 5, 6, 8):
+            raise ValueError(f"{self.bits}-bit weights are not supported (2, 3, 4, 5, 6 or 8)")
         if self.bits == 8 and self.has_min:
             raise ValueError("8-bit weights are symmetric (no mins)")
         if self.group_size <= 0 or self.group_size % NIBBLES_PER_WORD:
@@ -48,13 +51,30 @@ class QuantFormat:
         if self.super_block not in (0, SUPER_BLOCK):
             raise ValueError(f"super blocks are of {SUPER_BLOCK} values, got {self.super_block}")
         if self.super_block and (self.bits == 8 or self.super_block % self.group_size):
-            raise ValueError(f"super blocks need 4-6 bits and groups dividing {SUPER_BLOCK}")
+            raise ValueError(f"super blocks need 2-6 bits and groups dividing {SUPER_BLOCK}")
+        if self.bits < 4 and not self.super_block:
+            raise ValueError(f"{self.bits}-bit weights come only in super blocks (GGUF Q2_K / Q3_K)")
+
+    @property
+    def low_bits(self) -> int:
+        """The code bits `qweight` holds: 2 (2-, 3-bit), 4 (4-6 bit) or 8; `qhigh` holds the rest."""
+        return 8 if self.bits == 8 else (2 if self.bits < 4 else 4)
+
+    @property
+    def high_bits(self) -> int:
+        return self.bits - self.low_bits if self.bits != 8 else 0
+
+    @property
+    def shared_codes(self) -> bool:
+        """2-bit (Q2_K): a group's 4-bit scale and min codes share its `scales` byte, which keeps GGUF's 2.625 bits
+        per weight (a byte each would make it 3.125)."""
+        return self.bits == 2
 
     @property
     def piece_names(self) -> tuple[str, ...]:
         """The parameter suffixes of a weight in this format, in the order the ops take them."""
-        names = ["qweight"] + (["qhigh"] if self.bits in (5, 6) else []) + ["scales"]
-        names += ["mins"] if self.has_min else []
+        names = ["qweight"] + (["qhigh"] if self.high_bits else []) + ["scales"]
+        names += ["mins"] if self.has_min and not self.shared_codes else []
         if self.super_block:
             names += ["super"] + (["super_mins"] if self.has_min else [])
         return tuple(names)
@@ -74,7 +94,7 @@ class QuantFormat:
         return "int8" if self.bits == 8 else "uint32"
 
     def weight_type(self, rows: int, cols: int) -> TensorType:
-        width = cols if self.bits == 8 else -(-cols // NIBBLES_PER_WORD)
+        width = cols if self.bits == 8 else -(-cols * self.low_bits // 32)
         return TensorType((rows, width), self.storage_dtype)
 
     def scale_type(self, rows: int, cols: int) -> TensorType:
@@ -83,7 +103,7 @@ class QuantFormat:
 
     def piece_types(self, rows: int, cols: int) -> list[TensorType]:
         types = {"qweight": self.weight_type(rows, cols), "scales": self.scale_type(rows, cols),
-                 "qhigh": TensorType((rows, -(-cols * (self.bits - 4) // 32)), "uint32"),
+                 "qhigh": TensorType((rows, -(-cols * self.high_bits // 32)), "uint32"),
                  "super": TensorType((rows, -(-cols // max(self.super_block, 1))), SCALE_DTYPE)}
         types["mins"] = TensorType(types["scales"].shape, "uint8" if self.super_block else SCALE_DTYPE)
         types["super_mins"] = types["super"]

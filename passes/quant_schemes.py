@@ -15,7 +15,7 @@ Quantization follows ggml's reference rounding (bit-exact with `gguf.quants.quan
   sym 4-bit (Q4_0):  s = v/-8 with v the value of largest |w|, q = min(15, trunc(w/s + 8.5)), W = s*(q-8)
   min 4-bit (Q4_1):  s = (max-min)/15, m = min, q = min(15, trunc((w-m)/s + 0.5)), W = s*q + m
   5-bit (Q5_0, Q5_1): the same with 16 and 31 for 8 and 15
-K-quants (Q4_K, Q5_K, Q6_K) are never made from float weights here (ggml's search for their scales is not ported):
+K-quants (Q2_K .. Q6_K) are never made from float weights here (ggml's search for their scales is not ported):
 GGUF files' blocks are repacked (quant_kblocks.py).
 A partial last group is padded by repeating its last value, which changes neither its max, min nor amax.
 """
@@ -64,6 +64,10 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
            edge="q8f16", ggml_type="Q5_0"),
     Scheme("q5f16_1", "int5, s*q + m, group 32, fp16 scale and min (= GGUF Q5_1)", format=_q(5, 32, True),
            edge="q8f16", ggml_type="Q5_1"),
+    Scheme("q2_k", "GGUF Q2_K: int2 s*q - m, groups of 16 in super blocks of 256 (4-bit scale/min codes, fp16 d, "
+           "dmin)", format=_q(2, 16, True, SUPER_BLOCK), edge="q6_k", ggml_type="Q2_K"),
+    Scheme("q3_k", "GGUF Q3_K: int3 s*(q-4), groups of 16 in super blocks of 256 (6-bit scale codes, fp16 d)",
+           format=_q(3, 16, False, SUPER_BLOCK), edge="q6_k", ggml_type="Q3_K"),
     Scheme("q4_k", "GGUF Q4_K: int4 s*q - m, groups of 32 in super blocks of 256 (6-bit scale/min codes, fp16 d, "
            "dmin)", format=_q(4, 32, True, SUPER_BLOCK), edge="q6_k", ggml_type="Q4_K"),
     Scheme("q5_k", "GGUF Q5_K: int5 s*q - m, groups of 32 in super blocks of 256 (6-bit scale/min codes, fp16 d, "
@@ -84,7 +88,7 @@ class Packed:
     qweight: np.ndarray
     scales: np.ndarray
     mins: np.ndarray | None = None
-    qhigh: np.ndarray | None = None  # 5- and 6-bit: the codes' bits above the low nibble
+    qhigh: np.ndarray | None = None  # 3-, 5- and 6-bit: the codes' bits above qweight's (QuantFormat.low_bits)
     super: np.ndarray | None = None  # super blocks: fp16 d
     super_mins: np.ndarray | None = None  # super blocks with mins: fp16 dmin
 
@@ -143,7 +147,7 @@ def quantize(w: np.ndarray, fmt: QuantFormat) -> Packed:
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2:
         raise ValueError(f"can only quantize matrices, got shape {list(w.shape)}")
-    if fmt.super_block or fmt.bits == 6:
+    if fmt.super_block or fmt.bits in (2, 3, 6):
         raise ValueError(f"ember does not quantize float weights into {fmt.bits}-bit super blocks (GGUF K-quants): "
                          "they are kept from GGUF files as they are (quantize with llama.cpp's llama-quantize)")
     rows, cols = w.shape
@@ -173,9 +177,12 @@ def codes_of(packed: Packed, fmt: QuantFormat, cols: int) -> np.ndarray:
     """The integer codes q [N, K]: int8 for 8-bit, 0..2^bits-1 (uint8) otherwise."""
     if fmt.bits == 8:
         return packed.qweight
-    codes = unpack_nibbles(packed.qweight, cols)
-    if fmt.bits in (5, 6):
-        codes |= unpack_high_bits(packed.piece("qhigh"), fmt.bits - 4, cols) << np.uint8(4)
+    if fmt.low_bits == 2:
+        codes = unpack_high_bits(packed.qweight, 2, cols)
+    else:
+        codes = unpack_nibbles(packed.qweight, cols)
+    if fmt.high_bits:
+        codes |= unpack_high_bits(packed.piece("qhigh"), fmt.high_bits, cols) << np.uint8(fmt.low_bits)
     return codes
 
 
@@ -188,10 +195,13 @@ def group_scales(packed: Packed, fmt: QuantFormat) -> tuple[np.ndarray, np.ndarr
     per = fmt.super_block // fmt.group_size
     groups = packed.scales.shape[1]
     expand = np.arange(groups) // per
-    s = packed.super.astype(np.float32)[:, expand] * packed.scales.astype(np.float32)
+    codes, min_codes = packed.scales, packed.mins
+    if fmt.shared_codes:
+        codes, min_codes = packed.scales & np.uint8(15), packed.scales >> np.uint8(4)
+    s = packed.super.astype(np.float32)[:, expand] * codes.astype(np.float32)
     if not fmt.has_min:
         return s, None
-    return s, -(packed.super_mins.astype(np.float32)[:, expand] * packed.mins.astype(np.float32))
+    return s, -(packed.super_mins.astype(np.float32)[:, expand] * min_codes.astype(np.float32))
 
 
 def dequantize(packed: Packed, fmt: QuantFormat, cols: int) -> np.ndarray:
@@ -224,7 +234,7 @@ def unpack_high_bits(words: np.ndarray, width: int, cols: int) -> np.ndarray:
 
 # -- GGUF blocks -----------------------------------------------------------------------------------------------------
 _GGML_BLOCKS = {"Q8_0": (34, 2), "Q4_0": (18, 2), "Q4_1": (20, 4)}  # bytes per 32-block, header bytes (d[, m])
-KBLOCK_TYPES = ("Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")  # repacked by quant_kblocks.py
+KBLOCK_TYPES = ("Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")  # repacked by quant_kblocks.py
 
 
 def from_ggml_blocks(raw: np.ndarray, ggml_type: str, cols: int) -> Packed:

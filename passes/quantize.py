@@ -17,7 +17,7 @@ Schemes name the weight format only; the compute dtype is the module's activatio
 
 Per-tensor formats: when the weights come from a GGUF file, `module.attrs["source_formats"]` (a SourceFormats) gives
 each source tensor's GGUF type. If it says keep_native (no --quant given), every weight keeps its type (every GGUF
-type ember reads has a scheme holding it exactly: F32/F16/BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), so a
+type ember reads has a scheme holding it exactly: F32/F16/BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K), so a
 Q4_K_M file stays Q4_K + Q6_K (+ Q5_0/Q8_0 fallbacks) weight by weight. A recipe (quant_recipes.py: q4_k_m, q5_k_m)
 also picks a scheme per weight. `member_scheme` tells FuseParallelLinears which siblings would get different schemes,
 so that they are not fused (one fused weight has one scheme).

@@ -31,10 +31,21 @@ class BenchResult:
     ttft_ms: float = 0.0  # 128-token prompt
     decode: dict[int, float] = field(default_factory=dict)  # batch -> tok/s (all sequences together)
     tpot_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (p50, p99) of one step
-    weight_bytes: int = 0
+    weight_bytes: int = 0  # what every decode step reads: all weights but the experts' (MoE) or all of them
+    expert_bytes: int = 0  # the stacked expert weights of MoE blocks; a step reads the selected experts' share
+    experts: tuple[int, int] = (0, 0)  # (experts per block, experts per token)
     copy_GBps: float | None = None  # device copy bandwidth measured in the same run (read + write)
     memory_used_bytes: int | None = None  # on the GPU after the decode runs (largest batch)
     context_decode: dict[int, float] = field(default_factory=dict)  # prompt length -> batch-1 decode tok/s after it
+
+    def step_bytes(self, batch: int) -> int:
+        """Weight bytes a decode step of `batch` sequences reads: every dense weight, and of each MoE block the
+        experts its tokens select (expected count under uniform routing: E (1 - (1 - k / E) ^ batch))."""
+        experts, top_k = self.experts
+        if not self.expert_bytes or not experts:
+            return self.weight_bytes + self.expert_bytes
+        share = 1.0 - (1.0 - top_k / experts) ** batch
+        return self.weight_bytes + int(self.expert_bytes * share)
 
     def rows(self) -> list[dict[str, Any]]:
         base = {"engine": "ember", "model": self.name, "quant": self.quantization, "device": self.device,
@@ -47,11 +58,12 @@ class BenchResult:
                 row["tpot_p50_ms"], row["tpot_p99_ms"] = (round(t, 3) for t in self.tpot_ms[batch])
             if self.weight_bytes:
                 steps_per_s = v / batch
-                row["weight_bytes_per_step"] = self.weight_bytes
-                row["weight_GBps"] = round(self.weight_bytes * steps_per_s / 1e9, 1)
+                step_bytes = self.step_bytes(batch)
+                row["weight_bytes_per_step"] = step_bytes
+                row["weight_GBps"] = round(step_bytes * steps_per_s / 1e9, 1)
                 if self.copy_GBps:
                     row["copy_GBps"] = round(self.copy_GBps, 1)
-                    row["roofline_fraction"] = round(self.weight_bytes * steps_per_s / 1e9 / self.copy_GBps, 3)
+                    row["roofline_fraction"] = round(step_bytes * steps_per_s / 1e9 / self.copy_GBps, 3)
             if self.memory_used_bytes is not None:
                 row["gpu_memory_used_GB"] = round(self.memory_used_bytes / 1e9, 2)
             out.append(row)
@@ -142,8 +154,11 @@ def run_bench(engine: Engine, device: str, prefill_lengths: list[int], batches: 
     cache must hold N + steps tokens (needed_context)."""
     rng = np.random.default_rng(seed)
     m = engine.manifest
+    experts, top_k = _experts(m.config)
+    stacked = [p for p in m.params if experts and len(p.shape) == 3 and p.shape[0] == experts]
     result = BenchResult(name=m.name, device=device, quantization=m.quantization, weights=m.weights,
-                         weight_bytes=sum(_nbytes(p.shape, p.dtype) for p in m.params))
+                         weight_bytes=sum(_nbytes(p.shape, p.dtype) for p in m.params if p not in stacked),
+                         expert_bytes=sum(_nbytes(p.shape, p.dtype) for p in stacked), experts=(experts, top_k))
     for n in prefill_lengths:
         result.prefill[n] = n / measure_prefill(engine, n, repeats, rng)
     result.ttft_ms = measure_prefill(engine, 128, repeats, rng) * 1e3
@@ -169,6 +184,12 @@ def needed_context(prefill_lengths: list[int], steps: int, contexts: list[int] =
     """Tokens per sequence the KV cache must hold: the longest prompt timed, or a prompt and every decode step
     after it (and the first token's slack)."""
     return max(max(prefill_lengths, default=0), max([DECODE_PROMPT, *contexts]) + steps + 8)
+
+
+def _experts(config: dict[str, Any]) -> tuple[int, int]:
+    """(experts per MoE block, experts per token) of a model config; (0, 0) for a dense model."""
+    experts = int(config.get("num_local_experts") or config.get("num_experts") or 0)
+    return (experts, int(config.get("num_experts_per_tok") or 0)) if experts else (0, 0)
 
 
 def _nbytes(shape: list[int], dtype: str) -> int:

@@ -10,6 +10,22 @@ import json
 import time
 
 
+EMBER_ONLY_KEYS = ("model_type", "qkv_bias", "o_bias")  # the rest of a manifest's config is Hugging Face's keys
+INTEGER_KEYS = ("query_pre_attn_scalar",)  # ember keeps it a float; transformers' config validates an int
+PEER_MAX_POSITIONS = 8192  # the peer's rope tables and masks: no benchmark here goes past it
+
+
+def hf_config_kwargs(raw: dict) -> dict:
+    """The Hugging Face config keys of an artifact's model config (ember's architecture files keep HF's names, so
+    experts, windows, soft-caps, q/k norms and rope scaling reach the peer as the artifact has them)."""
+    kwargs = {k: v for k, v in raw.items() if k not in EMBER_ONLY_KEYS and v is not None}
+    for key in INTEGER_KEYS:
+        if isinstance(kwargs.get(key), float) and kwargs[key].is_integer():
+            kwargs[key] = int(kwargs[key])
+    kwargs["max_position_embeddings"] = min(raw["max_position_embeddings"], PEER_MAX_POSITIONS)
+    return kwargs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True, help="the artifact's model config (JSON)")
@@ -24,12 +40,7 @@ def main() -> None:
 
     raw = json.loads(args.config)
     kind = raw["model_type"]  # ember's model types are Hugging Face's
-    hf_keys = dict(vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"],
-                   intermediate_size=raw["intermediate_size"], num_hidden_layers=raw["num_hidden_layers"],
-                   num_attention_heads=raw["num_attention_heads"], num_key_value_heads=raw["num_key_value_heads"],
-                   head_dim=raw["head_dim"], rms_norm_eps=raw["rms_norm_eps"], rope_theta=raw["rope_theta"],
-                   max_position_embeddings=min(raw["max_position_embeddings"], 8192),
-                   tie_word_embeddings=raw["tie_word_embeddings"])
+    hf_keys = hf_config_kwargs(raw)
     device = "cuda" if args.device.startswith("cuda") else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)

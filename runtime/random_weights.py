@@ -33,10 +33,10 @@ def is_norm_weight(param: ParamInfo) -> bool:
 
 
 # Spread of the random codes a packed weight holds: uniform int8 (std 73.9) or uniform b-bit codes 0..2^b-1.
-_CODE_STD = {8: 73.9, 6: 18.47, 5: 9.23, 4: 4.61}
-# K-quants (scheme names q4_k, q5_k, q6_k): random uint8 scale and min codes (mean 127.5), int8 ones (Q6_K: mean 0,
-# std 73.9) times the super block's d / dmin
-_CODE_MEAN_U8, _CODE_STD_I8 = 127.5, 73.9
+_CODE_STD = {8: 73.9, 6: 18.47, 5: 9.23, 4: 4.61, 3: 2.29, 2: 1.12}
+# K-quants (scheme names q2_k .. q6_k): random uint8 scale and min codes (mean 127.5; Q2_K: the two nibbles of a
+# random byte, mean 7.5), int8 ones (Q3_K, Q6_K: mean 0, std 73.9) times the super block's d / dmin
+_CODE_MEAN_U8, _CODE_MEAN_NIBBLE, _CODE_STD_I8 = 127.5, 7.5, 73.9
 
 
 def fill_stats(param: ParamInfo) -> tuple[float, float]:
@@ -54,10 +54,10 @@ def fill_stats(param: ParamInfo) -> tuple[float, float]:
     scale = MATRIX_STD / _CODE_STD[bits]
     code_mean = ((1 << bits) - 1) / 2
     if piece in ("super", "super_mins"):  # K-quants
-        if bits == 6:  # Q6_K: int8 scale codes around 0, codes q - 32 around 0
+        if bits in (3, 6):  # Q3_K, Q6_K: int8 scale codes around 0, codes q - 4 / q - 32 around 0
             d = MATRIX_STD / (_CODE_STD_I8 * _CODE_STD[bits])
             return d / 8, d
-        d = scale / _CODE_MEAN_U8
+        d = scale / (_CODE_MEAN_NIBBLE if bits == 2 else _CODE_MEAN_U8)
         return (d / 8, d) if piece == "super" else (d * code_mean / 8, d * code_mean)
     if piece == "scales":
         return scale / 8, scale
@@ -65,7 +65,7 @@ def fill_stats(param: ParamInfo) -> tuple[float, float]:
 
 
 def _scheme_bits(scheme: str | None) -> int | None:
-    """4, 5, 6 or 8 for a quantized scheme name (q4f16_1, q8f16, q4_k, ...), None for float ones (q0...)."""
+    """2-6 or 8 for a quantized scheme name (q4f16_1, q8f16, q4_k, ...), None for float ones (q0...)."""
     if not scheme or len(scheme) < 2 or scheme[0] != "q" or not scheme[1].isdigit():
         return None
     bits = int(scheme[1])

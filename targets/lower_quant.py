@@ -21,7 +21,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
-from ..ir.ops_quant import NIBBLES_PER_WORD, QuantFormat
+from ..ir.ops_quant import QuantFormat
 from .lower import lowers
 
 
@@ -29,27 +29,31 @@ def _f32(expr: Any) -> Any:
     return expr.astype("float32")
 
 
+def _field(words: te.Tensor, n: Any, k: Any, width: int) -> Any:
+    """The `width`-bit field of k in row n of uint32 words holding 32 / width consecutive k each (low bits first)."""
+    per = 32 // width
+    shift = tirx.Cast("uint32", (k % per) * width)
+    return (words[n, k // per] >> shift) & tirx.const((1 << width) - 1, "uint32")
+
+
 def dequant_value(fmt: QuantFormat, pieces: list[te.Tensor], n: Any, k: Any) -> Any:
     """The float32 weight value W[n, k] as a TIR expression over the packed tensors (ir/ops_quant.py)."""
     named = dict(zip(fmt.piece_names, pieces))
     weight, g = named["qweight"], k // fmt.group_size
-    scale = _f32(named["scales"][n, g])
+    codes = named["scales"][n, g]
+    scale = _f32(codes & tirx.const(15, "uint8") if fmt.shared_codes else codes)
     if fmt.super_block:  # d * code: exact in float32, as gguf's dequantize computes it
         scale = _f32(named["super"][n, k // fmt.super_block]) * scale
     if fmt.bits == 8:
         return _f32(weight[n, k]) * scale
-    shift = tirx.Cast("uint32", (k % NIBBLES_PER_WORD) * 4)
-    code = (weight[n, k // NIBBLES_PER_WORD] >> shift) & tirx.const(15, "uint32")
-    if fmt.bits in (5, 6):
-        width = fmt.bits - 4
-        per = 32 // width
-        high_shift = tirx.Cast("uint32", (k % per) * width)
-        high = (named["qhigh"][n, k // per] >> high_shift) & tirx.const((1 << width) - 1, "uint32")
-        code = code | (high << tirx.const(4, "uint32"))
+    code = _field(weight, n, k, fmt.low_bits)
+    if fmt.high_bits:
+        code = code | (_field(named["qhigh"], n, k, fmt.high_bits) << tirx.const(fmt.low_bits, "uint32"))
     value = _f32(code)
     if fmt.has_min:
         if fmt.super_block:
-            low = -(_f32(named["super_mins"][n, k // fmt.super_block]) * _f32(named["mins"][n, g]))
+            min_code = codes >> tirx.const(4, "uint8") if fmt.shared_codes else named["mins"][n, g]
+            low = -(_f32(named["super_mins"][n, k // fmt.super_block]) * _f32(min_code))
         else:
             low = _f32(named["mins"][n, g])
         return value * scale + low

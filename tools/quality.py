@@ -83,8 +83,12 @@ def measure(reference_dir: Path, artifacts: list[Path]) -> list[dict]:
         manifest = json.loads((artifact / "manifest.json").read_text())
         logits = ember.load(artifact, device="cpu", context_length=1024).score(ids)
         schemes = sorted({p["scheme"] for p in manifest["params"] if p["scheme"]})
+        source = Path(manifest.get("source") or "")
         rows.append({"artifact": artifact.name, "quantization": manifest["quantization"], "schemes": schemes,
-                     "tokens": len(ids), "weight_MB": weight_bytes(artifact) / 1e6, **compare(reference, logits)})
+                     "tokens": len(ids), "weight_MB": weight_bytes(artifact) / 1e6,
+                     "weight_bytes": weight_bytes(artifact),
+                     "source_bytes": source.stat().st_size if source.is_file() else None,
+                     **compare(reference, logits)})
     return rows
 
 

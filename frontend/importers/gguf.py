@@ -37,7 +37,7 @@ GGUF_MAGIC = b"GGUF"
 
 _T = GGMLQuantizationType
 SUPPORTED_TENSOR_TYPES = frozenset(
-    {_T.F32, _T.F16, _T.BF16, _T.Q8_0, _T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q4_K, _T.Q5_K, _T.Q6_K}
+    {_T.F32, _T.F16, _T.BF16, _T.Q8_0, _T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q2_K, _T.Q3_K, _T.Q4_K, _T.Q5_K, _T.Q6_K}
 )
 
 # Tensors with no HF counterpart: llama3 rope factors, which hf_config() turns into `rope_scaling`.

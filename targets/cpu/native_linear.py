@@ -1,7 +1,7 @@
 """cpu lowerings of the linear layers onto the native dequantize-matmul kernel (native/linear.c).
 
 `quant_linear` (every packed scheme with groups of a multiple of 32, K a multiple of 32; the 5-/6-bit and K-quant
-schemes through `ember_linear_k`, with GGUF's own groups) and `linear` with a half-precision
+schemes, Q2_K and Q3_K included, through `ember_linear_k`, with GGUF's own groups) and `linear` with a half-precision
 weight (q0f16, q0bf16) become one opaque PrimFunc whose body calls `ember_linear`: the weight is dequantized in
 registers (decode) or in an L2-sized panel (prefill), never written as a tensor, and no cast kernel runs over the
 weights. float32 activations only (the cpu default); anything else keeps the generic lowering (return None).
@@ -20,17 +20,19 @@ from ...ir.ops_quant import QuantFormat
 
 # the format codes of native/linear.c
 Q4, Q4_1, Q8, F16, BF16 = 0, 1, 2, 3, 4
-Q5_0, Q5_1, Q4_K, Q5_K, Q6_K = 5, 6, 7, 8, 9  # ember_linear_k
-WIDE = {(5, False, 0): Q5_0, (5, True, 0): Q5_1, (4, True, 256): Q4_K, (5, True, 256): Q5_K, (6, False, 256): Q6_K}
+Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K = 5, 6, 7, 8, 9, 10, 11  # ember_linear_k
+WIDE = {(5, False, 0): Q5_0, (5, True, 0): Q5_1, (4, True, 256): Q4_K, (5, True, 256): Q5_K, (6, False, 256): Q6_K,
+        (2, True, 256): Q2_K, (3, False, 256): Q3_K}
+GROUPS_OF_16 = (Q6_K, Q2_K, Q3_K)
 HALF_FORMATS = {"float16": F16, "bfloat16": BF16}
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves the call alone
 ATTRS = {"op_pattern": OPAQUE, "tirx.is_scheduled": True}
 
 
 def quant_format_code(fmt: QuantFormat, cols: int) -> int | None:
-    if fmt.bits in (5, 6) or fmt.super_block:  # GGUF's own groups only (32; Q6_K: 16 in 256)
+    if fmt.bits in (5, 6) or fmt.super_block:  # GGUF's own groups only (32; Q2_K, Q3_K, Q6_K: 16 in 256)
         code = WIDE.get((fmt.bits, fmt.has_min, fmt.super_block))
-        whole = fmt.group_size == (16 if code == Q6_K else 32) and cols % max(fmt.super_block, 32) == 0
+        whole = fmt.group_size == (16 if code in GROUPS_OF_16 else 32) and cols % max(fmt.super_block, 32) == 0
         return code if whole else None
     if fmt.group_size % 32 or cols % 32:  # whole 32-blocks; a row's last group may be partial
         return None

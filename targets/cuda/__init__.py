@@ -69,21 +69,24 @@ class CudaTarget(Target):
 
     def lowerings(self) -> Mapping[str, Any]:
         """decode1's quantized linear layers on ember's GEMV (native_gemv.py), the batched decode's on its low-batch
-        GEMM (native_lowbatch.py); EMBER_CUDA_GEMV=0 keeps dlight's for both, EMBER_CUDA_LOWBATCH=0 for the latter.
+        GEMM (native_lowbatch.py), the GGUF formats kept native on kgemv.cuh / klowbatch.cuh (native_kgemv.py,
+        native_klowbatch.py); EMBER_CUDA_GEMV=0 keeps dlight's for both, EMBER_CUDA_LOWBATCH=0 for the latter.
         add_rms_norm on one kernel (native_norm.py; EMBER_CUDA_NORM=0 keeps the generic add + norm). fp16-weight
         `linear` (q0f16) at decode1 and the batched decode on native_linear.py's kernels (EMBER_CUDA_LINEAR=0 or
         EMBER_CUDA_GEMV=0 keep dlight's). The prefill's 16-bit `linear` on prefill_gemm.py's GEMMs (ember's wgmma kernel
         for sm_90, CUTLASS 2 for sm_80 where the nvidia-cutlass headers are installed) where every arch is
         sm_80..sm_90 (EMBER_CUDA_GEMM=0 keeps dlight's); the
         prefill's quantized linears on prefill_qgemm.py's mma.sync GEMM (EMBER_CUDA_QGEMM=0 keeps dlight's)."""
-        from . import (native_gemv, native_kgemv, native_linear, native_lowbatch, native_norm, prefill_gemm,
-                       prefill_qgemm)
+        from . import (native_gemv, native_kgemv, native_klowbatch, native_linear, native_lowbatch, native_norm,
+                       prefill_gemm, prefill_qgemm)
         from .nvcc import sm_number
 
         table = dict(native_gemv.LOWERINGS) if native_gemv.enabled() else {}
         if native_gemv.enabled():  # the GGUF formats kept native (Q5_0/Q5_1/K-quants): kgemv.cuh at decode1
             table = chained(table, "quant_linear", native_kgemv.lower_quant_linear)
         table = native_lowbatch.merged(table) if native_lowbatch.enabled() else table
+        if native_lowbatch.enabled():  # the same formats in the batched decode: klowbatch.cuh
+            table = chained(table, "quant_linear", native_klowbatch.lower_quant_linear)
         self._prefill_qgemm = prefill_qgemm.PrefillQGemm(self.archs) if prefill_qgemm.enabled() else None
         if self._prefill_qgemm is not None:
             table = chained(table, "quant_linear", self._prefill_qgemm.lower_quant_linear)

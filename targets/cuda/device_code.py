@@ -18,6 +18,7 @@ SOURCES: tuple[tuple[str, str], ...] = (("ember::gemv::", "gemv.cuh"), ("ember::
                                         ("ember::linear::", "linear.cuh"), ("ember::kv::", "kv_append.cuh"),
                                         ("ember::prefill::", "prefill_attention.cuh"),
                                         ("ember::qgemm::", "prefill_qgemm.cuh"), ("ember::kgemv::", "kgemv.cuh"),
+                                        ("ember::klowbatch::", "klowbatch.cuh"),
                                         ("ember::moe::", "moe.cuh"))
 
 

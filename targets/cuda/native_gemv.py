@@ -124,7 +124,8 @@ def gemv_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg: Ge
 def swiglu_input(it: Any, node: Any) -> Any | None:
     """The lowered [gate | up] tensor if this linear's input is a swiglu's output (the down projection), else None.
     The swiglu kernel itself is then left without readers and dropped by Relax's dead-code elimination."""
-    producer = node.inputs[0].producer
+    inputs = getattr(node, "inputs", None)  # (tools/gemv_bench.py's standalone nodes have none)
+    producer = inputs[0].producer if inputs else None
     if producer is None or producer.op != "swiglu" or os.environ.get(SWIGLU_ENV, "1") == "0":
         return None
     return it.get(producer.inputs[0])

@@ -1,16 +1,26 @@
 """cuda lowering of the mixture-of-experts ops (ir/ops_moe.py) onto kernels/moe.cuh.
 
 `moe` with fp16/bf16 expert weights and `quant_moe` (q4f16, q4f16_1, q4f16g128, q8f16: groups of a multiple of 32)
-with fp16 or bf16 activations, H and I multiples of 32, at most 1024 experts, become one opaque PrimFunc of three
-launches (route, gate_up, down: see moe.cuh) for every entry point (decode1, decode, prefill). The routing (expert
-ids and weights) and the SwiGLU activations live in scratch outputs of the PrimFunc on the device, so nothing is
-read back by the host. Everything else returns None (the generic lowering refuses it in one line).
-EMBER_CUDA_MOE=0 turns the override off (then a MoE model does not build for cuda: there is no other kernel).
+with fp16 or bf16 activations, H and I multiples of 32, at most 1024 experts, become one opaque PrimFunc on the
+device; the routing (expert ids and weights), the slot order and the SwiGLU activations live in scratch outputs of
+it, so nothing is read back by the host and CUDA graphs keep working. Three plans (see moe.cuh):
+- gemv (decode1 with 4-/8-bit experts and fp16 activations): route, then gemv.cuh's tuned GEMV run for every
+  slot's expert (gate and up; down staging silu(gate) * up), combine;
+- per slot (bf16 activations, and whatever the other plans do not take): route, gate_up, down: plain warp-per-row
+  GEMVs over the rows of each slot's expert;
+- grouped (batched decode and prefill, and decode1 of fp16 experts; fp16 activations with 4-/8-bit or fp16
+  experts, H and I multiples of 64): route, sort (slots in expert order, tiles per expert), the gated gate_up GEMM, the down GEMM, combine. Two tile shapes,
+  chosen on the device-side token count: 16-row tiles while experts get few rows each (batched decode), 64-row
+  ones from GROUPED_LARGE_ROWS rows per expert on average.
+Everything else returns None (the generic lowering refuses it in one line). EMBER_CUDA_MOE=0 turns the override
+off (then a MoE model does not build for cuda: there is no other kernel); EMBER_CUDA_MOE=slots keeps the per-slot
+plan everywhere (A/B runs).
 """
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from tvm import te, tirx
@@ -19,6 +29,8 @@ from tvm.relax.frontend.nn import op
 from ...ir.ops_quant import QuantFormat
 from ..extern_op import extern
 from .extern_kernel import ATTRS, launch
+from . import native_gemv
+from .native_gemv import is_decode1
 
 ENV = "EMBER_CUDA_MOE"
 Q4, Q4_1, Q8, F16, BF16 = 0, 1, 2, 3, 4  # moe.cuh's Fmt
@@ -26,6 +38,28 @@ ACTIVATION = {"float16": "half", "bfloat16": "__nv_bfloat16"}
 WARPS = 8  # rows per block of gate_up and down (one warp a row)
 ROUTE_WARPS = 4  # tokens per block of route
 MAX_EXPERTS = 1024
+SORT_THREADS = 1024  # one per expert
+COMBINE_THREADS = 256
+
+
+@dataclass(frozen=True)
+class GroupedTile:
+    bm: int  # rows (slots in expert order) per block
+    bn: int  # output columns per block
+    wm: int  # warps along the rows
+    wn: int  # warps along the columns
+
+    def stages(self, code: int, gated: bool) -> int:
+        """cp.async ring depth that keeps the block's static shared memory under 48 KiB."""
+        weight_bytes = {Q8: 32, F16: 64}.get(code, 16) * self.bn * (2 if gated else 1)
+        return max(s for s in (2, 3, 4) if s * (self.bm * 64 + weight_bytes) <= 48 * 1024)
+
+
+SMALL_TILE = GroupedTile(16, 64, 1, 4)
+LARGE_TILE = GroupedTile(64, 64, 2, 2)
+GROUPED_LARGE_ROWS = 48  # average rows per expert from which the 64-row tiles run
+GROUPED_FORMATS = (Q4, Q4_1, Q8, F16)
+GEMV_FORMATS = (Q4, Q4_1, Q8)  # gemv.cuh's schemes, same codes as moe.cuh's Fmt
 
 
 def _format(node: Any, weight_dtype: str) -> tuple[int, int, int] | None:
@@ -53,28 +87,126 @@ def lower(it: Any, node: Any, args: list) -> Any:
         return None
     top_k, norm = int(node.attrs["top_k"]), int(bool(node.attrs["norm_topk_prob"]))
     act = ACTIVATION[x.dtype]
+    plan = _Plan(code, group, per, experts, hidden, inter, top_k, norm, act)
+    compute = _choose(plan, x.dtype, is_decode1(list(x.shape[:-1])))
+    out = op.tensor_expr_op(compute, f"{node.attrs.get('scheme', weights[0].dtype)}_moe", [x, logits, *weights],
+                            attrs=ATTRS)
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    code: int  # moe.cuh's Fmt
+    group: int
+    per: int  # pieces per weight
+    experts: int
+    hidden: int
+    inter: int
+    top_k: int
+    norm: int
+    act: str  # the activations' C++ type
+
+
+def _choose(plan: _Plan, dtype: str, decode1: bool):
+    """The compute of the fastest plan that takes the block (EMBER_CUDA_MOE=slots: per slot everywhere)."""
+    if os.environ.get(ENV, "1") == "slots" or dtype != "float16":
+        return _per_slot_compute(plan)
+    if decode1 and plan.code in GEMV_FORMATS and _gemv_fits(plan):
+        return _gemv_compute(plan)
+    if plan.code in GROUPED_FORMATS and plan.hidden % 64 == 0 and plan.inter % 64 == 0:
+        return _grouped_compute(plan)
+    return _per_slot_compute(plan)
+
+
+def _gemv_fits(plan: _Plan) -> bool:
+    values = native_gemv.VALUES_PER_LOAD[plan.code]
+    return (plan.group % values == 0 and plan.hidden % values == 0 and plan.inter % values == 0
+            and all(native_gemv.shared_bytes(plan.code, k, native_gemv.choose_config(plan.code, n, k))
+                    <= native_gemv.SHARED_LIMIT for n, k in ((plan.inter, plan.hidden), (plan.hidden, plan.inter))))
+
+
+def _gemv_args(cfg: native_gemv.GemvConfig) -> str:
+    return f"{cfg.warps}, {cfg.rows}, {cfg.depth}, {cfg.per}, {cfg.async_copy}"
+
+
+def _gemv_compute(plan: _Plan):
+    """decode1: route, gemv.cuh's GEMV over every slot's expert for gate and up, the down GEMV staging
+    silu(gate) * up, combine."""
+    hidden, inter, k = plan.hidden, plan.inter, plan.top_k
+    up_cfg = native_gemv.choose_config(plan.code, inter, hidden)
+    down_cfg = native_gemv.choose_config(plan.code, hidden, inter)
+    shape = f"{plan.code}, {hidden}, {inter}, {plan.group}, {k}"
+    gate_up = f"ember::moe::gemv_gate_up<{shape}, {_gemv_args(up_cfg)}>"
+    down = f"ember::moe::gemv_down<{shape}, {_gemv_args(down_cfg)}>"
+    combine = f"ember::moe::combine<{hidden}, {k}, {plan.act}, 0>"
 
     def compute(xt: te.Tensor, lg: te.Tensor, *packed: te.Tensor) -> Any:
-        lead = list(xt.shape[:-1])
-        tokens = math.prod(lead) if lead else 1
+        lead, tokens = _tokens(xt)
+        slots = tokens * k
+
+        def body(ins, outs):
+            xb, lgb, pieces = ins[0], ins[1], list(ins[2:])
+            y, ids, wts, gu, ys = outs
+            ptrs = _weight_pointers(plan, pieces)
+            t = tirx.Cast("int32", tokens)
+            return tirx.SeqStmt([
+                _route(plan, t, lgb, ids, wts),
+                launch(tirx.call_extern("int32", gate_up, t, xb.access_ptr("r"), ids.access_ptr("r"), *ptrs[0],
+                                        *ptrs[1], gu.access_ptr("w")), t * k * 2 * up_cfg.blocks(inter),
+                       up_cfg.threads),
+                launch(tirx.call_extern("int32", down, t, gu.access_ptr("r"), ids.access_ptr("r"), *ptrs[2],
+                                        ys.access_ptr("w")), t * k * down_cfg.blocks(hidden), down_cfg.threads),
+                launch(tirx.call_extern("int32", combine, t, ids.access_ptr("r"), wts.access_ptr("r"),
+                                        ys.access_ptr("r"), y.access_ptr("w")),
+                       tirx.floordiv(t * (hidden // 2) + COMBINE_THREADS - 1, COMBINE_THREADS), COMBINE_THREADS),
+            ])
+
+        shapes = [lead + [hidden], [slots], [slots], [slots, 2 * inter], [slots, hidden]]
+        dtypes = [xt.dtype, "int32", "float32", "float16", "float16"]
+        return extern(shapes, [xt, lg, *packed], body, dtype=dtypes, name="ember_moe_gemv")
+
+    return compute
+
+
+def _weight_pointers(plan: _Plan, pieces: list) -> list[list[Any]]:
+    """(codes, scales, mins) pointers of gate, up and down; a piece a format lacks points at the codes."""
+    per, ptrs = plan.per, []
+    for i in range(3):
+        w = pieces[i * per:(i + 1) * per]
+        ptrs.append([w[0].access_ptr("r"), (w[1] if per > 1 else w[0]).access_ptr("r"),
+                     (w[2] if per > 2 else w[0]).access_ptr("r")])
+    return ptrs
+
+
+def _route(plan: _Plan, t: Any, logits: Any, ids: Any, wts: Any) -> Any:
+    route = f"ember::moe::route<{plan.experts}, {plan.top_k}, {plan.norm}, {plan.act}>"
+    return launch(tirx.call_extern("int32", route, t, logits.access_ptr("r"), ids.access_ptr("w"),
+                                   wts.access_ptr("w")), tirx.floordiv(t + ROUTE_WARPS - 1, ROUTE_WARPS),
+                  32 * ROUTE_WARPS)
+
+
+def _tokens(xt: te.Tensor) -> tuple[list[Any], Any]:
+    lead = list(xt.shape[:-1])
+    return lead, (math.prod(lead) if lead else 1)
+
+
+def _per_slot_compute(plan: _Plan):
+    code, group, experts, hidden, inter, top_k, act = (plan.code, plan.group, plan.experts, plan.hidden,
+                                                        plan.inter, plan.top_k, plan.act)
+
+    def compute(xt: te.Tensor, lg: te.Tensor, *packed: te.Tensor) -> Any:
+        lead, tokens = _tokens(xt)
         slots = tokens * top_k
 
         def body(ins, outs):
             xb, lgb, pieces = ins[0], ins[1], list(ins[2:])
             y, ids, wts, h = outs
-            ptrs = []
-            for i in range(3):
-                w = pieces[i * per:(i + 1) * per]
-                ptrs.append([w[0].access_ptr("r"), (w[1] if per > 1 else w[0]).access_ptr("r"),
-                             (w[2] if per > 2 else w[0]).access_ptr("r")])
+            ptrs = _weight_pointers(plan, pieces)
             t = tirx.Cast("int32", tokens)
-            route = f"ember::moe::route<{experts}, {top_k}, {norm}, {act}>"
             gate_up = f"ember::moe::gate_up<{code}, {hidden}, {inter}, {top_k}, {WARPS}, {act}>"
             down = f"ember::moe::down<{code}, {hidden}, {inter}, {top_k}, {WARPS}, {act}>"
-            route_blocks = tirx.floordiv(t + ROUTE_WARPS - 1, ROUTE_WARPS)
             return tirx.SeqStmt([
-                launch(tirx.call_extern("int32", route, t, lgb.access_ptr("r"), ids.access_ptr("w"),
-                                        wts.access_ptr("w")), route_blocks, 32 * ROUTE_WARPS),
+                _route(plan, t, lgb, ids, wts),
                 launch(tirx.call_extern("int32", gate_up, t, xb.access_ptr("r"), ids.access_ptr("r"), *ptrs[0],
                                         *ptrs[1], tirx.const(group, "int32"), h.access_ptr("w")),
                        t * (top_k * (-(-inter // WARPS))), 32 * WARPS),
@@ -84,12 +216,72 @@ def lower(it: Any, node: Any, args: list) -> Any:
             ])
 
         shapes = [lead + [hidden], [slots], [slots], [slots, inter]]
-        return extern(shapes, [xt, lg, *packed], body, dtype=[x.dtype, "int32", "float32", "float32"],
+        return extern(shapes, [xt, lg, *packed], body, dtype=[xt.dtype, "int32", "float32", "float32"],
                       name="ember_moe")
 
-    out = op.tensor_expr_op(compute, f"{node.attrs.get('scheme', weights[0].dtype)}_moe", [x, logits, *weights],
-                            attrs=ATTRS)
-    return out[0] if isinstance(out, (list, tuple)) else out
+    return compute
+
+
+def _tiles_bound(slots: Any, bm: int, experts: int) -> Any:
+    """Most bm-row tiles the slots can make: every expert with rows adds at most one partial tile."""
+    return tirx.floordiv(slots + bm - 1, bm) + tirx.min(slots, experts)
+
+
+def _grouped_steps(plan: _Plan, tile: GroupedTile, t: Any, slots: Any, ptrs: list, bufs: dict) -> list[Any]:
+    """sort, gate_up and down of one tile shape."""
+    e, hidden, inter, k = plan.experts, plan.hidden, plan.inter, plan.top_k
+    bound = _tiles_bound(slots, tile.bm, e)
+    shape = f"{tile.bm}, {tile.bn}, {tile.wm}, {tile.wn}"
+    gate_up = (f"ember::moe::gemm<{plan.code}, {inter}, {hidden}, 1, {k}, {shape}, "
+               f"{tile.stages(plan.code, True)}>")
+    down = f"ember::moe::gemm<{plan.code}, {hidden}, {inter}, 0, {k}, {shape}, {tile.stages(plan.code, False)}>"
+    group = tirx.const(plan.group or 32, "int32")
+    r = {name: buf.access_ptr("r") for name, buf in bufs.items()}
+    threads = 32 * tile.wm * tile.wn
+    return [
+        launch(tirx.call_extern("int32", f"ember::moe::sort<{e}, {k}, {tile.bm}>", t, r["ids"],
+                                bufs["rows"].access_ptr("w"), bufs["pos"].access_ptr("w"),
+                                bufs["tiles"].access_ptr("w"), bufs["count"].access_ptr("w")), 1, SORT_THREADS),
+        launch(tirx.call_extern("int32", gate_up, bound, r["tiles"], r["count"], r["rows"], r["x"], *ptrs[0],
+                                *ptrs[1], group, bufs["h"].access_ptr("w")), bound * (inter // tile.bn), threads),
+        launch(tirx.call_extern("int32", down, bound, r["tiles"], r["count"], r["rows"], r["h"], *ptrs[2],
+                                *ptrs[2], group, bufs["ys"].access_ptr("w")), bound * (hidden // tile.bn), threads),
+    ]
+
+
+def _grouped_compute(plan: _Plan):
+    hidden, inter, k = plan.hidden, plan.inter, plan.top_k
+
+    def compute(xt: te.Tensor, lg: te.Tensor, *packed: te.Tensor) -> Any:
+        lead, tokens = _tokens(xt)
+        slots = tokens * k
+
+        def body(ins, outs):
+            xb, lgb, pieces = ins[0], ins[1], list(ins[2:])
+            y, ids, wts, rows, pos, tiles, count, h, ys = outs
+            ptrs = _weight_pointers(plan, pieces)
+            t = tirx.Cast("int32", tokens)
+            s = t * k
+            bufs = {"x": xb, "ids": ids, "rows": rows, "pos": pos, "tiles": tiles, "count": count, "h": h, "ys": ys}
+            large = s >= GROUPED_LARGE_ROWS * plan.experts
+            combine = f"ember::moe::combine<{hidden}, {k}, {plan.act}>"
+            pairs = t * (hidden // 2)
+            return tirx.SeqStmt([
+                _route(plan, t, lgb, ids, wts),
+                tirx.IfThenElse(large, tirx.SeqStmt(_grouped_steps(plan, LARGE_TILE, t, s, ptrs, bufs)),
+                                tirx.SeqStmt(_grouped_steps(plan, SMALL_TILE, t, s, ptrs, bufs))),
+                launch(tirx.call_extern("int32", combine, t, pos.access_ptr("r"), wts.access_ptr("r"),
+                                        ys.access_ptr("r"), y.access_ptr("w")),
+                       tirx.floordiv(pairs + COMBINE_THREADS - 1, COMBINE_THREADS), COMBINE_THREADS),
+            ])
+
+        bound = tirx.floordiv(slots + SMALL_TILE.bm - 1, SMALL_TILE.bm) + plan.experts  # >= either tile's bound
+        shapes = [lead + [hidden], [slots], [slots], [slots], [slots], [3 * bound], [1], [slots, inter],
+                  [slots, hidden]]
+        dtypes = [xt.dtype, "int32", "float32", "int32", "int32", "int32", "int32", "float16", "float16"]
+        return extern(shapes, [xt, lg, *packed], body, dtype=dtypes, name="ember_moe_grouped")
+
+    return compute
 
 
 LOWERINGS = {"moe": lower, "quant_moe": lower}

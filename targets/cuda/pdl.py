@@ -27,7 +27,7 @@ LAUNCH_PARAMS = "tirx.kernel_launch_params"
 PIPELINE = "ember_cuda"
 # device-function namespaces whose kernels follow the pdl.cuh contract (tests check each source calls wait())
 AWARE = ("ember::gemv::", "ember::lowbatch::", "ember::norm::", "ember::attn::", "ember::linear::", "ember::kv::",
-         "ember::prefill::", "ember::qgemm::", "ember::kgemv::")
+         "ember::prefill::", "ember::qgemm::", "ember::kgemv::", "ember::klowbatch::")
 
 
 def enabled(archs: Sequence[str]) -> bool:

@@ -66,7 +66,9 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-KQUANT_HALVES = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}  # byte offsets of a block's fp16 d (, dmin)
+# byte offsets of a block's fp16 d (, dmin), and d's typical size for weights of std ~0.02-0.05
+KQUANT_HALVES = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+_KQUANT_D = {Q.Q2_K: 2e-3, Q.Q3_K: 5e-4, Q.Q4_K: 2e-4, Q.Q5_K: 2e-4, Q.Q6_K: 3e-5}
 
 
 def random_kquant_blocks(shape: tuple[int, int], qtype: Q, seed: int) -> np.ndarray:
@@ -76,7 +78,7 @@ def random_kquant_blocks(shape: tuple[int, int], qtype: Q, seed: int) -> np.ndar
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, (shape[0], shape[1] // block, size), dtype=np.uint8)
     for offset in KQUANT_HALVES[qtype]:
-        d = np.abs(rng.normal(2e-4 if qtype != Q.Q6_K else 3e-5, 2e-5, raw.shape[:2])).astype(np.float16)
+        d = np.abs(rng.normal(_KQUANT_D[qtype], _KQUANT_D[qtype] / 10, raw.shape[:2])).astype(np.float16)
         raw[..., offset:offset + 2] = d.view(np.uint8).reshape(*raw.shape[:2], 2)
     return raw.reshape(shape[0], -1)
 

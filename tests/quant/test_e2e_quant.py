@@ -190,11 +190,12 @@ def test_gguf_q0f32_weights_are_exactly_gguf_dequantized(tmp_path, monkeypatch):
 
 def q4_k_m_like(name: str) -> Q:
     """A Q4_K_M file's types (llama.cpp's mix: Q6_K head, v and down in Q6_K in some layers) plus the other kept
-    types: a Q5_K down projection, a Q5_0 and a Q5_1 projection."""
+    types: a Q5_K down projection, a Q5_0 and a Q5_1 projection, Q2_K and Q3_K ones."""
     if name == "output.weight" or name in ("blk.0.attn_v.weight", "blk.0.ffn_down.weight"):
         return Q.Q6_K
     return {"blk.1.ffn_down.weight": Q.Q5_K, "blk.1.attn_output.weight": Q.Q5_0,
-            "blk.1.ffn_up.weight": Q.Q5_1}.get(name, Q.Q4_K)
+            "blk.1.ffn_up.weight": Q.Q5_1, "blk.0.attn_output.weight": Q.Q3_K, "blk.0.ffn_gate.weight": Q.Q2_K,
+            "blk.0.ffn_up.weight": Q.Q3_K}.get(name, Q.Q4_K)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +212,7 @@ def kquant_gguf(tmp_path_factory):
 
 
 def test_kquant_gguf_logits_equal_transformers(kquant_gguf):
-    """Q4_K / Q5_K / Q6_K / Q5_0 / Q5_1 tensors kept native: prompt logits equal transformers on the same file
+    """Q2_K .. Q6_K / Q5_0 / Q5_1 tensors kept native: prompt logits equal transformers on the same file
     (within 1e-4 of the logit scale), greedy top-1 identical, and the decode steps too."""
     path, artifact, quantized, dequantized = kquant_gguf
     engine = ember.load(artifact, device="cpu")
@@ -239,4 +240,7 @@ def test_kquant_gguf_keeps_each_tensor_type(kquant_gguf):
     assert schemes["model.layers.1.mlp.down_proj.qhigh"] == "q5_k"
     assert schemes["model.layers.1.self_attn.o_proj.qhigh"] == "q5f16"
     assert schemes["model.layers.1.mlp.up_proj.mins"] == "q5f16_1"  # not fused with the Q4_K gate
+    assert schemes["model.layers.0.self_attn.o_proj.qhigh"] == "q3_k"
+    assert schemes["model.layers.0.mlp.gate_proj.super_mins"] == "q2_k"  # not fused with the Q3_K up
+    assert schemes["model.layers.0.mlp.up_proj.qhigh"] == "q3_k"
     assert manifest["notes"] == []

@@ -73,3 +73,38 @@ def test_dequantize_happens_inside_the_matmul_kernel(scheme, dtype):
     assert int(out.shape[-1]) == rows and str(out.ty.dtype) == dtype
     allocations = buffer_allocations(mod)[f"{scheme}_linear"]
     assert all(size <= cols for size in allocations.values()), allocations  # at most one row of the weight
+
+
+def kblock_inputs(ggml_type: str, rows: int, cols: int, seed: int = 0):
+    """Random GGUF blocks of a kept-native type (test_kquant_codecs.random_blocks), their pieces, and gguf's
+    dequantized float32 weight: the oracle is gguf-py, not ember's numpy codec."""
+    import gguf
+    from test_kquant_codecs import random_blocks
+
+    from ember.passes.quant_kblocks import BLOCK_BYTES
+    from ember.passes.quant_schemes import GGML_TO_SCHEME, from_ggml_blocks
+
+    scheme = GGML_TO_SCHEME[ggml_type]
+    fmt = SCHEMES[scheme].format
+    raw = random_blocks(ggml_type, rows, cols // BLOCK_BYTES[ggml_type][1], seed, scale=1e-2)
+    pieces = dict(zip(fmt.piece_names, from_ggml_blocks(raw, ggml_type, cols).pieces(), strict=True))
+    w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[ggml_type])
+    return {"scheme": scheme, **fmt.attrs(), "in_features": cols}, pieces, w
+
+
+KBLOCK_TYPES = ["Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("ggml_type", KBLOCK_TYPES)
+@pytest.mark.parametrize("tokens", [[1, 1], ["b", 1]])
+def test_kept_native_generic_lowering_matches_gguf(ggml_type, tokens):
+    """The generic lowering (every GPU target's batched/prefill path; cuda's only one for Q2_K/Q3_K) of GGUF blocks
+    against x @ gguf.quants.dequantize(blocks); the embedding gathers gguf's rows bit for bit."""
+    attrs, pieces, w = kblock_inputs(ggml_type, 48, 512, seed=len(ggml_type) + len(tokens))
+    x = np.random.default_rng(3).normal(0, 1, (1, 1, 512)).astype(np.float16)
+    y = run_op("quant_linear", attrs, {"x": x, **pieces}, shapes={"x": tokens + [512]}, dequant_stage=True)
+    ref = x.astype(np.float32) @ (w if tokens[0] == 1 else w.astype(np.float16).astype(np.float32)).T
+    np.testing.assert_allclose(y.astype(np.float32), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    ids = np.array([[0, 47, 5, 5]], dtype=np.int32)
+    out = run_op("quant_embedding", {**attrs, "dtype": "float32"}, {"ids": ids, **pieces}, shapes={"ids": [1, "t"]})
+    np.testing.assert_array_equal(out[0].view(np.uint32), w[ids[0]].view(np.uint32))

@@ -1,4 +1,4 @@
-"""GGUF Q5_0 / Q5_1 / Q4_K / Q5_K / Q6_K kept native: repacked blocks unpack to gguf-py's dequantized values bit for bit.
+"""GGUF Q5_0 / Q5_1 / Q2_K .. Q6_K kept native: repacked blocks unpack to gguf-py's dequantized values bit for bit.
 
 gguf 0.19 quantizes only Q5_0/Q5_1 (of these), so the K-quants are checked on random super blocks in their byte
 layout (every byte pattern, finite fp16 d/dmin), which also covers what any quantizer can emit.
@@ -13,13 +13,14 @@ from hypothesis import given, settings, strategies as st
 
 from ember.ir.graph import Param
 from ember.ir.types import TensorType
-from ember.passes.quant_kblocks import BLOCK_BYTES, kquant_scale_codes
+from ember.passes.quant_kblocks import BLOCK_BYTES, kquant_scale_codes, q3_k_scale_codes
 from ember.passes.quant_recipes import RECIPES, more_bits
 from ember.passes.quant_schemes import GGML_TO_SCHEME, SCHEMES, dequantize, from_ggml_blocks, quantize
 
 TYPES = list(BLOCK_BYTES)
 # where each type keeps its fp16 fields (byte offsets in a block)
-HALF_FIELDS = {"Q5_0": (0,), "Q5_1": (0, 2), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+HALF_FIELDS = {"Q5_0": (0,), "Q5_1": (0, 2), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2),
+               "Q6_K": (208,)}
 
 
 def random_blocks(ggml_type: str, rows: int, blocks: int, seed: int, scale: float = 1.0) -> np.ndarray:
@@ -79,9 +80,43 @@ def test_kquant_scale_codes_match_gguf():
         np.testing.assert_array_equal(a.reshape(40, 8), b.reshape(40, 8))
 
 
-def test_kquants_are_not_made_from_floats():
-    with pytest.raises(ValueError, match="does not quantize float weights into 4-bit super blocks"):
-        quantize(np.zeros((2, 256), np.float32), SCHEMES["q4_k"].format)
+def test_q3_k_scale_codes_cover_every_6_bit_code():
+    """Every group's 6-bit code reaches every value: a byte pattern per code, unpacked against gguf's dequantize of a
+    block whose codes are all 1 above the offset (hmask set, low bits 1) and d = 1, which then equals scale - 32."""
+    raw = np.zeros((64, 110), np.uint8)
+    raw[:, :32] = 0xFF  # hmask: no -4
+    raw[:, 32:96] = 0x55  # every 2-bit code 1
+    raw[:, 108:110] = np.array([1.0], np.float16).view(np.uint8)
+    codes = np.arange(64, dtype=np.uint8)  # block b: every group's code = b
+    for g in range(16):
+        raw[:, 96 + g % 8] |= (codes & np.uint8(15)) << np.uint8(4 * (g // 8))
+        raw[:, 104 + g % 4] |= (codes >> np.uint8(4)) << np.uint8(2 * (g // 4))
+    theirs = gguf.quants.dequantize(raw, Q.Q3_K).reshape(64, 16, 16)[..., 0]
+    ours = q3_k_scale_codes(raw[:, 96:108])
+    np.testing.assert_array_equal(ours.astype(np.float32), theirs)
+    assert (ours == (codes.astype(np.int16) - 32)[:, None]).all()
+
+
+@pytest.mark.parametrize("scheme", ["q2_k", "q3_k", "q4_k"])
+def test_kquants_are_not_made_from_floats(scheme):
+    bits = SCHEMES[scheme].format.bits
+    with pytest.raises(ValueError, match=f"does not quantize float weights into {bits}-bit super blocks"):
+        quantize(np.zeros((2, 256), np.float32), SCHEMES[scheme].format)
+
+
+def test_low_bit_formats_need_super_blocks():
+    from ember.ir.ops_quant import QuantFormat
+
+    with pytest.raises(ValueError, match="3-bit weights come only in super blocks"):
+        QuantFormat(3, 16, False)
+    fmt = SCHEMES["q2_k"].format
+    assert fmt.piece_names == ("qweight", "scales", "super", "super_mins")  # min codes share the scale bytes
+    assert SCHEMES["q3_k"].format.piece_names == ("qweight", "qhigh", "scales", "super")
+    # bits per weight as stored: Q2_K's 2.625 (GGUF's 84 bytes per 256); Q3_K 3.5625 (GGUF 3.4375: codes as bytes)
+    for scheme, expected in (("q2_k", 2.625), ("q3_k", 3.5625)):
+        types = SCHEMES[scheme].format.piece_types(4, 512)
+        bits = sum(np.prod(t.shape) * np.dtype(t.dtype).itemsize * 8 for t in types) / (4 * 512)
+        assert bits == expected
 
 
 def test_q4_k_m_recipe_follows_llama_cpp():

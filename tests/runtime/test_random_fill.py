@@ -83,3 +83,20 @@ def test_the_device_fill_is_the_same_on_every_load(artifact):
     first, second = _loaded(artifact), _loaded(artifact)
     assert first.keys() == second.keys()
     assert all(np.array_equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("scheme", ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"])
+def test_kquant_random_pieces_have_the_spread_of_float_ones(scheme):
+    """K-quant pieces from the numpy fill, dequantized by ember's codec (bit-exact with gguf's, test_kquant_codecs):
+    std ~MATRIX_STD around 0, whatever the codes' width (Q2_K's nibble codes, Q3_K/Q6_K's int8 ones)."""
+    from ember.passes.quant_schemes import SCHEMES, Packed, dequantize
+    from ember.runtime.artifact import ParamInfo
+
+    fmt, rows, cols = SCHEMES[scheme].format, 64, 1024
+    fill = NumpyFill(seed=1)
+    pieces = {name: fill.host_array(ParamInfo(f"layer.{name}", list(t.shape), t.dtype, scheme=scheme))
+              for name, t in zip(fmt.piece_names, fmt.piece_types(rows, cols))}
+    w = dequantize(Packed(**pieces), fmt, cols)
+    assert np.isfinite(w).all()
+    assert 0.5 * MATRIX_STD < w.std() < 2 * MATRIX_STD, w.std()
+    assert abs(w.mean()) < 0.25 * MATRIX_STD, w.mean()

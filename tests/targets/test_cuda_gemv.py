@@ -194,3 +194,13 @@ def test_nvcc_source_holds_the_gemv(tmp_path):
     assert info["defines"]
     # hidden 128 (head_dim 32): qkv 256 x 128, o 128 x 128, gate_up 640 x 128, down 128 x 320, head 320 x 128
     assert {_shape(n) for n in info["calls"]} == {(256, 128), (128, 128), (640, 128), (128, 320), (320, 128)}
+
+
+@pytest.mark.parametrize("scheme", ["q2_k", "q3_k", "q4_k"])
+def test_kquant_decode1_takes_kgemv_except_q2_k_and_q3_k(scheme):
+    """kgemv.cuh takes decode1's K-quant layers; Q2_K/Q3_K (not in kgemv.cuh) stay on the generic lowering, which
+    dlight schedules, at every batch size. The LM head is q6_k in all three, so kgemv takes it."""
+    calls = calls_by_function(_lowered(scheme), "ember::kgemv")
+    assert calls["prefill"] == [] and calls["decode"] == []
+    taken = {_shape(n) for n in calls["decode1"]}
+    assert taken == (LAYERS | {HEAD} if scheme == "q4_k" else {HEAD})

@@ -1,11 +1,17 @@
-"""The cuda lowering of mixture-of-experts blocks (targets/cuda/native_moe.py, kernels/moe.cuh): every entry point's
-MoE blocks run ember::moe's three kernels (route, gate_up, down) for each scheme; what the kernels cannot take is
-refused in one line. Numerics on a GPU: tools/gemv_parity.py (mixtral, qwen3_moe) against the cpu build."""
+"""The cuda lowering of mixture-of-experts blocks (targets/cuda/native_moe.py, kernels/moe.cuh): decode1 runs
+ember::moe's per-slot kernels (route, gate_up, down), the batched decode and prefill the grouped GEMM (route, sort,
+gated gate_up GEMM, down GEMM, combine; a small and a large tile chosen on the device) for each scheme; bf16 stays
+per slot; what the kernels cannot take is refused in one line; nvcc compiles the grouped kernels without spills.
+Numerics on a GPU: tools/gemv_parity.py (mixtral, qwen3_moe) against the cpu build."""
 from __future__ import annotations
+
+import shutil
+import subprocess
 
 import pytest
 from cuda_lowered import calls_by_function, lowered
 
+from ember.targets.cuda import native_moe
 from ember.targets.lower import LoweringError
 
 QWEN3_MOE = {"model_type": "qwen3_moe", "vocab_size": 160, "hidden_size": 128, "intermediate_size": 192,
@@ -18,20 +24,97 @@ QWEN3_MOE = {"model_type": "qwen3_moe", "vocab_size": 160, "hidden_size": 128, "
                                         ("q0f16", 3)])
 def test_every_entry_point_routes_on_the_device(scheme, fmt):
     calls = calls_by_function(lowered(QWEN3_MOE, scheme), "ember::moe")
-    for function in ("prefill", "decode", "decode1"):
-        # one sparse layer (layer 1 is dense): route, then gate_up and down over the selected experts
-        assert [c.split("<")[0] for c in calls[function]] == ["ember::moe::route", "ember::moe::gate_up",
-                                                               "ember::moe::down"], function
-        assert calls[function][0] == "ember::moe::route<8, 2, 1, half>"
-        assert calls[function][1].startswith(f"ember::moe::gate_up<{fmt}, 128, 64, 2, ")
+    # one sparse layer (layer 1 is dense). decode1: gemv.cuh's GEMV over the selected experts (4-/8-bit), the
+    # grouped GEMM's small tile for fp16 experts
+    assert calls["decode1"][0] == "ember::moe::route<8, 2, 1, half>"
+    if fmt == 3:
+        assert [c.split("<")[0].split("::")[-1] for c in calls["decode1"]][1:3] == ["sort", "gemm"]
+    else:
+        assert [c.split("<")[0].split("::")[-1] for c in calls["decode1"]] == ["route", "gemv_gate_up", "gemv_down",
+                                                                               "combine"]
+        group = 128 if scheme.endswith("g128") else 32
+        assert calls["decode1"][1].startswith(f"ember::moe::gemv_gate_up<{fmt}, 128, 64, {group}, 2, ")
+        assert calls["decode1"][3] == "ember::moe::combine<128, 2, half, 0>"
+    for function in ("prefill", "decode"):
+        # the grouped plan: both tile shapes are in the function, the device picks one per call
+        assert [c.split("<")[0].split("::")[-1] for c in calls[function]] == [
+            "route", "sort", "gemm", "gemm", "sort", "gemm", "gemm", "combine"], function
+        gemms = [c for c in calls[function] if "::gemm<" in c]
+        assert gemms[0].startswith(f"ember::moe::gemm<{fmt}, 64, 128, 1, 2, 64, 64, 2, 2, ")  # gate_up, large
+        assert gemms[1].startswith(f"ember::moe::gemm<{fmt}, 128, 64, 0, 2, 64, 64, 2, 2, ")  # down, large
+        assert gemms[2].startswith(f"ember::moe::gemm<{fmt}, 64, 128, 1, 2, 16, 64, 1, 4, ")  # gate_up, small
+        assert calls[function][1] == "ember::moe::sort<8, 2, 64>"
+        assert calls[function][-1] == "ember::moe::combine<128, 2, half>"
+
+
+def test_the_per_slot_plan_stays_on_request(monkeypatch):
+    monkeypatch.setenv("EMBER_CUDA_MOE", "slots")
+    calls = calls_by_function(lowered(QWEN3_MOE, "q4f16"), "ember::moe")
+    assert [c.split("<")[0].split("::")[-1] for c in calls["prefill"]] == ["route", "gate_up", "down"]
+    assert [c.split("<")[0].split("::")[-1] for c in calls["decode1"]] == ["route", "gate_up", "down"]
 
 
 def test_bf16_activations_take_the_kernel_too():
     calls = calls_by_function(lowered(QWEN3_MOE, "q4f16_1", dtype="bfloat16"), "ember::moe")
     assert calls["decode"][0].endswith("__nv_bfloat16>")
+    assert [c.split("<")[0].split("::")[-1] for c in calls["prefill"]] == ["route", "gate_up", "down"]
+    assert [c.split("<")[0].split("::")[-1] for c in calls["decode1"]] == ["route", "gate_up", "down"]
 
 
 def test_what_the_kernels_cannot_take_is_refused_in_one_line():
     odd = {**QWEN3_MOE, "moe_intermediate_size": 48}  # not a multiple of 32
     with pytest.raises(LoweringError, match="quant_moe .* has no kernel for float16 activations"):
         lowered(odd, "q4f16")
+
+
+WRAPPER = """
+#include "moe.cuh"
+extern "C" __global__ void __launch_bounds__({threads}) kern(int bound, const void* tiles, const void* count,
+    const void* rows, const void* x, const void* w0, const void* s0, const void* m0, const void* w1, const void* s1,
+    const void* m1, int group, void* y) {{
+  ember::moe::gemm<{args}>(bound, tiles, count, rows, x, w0, s0, m0, w1, s1, m1, group, y);
+}}
+extern "C" __global__ void __launch_bounds__(1024) sort(int t, const void* ids, void* rows, void* pos, void* tiles,
+    void* count) {{ ember::moe::sort<128, 8, 16>(t, ids, rows, pos, tiles, count); }}
+extern "C" __global__ void combine(int t, const void* pos, const void* w, const void* ys, void* y) {{
+  ember::moe::combine<4096, 2, half>(t, pos, w, ys, y);
+}}
+extern "C" __global__ void __launch_bounds__(256) gate_up(int t, const void* x, const void* ids, const void* gw,
+    const void* gs, const void* gm, const void* uw, const void* us, const void* um, void* gu) {{
+  ember::moe::gemv_gate_up<1, 4096, 14336, 32, 2, 8, 2, 4, 2, 0>(t, x, ids, gw, gs, gm, uw, us, um, gu);
+}}
+extern "C" __global__ void __launch_bounds__(256) down(int t, const void* gu, const void* ids, const void* dw,
+    const void* ds, const void* dm, void* ys) {{
+  ember::moe::gemv_down<0, 4096, 14336, 32, 2, 8, 2, 4, 2, 0>(t, gu, ids, dw, ds, dm, ys);
+}}
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("args", [
+    "0, 14336, 4096, 1, 2, 64, 64, 2, 2, 4",  # Mixtral-8x7B gate_up, q4f16, large tile
+    "1, 14336, 4096, 1, 2, 16, 64, 1, 4, 4",  # q4f16_1, small tile
+    "2, 768, 2048, 1, 8, 64, 64, 2, 2, 4",    # Qwen3-30B-A3B gate_up, q8f16
+    "3, 768, 2048, 1, 8, 64, 64, 2, 2, 3",    # fp16 experts (a shallower ring: 48 KiB of static shared memory)
+    "0, 4096, 14336, 0, 2, 64, 64, 2, 2, 4",  # Mixtral down
+])
+def test_grouped_kernels_compile_without_spills(tmp_path, args):
+    from ember.targets.cuda.device_code import KERNEL_DIR
+
+    threads = 32 * int(args.split(",")[7]) * int(args.split(",")[8])
+    src = tmp_path / "k.cu"
+    src.write_text(WRAPPER.format(threads=threads, args=args))
+    result = subprocess.run(["nvcc", "-arch=sm_90", "-O3", "-std=c++17", f"-I{KERNEL_DIR}", "--cubin", "-Xptxas",
+                             "-v", str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("0 bytes spill stores, 0 bytes spill loads") == 5, result.stderr
+
+
+def test_tile_rings_fit_static_shared_memory():
+    for tile in (native_moe.SMALL_TILE, native_moe.LARGE_TILE):
+        for code in native_moe.GROUPED_FORMATS:
+            for gated in (True, False):
+                stages = tile.stages(code, gated)
+                weight = {native_moe.Q8: 32, native_moe.F16: 64}.get(code, 16) * tile.bn * (2 if gated else 1)
+                assert stages >= 3 and stages * (tile.bm * 64 + weight) <= 48 * 1024

@@ -29,7 +29,8 @@ def test_only_hopper_and_later_builds_and_switch(monkeypatch):
 ENTRIES = {"ember::gemv::": ["run"], "ember::lowbatch::": ["run"], "ember::norm::": ["add_rms_norm"],
            "ember::attn::": ["split", "merge"], "ember::linear::": ["gemv", "mma"], "ember::kv::": ["rotary", "append"],
            "ember::prefill::": ["attend"],
-           "ember::qgemm::": ["run"], "ember::kgemv::": ["run"]}
+           "ember::qgemm::": ["run"], "ember::kgemv::": ["run"],
+           "ember::klowbatch::": ["run"]}
 
 
 def _body(text: str, name: str) -> str:

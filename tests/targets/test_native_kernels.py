@@ -47,6 +47,8 @@ def lib(request, tmp_path_factory):
     handle.ember_decode_attention.restype = ctypes.c_int32
     handle.ember_decode_attention.argtypes = ([P] * 7 + [ctypes.c_int64] + [ctypes.c_int32] * 4
                                               + [ctypes.c_float, ctypes.c_int32, ctypes.c_float])
+    handle.ember_moe.restype = ctypes.c_int32
+    handle.ember_moe.argtypes = [P] * 12 + [ctypes.c_int64] * 4 + [ctypes.c_int32] * 6
     handle.ember_rope_split.restype = ctypes.c_int32
     handle.ember_rope_split.argtypes = ([P] * 5 + [ctypes.c_int64] + [ctypes.c_int32] * 4 + [ctypes.c_int64]
                                         + [ctypes.c_float] * 6)
@@ -114,7 +116,9 @@ def _kblocks(ggml_type: str, rows: int, cols: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     size, values = BLOCK_BYTES[ggml_type]
     raw = rng.integers(0, 256, (rows, cols // values, size), dtype=np.uint8)
-    for offset in {"Q5_0": (0,), "Q5_1": (0, 2), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}[ggml_type]:
+    halves = {"Q5_0": (0,), "Q5_1": (0, 2), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2),
+              "Q6_K": (208,)}
+    for offset in halves[ggml_type]:
         halves = (rng.standard_normal(raw.shape[:2]) * 1e-3).astype(np.float16)
         raw[..., offset:offset + 2] = halves.view(np.uint8).reshape(*raw.shape[:2], 2)
     return raw.reshape(rows, -1)
@@ -124,7 +128,7 @@ def _kblocks(ggml_type: str, rows: int, cols: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("m", [1, 3, 4, 13])  # GEMV (<= 3 rows of x), GEMM tiles and remainders
 @pytest.mark.parametrize("rows,cols", [(5, 256), (37, 768)])
 def test_kept_native_blocks_match_gguf_dequantize(pool, ggml_type, m, rows, cols):
-    """Q5_0 / Q5_1 / Q4_K / Q5_K / Q6_K through ember_linear_k against x @ gguf's dequantized weights (float64)."""
+    """Q5_0 / Q5_1 / Q2_K .. Q6_K through ember_linear_k against x @ gguf's dequantized weights (float64)."""
     raw = _kblocks(ggml_type, rows, cols, seed=rows + m)
     reference_w = gguf.quants.dequantize(raw, Q[ggml_type]).astype(np.float64)
     fmt = SCHEMES[GGML_TO_SCHEME[ggml_type]].format
@@ -268,3 +272,28 @@ def test_rope_split_matches_the_hf_frequencies(pool, scaling, rotary, tokens):
     assert rc == 0
     np.testing.assert_array_equal(q, qkv[:, :h_q])
     np.testing.assert_array_equal(k, qkv[:, h_q:h_q + h_kv])
+
+
+def test_moe_routes_nan_logits_in_range_and_the_other_tokens_as_numpy(pool):
+    """ember_moe with fp16 experts: a token whose router logits are NaN (an overflowed model) must not index past
+    the experts; the other tokens equal softmax top-k routing and SwiGLU experts in float64."""
+    rng = np.random.default_rng(0)
+    tokens, experts, hidden, inter, k = 3, 4, 64, 32, 2
+    gate, up = (rng.normal(0, 0.1, (experts, inter, hidden)).astype(np.float16) for _ in range(2))
+    down = rng.normal(0, 0.1, (experts, hidden, inter)).astype(np.float16)
+    x = rng.normal(size=(tokens, hidden)).astype(np.float32)
+    logits = rng.normal(size=(tokens, experts)).astype(np.float32)
+    logits[1] = np.nan
+    y = np.zeros((tokens, hidden), np.float32)
+    args = [_ptr(x), _ptr(logits), _ptr(gate), None, None, _ptr(up), None, None, _ptr(down), None, None, _ptr(y)]
+    assert pool.ember_moe(*args, tokens, experts, hidden, inter, k, 1, 0, F16, 0, 0) == 0
+    for t in (0, 2):
+        p = np.exp(logits[t] - logits[t].max())
+        p /= p.sum()
+        top = np.argsort(-p, kind="stable")[:k]
+        expected = np.zeros(hidden)
+        for e in top:
+            g = gate[e].astype(np.float64) @ x[t]
+            h = g / (1 + np.exp(-g)) * (up[e].astype(np.float64) @ x[t])
+            expected += p[e] / p[top].sum() * (down[e].astype(np.float64) @ h)
+        np.testing.assert_allclose(y[t], expected, rtol=1e-4, atol=1e-5)

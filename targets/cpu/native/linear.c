@@ -5,10 +5,13 @@
  *   EMBER_Q4_1  as EMBER_Q4 plus fp16 mins,                                        W = s * q + m
  *   EMBER_Q8    int8[N, K],                                                          W = s * q
  *   EMBER_F16 / EMBER_BF16   half-precision [N, K] (no scales)
- *   EMBER_Q5_0 .. EMBER_Q6_K (GGUF Q5_0, Q5_1, Q4_K, Q5_K, Q6_K kept native; entry ember_linear_k): the nibbles of
- *     EMBER_Q4 plus `qhigh` (bit 4 of q at k = 32j + i in bit i of word j; Q6_K: bits 4-5 at k = 16j + i in bits
- *     2i, 2i+1), Q5_0/Q5_1 fp16 scales (and mins) per 32, K-quants uint8 scale/min codes per 32 (Q6_K: int8 per 16)
- *     times the fp16 `sup` / `sup_mins` of each 256: W = s (q - 16) | s q + m | d c q - dmin cm | d c (q - 32).
+ *   EMBER_Q5_0 .. EMBER_Q3_K (GGUF Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K kept native; entry ember_linear_k):
+ *     Q2_K/Q3_K: 2-bit fields (q at k = 16j + i in bits 2i, 2i+1 of word j), Q3_K's bit 2 in `qhigh` as Q5's
+ *     bit 4, a byte per 16 of scale code | min code << 4 (Q2_K) or int8 scale codes per 16 (Q3_K):
+ *     W = d c q - dmin cm | d c (q - 4).  The others: the nibbles of EMBER_Q4 plus `qhigh` (bit 4 of q at
+ *     k = 32j + i in bit i of word j; Q6_K: bits 4-5 at k = 16j + i in bits 2i, 2i+1), Q5_0/Q5_1 fp16 scales (and
+ *     mins) per 32, K-quants uint8 scale/min codes per 32 (Q6_K: int8 per 16) times the fp16 `sup` / `sup_mins` of
+ *     each 256: W = s (q - 16) | s q + m | d c q - dmin cm | d c (q - 32).
  *     Both kernels dequantize a row (or 16) into float32 in L1 and multiply from there.
  * with fp16 scales (and mins) per `group` consecutive k of a row (the last group of a row may be partial).
  * Quantized formats need K and group multiples of 32 (the Python side checks it and keeps TIR's kernel
@@ -29,7 +32,9 @@
 
 enum { EMBER_Q4 = 0, EMBER_Q4_1 = 1, EMBER_Q8 = 2, EMBER_F16 = 3, EMBER_BF16 = 4,
        /* 5- and 6-bit and super-block formats (ember_linear_k): codes = low nibbles | high bits << 4 */
-       EMBER_Q5_0 = 5, EMBER_Q5_1 = 6, EMBER_Q4_K = 7, EMBER_Q5_K = 8, EMBER_Q6_K = 9 };
+       EMBER_Q5_0 = 5, EMBER_Q5_1 = 6, EMBER_Q4_K = 7, EMBER_Q5_K = 8, EMBER_Q6_K = 9,
+       /* 2-bit qweight fields (k = 16j + i in bits 2i, 2i+1 of word j), Q3_K's bit 2 in qhigh */
+       EMBER_Q2_K = 10, EMBER_Q3_K = 11 };
 
 #define GEMV_MAX_ROWS 3      /* x rows up to which the GEMV kernel runs (weights re-read per row) */
 #if defined(__AVX512F__)
@@ -66,35 +71,51 @@ EMBER_INLINE int is_wide(int32_t fmt) { return fmt >= EMBER_Q5_0; }
  * values are gguf's: d * code is exact in float32, then one multiply and one add, as the scheme's formula. */
 static void dequant_row_wide(const LinearArgs* a, int64_t n, float* out) {
   const int64_t K = a->K;
-  const uint32_t* w = (const uint32_t*)a->w + n * (K / 8);
-  const int six = a->fmt == EMBER_Q6_K;
+  const int fmt = a->fmt;
+  const int six = fmt == EMBER_Q6_K, crumbs = fmt == EMBER_Q2_K || fmt == EMBER_Q3_K; /* 2-bit qweight fields */
+  const uint32_t* w = (const uint32_t*)a->w + n * (crumbs ? K / 16 : K / 8);
   const uint32_t* hi = a->qhigh ? a->qhigh + n * (six ? K / 16 : K / 32) : NULL;
-  const int64_t groups = six ? K / 16 : K / 32;
+  const int64_t groups = six || crumbs ? K / 16 : K / 32;
+  const int64_t supers = K / 256;
   for (int64_t b = 0; b < K / 32; ++b) {
     float q[32];
     for (int i = 0; i < 32; ++i) {
-      uint32_t code = (w[4 * b + i / 8] >> (4 * (i % 8))) & 15u;
-      if (six) code |= ((hi[2 * b + i / 16] >> (2 * (i % 16))) & 3u) << 4;
-      else if (hi) code |= ((hi[b] >> i) & 1u) << 4;
+      uint32_t code;
+      if (crumbs) {
+        code = (w[2 * b + i / 16] >> (2 * (i % 16))) & 3u;
+        if (hi) code |= ((hi[b] >> i) & 1u) << 2;
+      } else {
+        code = (w[4 * b + i / 8] >> (4 * (i % 8))) & 15u;
+        if (six) code |= ((hi[2 * b + i / 16] >> (2 * (i % 16))) & 3u) << 4;
+        else if (hi) code |= ((hi[b] >> i) & 1u) << 4;
+      }
       q[i] = (float)code;
     }
     float s0, c0, s1, c1;
-    if (a->fmt == EMBER_Q5_0 || a->fmt == EMBER_Q5_1) {
+    if (fmt == EMBER_Q5_0 || fmt == EMBER_Q5_1) {
       s0 = s1 = f16_to_f32(a->scales[n * groups + b]);
-      c0 = c1 = a->fmt == EMBER_Q5_1 ? f16_to_f32(a->mins[n * groups + b]) : 0.0f;
-      if (a->fmt == EMBER_Q5_0)
+      c0 = c1 = fmt == EMBER_Q5_1 ? f16_to_f32(a->mins[n * groups + b]) : 0.0f;
+      if (fmt == EMBER_Q5_0)
         for (int i = 0; i < 32; ++i) q[i] -= 16.0f;
-    } else if (six) {
+    } else if (six || fmt == EMBER_Q3_K) { /* int8 scale codes per 16, W = d c (q - 32 | q - 4) */
       const int8_t* sc = (const int8_t*)a->scales + n * groups;
-      const float d = f16_to_f32(a->sup[n * (K / 256) + b / 8]);
+      const float d = f16_to_f32(a->sup[n * supers + b / 8]);
       s0 = d * (float)sc[2 * b];
       s1 = d * (float)sc[2 * b + 1];
       c0 = c1 = 0.0f;
-      for (int i = 0; i < 32; ++i) q[i] -= 32.0f;
+      const float offset = six ? 32.0f : 4.0f;
+      for (int i = 0; i < 32; ++i) q[i] -= offset;
+    } else if (fmt == EMBER_Q2_K) { /* a byte per 16: scale code | min code << 4 */
+      const uint8_t* sc = (const uint8_t*)a->scales + n * groups;
+      const float d = f16_to_f32(a->sup[n * supers + b / 8]), dm = f16_to_f32(a->sup_min[n * supers + b / 8]);
+      s0 = d * (float)(sc[2 * b] & 15);
+      s1 = d * (float)(sc[2 * b + 1] & 15);
+      c0 = -(dm * (float)(sc[2 * b] >> 4));
+      c1 = -(dm * (float)(sc[2 * b + 1] >> 4));
     } else {
       const uint8_t* sc = (const uint8_t*)a->scales + n * groups;
       const uint8_t* mn = (const uint8_t*)a->mins + n * groups;
-      const float d = f16_to_f32(a->sup[n * (K / 256) + b / 8]), dm = f16_to_f32(a->sup_min[n * (K / 256) + b / 8]);
+      const float d = f16_to_f32(a->sup[n * supers + b / 8]), dm = f16_to_f32(a->sup_min[n * supers + b / 8]);
       s0 = s1 = d * (float)sc[b];
       c0 = c1 = -(dm * (float)mn[b]);
     }
@@ -400,13 +421,13 @@ int32_t ember_linear(const float* x, const void* w, const void* scales, const vo
   return a.status;
 }
 
-/* The entry point of the 5-/6-bit and super-block formats (EMBER_Q5_0 .. EMBER_Q6_K; K a multiple of 32, of 256
+/* The entry point of the 5-/6-bit and super-block formats (EMBER_Q5_0 .. EMBER_Q3_K; K a multiple of 32, of 256
  * for K-quants). Unused pieces may be any pointer. Returns 0, or -1 when out of memory. */
 int32_t ember_linear_k(const float* x, const void* w, const void* qhigh, const void* scales, const void* mins,
                        const void* sup, const void* sup_min, const float* bias, float* y, int64_t M, int64_t N,
                        int64_t K, int32_t fmt, int32_t has_bias) {
   LinearArgs a = {x, (const uint8_t*)w, (const uint16_t*)scales, (const uint16_t*)mins, has_bias ? bias : NULL,
-                  y, M, N, K, 32, fmt, NULL, 0, fmt == EMBER_Q4_K ? NULL : (const uint32_t*)qhigh,
+                  y, M, N, K, 32, fmt, NULL, 0, fmt == EMBER_Q4_K || fmt == EMBER_Q2_K ? NULL : (const uint32_t*)qhigh,
                   (const uint16_t*)sup, (const uint16_t*)sup_min};
   if (M <= 0 || N <= 0) return 0;
   ember_parallel(linear_task, &a);

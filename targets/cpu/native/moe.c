@@ -81,7 +81,10 @@ static void route(const float* logits, int64_t T, int64_t E, int32_t k, int32_t 
     for (int64_t e = 1; e < E; ++e) peak = l[e] > peak ? l[e] : peak;
     float total = 0.0f;
     for (int64_t e = 0; e < E; ++e) total += (p[e] = expf(l[e] - peak));
-    for (int64_t e = 0; e < E; ++e) p[e] /= total;
+    for (int64_t e = 0; e < E; ++e) {
+      p[e] /= total;
+      if (!(p[e] >= 0.0f)) p[e] = 0.0f; /* NaN logits (an overflowed model) route like -inf: ids stay in range */
+    }
     float chosen = 0.0f;
     for (int32_t j = 0; j < k; ++j) {
       int64_t best = -1;

@@ -169,10 +169,11 @@ __device__ __forceinline__ uint4 swiglu8(uint4 gate, uint4 up) {
   return out;
 }
 
-// One block: WARPS warps, warp w owns rows (blockIdx.x * WARPS + w) * R + 0..R-1.
+// Block `block` of the GEMV: WARPS warps, warp w owns rows (block * WARPS + w) * R + 0..R-1 (run() below: the
+// block is blockIdx.x; moe.cuh runs several GEMVs, one per selected expert, in one grid).
 template <int SCHEME, int N, int K, int G, int WARPS, int R, int D, int PER, int ASYNC, int BIAS, int ACT = PLAIN>
-__device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const void* s_ptr, const void* m_ptr,
-                                    const void* bias_ptr, void* y_ptr) {
+__device__ __forceinline__ void run_block(int block, const void* x_ptr, const void* w_ptr, const void* s_ptr,
+                                          const void* m_ptr, const void* bias_ptr, void* y_ptr) {
   using L = Layout<SCHEME>;
   constexpr int V = L::kValues;
   static_assert(K % V == 0, "K must be a multiple of the values per 16-byte load");
@@ -193,7 +194,7 @@ __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const 
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  const int row0 = (blockIdx.x * WARPS + warp) * R;
+  const int row0 = (block * WARPS + warp) * R;
 
   const uint4* wrow[R];
   const __half* srow[R];
@@ -320,6 +321,13 @@ __device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const 
     if (BIAS == FLOAT_BIAS) out += reinterpret_cast<const float*>(bias_ptr)[n];
     reinterpret_cast<__half*>(y_ptr)[n] = __float2half(out);
   }
+}
+
+template <int SCHEME, int N, int K, int G, int WARPS, int R, int D, int PER, int ASYNC, int BIAS, int ACT = PLAIN>
+__device__ __forceinline__ void run(const void* x_ptr, const void* w_ptr, const void* s_ptr, const void* m_ptr,
+                                    const void* bias_ptr, void* y_ptr) {
+  run_block<SCHEME, N, K, G, WARPS, R, D, PER, ASYNC, BIAS, ACT>(blockIdx.x, x_ptr, w_ptr, s_ptr, m_ptr, bias_ptr,
+                                                               y_ptr);
 }
 
 }  // namespace gemv
