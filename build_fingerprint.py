@@ -23,7 +23,7 @@ from .runtime.artifact import HASH_CHUNK, BuildInfo
 HF_INPUTS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "chat_template.jinja", "model.safetensors.index.json")
 # environment variables that change what a build produces (targets/)
-BUILD_ENV = re.compile(r"^(EMBER_CPU_MCPU|EMBER_CUDA_[A-Z0-9_]+|EMBER_DEVICE_SAMPLER|EMBER_PDL_CUH|CC)$")
+BUILD_ENV = re.compile(r"^(EMBER_CPU_MCPU|EMBER_CUDA_[A-Z0-9_]+|EMBER_DEVICE_SAMPLER|EMBER_PDL_CUH|EMBER_TP_COLLECTIVES|CC)$")
 
 
 def input_files(model_path: str | None, weights_dir: str | None) -> dict[str, Path]:

@@ -49,13 +49,15 @@ from .passes.quant_help import QUANT_HELP  # noqa: E402  (dependency-free text)
               help="Benchmark build: the runtime makes true-shape random weights on the device at load time.")
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="GPU targets: capture the static-shape parts of each step into CUDA graphs.")
+@click.option("--tensor-parallel", "tensor_parallel", default=1, show_default=True, type=int,
+              help="Split the model over N GPUs (tensor parallelism): one library, weights written per shard.")
 @click.option("--print-after", "print_after", multiple=True,
               help="Print the IR after this pass (repeatable; 'all' for every pass).")
 @click.option("--verbose", is_flag=True, help="Show full tracebacks (TVM's included).")
 @one_line_errors
 def compile_command(model: str, target: str, quant: str | None, dtype: str | None, output: str | None,
                     force: bool, weights: str | None, random_weights: bool, cuda_graph: bool,
-                    print_after: tuple[str, ...], verbose: bool) -> None:
+                    tensor_parallel: int, print_after: tuple[str, ...], verbose: bool) -> None:
     """Compile a model into an artifact folder (library + manifest + weights + tokenizer)."""
     from .compile_args import check_request
     from .compiler import CompileRequest, compile_model  # imports no tvm
@@ -63,7 +65,7 @@ def compile_command(model: str, target: str, quant: str | None, dtype: str | Non
 
     request = CompileRequest(model=model, target=target, quant=quant, dtype=dtype, output=output, weights=weights,
                              random_weights=random_weights, print_after=set(print_after), cuda_graph=cuda_graph,
-                             force=force)
+                             force=force, tensor_parallel=tensor_parallel)
     check_request(request).prepare_process()  # arguments first: a typo fails before any toolchain work
     with _sigterm_cleans_up(), console_stage() as stage:
         path = compile_model(request, stage)

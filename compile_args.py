@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .compiler import CompileRequest
 
 DTYPES = ("float32", "float16", "bfloat16")
+MAX_SHARDS = 64
 
 
 def parse_target_arg(target: object) -> Target:
@@ -38,6 +39,11 @@ def check_request(request: CompileRequest) -> Target:
         raise ConfigError.about(f"{{dtype}} {request.dtype!r}: unknown compute dtype (known: {', '.join(DTYPES)})")
     if request.random_weights and request.weights:
         raise ConfigError.about("{random_weights} and {weights} exclude each other")
+    tp = request.tensor_parallel
+    if isinstance(tp, bool) or not isinstance(tp, int) or not 1 <= tp <= MAX_SHARDS:
+        raise ConfigError.about(f"{{tensor_parallel}} {tp!r}: must be an integer from 1 to {MAX_SHARDS}")
+    if tp > 1 and target.name == "metal":
+        raise ConfigError.about(f"{{tensor_parallel}} {tp}: --target metal runs on one GPU")
     _check_print_after(request)
     if request.output:  # the default path depends on the model's name and quant: checked once they are known
         check_destination(request.output, replace=request.force)
@@ -47,7 +53,8 @@ def check_request(request: CompileRequest) -> Target:
 def _check_print_after(request: CompileRequest) -> None:
     from .passes.manager import default_pipeline
 
-    names = [p.name for p in default_pipeline(request.quant or "q0f32", request.fuse_rope, request.fuse)]
+    names = [p.name for p in default_pipeline(request.quant or "q0f32", request.fuse_rope, request.fuse,
+                                              tensor_parallel=request.tensor_parallel)]
     unknown = sorted(set(request.print_after) - set(names) - {"all"})
     if unknown:
         raise ConfigError.about(f"{{print_after}}: no pass named {', '.join(unknown)} (passes: {', '.join(names)})")

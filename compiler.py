@@ -31,7 +31,9 @@ from .ir.graph import Module
 from .ir.printer import format_module
 from .passes.manager import PassManager, default_pipeline
 from .passes.materialize import adopt_stacked_sources, check_sources, materialize
+from .passes.quant_schemes import FLOAT_GGML_TYPES
 from .passes.quantize import SourceFormats, default_quant, quantization_notes, unquantizable
+from .passes.shard_tensor_parallel import check_divisible, check_quantized_shards, shard_layout
 from .runtime import artifact as art
 from .runtime.output_rules import check_destination
 from .runtime.tvm_import import import_tvm_with_compiler
@@ -55,6 +57,7 @@ class CompileRequest:
     fuse: bool = True  # fusion passes (qkv, gate_up, swiglu, add+rms_norm); off for A/B checks
     cuda_graph: bool = True  # capture static-shape regions into CUDA graphs (GPU targets)
     force: bool = False  # replace an ember artifact at `output` (the default path needs no force: ember made it)
+    tensor_parallel: int = 1  # shards (passes/shard_tensor_parallel.py); 1: one device
 
 
 @dataclass
@@ -91,6 +94,9 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     if formats is not None:  # no --quant and a quantized GGUF: each tensor keeps its type where ember has it
         formats.keep_native = request.quant is None and default_quant(formats) is not None
     dtype = request.dtype or target.default_dtype
+    shards = request.tensor_parallel
+    if shards > 1:
+        _check_shardable(source, formats, shards)
     output, replace, label = _output(request, target, source.name, quant)
     check_destination(output, replace=replace, label=label)
 
@@ -104,28 +110,33 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
         check_sources(module, source.weights)
     if formats is not None:
         module.attrs["source_formats"] = formats
-    manager = PassManager(default_pipeline(quant, fuse_rope=request.fuse_rope, fuse=request.fuse),
+    manager = PassManager(default_pipeline(quant, fuse_rope=request.fuse_rope, fuse=request.fuse,
+                                           tensor_parallel=shards),
                           print_after=request.print_after, printer=stage.dump)
     stage.say(f"running passes: {', '.join(manager.names)}")
     module = manager.run(module)
+    if shards > 1:
+        check_quantized_shards(module, quant)
     missing = unquantizable(module) if packs_weights else []
     if missing:
         raise ConfigError(f"--quant {quant}: ember keeps GGUF K-quant blocks but does not make them from other "
                           f"weights ({len(missing)}, e.g. {missing[0]}); compile the GGUF file without --quant, or "
                           "use --random-weights")
     source.notes.extend(quantization_notes(module))
-    golden_plan = golden.plan(module, source.config, target, quant=quant, dtype=dtype, fuse_rope=request.fuse_rope,
-                              fuse=request.fuse, formats=formats)  # a big model's truncation: its entry points
+    golden_plan = None  # a sharded build has no single-device reference to record golden outputs with (yet)
+    if shards == 1:
+        golden_plan = golden.plan(module, source.config, target, quant=quant, dtype=dtype,
+                                  fuse_rope=request.fuse_rope, fuse=request.fuse, formats=formats)
 
     if "tvm" not in sys.modules:
         with stage.wait("loading TVM's compiler"):
             import_tvm_with_compiler()
     with stage.wait(f"lowering to TVM for {request.target}"):
         relax_mod, param_order = _lower(module, target, request.random_weights)
-    reference_kernels = golden.start_reference_kernels(target)
+    reference_kernels = golden.start_reference_kernels(target) if golden_plan is not None else None
 
     def build_reference() -> None:  # while a target waits on its own compiler process
-        if request.random_weights or packs_weights:  # no weights, no golden outputs
+        if golden_plan is not None and (request.random_weights or packs_weights):  # no weights, no golden outputs
             golden.prepare_reference(golden_plan, stage, random_fill=request.random_weights,
                                      native_kernels=reference_kernels)
 
@@ -139,7 +150,7 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
             weights_mode = art.WEIGHTS_RANDOM
         elif packs_weights:
             stage.say(f"writing weights ({len(params)} tensors, {quant})")
-            _write_weights(module, params, source, writer.path, stage)
+            _write_weights(module, params, source, writer.path, stage, shards)
             weights_mode = art.WEIGHTS_PACKED
         tokenizer = None
         if source.tokenizer is not None:
@@ -158,12 +169,13 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
             vocab_size=source.config.vocab_size, context_length=source.config.max_position_embeddings,
             functions=_exported_functions(relax_mod), params=params, weights=weights_mode,
             tokenizer=tokenizer, passes=manager.names, versions=_versions(), notes=source.notes,
-            source=source.path)
+            source=source.path, tensor_parallel=_tensor_parallel_info(module, target, shards))
         stage.say("hashing the inputs for the build fingerprint")
         manifest.build = _build_info(request, source, target, quant, dtype, manifest.versions)
         if reference_kernels is not None:
             reference_kernels.join()
-        manifest.verification = golden.record(golden_plan, writer.path, manifest, stage)  # for `ember verify`
+        if golden_plan is not None:
+            manifest.verification = golden.record(golden_plan, writer.path, manifest, stage)  # for `ember verify`
         stage.say("hashing files and writing the manifest")
         path = writer.commit(manifest)
     stage.say(f"wrote {path} in {time.perf_counter() - started:.1f} s")
@@ -174,7 +186,8 @@ def _output(request: CompileRequest, target: Target, name: str, quant: str) -> t
     """Destination, whether an ember artifact there may be replaced, and how errors name it."""
     if request.output:
         return Path(request.output), request.force, "{output}"
-    return Path("compiled") / f"{name}-{quant}-{target.label}", True, ""  # ember's own default path: it made what is there
+    split = f"-tp{request.tensor_parallel}" if request.tensor_parallel > 1 else ""
+    return Path("compiled") / f"{name}-{quant}-{target.label}{split}", True, ""  # ember's own default path: it made what is there
 
 
 def _require_compiler() -> None:
@@ -209,10 +222,31 @@ def _param_info(module: Module, name: str) -> art.ParamInfo:
                          scheme=param.info.get("scheme"))
 
 
+def _check_shardable(source: ModelSource, formats: SourceFormats | None, shards: int) -> None:
+    """Before tracing: the config splits evenly, and the weights are floats (GGUF blocks are not cut yet)."""
+    check_divisible(source.config, shards)
+    if formats is not None and any(t not in FLOAT_GGML_TYPES for t in formats.types.values()):
+        raise ConfigError.about(f"{{tensor_parallel}} {shards}: {source.name} holds quantized GGUF tensors, which "
+                                "ember does not split yet; compile a float checkpoint (any --quant)")
+
+
+def _tensor_parallel_info(module: Module, target: Target, shards: int) -> art.TensorParallelInfo | None:
+    if shards == 1:
+        return None
+    ranks = {name: int(p.info["shard_value"]["rows"]) for name, p in module.params.items() if "shard_value" in p.info}
+    return art.TensorParallelInfo(shards=shards, layout=shard_layout(module), shard_dirs=shard_dirs(shards),
+                                  collectives=target.collective_functions(), rank_values=ranks)
+
+
+def shard_dirs(shards: int) -> list[str]:
+    return [f"{art.PARAMS_DIR}/shard-{r}-of-{shards}" for r in range(shards)]
+
+
 def _write_weights(module: Module, params: list[art.ParamInfo], source: ModelSource, folder: Path,
-                   stage: Stage) -> None:
-    """Shards of at most SHARD_BYTES, planned from the manifest's shapes, written a tensor at a time: each weight
-    is materialized, appended to its shard and dropped (memory holds one tensor, not one shard)."""
+                   stage: Stage, tensor_shards: int = 1) -> None:
+    """Files of at most SHARD_BYTES, planned from the manifest's shapes, written a tensor at a time: each weight
+    is materialized, appended to its file and dropped (memory holds one tensor, not one file). A tensor-parallel
+    build writes the same files for each shard, in its own folder (`params` then name the file within it)."""
     from .runtime.shards import ShardWriter, tensor_nbytes
 
     provider = source.weights
@@ -227,23 +261,29 @@ def _write_weights(module: Module, params: list[art.ParamInfo], source: ModelSou
             shard_bytes = 0
         shards[-1].append(info)
         shard_bytes += nbytes
-        info.file = f"{art.PARAMS_DIR}/params-{len(shards) - 1:05d}.safetensors"
-    done = 0
-    for members in filter(None, shards):
-        # manifest order: weights that share a source (tied embeddings) are materialized one after the other, so
-        # the source's packing is made once
-        planned = [(info.name, info.shape, info.dtype) for info in members]
-        with ShardWriter(folder / members[0].file, planned) as writer:
-            for info in members:
-                stage.tick(done, len(params), info.name)
-                array = materialize(module.params[info.name], provider)
-                if list(array.shape) != list(info.shape):
-                    raise EmberError(f"weight {info.name}: materialized shape {list(array.shape)}, the manifest "
-                                     f"says {info.shape}")
-                writer.write(info.name, array)
-                del array
-                done += 1
-    stage.tick(len(params), len(params), "done")
+        info.file = f"params-{len(shards) - 1:05d}.safetensors"
+        if tensor_shards == 1:
+            info.file = f"{art.PARAMS_DIR}/{info.file}"
+    done, total = 0, len(params) * tensor_shards
+    for rank, directory in enumerate(shard_dirs(tensor_shards) if tensor_shards > 1 else [None]):
+        base = folder if directory is None else folder / directory
+        base.mkdir(parents=True, exist_ok=True)
+        split = (rank, tensor_shards) if directory is not None else None
+        for members in filter(None, shards):
+            # manifest order: weights that share a source (tied embeddings) are materialized one after the other, so
+            # the source's packing is made once
+            planned = [(info.name, info.shape, info.dtype) for info in members]
+            with ShardWriter(base / members[0].file, planned) as writer:
+                for info in members:
+                    stage.tick(done, total, info.name)
+                    array = materialize(module.params[info.name], provider, split)
+                    if list(array.shape) != list(info.shape):
+                        raise EmberError(f"weight {info.name}: materialized shape {list(array.shape)}, the "
+                                         f"manifest says {info.shape}")
+                    writer.write(info.name, array)
+                    del array
+                    done += 1
+    stage.tick(total, total, "done")
 
 
 def _build_info(request: CompileRequest, source: ModelSource, target: Target, quant: str, dtype: str,
@@ -252,6 +292,8 @@ def _build_info(request: CompileRequest, source: ModelSource, target: Target, qu
 
     options = {"target": target.spec, "quant": quant, "dtype": dtype, "random_weights": request.random_weights,
                "fuse": request.fuse, "fuse_rope": request.fuse_rope, "cuda_graph": request.cuda_graph}
+    if request.tensor_parallel > 1:  # absent otherwise, so unsharded builds keep their fingerprints
+        options["tensor_parallel"] = request.tensor_parallel
     files = {} if request.random_weights else input_files(source.path, request.weights)
     preset = request.model if request.model in PRESETS and not Path(request.model).exists() else None
     return build_info(files=files, config=source.config.to_dict(), preset=preset, options=options,

@@ -54,11 +54,14 @@ def _artifact_facts(folder: Path) -> tuple[dict[str, Any], list[str]]:
         "size_bytes": size, "versions": manifest.versions, "notes": manifest.notes,
         "verification": asdict(manifest.verification) if manifest.verification else None,
         "format_version": manifest.format_version, "build": asdict(manifest.build) if manifest.build else None,
+        "tensor_parallel": manifest.tensor_parallel.shards if manifest.tensor_parallel else None,
     }  # fmt: skip
+    tp = manifest.tensor_parallel
     text = [
         f"artifact {folder}",
         f"model: {manifest.name} ({manifest.architecture}), {n_params:,} parameters",
-        f"weight bytes: {weight_bytes / 1e6:.1f} MB" + (f" ({', '.join(schemes)})" if manifest.params else ""),
+        f"weight bytes: {weight_bytes / 1e6:.1f} MB" + (f" ({', '.join(schemes)})" if manifest.params else "")
+        + (f" per shard, {tp.shards} tensor-parallel shards (run with --devices)" if tp else ""),
         f"quantization: {manifest.quantization}, compute dtype {manifest.compute_dtype}",
         f"target: {manifest.target.kind} {' '.join(manifest.target.archs)}".rstrip(),
         f"weights: {weights.get(manifest.weights, manifest.weights)}",

@@ -92,6 +92,14 @@ def _fused_param(members: list[Param], name: str) -> Param | None:
         else:
             shapes += [list(p.type.shape)] if "sources" not in p.info else [None] * len(own)
     info = {"sources": sources, "source_shapes": shapes, "concat_axis": 0}
+    shard = {(p.info.get("shard_kind"), p.info.get("shard_axis")) for p in members}
+    if len(shard) > 1:
+        return None  # tensor parallelism cut the members differently: no one slice of the fused weight
+    kind, axis = shard.pop()
+    if kind is not None:  # each shard's fused weight is the concatenation of its slices of the members
+        info["shard_kind"] = kind
+    if axis is not None:
+        info["shard_axis"] = axis
     rows = sum(int(p.type.shape[0]) for p in members)
     return Param(name, TensorType((rows,) + first.shape[1:], first.dtype), info)
 

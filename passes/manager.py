@@ -44,8 +44,9 @@ class PassManager:
         return [p.name for p in self.passes]
 
 
-def default_pipeline(quant: str, fuse_rope: bool = True, fuse: bool = True) -> list[Pass]:
-    """The passes `ember compile` runs, in order: clean up, fuse (on float weights), then quantize."""
+def default_pipeline(quant: str, fuse_rope: bool = True, fuse: bool = True, tensor_parallel: int = 1) -> list[Pass]:
+    """The passes `ember compile` runs, in order: clean up, shard (tensor parallelism), fuse (on float weights),
+    then quantize."""
     from .dce import DeadCodeElimination
     from .fuse_add_norm import FuseAddRMSNorm
     from .fuse_linears import FuseParallelLinears
@@ -56,6 +57,10 @@ def default_pipeline(quant: str, fuse_rope: bool = True, fuse: bool = True) -> l
 
     quantize = Quantize(quant)
     passes: list[Pass] = [DeadCodeElimination()]
+    if tensor_parallel > 1:  # first: fusion and quantization then see each shard's own slices
+        from .shard_tensor_parallel import ShardTensorParallel
+
+        passes.append(ShardTensorParallel(tensor_parallel))
     if fuse_rope:
         passes.append(FuseRopeIntoAttention())
     if fuse:  # before Quantize, so it quantizes the fused weights (siblings fuse only where their schemes agree)

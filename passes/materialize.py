@@ -106,18 +106,33 @@ def _flat_rows(source: Source) -> Source:
     return source.reshape(-1, source.shape[-1])
 
 
-def load_sources(param: Param, provider: Provider) -> Source:
-    """The source tensor of `param` (concatenated if fused), shape-checked against the config. Row-fused quantized
-    tensors of one type stay a (lazy) BlockSource; anything else fused is concatenated as float32."""
+Shard = tuple[int, int]  # (rank, shards) of a tensor-parallel build (passes/shard_tensor_parallel.py)
+
+
+def shard_slice(array: Source, axis: int, shard: Shard, name: str) -> np.ndarray:
+    """Rank r's 1/N of a source tensor on `axis` (each source of a fused weight is cut on its own)."""
+    rank, shards = shard
+    if isinstance(array, BlockSource):
+        raise ModelFormatError(f"tensor {name!r}: tensor parallelism does not cut quantized GGUF blocks yet "
+                               "(compile a float checkpoint)")
+    size = array.shape[axis] // shards
+    return np.take(array, np.arange(rank * size, (rank + 1) * size), axis=axis)
+
+
+def load_sources(param: Param, provider: Provider, shard: Shard | None = None) -> Source:
+    """The source tensor of `param` (concatenated if fused), shape-checked against the config, cut to `shard`'s
+    slice when the parameter is split. Row-fused quantized tensors of one type stay a (lazy) BlockSource; anything
+    else fused is concatenated as float32."""
     names = sources_of(param)
     expected = param.info.get("source_shapes") or [None] * len(names)
+    axis = param.info.get("shard_axis") if shard is not None and shard[1] > 1 else None
     arrays = []
     for name, shape in zip(names, expected):
         array = provider.get(name)
         if shape is not None and tuple(array.shape) != tuple(shape):
             raise ModelFormatError(f"{provider.origin(name)}: tensor {name!r} has shape {list(array.shape)}, "
                                    f"the config implies {list(shape)}")
-        arrays.append(array)
+        arrays.append(array if axis is None else shard_slice(array, axis, shard, name))
     if STACKED in param.info:
         arrays = [_flat_rows(a) for a in arrays]
     if len(arrays) == 1:
@@ -134,9 +149,13 @@ def floats(source: Source) -> np.ndarray:
     return source.values() if isinstance(source, BlockSource) else source
 
 
-def materialize(param: Param, provider: Provider) -> np.ndarray:
-    """The array to store for `param`: sources loaded, fused, then transformed (or cast)."""
-    source = load_sources(param, provider)
+def materialize(param: Param, provider: Provider, shard: Shard | None = None) -> np.ndarray:
+    """The array to store for `param` (on `shard`, in a tensor-parallel build): sources loaded, fused, then
+    transformed (or cast)."""
+    if "shard_value" in param.info:  # made, not read: the first vocabulary row the shard holds
+        rank = shard[0] if shard is not None else 0
+        return np.array([rank * int(param.info["shard_value"]["rows"])], dtype=np.int32)
+    source = load_sources(param, provider, shard)
     name = param.info.get("transform")
     if name is not None:
         out = TRANSFORMS[name](source, param)

@@ -95,13 +95,16 @@ class Quantize:
         keep_native = formats is not None and formats.keep_native
         uses = _weight_uses(module)
         layers = _layers(module)
+        vocab = module.attrs.get("vocab_size")
+        if vocab is not None:  # a tensor-parallel LM head holds the shard's rows of the vocabulary
+            vocab //= module.attrs.get("tensor_parallel", 1)
         params: dict[str, Param] = {}
         expert_pieces: dict[str, list[Param]] = {}  # stacked expert weight -> its pieces
         for name, param in module.params.items():
             source_format = formats.format_of(param) if formats is not None else None
             if source_format is not None:
                 param.info["source_format"] = source_format
-            scheme = self._choose(param, uses.get(name, []), module.attrs.get("vocab_size"), keep_native, layers)
+            scheme = self._choose(param, uses.get(name, []), vocab, keep_native, layers)
             if _expert_weight(param, uses.get(name)) and self.scheme.quantized:
                 if self.scheme.format.bits not in (4, 8) or self.scheme.format.super_block:
                     from ..errors import ConfigError

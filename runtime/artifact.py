@@ -125,6 +125,24 @@ class BuildInfo:
 
 
 @dataclass
+class TensorParallelInfo:
+    """A model split over `shards` devices (passes/shard_tensor_parallel.py): every shard runs the one library on
+    its own weights, which `shard_dirs[r]` holds (params' `file` is relative to it; each shard's safetensors load
+    alone). `layout`: each parameter's cut (column: output rows, row: input columns, vocab: vocabulary rows,
+    replicated, rank: made per shard, [rank * rank_values[name]]); the manifest's shapes and kv_cache are one
+    shard's. `collectives`: the packed functions the library calls (Target.collectives)."""
+
+    shards: int
+    layout: dict[str, str]
+    shard_dirs: list[str]
+    collectives: dict[str, str]
+    rank_values: dict[str, int] = field(default_factory=dict)
+
+    def shard_file(self, rank: int, file: str) -> str:
+        return f"{self.shard_dirs[rank]}/{file}"
+
+
+@dataclass
 class Manifest:
     name: str
     architecture: str
@@ -150,6 +168,7 @@ class Manifest:
     source: str | None = None  # the model file or folder it was compiled from, as given then (informational)
     verification: VerificationInfo | None = None  # golden outputs for `ember verify` (absent in older manifests)
     build: BuildInfo | None = None  # the build fingerprint (format 2 on)
+    tensor_parallel: TensorParallelInfo | None = None  # written only for sharded builds (older runtimes refuse them)
 
     @property
     def is_benchmark_build(self) -> bool:
@@ -159,6 +178,8 @@ class Manifest:
         data = asdict(self)
         if data["kv_cache"].get("window_layers") is None:  # optional: absent unless some layers are global
             data["kv_cache"].pop("window_layers", None)
+        if data["tensor_parallel"] is None:
+            data.pop("tensor_parallel")
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
@@ -173,6 +194,7 @@ class Manifest:
             verification = raw.get("verification")
             data["verification"] = VerificationInfo(**verification) if verification else None
             data["build"] = BuildInfo(**raw["build"]) if raw.get("build") else None
+            data["tensor_parallel"] = TensorParallelInfo(**raw["tensor_parallel"]) if raw.get("tensor_parallel") else None
             manifest = cls(**data)
         except (KeyError, TypeError, AttributeError) as err:
             raise ArtifactError(f"{source}: malformed manifest ({err})") from None
@@ -299,7 +321,9 @@ def check_files(folder: str | os.PathLike, manifest: Manifest) -> None:
     if manifest.files:
         opened = [manifest.library]
         if manifest.weights == WEIGHTS_PACKED:
-            opened += sorted({p.file for p in manifest.params if p.file})
+            files = sorted({p.file for p in manifest.params if p.file})
+            tp = manifest.tensor_parallel
+            opened += files if tp is None else [tp.shard_file(r, f) for r in range(tp.shards) for f in files]
         if manifest.tokenizer is not None:
             opened.append(manifest.tokenizer.file)
         for rel in opened:

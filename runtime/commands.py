@@ -72,10 +72,12 @@ def _check_before_load(artifact: str, device: str, ids: list[int] | None, max_to
                                f"context length {context} of {manifest.name}")
 
 
-def _load(artifact: str, device: str, verbose: bool, check: bool = False) -> Any:
+def _load(artifact: str, device: str, verbose: bool, check: bool = False, devices: str | None = None) -> Any:
     from .engine import Engine
 
-    if check:
+    if devices is not None:
+        engine = Engine.load_sharded(artifact, devices)
+    elif check:
         with _hash_progress(enabled=True) as progress:
             engine = Engine.load(artifact, device=device, verify=True, verify_progress=progress)
     else:
@@ -130,6 +132,8 @@ def penalty_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--max-tokens", "-n", default=128, show_default=True, type=int, help="Most tokens to generate.")
 @sampling_options
 @penalty_options
+@click.option("--devices", default=None, help="A tensor-parallel artifact's devices, one per shard: cuda:0-3, "
+                                            "cuda:0,1, or cpu (every shard a thread of this process).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (token ids, text, timings).")
 @click.option("--verbose", is_flag=True, help="Tracebacks on errors; load details.")
 @one_line_errors
@@ -148,6 +152,7 @@ def run(
     frequency_penalty: float,
     device: str,
     check: bool,
+    devices: str | None,
     as_json: bool,
     verbose: bool,
 ) -> None:
@@ -160,8 +165,15 @@ def run(
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
                     repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                     frequency_penalty=frequency_penalty)
+    if devices is not None:  # a tensor-parallel artifact: its devices, checked against its shards before the load
+        from .artifact import read_manifest
+        from .tensor_parallel import check_devices, parse_devices
+
+        manifest = read_manifest(artifact)
+        check_devices(manifest, *parse_devices(devices))
+        device = manifest.target.kind
     _check_before_load(artifact, device, ids, max_tokens, **sampling)
-    engine = _load(artifact, device, verbose, check)
+    engine = _load(artifact, device, verbose, check, devices)
     stream = None if as_json or engine.tokenizer is None else _stream_to_stdout
     result = engine.generate(prompt if prompt is not None else ids, max_tokens=max_tokens, stream=stream, **sampling)
     if as_json:

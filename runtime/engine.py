@@ -54,6 +54,21 @@ class Engine:
         tokenizer = Tokenizer(artifact.path / info.file, info) if info is not None else None
         return cls(artifact, runner, tokenizer)
 
+    @classmethod
+    def load_sharded(cls, path: str | os.PathLike, devices: str, context_length: int | None = None,
+                     prefill_chunk_size: int | None = None) -> Engine:
+        """A tensor-parallel artifact, one shard per device of `devices` (cuda:0-3, or cpu: every shard a thread
+        of this process). cpu builds run here; GPU builds need Disco's NCCL collectives (tensor_parallel.py)."""
+        from .tensor_parallel import ShardedRunner
+
+        manifest = read_manifest(path)
+        check_load_arguments(manifest, manifest.target.kind, 1, context_length, prefill_chunk_size)
+        runner = ShardedRunner(path, devices, context_length=context_length, prefill_chunk_size=prefill_chunk_size)
+        artifact = runner.artifact
+        info = artifact.manifest.tokenizer
+        tokenizer = Tokenizer(artifact.path / info.file, info) if info is not None else None
+        return cls(artifact, runner, tokenizer)  # type: ignore[arg-type]
+
     # -- facts ----------------------------------------------------------------------------------------------
     @property
     def manifest(self) -> Manifest:

@@ -23,6 +23,7 @@ from .artifact import (WEIGHTS_NONE, WEIGHTS_PACKED, WEIGHTS_RANDOM, HashProgres
 from .platform_check import check_artifact_os, check_device_os
 from .random_weights import DeviceFill, RandomFill, make_random_weights
 from .shards import Shard
+from .tensor_parallel import HOST_ALL_REDUCE, register_host_collectives
 from .threads import configure_cpu_threads
 from .weight_arena import WeightArena
 from .tvm_import import ensure_device_runtime, import_tvm
@@ -63,11 +64,15 @@ def load_artifact(
     weights: Mapping[str, Any] | None = None,
     random_fill: RandomFill | None = None,
     verify_progress: HashProgress | None = None,
+    shard: int | None = None,
 ) -> LoadedArtifact:
+    """`shard`: which shard of a tensor-parallel artifact (its own weights; runtime/tensor_parallel.py runs them
+    all)."""
     folder = Path(path)
     manifest = read_manifest(folder)
     kind, _ = parse_device(device)
     check_target(manifest, kind)
+    _check_shard(manifest, shard)
     # before anything is mapped or dlopen'ed: a truncated model.so would otherwise die of SIGBUS
     if verify:
         verify_files(folder, manifest, verify_progress)
@@ -77,16 +82,36 @@ def load_artifact(
     if weights is not None:
         params = weights_from_mapping(manifest, weights, dev)
     elif manifest.weights == WEIGHTS_PACKED:
-        params = load_packed_weights(folder, manifest, dev)
+        params = load_packed_weights(folder, manifest, dev, shard)
     elif manifest.weights == WEIGHTS_RANDOM:
         if random_fill is None and DeviceFill.available(manifest.functions, manifest.params):
             random_fill = DeviceFill(vm)
+        if shard is not None:
+            from .random_weights import NumpyFill
+            from .tensor_parallel import shard_random_fill
+
+            device_fill = random_fill is not None
+            random_fill = shard_random_fill(lambda seed: DeviceFill(vm, seed) if device_fill else NumpyFill(seed),
+                                            manifest, shard)
         params = make_random_weights(manifest.params, dev, random_fill)
     elif manifest.weights == WEIGHTS_NONE:
         raise InputError(f"artifact {manifest.name} ships no weights; pass weights={{name: array}} to load it")
     else:
         raise ArtifactError(f"artifact {manifest.name}: unknown weights mode {manifest.weights!r}")
     return LoadedArtifact(folder, manifest, dev, vm, tvm.runtime.convert(params))
+
+
+def _check_shard(manifest: Manifest, shard: int | None) -> None:
+    tp = manifest.tensor_parallel
+    if tp is None and shard is not None:
+        raise InputError(f"artifact {manifest.name} is not split for tensor parallelism: load it without a shard")
+    if tp is not None and shard is None:
+        raise InputError(f"artifact {manifest.name} is split into {tp.shards} tensor-parallel shards: run it on "
+                         f"{tp.shards} devices (--devices, ember.runtime.tensor_parallel), or load one with shard=R")
+    if tp is not None and not (isinstance(shard, int) and 0 <= shard < tp.shards):
+        raise InputError(f"shard {shard!r}: artifact {manifest.name} has shards 0..{tp.shards - 1}")
+    if tp is not None and tp.collectives.get("all_reduce") == HOST_ALL_REDUCE:
+        register_host_collectives()  # the VM resolves the packed functions it calls when it loads
 
 
 def _built_for(manifest: Manifest) -> str:
@@ -193,8 +218,10 @@ def _first_line(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def load_packed_weights(folder: Path, manifest: Manifest, dev: Any) -> list[Any]:
+def load_packed_weights(folder: Path, manifest: Manifest, dev: Any, shard: int | None = None) -> list[Any]:
     tvm = import_tvm()
+    if shard is not None:  # a tensor-parallel shard's files: the same names, in its own folder
+        folder = folder / manifest.tensor_parallel.shard_dirs[shard]
     shards: dict[str, Shard] = {}
     sources: list[tuple[ParamInfo, Shard]] = []
     for p in manifest.params:

@@ -49,6 +49,10 @@ class Target(ABC):
     # loads); False: the value is computed inside the reduction (cpu's generic path).
     dequant_stage: ClassVar[bool] = True
     library_file: ClassVar[str] = "model.so"
+    # The packed functions the tensor-parallel collectives call (targets/lower_collective.py): TVM Disco's on GPUs
+    # (in a Disco worker; NCCL is the worker's ccl), ember's host ones on cpu (runtime/tensor_parallel.py).
+    collectives: ClassVar[dict[str, str]] = {"all_reduce": "runtime.disco.allreduce",
+                                             "all_gather": "runtime.disco.allgather"}
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
@@ -69,6 +73,17 @@ class Target(ABC):
     @abstractmethod
     def tvm_target(self) -> tvm.target.Target:
         """The TVM target the kernels are scheduled and compiled for (host included)."""
+
+    def collective_functions(self) -> dict[str, str]:
+        """`collectives`, or ember's host ones on any target with EMBER_TP_COLLECTIVES=host (a GPU build whose
+        shards all run in one process, for the one-GPU check of docs/measurements/tensor-parallel-one-gpu.py)."""
+        import os
+
+        if os.environ.get("EMBER_TP_COLLECTIVES") == "host":
+            from ..runtime.tensor_parallel import HOST_COLLECTIVES
+
+            return dict(HOST_COLLECTIVES)
+        return dict(self.collectives)
 
     def lowerings(self) -> Mapping[str, Any]:
         """This target's own lowerings of ir ops (targets.lower's overrides); default: none."""

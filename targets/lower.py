@@ -62,6 +62,7 @@ class _Interpreter:
         self.signed_windows = signed_windows  # attention_window.WINDOW_BY_SIGN_ATTR: windowed layers pass -sm_scale
         self.overrides = overrides or {}
         self.dequant_stage = dequant_stage  # Target.dequant_stage: quantized weights dequantize in a block of their own
+        self.collectives: Mapping[str, str] = {}  # Target.collectives: the packed functions of the collective ops
         self.env: dict[int, nn.Tensor] = {}
         self.symbols: dict[str, Any] = {}
         self._positions: nn.Tensor | None = None
@@ -333,6 +334,7 @@ class _LoweredModel(nn.Module):
         self._target = target.tvm_target()
         self._overrides = target.lowerings()
         self._dequant_stage = target.dequant_stage
+        self._collectives = target.collective_functions()
         self._rope = _rope_config(module)
         self._plan: AttentionPlan = attention_plan(module, ATTENTION_OPS)
         self._param_map: dict[str, nn.Parameter] = {}
@@ -344,8 +346,10 @@ class _LoweredModel(nn.Module):
     def method(self, function: Function) -> Callable[..., Any]:
         def run(*args):
             *inputs, kv = args
-            outputs = _Interpreter(self._ir, self._param_map, kv, self._overrides, self._dequant_stage,
-                                   signed_windows=self._plan.window_layers is not None).run(function, list(inputs))
+            interpreter = _Interpreter(self._ir, self._param_map, kv, self._overrides, self._dequant_stage,
+                                       signed_windows=self._plan.window_layers is not None)
+            interpreter.collectives = self._collectives
+            outputs = interpreter.run(function, list(inputs))
             return (*outputs, kv)
 
         # nn's exporter binds spec arguments by the method's signature.
@@ -464,3 +468,4 @@ def lower(module: Module, target: Target, random_fill: bool = False) -> tuple[tv
 from . import lower_fused  # noqa: E402,F401  (registers the lowerings of ir/ops_fused.py)
 from . import lower_quant  # noqa: E402,F401  (registers the lowerings of ir/ops_quant.py)
 from . import lower_moe  # noqa: E402,F401  (the generic refusal of ir/ops_moe.py's ops)
+from . import lower_collective  # noqa: E402,F401  (ir/ops_collective.py: tensor parallelism)

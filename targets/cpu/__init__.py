@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base import BuildOptions, Progress, Target
+from ...runtime.tensor_parallel import HOST_COLLECTIVES
 from .arch import CrossArch, parse_arch
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ class CpuTarget(Target):
     default_quant = "q0f32"
     default_dtype = "float32"
     dequant_stage = False  # the native kernels take most linear layers; the generic path sums dequantized values
+    # the wheel has no cpu ccl for Disco: ember's host collectives (threads of one process, one shard each)
+    collectives = dict(HOST_COLLECTIVES)
 
     def __init__(self, spec: str, arch: CrossArch | None = None) -> None:
         super().__init__(spec)

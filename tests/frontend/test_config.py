@@ -62,6 +62,11 @@ def test_presets_hold_published_values():
     assert abs(parameter_count(preset_config("qwen3-0.6b")) - 0.596e9) < 0.002e9  # tied
     assert preset_config("mistral-7b").sliding_window == 4096
     assert preset_config("llama3.1-8b").rope_scaling["factor"] == 8.0
+    for name in ("llama3-70b", "llama3.1-70b"):  # meta-llama's config.json; the published count of parameters
+        assert parameter_count(preset_config(name)) == 70_553_706_496
+    assert preset_config("llama3-70b").rope_scaling is None and preset_config("llama3-70b").max_position_embeddings == 8192
+    assert preset_config("llama3.1-70b").rope_scaling["rope_type"] == "llama3"
+    assert preset_config("llama3.1-70b").max_position_embeddings == 131072
     assert parameter_count(preset_config("gemma3-1b")) == 999_885_952  # tied
     assert parameter_count(preset_config("gemma2-2b")) == 2_614_341_888  # tied
     assert abs(parameter_count(preset_config("mixtral-8x7b")) - 46.70e9) < 0.01e9  # all experts, 12.9B active

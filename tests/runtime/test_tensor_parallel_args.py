@@ -1,0 +1,74 @@
+"""The tensor-parallel runtime's checks without a model: --devices parsing, devices against the manifest's shards
+(one-line errors), the per-shard random fill, and the host collectives of a group of threads."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ember.errors import ArtifactError, InputError
+from ember.runtime.artifact import ParamInfo, TensorParallelInfo
+from ember.runtime.random_weights import NumpyFill
+from ember.runtime.tensor_parallel import (HostGroup, check_devices, check_manifest, parse_devices, require_disco_ccl,
+                                           shard_random_fill)
+
+
+def manifest(shards=4, kind="cuda"):
+    params = [ParamInfo("w", [4, 8], "float32"), ParamInfo("b", [8], "float32"), ParamInfo("start", [1], "int32")]
+    tp = TensorParallelInfo(shards=shards, layout={"w": "column", "b": "replicated", "start": "rank"},
+                            shard_dirs=[f"params/shard-{r}-of-{shards}" for r in range(shards)],
+                            collectives={"all_reduce": "runtime.disco.allreduce"}, rank_values={"start": 40})
+    return SimpleNamespace(name="tiny", params=params, tensor_parallel=tp, target=SimpleNamespace(kind=kind))
+
+
+def test_devices_parse_ranges_and_lists():
+    assert parse_devices("cuda:0-3") == ("cuda", [0, 1, 2, 3])
+    assert parse_devices("cuda:0,2,5-6") == ("cuda", [0, 2, 5, 6])
+    assert parse_devices("cpu") == ("cpu", [0])
+    for bad, why in (("cuda", "name the GPUs"), ("cuda:3-1", "runs backwards"), ("cuda:0,0", "named twice"),
+                     ("tpu:0", "expected cuda:FIRST-LAST"), ("cuda:a", "expected")):
+        with pytest.raises(InputError, match=why) as err:
+            parse_devices(bad)
+        assert err.value.cli_message.startswith("--devices")
+
+
+def test_devices_are_checked_against_the_shards_in_one_line():
+    m = manifest()
+    assert check_devices(m, "cuda", [0, 1, 2, 3], count=lambda kind: 8) == [0, 1, 2, 3]
+    with pytest.raises(InputError, match="2 GPUs given, artifact tiny has 4 tensor-parallel shards"):
+        check_devices(m, "cuda", [0, 1], count=lambda kind: 8)
+    with pytest.raises(InputError, match="cuda:3 does not exist: this machine has 1 GPU, artifact tiny needs 4"):
+        check_devices(m, "cuda", [0, 1, 2, 3], count=lambda kind: 1)
+    with pytest.raises(InputError, match="was built for cuda"):
+        check_devices(m, "cpu", [0])
+    m.tensor_parallel.shard_dirs.pop()
+    with pytest.raises(ArtifactError, match="lists 3 shard folders for 4 shards"):
+        check_manifest(m)
+
+
+def test_this_wheel_has_no_nccl_for_disco():
+    with pytest.raises(ArtifactError, match=r"no NCCL collectives for Disco \(runtime.disco.nccl.init_ccl"):
+        require_disco_ccl()
+
+
+def test_random_fill_per_shard():
+    m = manifest()
+    fills = [shard_random_fill(lambda seed: NumpyFill(seed), m, rank) for rank in range(2)]
+    import tvm
+
+    made = [[f(p, i, tvm.cpu()) for i, p in enumerate(m.params)] for f in fills]
+    w0, w1 = (made[r][0].numpy() for r in range(2))
+    assert not np.array_equal(w0, w1)  # split: each shard its own
+    np.testing.assert_array_equal(made[0][1].numpy(), made[1][1].numpy())  # replicated: the same
+    assert [made[r][2].numpy().tolist() for r in range(2)] == [[0], [40]]
+
+
+def test_host_group_sums_in_rank_order_and_a_failing_rank_stops_all():
+    group = HostGroup(3)
+    out = group.run([lambda r=r: group.exchange(r, np.full(2, r + 1.0), sum) for r in range(3)])
+    assert [o.tolist() for o in out] == [[6.0, 6.0]] * 3
+
+    def fail():
+        raise ValueError("rank 1 failed")
+
+    with pytest.raises(ValueError, match="rank 1 failed"):
+        group.run([lambda: group.exchange(0, np.zeros(1), sum), fail, lambda: group.exchange(2, np.zeros(1), sum)])
