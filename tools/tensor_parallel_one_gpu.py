@@ -45,7 +45,10 @@ def build(root: Path) -> None:
             out = root / scheme / f"tp{shards}"
             env = {**os.environ, "EMBER_TP_COLLECTIVES": "host"}
             subprocess.run(["ember", "compile", "--model", str(root / "hf"), "--target", TARGET, "--quant",
-                            scheme, "--tensor-parallel", str(shards), "-o", str(out), "--force"], check=True,
+                            scheme, "--tensor-parallel", str(shards), "-o", str(out), "--force",
+                            # the shards' threads share one device: two CUDA-graph captures at once collide
+                            # (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT on the H100, session 14)
+                            *(["--no-cuda-graph"] if TARGET.startswith("cuda") else [])], check=True,
                            stdout=subprocess.DEVNULL, env=env)
             print(f"built {out}", flush=True)
 
