@@ -19,9 +19,9 @@ from tvm.relax.frontend.nn import op
 
 from ..extern_op import extern
 from ...ir.ops_quant import QuantFormat
-from .extern_kernel import ATTRS, NO_BIAS, bias_code, launch
+from .extern_kernel import ATTRS, NO_BIAS, launch
 from .native_kgemv import PIECES, format_code
-from .native_lowbatch import SHARED_LIMIT, batch_dim, in_prefill
+from .native_lowbatch import SHARED_LIMIT, batched_decode_operands
 
 
 @dataclass(frozen=True)
@@ -78,19 +78,13 @@ def klowbatch_compute(fmt: QuantFormat, code: int, rows: int, cols: int, bias: i
 def plan(it: Any, node: Any, args: list, config: KLowBatchConfig | None = None) -> tuple[
         tuple[int, int, int, int], KLowBatchConfig] | None:
     """((format code, rows, cols, bias code), launch config) if the kernel takes this node, else None."""
-    fmt = QuantFormat.from_attrs(node.attrs)
-    x = args[0]
-    cols = int(node.attrs["in_features"])
+    operands = batched_decode_operands(it, node, args)
+    if operands is None:
+        return None
+    fmt, rows, cols, bias = operands
     code = format_code(fmt, cols)
-    if code is None or x.dtype != "float16":
+    if code is None:
         return None
-    batch = batch_dim(list(x.shape[:-1]))
-    if batch is None or in_prefill(it, batch):
-        return None
-    bias = bias_code(list(args[1 + fmt.num_pieces:]))
-    if bias is None:
-        return None
-    rows = int(args[1].shape[0])
     cfg = config or choose_config(code, rows, cols)
     if cfg.shared_bytes() > SHARED_LIMIT:
         return None

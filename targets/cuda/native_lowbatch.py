@@ -126,14 +126,12 @@ def lowbatch_compute(code: int, rows: int, cols: int, group: int, bias: int, cfg
     return compute
 
 
-def plan(it: Any, node: Any, args: list, config: LowBatchConfig | None = None) -> tuple[
-        tuple[int, int, int, int, int], LowBatchConfig] | None:
-    """((scheme code, rows, cols, group, bias code), launch config) if the kernel takes this node, else None."""
+def batched_decode_operands(it: Any, node: Any, args: list) -> tuple[QuantFormat, int, int, int] | None:
+    """(format, rows, cols, bias code) of a quant_linear of the batched decode (fp16 x with one symbolic batch dim
+    that is not a prefill dim, a bias the kernels take), else None: what lowbatch.cuh and klowbatch.cuh share."""
     fmt = QuantFormat.from_attrs(node.attrs)
     x = args[0]
-    cols = int(node.attrs["in_features"])
-    code = scheme_code(fmt, cols)
-    if code is None or x.dtype != "float16":
+    if x.dtype != "float16":
         return None
     batch = batch_dim(list(x.shape[:-1]))
     if batch is None or in_prefill(it, batch):
@@ -141,7 +139,19 @@ def plan(it: Any, node: Any, args: list, config: LowBatchConfig | None = None) -
     bias = bias_code(list(args[1 + fmt.num_pieces:]))
     if bias is None:
         return None
-    rows = int(args[1].shape[0])
+    return fmt, int(args[1].shape[0]), int(node.attrs["in_features"]), bias
+
+
+def plan(it: Any, node: Any, args: list, config: LowBatchConfig | None = None) -> tuple[
+        tuple[int, int, int, int, int], LowBatchConfig] | None:
+    """((scheme code, rows, cols, group, bias code), launch config) if the kernel takes this node, else None."""
+    operands = batched_decode_operands(it, node, args)
+    if operands is None:
+        return None
+    fmt, rows, cols, bias = operands
+    code = scheme_code(fmt, cols)
+    if code is None:
+        return None
     cfg = config or choose_config(code, rows, cols)
     if cfg.shared_bytes(code) > SHARED_LIMIT:
         return None
