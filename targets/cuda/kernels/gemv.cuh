@@ -213,7 +213,7 @@ __device__ __forceinline__ void run_block(int block, const void* x_ptr, const vo
   uint4* ring = wsm + warp * D * R * 32 + lane;  // ASYNC: slot (d, r) at ring[(d * R + r) * 32]
   auto load_step = [&](int step, int d) {
     const bool ok = step < S && (C % 32 == 0 || step * 32 + lane < C);
-    const int c = ok ? step * 32 + lane : 0;  // in the row even where !ok (see lowbatch.cuh's load_tile)
+    const int c = index_or_zero(ok, step * 32 + lane);  // in the row where !ok too (stream.cuh)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if (ok) {
@@ -260,9 +260,11 @@ __device__ __forceinline__ void run_block(int block, const void* x_ptr, const vo
                       h[4] | (uint32_t(h[5]) << 16), h[6] | (uint32_t(h[7]) << 16));
   };
   auto x_chunk = [&](int i, bool aligned) -> uint4 {  // chunk i of the GEMV's x (zero past K)
-    if (8 * i >= K) return make_uint4(0, 0, 0, 0);
-    if (ACT == SWIGLU) return swiglu8(chunk_at(8 * i, aligned), chunk_at(K + 8 * i, aligned));
-    return chunk_at(8 * i, aligned);
+    const bool in = 8 * i < K;
+    if (!in) return make_uint4(0, 0, 0, 0);
+    const int e0 = index_or_zero(in, 8 * i);  // chunk 0 where !in: the loads may be hoisted (stream.cuh)
+    if (ACT == SWIGLU) return swiglu8(chunk_at(e0, aligned), chunk_at(K + e0, aligned));
+    return chunk_at(e0, aligned);
   };
   if ((reinterpret_cast<uintptr_t>(x_ptr) & 15) == 0) {
 #pragma unroll

@@ -86,8 +86,7 @@ __device__ __forceinline__ void run(int b, const void* __restrict__ x_ptr, const
   auto load_tile = [&](int it, int d) {
     const int tile = it * WARPS + warp;
     const bool ok = it < ITERS && tile < KT && (C % 4 == 0 || tile * 4 + t < C);
-    const int group = ok ? tile * 4 + t : 0;  // this lane's group of the row (in the row even where !ok: see
-                                              // lowbatch.cuh's load_tile)
+    const int group = index_or_zero(ok, tile * 4 + t);  // this lane's group of the row (in it where !ok too)
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       if (ok) {

@@ -85,7 +85,7 @@ __device__ __forceinline__ void gemv(const void* x_ptr, const void* w_ptr, const
   uint4 wr[D][R];
   auto load_step = [&](int step, int d) {
     const bool ok = step < S && (C % 32 == 0 || step * 32 + lane < C);
-    const int c = ok ? step * 32 + lane : 0;  // in the row even where !ok (see lowbatch.cuh's load_tile)
+    const int c = index_or_zero(ok, step * 32 + lane);  // in the row where !ok too (stream.cuh)
 #pragma unroll
     for (int r = 0; r < R; ++r) wr[d][r] = ok ? load_stream(wrow[r] + c) : make_uint4(0, 0, 0, 0);
   };
@@ -203,7 +203,8 @@ __device__ __forceinline__ void mma(int b, const void* x_ptr, const void* w_ptr,
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int r = (c0 + c) * 16 + g + 8 * h;
-        xr[d][c][h] = load_x8(xh + static_cast<size_t>(r) * K + 8 * load, load >= 0 && r < b, aligned);
+        const bool valid = load >= 0 && r < b;
+        xr[d][c][h] = load_x8(xh + index_or_zero(valid, r * K + 8 * load), valid, aligned);  // row 0 where !valid
       }
     }
   };

@@ -123,8 +123,9 @@ struct Tile {
 // x chunk (8 halves at k) of batch row r, zero past b or K; aligned: the row base is 16-byte aligned.
 template <int K>
 __device__ __forceinline__ uint4 load_x(const __half* x, int r, int b, int k, bool aligned) {
-  if (r >= b || k >= K) return make_uint4(0, 0, 0, 0);
-  const __half* p = x + static_cast<size_t>(r) * K + k;
+  const bool valid = r < b && k < K;
+  if (!valid) return make_uint4(0, 0, 0, 0);
+  const __half* p = x + index_or_zero(valid, r * K + k);  // row 0 where !valid: the loads may be hoisted
   if (aligned) return __ldg(reinterpret_cast<const uint4*>(p));
   uint16_t h[8];
 #pragma unroll
@@ -193,9 +194,7 @@ __device__ __forceinline__ void run(int b, const void* x_ptr, const void* w_ptr,
       const int tile = it * WARPS + warp;
       const int load = tile * 4 + t;  // this lane's 16-byte load of the row
       const bool ok = it < ITERS && tile < KT && (K % T::kK == 0 || load < ROW_LOADS);
-      // an address inside the row even where !ok: compute-sanitizer caught reads one scale past the last row's
-      // (the warps without a k-tile, K < WARPS k-tiles), so the loads below may be issued before the branch
-      const int at = ok ? load : 0;
+      const int at = index_or_zero(ok, load);  // in the row where !ok too: the loads may be hoisted (stream.cuh)
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         if (ok) {

@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #include "pdl.cuh"
+#include "stream.cuh"
 
 namespace ember {
 namespace norm {
@@ -48,7 +49,8 @@ __device__ __forceinline__ void add_rms_norm(const void* a_ptr, const void* b_pt
   for (int v = 0; v < VEC; ++v) {
     const int c = v * THREADS + threadIdx.x;
     if (CHUNKS % THREADS == 0 || c < CHUNKS) {
-      const uint4 ua = __ldg(a + c), ub = __ldg(b + c);
+      const int at = index_or_zero(CHUNKS % THREADS == 0 || c < CHUNKS, c);  // the loads may be hoisted (stream.cuh)
+      const uint4 ua = __ldg(a + at), ub = __ldg(b + at);
       const __half2* ha = reinterpret_cast<const __half2*>(&ua);
       const __half2* hb = reinterpret_cast<const __half2*>(&ub);
 #pragma unroll
@@ -65,7 +67,7 @@ __device__ __forceinline__ void add_rms_norm(const void* a_ptr, const void* b_pt
   for (int v = 0; v < VEC; ++v) {
     const int c = v * THREADS + threadIdx.x;
     if (CHUNKS % THREADS == 0 || c < CHUNKS) {
-      const uint4 uw = __ldg(w + c);
+      const uint4 uw = __ldg(w + index_or_zero(CHUNKS % THREADS == 0 || c < CHUNKS, c));
       const __half2* hw = reinterpret_cast<const __half2*>(&uw);
       uint4 res;
       __half2* hr = reinterpret_cast<__half2*>(&res);
