@@ -301,7 +301,7 @@ def _build_info(request: CompileRequest, source: ModelSource, target: Target, qu
     from .build_fingerprint import build_info, input_files
 
     options = {"target": target.spec, "quant": quant, "dtype": dtype, "random_weights": request.random_weights,
-               "fuse": request.fuse, "fuse_rope": request.fuse_rope, "cuda_graph": request.cuda_graph}
+               "fuse": request.fuse, "fuse_rope": request.fuse_rope, "cuda_graph": _cuda_graph(request, target, [])}
     if request.tensor_parallel > 1:  # absent otherwise, so unsharded builds keep their fingerprints
         options["tensor_parallel"] = request.tensor_parallel
     files = {} if request.random_weights else input_files(source.path, request.weights)
