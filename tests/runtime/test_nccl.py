@@ -84,3 +84,58 @@ def test_missing_setup_functions_name_the_library():
 
     with pytest.raises(ArtifactError, match="model.so: has no ember_tp_nccl_init: its NCCL collectives are missing"):
         NcclFunctions.of(Module(), "model.so")
+
+
+def test_sharded_runner_starts_nccl_on_its_gpus_and_drives_each_shard_on_its_thread(monkeypatch, tmp_path):
+    """The cuda path of ShardedRunner with the GPU parts faked: NCCL looked for before any load, each shard loaded
+    on its GPU, one communicator per GPU started on the ranks' threads, each shard's runner made and called on
+    its own thread, rank 0's logits returned."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import ember.runtime.artifact as artifact
+    import ember.runtime.loader as loader
+    import ember.runtime.model_runner as model_runner
+    import ember.runtime.nccl as nccl
+    import ember.runtime.tensor_parallel as tp
+    from ember.runtime.artifact import TensorParallelInfo
+
+    events = []
+    info = TensorParallelInfo(shards=2, layout={"w": "column"}, shard_dirs=["params/shard-0-of-2", "params/shard-1-of-2"],
+                              collectives=dict(nccl.COLLECTIVES), rank_values={})
+    manifest = SimpleNamespace(name="tiny", params=[SimpleNamespace(name="w")], tensor_parallel=info,
+                               target=SimpleNamespace(kind="cuda"), library="model.so")
+    fake = FakeLibrary(2)
+    monkeypatch.setattr(artifact, "read_manifest", lambda path: manifest)
+    monkeypatch.setattr(tp, "_device_count", lambda kind: 4)
+    monkeypatch.setattr(nccl, "library_candidates", lambda: events.append("candidates") or [LIBRARY])
+    monkeypatch.setattr(loader, "load_artifact", lambda path, device, shard: events.append(("load", device, shard))
+                        or SimpleNamespace(device=device, shard=shard))
+
+    class Module:
+        def get_function(self, name):
+            return {"ember_tp_nccl_open": fake.open, "ember_tp_nccl_unique_id": lambda: b"\x01" * 128,
+                    "ember_tp_nccl_init": fake.init, "ember_tp_nccl_destroy": fake.destroyed.append}[name]
+
+    monkeypatch.setattr(loader, "library_module", lambda lib: Module())
+
+    class Runner:
+        def __init__(self, loaded, **options):
+            self.loaded, self.options, self.thread = loaded, options, threading.current_thread().name
+
+        def prefill(self, seq_ids, tokens, all_logits=False):
+            assert threading.current_thread().name == self.thread  # every call on the shard's own thread
+            return np.full((1, 4), float(self.loaded.shard))
+
+    monkeypatch.setattr(model_runner, "ModelRunner", Runner)
+    runner = tp.ShardedRunner(tmp_path, "cuda:2-3", max_batch_size=3)
+    assert events == ["candidates", ("load", "cuda:2", 0), ("load", "cuda:3", 1)]
+    assert sorted(i[:3] for i in fake.inits) == [(0, 2, 2), (1, 2, 3)]
+    assert [r.thread for r in runner.runners] == ["ember-tp-0", "ember-tp-1"]
+    assert runner.runners[1].options == {"max_batch_size": 3}
+    assert runner.prefill([0], [[1, 2]]).tolist() == [[0.0] * 4]  # rank 0's (NCCL's: not compared bit for bit)
+    runner.close()
+    assert fake.destroyed == [2, 3]
+    with pytest.raises(InputError, match="take one GPU per shard"):
+        tp.ShardedRunner(tmp_path, "cuda:0", same_device=True)
