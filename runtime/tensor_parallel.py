@@ -379,7 +379,12 @@ class ShardedRunner:
         return self._each("prefill", seq_ids, token_lists, all_logits=all_logits)
 
     def decode(self, seq_ids: Sequence[int], tokens: Sequence[int], reuse: bool = False) -> Any:
-        return self._each("decode", seq_ids, tokens)
+        if self.collectives == "host":
+            return self._each("decode", seq_ids, tokens)
+        # NCCL: only rank 0's logits come to the host; the others' stay on their GPUs
+        first, *others = self.runners
+        return self.group.run([lambda: first.decode(seq_ids, tokens, reuse=reuse),
+                               *(lambda r=r: r._decode_step(seq_ids, tokens) for r in others)])[0]
 
     def add_sequence(self, seq_id: int) -> None:
         for runner in self.runners:

@@ -128,6 +128,14 @@ def test_sharded_runner_starts_nccl_on_its_gpus_and_drives_each_shard_on_its_thr
             assert threading.current_thread().name == self.thread  # every call on the shard's own thread
             return np.full((1, 4), float(self.loaded.shard))
 
+        def decode(self, seq_ids, tokens, reuse=False):
+            assert self.loaded.shard == 0  # the others' logits stay on their GPUs
+            return np.full((1, 4), 7.0)
+
+        def _decode_step(self, seq_ids, tokens):
+            assert threading.current_thread().name == self.thread
+            return "device logits"
+
     monkeypatch.setattr(model_runner, "ModelRunner", Runner)
     runner = tp.ShardedRunner(tmp_path, "cuda:2-3", max_batch_size=3)
     assert events == ["candidates", ("load", "cuda:2", 0), ("load", "cuda:3", 1)]
@@ -135,6 +143,7 @@ def test_sharded_runner_starts_nccl_on_its_gpus_and_drives_each_shard_on_its_thr
     assert [r.thread for r in runner.runners] == ["ember-tp-0", "ember-tp-1"]
     assert runner.runners[1].options == {"max_batch_size": 3}
     assert runner.prefill([0], [[1, 2]]).tolist() == [[0.0] * 4]  # rank 0's (NCCL's: not compared bit for bit)
+    assert runner.decode([0], [3], reuse=True).tolist() == [[7.0] * 4]
     runner.close()
     assert fake.destroyed == [2, 3]
     with pytest.raises(InputError, match="take one GPU per shard"):
