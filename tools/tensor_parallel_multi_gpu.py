@@ -3,7 +3,7 @@
 only one-GPU machines have been lent; this is ready for the first multi-GPU one (H100 x2/x4/x8).
 
 Here:          python tools/tensor_parallel_multi_gpu.py build DIR [SHARDS...]      (default shards: 2 4 8)
-               a tiny HF llama (16 query / 8 kv heads, so 8 shards split it) compiled for cuda:sm_90 per scheme
+               a tiny HF llama (8 query / 8 kv heads, so 8 shards split it) compiled for cuda:sm_90 per scheme
                (q0f16, q4f16_1): unsharded and --tensor-parallel N; and llama3-70b-shaped random-weight builds
                (q4f16_1), unsharded and --tensor-parallel N, for `ember bench --devices`. TP_BENCH_MODEL=none skips
                the 70B builds (the parity part alone, a few minutes).
@@ -27,8 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tensor_parallel_one_gpu import BATCH, BATCH_STEPS, CHUNK, PROMPT_LEN, STEPS, TOL, _run  # noqa: E402
 
-CONFIG = {"vocab_size": 512, "hidden_size": 1024, "intermediate_size": 2048, "num_hidden_layers": 2,
-          "num_attention_heads": 16, "num_key_value_heads": 8, "max_position_embeddings": 256}
+# 8 kv heads: 8 shards hold one each; small enough that 4 builds of each scheme fit the carry (~3 MB of weights each)
+CONFIG = {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+          "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 128}
 SCHEMES = ("q0f16", "q4f16_1")
 TARGET = "cuda:sm_90"
 BENCH_MODEL = os.environ.get("TP_BENCH_MODEL", "llama3-70b")
