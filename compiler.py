@@ -143,7 +143,8 @@ def compile_model(request: CompileRequest, stage: Stage | None = None) -> Path:
     with art.ArtifactWriter(output, replace=replace, label=label) as writer:
         (writer.path / IR_FILE).write_text(format_module(module))
         target_info = _build(relax_mod, target, writer.path / target.library_file,
-                             BuildOptions(cuda_graph=request.cuda_graph, meanwhile=build_reference), stage)
+                             BuildOptions(cuda_graph=_cuda_graph(request, target, source.notes),
+                                          meanwhile=build_reference), stage)
         params = [_param_info(module, name) for name in param_order]
         weights_mode = art.WEIGHTS_NONE
         if request.random_weights:
@@ -230,6 +231,15 @@ def _check_shardable(source: ModelSource, formats: SourceFormats | None, shards:
                                 "ember does not split yet; compile a float checkpoint (any --quant)")
 
 
+def _cuda_graph(request: CompileRequest, target: Target, notes: list[str]) -> bool:
+    """CUDA graphs stay off in tensor-parallel builds: every shard is a thread of one process, and a capture on
+    one thread while another launches or allocates fails (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, session 14)."""
+    if request.tensor_parallel > 1 and request.cuda_graph and target.name == "cuda":
+        notes.append("CUDA graphs off: the tensor-parallel shards run as threads of one process")
+        return False
+    return request.cuda_graph
+
+
 def _tensor_parallel_info(module: Module, target: Target, shards: int) -> art.TensorParallelInfo | None:
     if shards == 1:
         return None
@@ -291,7 +301,7 @@ def _build_info(request: CompileRequest, source: ModelSource, target: Target, qu
     from .build_fingerprint import build_info, input_files
 
     options = {"target": target.spec, "quant": quant, "dtype": dtype, "random_weights": request.random_weights,
-               "fuse": request.fuse, "fuse_rope": request.fuse_rope, "cuda_graph": request.cuda_graph}
+               "fuse": request.fuse, "fuse_rope": request.fuse_rope, "cuda_graph": _cuda_graph(request, target, [])}
     if request.tensor_parallel > 1:  # absent otherwise, so unsharded builds keep their fingerprints
         options["tensor_parallel"] = request.tensor_parallel
     files = {} if request.random_weights else input_files(source.path, request.weights)

@@ -72,6 +72,23 @@ def _check_before_load(artifact: str, device: str, ids: list[int] | None, max_to
                                f"context length {context} of {manifest.name}")
 
 
+_DEVICES_HELP = ("A tensor-parallel artifact's devices, one per shard: cuda:0-3 or cuda:0,1 (cuda builds, NCCL "
+                 "between the GPUs), or cpu (cpu builds); every shard is a thread of this process.")
+
+
+def _sharded_device(artifact: str, devices: str) -> str:
+    """A tensor-parallel artifact's --devices checked against its shards and collectives before anything loads;
+    the device kind its shards run on."""
+    from .artifact import read_manifest
+    from .tensor_parallel import check_collectives, check_devices, parse_devices
+
+    manifest = read_manifest(artifact)
+    kind, ids = parse_devices(devices)
+    check_devices(manifest, kind, ids)
+    check_collectives(manifest, kind)
+    return manifest.target.kind
+
+
 def _load(artifact: str, device: str, verbose: bool, check: bool = False, devices: str | None = None) -> Any:
     from .engine import Engine
 
@@ -132,8 +149,7 @@ def penalty_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--max-tokens", "-n", default=128, show_default=True, type=int, help="Most tokens to generate.")
 @sampling_options
 @penalty_options
-@click.option("--devices", default=None, help="A tensor-parallel artifact's devices, one per shard: cuda:0-3, "
-                                            "cuda:0,1, or cpu (every shard a thread of this process).")
+@click.option("--devices", default=None, help=_DEVICES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (token ids, text, timings).")
 @click.option("--verbose", is_flag=True, help="Tracebacks on errors; load details.")
 @one_line_errors
@@ -165,13 +181,8 @@ def run(
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
                     repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                     frequency_penalty=frequency_penalty)
-    if devices is not None:  # a tensor-parallel artifact: its devices, checked against its shards before the load
-        from .artifact import read_manifest
-        from .tensor_parallel import check_devices, parse_devices
-
-        manifest = read_manifest(artifact)
-        check_devices(manifest, *parse_devices(devices))
-        device = manifest.target.kind
+    if devices is not None:
+        device = _sharded_device(artifact, devices)
     _check_before_load(artifact, device, ids, max_tokens, **sampling)
     engine = _load(artifact, device, verbose, check, devices)
     stream = None if as_json or engine.tokenizer is None else _stream_to_stdout
@@ -270,11 +281,12 @@ def chat(
 @click.option("--from", "sources", multiple=True, type=click.Path(exists=True),
               help="With --plot and no ARTIFACT: draw saved rows (JSON-lines files or folders of *.jsonl, as "
                    "benchmarks/gpu.sh writes them; llama-bench's and llama-batched-bench's own lines too). Repeatable.")
+@click.option("--devices", default=None, help=_DEVICES_HELP)
 @click.option("--verbose", is_flag=True, help="Show full tracebacks.")
 @one_line_errors
 def bench(artifact: str | None, device: str, prefill: str, batches: str, contexts: str, steps: int, repeats: int,
           peer: str | None, llama_bench: str | None, gguf: str | None, output: str | None, profile: bool,
-          plot: str | None, sources: tuple[str, ...], verbose: bool) -> None:
+          plot: str | None, sources: tuple[str, ...], devices: str | None, verbose: bool) -> None:
     """Time prefill, TTFT and decode of ARTIFACT (JSON lines on stdout), beside a peer when asked; or, with
     --plot and --from, draw rows saved by earlier runs."""
     if sources:
@@ -295,6 +307,10 @@ def bench(artifact: str | None, device: str, prefill: str, batches: str, context
     lengths = _int_list(prefill, "--prefill")
     sizes = _int_list(batches, "--batch") or [1]
     ctx_lengths = _int_list(contexts, "--context")
+    if devices is not None and (profile or peer):
+        raise InputError(f"--devices times a tensor-parallel artifact on its own: drop --{'profile' if profile else 'peer'}")
+    if devices is not None:
+        device = _sharded_device(artifact, devices)
     if profile and not device.startswith("cuda"):
         raise InputError("--profile reads CUDA kernel times: use it with --device cuda")
     if peer == "llama.cpp":  # before timing anything: the peer's inputs must exist
@@ -311,8 +327,11 @@ def bench(artifact: str | None, device: str, prefill: str, batches: str, context
     if context > manifest.context_length:
         raise InputError(f"--context/--prefill/--steps need {context} tokens per sequence, more "
                                f"than the context length {manifest.context_length} of {manifest.name}")
-    engine = Engine.load(artifact, device=device, max_batch_size=max(sizes), context_length=context)
-    result = run_bench(engine, device, lengths, sizes, steps, repeats, contexts=ctx_lengths)
+    if devices is not None:
+        engine = Engine.load_sharded(artifact, devices, max_batch_size=max(sizes), context_length=context)
+    else:
+        engine = Engine.load(artifact, device=device, max_batch_size=max(sizes), context_length=context)
+    result = run_bench(engine, devices or device, lengths, sizes, steps, repeats, contexts=ctx_lengths)
     rows = result.rows()
     threads = engine.threads
     if threads:
@@ -533,11 +552,13 @@ SERVE_EXTRA = "ember serve needs the [serve] extra: pip install 'ember[serve]' (
               help="Sample on the host even where the artifact samples on the device (cuda builds): every step's "
               "logits come to the host.")
 @click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@click.option("--devices", default=None, help=_DEVICES_HELP)
 @click.option("--verbose", is_flag=True, help="Tracebacks on errors; request logs.")
 @one_line_errors
 def serve(artifact: str, host: str, port: int, api_key: str | None, max_batch: int, max_queue: int,
           context_length: int | None, kv_tokens: int | None, gpu_memory_utilization: float | None,
-          prefix_cache: bool, model_name: str | None, host_sampling: bool, device: str, verbose: bool) -> None:
+          prefix_cache: bool, model_name: str | None, host_sampling: bool, device: str, devices: str | None,
+          verbose: bool) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models,
     /health, /metrics) with continuous batching. SIGTERM or Ctrl-C stops it gracefully."""
     try:
@@ -551,12 +572,14 @@ def serve(artifact: str, host: str, port: int, api_key: str | None, max_batch: i
 
     if max_queue < 0:
         raise InputError.about(f"{{max_queue}} must be >= 0, got {max_queue}")
+    if devices is not None:
+        device = _sharded_device(artifact, devices)
     if gpu_memory_utilization is None and kv_tokens is None and not device.startswith("cpu"):
         gpu_memory_utilization = 0.9  # of what the weights leave free, up to every slot's full context
     engine = AsyncEngine.load(artifact, device=device, max_seqs=max_batch, max_queue=max_queue,
                               context_length=context_length, kv_tokens=kv_tokens, prefix_cache=prefix_cache,
                               memory_utilization=gpu_memory_utilization,
-                              device_sampling=False if host_sampling else None)
+                              device_sampling=False if host_sampling else None, devices=devices)
     app = create_app(engine, api_key=api_key, model_name=model_name, on_shutdown=engine.shutdown)
     click.echo(f"serving {engine.engine.describe()} at http://{host}:{port}/v1 "
                f"(batch {max_batch}, {engine.stats()['kv_pages_total']} KV pages, sampling on the "

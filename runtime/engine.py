@@ -56,14 +56,15 @@ class Engine:
 
     @classmethod
     def load_sharded(cls, path: str | os.PathLike, devices: str, context_length: int | None = None,
-                     prefill_chunk_size: int | None = None) -> Engine:
-        """A tensor-parallel artifact, one shard per device of `devices` (cuda:0-3, or cpu: every shard a thread
-        of this process). cpu builds run here; GPU builds need Disco's NCCL collectives (tensor_parallel.py)."""
+                     prefill_chunk_size: int | None = None, max_batch_size: int = 1) -> Engine:
+        """A tensor-parallel artifact, one shard per device of `devices`: cuda:0-3 (cuda builds: a GPU per shard,
+        NCCL between them) or cpu (cpu builds); every shard a thread of this process (tensor_parallel.py)."""
         from .tensor_parallel import ShardedRunner
 
         manifest = read_manifest(path)
-        check_load_arguments(manifest, manifest.target.kind, 1, context_length, prefill_chunk_size)
-        runner = ShardedRunner(path, devices, context_length=context_length, prefill_chunk_size=prefill_chunk_size)
+        check_load_arguments(manifest, manifest.target.kind, max_batch_size, context_length, prefill_chunk_size)
+        runner = ShardedRunner(path, devices, context_length=context_length, prefill_chunk_size=prefill_chunk_size,
+                               max_batch_size=max_batch_size)
         artifact = runner.artifact
         info = artifact.manifest.tokenizer
         tokenizer = Tokenizer(artifact.path / info.file, info) if info is not None else None
@@ -94,11 +95,17 @@ class Engine:
         eos = self.manifest.config.get("eos_token_id")
         return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
+    @property
+    def where(self) -> str:
+        """The device, or a tensor-parallel artifact's devices (one per shard)."""
+        devices = getattr(self.runner, "devices", None)
+        return f"{', '.join(devices)} ({len(devices)} shards)" if devices else str(self.artifact.device)
+
     def describe(self) -> str:
         m = self.manifest
         threads = f", {self.threads} threads" if self.threads else ""
         line = (
-            f"{m.name} ({m.architecture}, {m.quantization}) on {self.artifact.device}{threads}, "
+            f"{m.name} ({m.architecture}, {m.quantization}) on {self.where}{threads}, "
             f"context {self.runner.context_length}"
         )
         return f"{line}; {RANDOM_WEIGHTS_NOTE}" if self.random_weights else line

@@ -213,6 +213,16 @@ def load_vm(folder: Path, manifest: Manifest, dev: Any) -> Any:
     return vm
 
 
+def library_module(lib: Path) -> Any:
+    """The artifact's library as a module, for the packed functions it exports besides the VM's (the NCCL set-up,
+    runtime/nccl.py). The dynamic loader hands back the handle the VM's load opened: the same library state."""
+    tvm = import_tvm()
+    try:
+        return tvm.runtime.load_module(str(lib))
+    except Exception as err:  # TVM raises its own error types; keep the first line
+        raise ArtifactError(f"{lib}: cannot be loaded by this TVM runtime ({_first_line(err)})") from None
+
+
 def _first_line(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return lines[-1] if lines else type(err).__name__

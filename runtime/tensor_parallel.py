@@ -1,17 +1,21 @@
 """Tensor-parallel artifacts at run time (manifest `tensor_parallel`, passes/shard_tensor_parallel.py).
 
-Every shard runs the one library on its own weights and KV cache; the library's collectives call packed functions
-named in the manifest (`Target.collectives`), with the signatures of TVM Disco's:
+Every shard runs the one library on its own weights and KV cache, as a thread of this process (`HostGroup`); the
+library's collectives call packed functions named in the manifest (`Target.collectives`), with the signatures of
+TVM Disco's:
     allreduce(send, ShapeTuple([kind]), in_group, recv)      allgather(send, in_group, recv)  (concat on axis 0)
-- GPU builds call `runtime.disco.allreduce` / `allgather`: they run inside Disco workers (one per GPU), whose ccl
-  (NCCL) does the work. This TVM wheel has Disco's sessions and those dispatchers but no NCCL ccl registered
-  (`runtime.disco.nccl.*`): `require_disco_ccl` says so in one line (DESIGN.md, "Tensor parallelism").
-- cpu builds call ember's host collectives below: each shard is a thread of this process (`HostGroup`), and the
-  ranks meet at a barrier, sum (in rank order) or concatenate numpy copies, and write the result on every rank.
-  This is how the test suite checks a sharded build against the unsharded one on one machine.
+- cuda builds call ember's NCCL collectives compiled into their library (`ember_tp_nccl_allreduce` / `allgather`,
+  targets/cuda/kernels/nccl_collectives.cu): each shard on its own GPU, one NCCL communicator per GPU started by
+  runtime/nccl.py, the collectives on the stream TVM runs the shard's kernels on.
+- cpu builds call ember's host collectives below: the ranks meet at a barrier, sum (in rank order) or concatenate
+  numpy copies, and write the result on every rank. This is how the test suite checks a sharded build against the
+  unsharded one on one machine.
+- Older cuda builds named Disco's `runtime.disco.allreduce`, for which this TVM wheel registers no NCCL
+  (`runtime.disco.nccl.*`): they are refused in one line (compile again).
 """
 from __future__ import annotations
 
+import queue
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -24,7 +28,7 @@ from ..errors import ArtifactError, InputError
 HOST_ALL_REDUCE = "ember.tp.host_allreduce"
 HOST_ALL_GATHER = "ember.tp.host_allgather"
 HOST_COLLECTIVES = {"all_reduce": HOST_ALL_REDUCE, "all_gather": HOST_ALL_GATHER}
-DISCO_CCL = "nccl"
+DISCO_ALL_REDUCE = "runtime.disco.allreduce"
 SUM = 0  # Disco's ReduceKind::kSum
 
 T = TypeVar("T")
@@ -60,6 +64,8 @@ class HostGroup:
         self.arrays = arrays or HostArrays()
         self._barrier = threading.Barrier(shards)
         self._slots: list[Any] = [None] * shards
+        self._threads: list[threading.Thread] = []
+        self._inboxes: list[queue.SimpleQueue] = []
 
     def exchange(self, rank: int, array: Any, combine: Callable[[list[Any]], T]) -> T:
         """`combine` of every rank's array (in rank order), once all have arrived. It runs before any rank goes
@@ -71,35 +77,51 @@ class HostGroup:
         return result
 
     def run(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
-        """Run task r as rank r on a thread of its own; the first error is raised once every thread has stopped
-        (the barrier is broken, so no rank waits for one that failed)."""
+        """Run task r as rank r on rank r's thread (started on the first call, kept for the next ones: a GPU
+        shard's thread keeps its CUDA device and stream), all at once; the first error is raised once every rank
+        has stopped (the barrier is broken, so no rank waits for one that failed)."""
         if len(tasks) != self.shards:
             raise ValueError(f"{len(tasks)} tasks for {self.shards} ranks")
         register_host_collectives()
-        results: list[Any] = [None] * self.shards
-        errors: list[BaseException | None] = [None] * self.shards
-
-        def work(rank: int) -> None:
-            _local.group, _local.rank = self, rank
-            try:
-                results[rank] = tasks[rank]()
-            except BaseException as err:  # noqa: BLE001 - re-raised on the calling thread
-                errors[rank] = err
-                self._barrier.abort()
-            finally:
-                _local.group = None
-
-        threads = [threading.Thread(target=work, args=(r,), name=f"ember-tp-{r}") for r in range(self.shards)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        first = next((e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)),
-                     next((e for e in errors if e is not None), None))
+        if not self._threads:
+            self._inboxes = [queue.SimpleQueue() for _ in range(self.shards)]
+            self._threads = [threading.Thread(target=self._serve, args=(r,), name=f"ember-tp-{r}", daemon=True)
+                             for r in range(self.shards)]
+            for thread in self._threads:
+                thread.start()
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        for rank, task in enumerate(tasks):
+            self._inboxes[rank].put((task, done))
+        outcomes = dict(done.get() for _ in range(self.shards))  # rank -> (ok, result or error)
+        errors = [outcomes[r][1] for r in range(self.shards) if not outcomes[r][0]]
+        first = next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
+                     errors[0] if errors else None)
         if first is not None:
             self._barrier.reset()
             raise first
-        return results
+        return [outcomes[r][1] for r in range(self.shards)]
+
+    def _serve(self, rank: int) -> None:
+        _local.group, _local.rank = self, rank
+        inbox = self._inboxes[rank]
+        while True:
+            item = inbox.get()
+            if item is None:
+                return
+            task, done = item
+            try:
+                done.put((rank, (True, task())))
+            except BaseException as err:  # noqa: BLE001 - re-raised on the calling thread
+                self._barrier.abort()
+                done.put((rank, (False, err)))
+
+    def close(self) -> None:
+        """Stop the ranks' threads (they are daemons: a process that never calls this still exits)."""
+        for inbox in self._inboxes:
+            inbox.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads, self._inboxes = [], []
 
 
 def _caller() -> tuple[HostGroup, int]:
@@ -214,15 +236,25 @@ def _device_count(kind: str) -> int:
     return n
 
 
-def require_disco_ccl(ccl: str = DISCO_CCL) -> None:
-    """A GPU tensor-parallel run needs Disco's collectives for `ccl`; this TVM wheel registers the dispatchers
-    (runtime.disco.allreduce) but not NCCL's implementation (runtime.disco.nccl.*)."""
-    import tvm_ffi
+def check_collectives(manifest: Any, kind: str, same_device: bool = False) -> str:
+    """Which collectives the artifact's library calls, where this runtime runs them: "host" (ember's host ones,
+    any device kind) or "nccl" (ember's NCCL ones, one GPU per shard); a one-line error otherwise."""
+    from .nccl import is_nccl_build
 
-    if tvm_ffi.get_global_func(f"runtime.disco.{ccl}.init_ccl", allow_missing=True) is None:
-        raise ArtifactError(f"this TVM runtime has no {ccl.upper()} collectives for Disco "
-                            f"(runtime.disco.{ccl}.init_ccl is not registered), so a GPU tensor-parallel artifact "
-                            "cannot run here yet (DESIGN.md, Tensor parallelism)")
+    collectives = manifest.tensor_parallel.collectives
+    if collectives.get("all_reduce") == HOST_ALL_REDUCE:
+        return "host"
+    if is_nccl_build(collectives):
+        if kind != "cuda":
+            raise InputError.about(f"{{devices}} {kind}: artifact {manifest.name}'s NCCL collectives run on cuda GPUs")
+        if same_device:
+            raise InputError(f"artifact {manifest.name} calls NCCL collectives, which take one GPU per shard (build "
+                             "it with EMBER_TP_COLLECTIVES=host to run every shard on one GPU)")
+        return "nccl"
+    if collectives.get("all_reduce") == DISCO_ALL_REDUCE:
+        raise ArtifactError(f"artifact {manifest.name} calls Disco's collectives ({DISCO_ALL_REDUCE}), for which this "
+                            "TVM runtime has no NCCL: compile it again (cuda builds now carry ember's NCCL collectives)")
+    raise ArtifactError(f"artifact {manifest.name}: unknown tensor-parallel collectives {collectives!r}")
 
 
 def shard_random_fill(base: Callable[[int], Any], manifest: Any, rank: int) -> Callable[[Any, int, Any], Any]:
@@ -244,30 +276,59 @@ def shard_random_fill(base: Callable[[int], Any], manifest: Any, rank: int) -> C
 # ---- running every shard in this process --------------------------------------------------------------------------
 
 class ShardedRunner:
-    """One ModelRunner per shard of an artifact built with the host collectives (cpu builds, or any build with
-    EMBER_TP_COLLECTIVES=host), each driven on a thread of its own so the shards meet in the host collectives;
-    every call returns rank 0's result (all ranks compute the same logits). `same_device`: every shard on the
-    first device named (the one-GPU check)."""
+    """One ModelRunner per shard of a tensor-parallel artifact, each driven on a thread of its own (HostGroup):
+    cpu builds (or any build with EMBER_TP_COLLECTIVES=host) meet in the host collectives, cuda builds in NCCL,
+    one GPU per shard. Every call returns rank 0's result (all ranks compute the same logits; the host collectives'
+    are checked to be equal). `same_device`: every shard on the first device named (the one-GPU check, host
+    collectives only)."""
 
     def __init__(self, path: Any, devices: str = "cpu", *, same_device: bool = False,
                  arrays: HostArrays | None = None, **runner_options: Any) -> None:
         from .artifact import read_manifest
         from .loader import load_artifact
-        from .model_runner import ModelRunner
 
         manifest = read_manifest(path)
         tp = check_manifest(manifest)
         kind, ids = parse_devices(devices)
+        self.collectives = check_collectives(manifest, kind, same_device)
         ids = [ids[0]] * tp.shards if same_device else check_devices(manifest, kind, ids)
-        if tp.collectives.get("all_reduce") != HOST_ALL_REDUCE:
-            require_disco_ccl()
-            raise ArtifactError(f"artifact {manifest.name} calls Disco's collectives: run it in Disco workers")
+        candidates = None
+        if self.collectives == "nccl":  # before any weight moves: NCCL must be there
+            from .nccl import library_candidates
+
+            candidates = library_candidates()
         self.manifest, self.group = manifest, HostGroup(tp.shards, arrays)
-        self.runners = [ModelRunner(load_artifact(path, device=f"{kind}:{i}", shard=rank), **runner_options)
-                        for rank, i in enumerate(ids)]
+        self.devices = [f"{kind}:{i}" for i in ids]
+        self.nccl: Any = None
+        loaded = [load_artifact(path, device=dev, shard=rank) for rank, dev in enumerate(self.devices)]
+        if self.collectives == "nccl":
+            from .loader import library_module
+            from .nccl import NcclFunctions, NcclGroup
+
+            library = path_of(path, manifest)
+            self.nccl = NcclGroup(NcclFunctions.of(library_module(library), str(library)), ids, self.group.run,
+                                  candidates)
+        self._loaded = loaded
+        self.runners = self._runners(runner_options)
+
+    def _runners(self, runner_options: dict[str, Any]) -> list[Any]:
+        from .model_runner import ModelRunner
+
+        # each shard's KV cache made on its own thread (its device current there)
+        return self.group.run([lambda a=a: ModelRunner(a, **runner_options) for a in self._loaded])
+
+    def sibling(self, **runner_options: Any) -> ShardedRunner:
+        """Another runner (its own KV caches, sized by `runner_options`) over the same loaded shards, threads and
+        communicators: what `ember serve` makes beside the Engine's own (ModelRunner(engine.artifact, ...))."""
+        other = object.__new__(ShardedRunner)
+        other.__dict__.update({k: v for k, v in self.__dict__.items() if k != "runners"})
+        other.runners = other._runners(runner_options)
+        return other
 
     def _each(self, method: str, *args: Any, **kwargs: Any) -> Any:
         results = self.group.run([lambda r=r: getattr(r, method)(*args, **kwargs) for r in self.runners])
+        if self.collectives != "host":  # NCCL's sums are the same on every rank, but no contract says bit for bit
+            return results[0]
         for rank, other in enumerate(results[1:], start=1):
             if not np.array_equal(results[0], other):
                 raise RuntimeError(f"tensor-parallel shard {rank} computed other logits than shard 0")
@@ -279,6 +340,30 @@ class ShardedRunner:
     @property
     def artifact(self) -> Any:
         return self.runners[0].artifact
+
+    @property
+    def vocab_size(self) -> int:
+        return self.runners[0].vocab_size
+
+    @property
+    def name(self) -> str:
+        return self.runners[0].name
+
+    @property
+    def prefill_chunk_size(self) -> int:
+        return self.runners[0].prefill_chunk_size
+
+    @property
+    def kv(self) -> ShardedKV:
+        return ShardedKV([r.kv for r in self.runners])
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.runners[0].max_batch_size
+
+    @property
+    def _tvm(self) -> Any:
+        return self.runners[0]._tvm
 
     @property
     def context_length(self) -> int:
@@ -294,7 +379,12 @@ class ShardedRunner:
         return self._each("prefill", seq_ids, token_lists, all_logits=all_logits)
 
     def decode(self, seq_ids: Sequence[int], tokens: Sequence[int], reuse: bool = False) -> Any:
-        return self._each("decode", seq_ids, tokens)
+        if self.collectives == "host":
+            return self._each("decode", seq_ids, tokens)
+        # NCCL: only rank 0's logits come to the host; the others' stay on their GPUs
+        first, *others = self.runners
+        return self.group.run([lambda: first.decode(seq_ids, tokens, reuse=reuse),
+                               *(lambda r=r: r._decode_step(seq_ids, tokens) for r in others)])[0]
 
     def add_sequence(self, seq_id: int) -> None:
         for runner in self.runners:
@@ -304,6 +394,41 @@ class ShardedRunner:
         for runner in self.runners:
             runner.remove_sequence(seq_id)
 
+    def fork_sequence(self, parent: int, child: int) -> None:
+        for runner in self.runners:
+            runner.fork_sequence(parent, child)
+
     def reset(self) -> None:
         for runner in self.runners:
             runner.reset()
+
+    def close(self) -> None:
+        """The NCCL communicators freed and the shards' threads stopped (the process exiting does both, too)."""
+        if self.nccl is not None:
+            self.nccl.close()
+            self.nccl = None
+        self.group.close()
+
+
+class ShardedKV:
+    """The shards' paged KV caches as the server sees one (serving/core.py): facts from shard 0 (every shard has
+    the same pages and sequences, of its own heads), forks on every shard."""
+
+    def __init__(self, caches: list[Any]) -> None:
+        self._caches = caches
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._caches[0], name)
+        if callable(value):
+            raise AttributeError(f"ShardedKV.{name}: only fork_sequence runs on every shard")
+        return value
+
+    def fork_sequence(self, parent: int, child: int, pos: int | None = None) -> None:
+        for cache in self._caches:
+            cache.fork_sequence(parent, child, pos)
+
+
+def path_of(path: Any, manifest: Any) -> Any:
+    from pathlib import Path
+
+    return Path(path) / manifest.library

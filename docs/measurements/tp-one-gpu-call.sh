@@ -4,8 +4,8 @@
 # build's shards one after the other on cuda:0 (a thread each, all-reduce / all-gather summed on the device by
 # torch over DLPack, or on the host when torch lacks CUDA: the JSON says which) against the unsharded cuda build:
 # chunked prefill (every position), 16 decode1 steps, 3 sequences of batched decode; q0f16 and q4f16_1, 2 and 4
-# shards. Then `ember run --devices cuda:0-1` on a 2-shard build, which must refuse in one line (one GPU here, and
-# this TVM wheel has no NCCL for Disco).
+# shards. Then `ember run --devices cuda:0-1` on a 2-shard build, which must refuse in one line (one GPU here).
+# Superseded by tp-nccl-one-gpu-call.sh (this check, plus ember's NCCL collectives on one GPU).
 # Lead: run { carry: [".carry/tp"], command: "bash docs/measurements/tp-one-gpu-call.sh", timeout_s: 300 }.
 set -u
 repo=$PWD; D=/tmp/tp

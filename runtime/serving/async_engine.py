@@ -57,9 +57,10 @@ class AsyncEngine:
         if kv_tokens is None:  # max_seqs full contexts, in whole pages
             page = engine.manifest.kv_cache.page_size
             kv_tokens = -(-context_length // page) * page * max_seqs
-        self.runner = ModelRunner(engine.artifact, max_batch_size=max_seqs + cached_seqs,
-                                  context_length=context_length, prefill_chunk_size=prefill_chunk_size,
-                                  kv_tokens=kv_tokens)
+        options = dict(max_batch_size=max_seqs + cached_seqs, context_length=context_length,
+                       prefill_chunk_size=prefill_chunk_size, kv_tokens=kv_tokens)
+        sibling = getattr(engine.runner, "sibling", None)  # a tensor-parallel engine: every shard gets its cache
+        self.runner = sibling(**options) if sibling is not None else ModelRunner(engine.artifact, **options)
         self.core = EngineCore(self.runner, engine.tokenizer, engine.eos_token_ids, max_seqs=max_seqs,
                                token_budget=token_budget, cached_seqs=cached_seqs, device_sampling=device_sampling)
         tok = engine.tokenizer
@@ -89,19 +90,25 @@ class AsyncEngine:
              context_length: int | None = None, kv_tokens: int | None = None, token_budget: int | None = None,
              prefill_chunk_size: int | None = None, prefix_cache: bool | int = True,
              memory_utilization: float | None = None, device_sampling: bool | None = None,
-             **load_kwargs: Any) -> AsyncEngine:
+             devices: str | None = None, **load_kwargs: Any) -> AsyncEngine:
         """Load an artifact to serve. `max_seqs` sequences run at once; `kv_tokens` (default: max_seqs full
         contexts) sizes the KV cache, which the scheduler shares out page by page. `prefix_cache` keeps finished
         sequences in the KV cache (True: up to max_seqs of them, an int: that many, False: none) so requests that
         share a prompt prefix fork their pages instead of computing it again. `memory_utilization` (instead of
         kv_tokens) sizes the KV cache to that fraction of the device memory free once the weights are loaded.
         `device_sampling` False samples on the host even where the artifact has a device sampler (None: where it
-        has one)."""
+        has one). `devices` (cuda:0-3, cpu): a tensor-parallel artifact's, one per shard (Engine.load_sharded);
+        its shards sample on the host."""
         from ..artifact import read_manifest
 
         # the Engine's own one-sequence cache stays small: serving makes its own, of max_seqs sequences
-        engine = Engine.load(path, device=device, context_length=min(read_manifest(path).context_length, 256),
-                             **load_kwargs)
+        small = min(read_manifest(path).context_length, 256)
+        if devices is not None:
+            if load_kwargs:
+                raise InputError(f"{', '.join(load_kwargs)}: not taken with devices (a tensor-parallel artifact)")
+            engine = Engine.load_sharded(path, devices, context_length=small)
+        else:
+            engine = Engine.load(path, device=device, context_length=small, **load_kwargs)
         if max_seqs is None or isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
             raise InputError.about(f"{{max_seqs}} must be an integer >= 1, got {max_seqs!r}")
         if context_length is None:

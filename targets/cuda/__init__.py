@@ -44,12 +44,15 @@ class CudaTarget(Target):
     default_quant = "q0f16"
     default_dtype = "float16"
     attention_features = frozenset({"window_layers", "softcap"})  # attention.py's and prefill_attention.py's kernels
+    # ember's NCCL collectives, compiled into the library of a tensor-parallel build (nccl.py)
+    collectives = {"all_reduce": "ember_tp_nccl_allreduce", "all_gather": "ember_tp_nccl_allgather"}  # = nccl.COLLECTIVES
 
     def __init__(self, spec: str, archs: list[str]) -> None:
         super().__init__(spec)
         self.archs = archs
         self._prefill_gemm: Any = None  # prefill_gemm.PrefillGemm once lowerings() chose it
         self._prefill_qgemm: Any = None  # prefill_qgemm.PrefillQGemm, likewise
+        self._nccl: Any = None  # nccl.NcclCollectives: whether the collectives were lowered to NCCL's
 
     @classmethod
     def parse(cls, spec: str) -> CudaTarget:
@@ -100,8 +103,11 @@ class CudaTarget(Target):
             log.warning("nvidia-cutlass headers not found (pip install --no-deps nvidia-cutlass==4.2.0.0): "
                         "the 16-bit prefill GEMMs of %s stay on TVM's WMMA schedule", ", ".join(self.archs))
         from . import native_moe
+        from .nccl import NcclCollectives
 
         table = {**table, **native_moe.LOWERINGS}  # mixture-of-experts blocks (EMBER_CUDA_MOE=0: refused)
+        self._nccl = NcclCollectives()
+        table = {**table, **self._nccl.lowerings()}  # tensor-parallel builds: the NCCL object goes into the library
         return {**table, **native_norm.LOWERINGS} if native_norm.enabled() else table
 
     def window_in_kernels(self, kv_cache: Any) -> bool:
@@ -126,9 +132,10 @@ class CudaTarget(Target):
         from .pipeline import build_cuda
 
         objects = [b for b in (self._prefill_gemm.start_objects() if self._prefill_gemm is not None else None,
-                               self._prefill_qgemm.start_objects() if self._prefill_qgemm is not None else None)
+                               self._prefill_qgemm.start_objects() if self._prefill_qgemm is not None else None,
+                               self._nccl.start_objects() if self._nccl is not None else None)
                    if b is not None]
-        beside = "" if not objects else " and ember's prefill GEMMs" + (
+        beside = "" if not objects else " and ember's objects" + (
             " (cached)" if all(b.cached for b in objects) else " (nvcc)")
         with stage.wait(f"building kernels for {self.spec} (tvm.compile{beside})"):
             executable = build_cuda(relax_mod, self.archs, cuda_graph=options.cuda_graph)
@@ -136,7 +143,7 @@ class CudaTarget(Target):
         if objects:
             if options.meanwhile is not None and not all(b.cached for b in objects):
                 options.meanwhile()
-            with stage.wait("waiting for nvcc: ember's prefill GEMMs"):
+            with stage.wait("waiting for nvcc: ember's objects (prefill GEMMs, NCCL collectives)"):
                 link = {"addons": [str(p) for b in objects for p in b.result()], "options": objects[0].link_options()}
         with stage.wait(f"compiling and linking {library.name} (nvcc for {', '.join(self.archs)})"):
             executable.export_library(str(library), **link)

@@ -143,3 +143,26 @@ def test_ember_run_with_devices_generates_what_the_unsharded_build_does(builds):
     assert outputs[0] == outputs[1] and len(outputs[0]) == 6
     result = CliRunner().invoke(run, [str(builds["q0f32", 4]), *args, "--devices", "cuda:0-1"])
     assert result.exit_code == 1 and "artifact hf was built for cpu" in result.output
+
+
+def test_serving_a_sharded_artifact_answers_as_the_unsharded_one(builds):
+    """`ember serve --devices`: the server's own KV caches on every shard (ShardedRunner.sibling), prefix-cache
+    forks on every shard, batched requests, the same tokens as the unsharded build's server."""
+    import asyncio
+
+    from ember.runtime.serving.async_engine import AsyncEngine
+
+    prompts = [[0, 5, 77, 300, 12], [0, 5, 77, 300, 12, 9, 45], [3, 4]]  # the second shares the first's prefix
+
+    async def answers(engine):
+        first = await engine.complete(prompts[0], max_tokens=5)  # finished: kept for the next to fork
+        rest = await asyncio.gather(*(engine.complete(p, max_tokens=5) for p in prompts[1:]))
+        return [o.token_ids for o in (first, *rest)]
+
+    got = []
+    for path, devices in ((builds["q0f32", 1], None), (builds["q0f32", 2], "cpu")):
+        with AsyncEngine.load(path, max_seqs=4, devices=devices) as engine:
+            got.append(asyncio.run(answers(engine)))
+            hits = engine.stats()["prefix_cache_hits"]
+    assert got[0] == got[1] and all(len(t) == 5 for t in got[0])
+    assert hits >= 1

@@ -1,5 +1,6 @@
 """The tensor-parallel runtime's checks without a model: --devices parsing, devices against the manifest's shards
-(one-line errors), the per-shard random fill, and the host collectives of a group of threads."""
+(one-line errors), which collectives run where, the per-shard random fill, and the host collectives of a group of
+threads."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,15 +9,15 @@ import pytest
 from ember.errors import ArtifactError, InputError
 from ember.runtime.artifact import ParamInfo, TensorParallelInfo
 from ember.runtime.random_weights import NumpyFill
-from ember.runtime.tensor_parallel import (HostGroup, check_devices, check_manifest, parse_devices, require_disco_ccl,
+from ember.runtime.tensor_parallel import (HostGroup, check_collectives, check_devices, check_manifest, parse_devices,
                                            shard_random_fill)
 
 
-def manifest(shards=4, kind="cuda"):
+def manifest(shards=4, kind="cuda", all_reduce="ember_tp_nccl_allreduce"):
     params = [ParamInfo("w", [4, 8], "float32"), ParamInfo("b", [8], "float32"), ParamInfo("start", [1], "int32")]
     tp = TensorParallelInfo(shards=shards, layout={"w": "column", "b": "replicated", "start": "rank"},
                             shard_dirs=[f"params/shard-{r}-of-{shards}" for r in range(shards)],
-                            collectives={"all_reduce": "runtime.disco.allreduce"}, rank_values={"start": 40})
+                            collectives={"all_reduce": all_reduce}, rank_values={"start": 40})
     return SimpleNamespace(name="tiny", params=params, tensor_parallel=tp, target=SimpleNamespace(kind=kind))
 
 
@@ -45,9 +46,18 @@ def test_devices_are_checked_against_the_shards_in_one_line():
         check_manifest(m)
 
 
-def test_this_wheel_has_no_nccl_for_disco():
-    with pytest.raises(ArtifactError, match=r"no NCCL collectives for Disco \(runtime.disco.nccl.init_ccl"):
-        require_disco_ccl()
+def test_collectives_are_checked_against_the_devices_in_one_line():
+    assert check_collectives(manifest(), "cuda") == "nccl"
+    assert check_collectives(manifest(kind="cpu", all_reduce="ember.tp.host_allreduce"), "cpu") == "host"
+    assert check_collectives(manifest(all_reduce="ember.tp.host_allreduce"), "cuda", same_device=True) == "host"
+    with pytest.raises(InputError, match="take one GPU per shard"):
+        check_collectives(manifest(), "cuda", same_device=True)
+    with pytest.raises(InputError, match="NCCL collectives run on cuda GPUs") as err:
+        check_collectives(manifest(), "cpu")
+    assert err.value.cli_message.startswith("--devices cpu")
+    # cuda builds of before the NCCL module named Disco's, which this TVM wheel cannot run
+    with pytest.raises(ArtifactError, match=r"Disco's collectives \(runtime.disco.allreduce\).*compile it again"):
+        check_collectives(manifest(all_reduce="runtime.disco.allreduce"), "cuda")
 
 
 def test_random_fill_per_shard():
@@ -72,3 +82,14 @@ def test_host_group_sums_in_rank_order_and_a_failing_rank_stops_all():
 
     with pytest.raises(ValueError, match="rank 1 failed"):
         group.run([lambda: group.exchange(0, np.zeros(1), sum), fail, lambda: group.exchange(2, np.zeros(1), sum)])
+
+
+def test_host_group_keeps_one_thread_per_rank_across_calls():
+    import threading
+
+    group = HostGroup(2)
+    first = group.run([threading.get_ident, threading.get_ident])
+    assert len(set(first)) == 2 and group.run([threading.get_ident, threading.get_ident]) == first
+    group.close()
+    assert len(set(group.run([threading.get_ident] * 2))) == 2  # started again after close
+    group.close()
