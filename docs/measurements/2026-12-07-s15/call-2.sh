@@ -7,7 +7,7 @@
 #   PARITY_BUILDS=cpu,cuda tools/gemv_parity.py build-gguf K/kq tiny-kq.gguf   (tools/kquant_tiny_gguf.py)
 #   ember compile --model llama3-8b --target cuda:sm_90 --quant q4f16_1 --random-weights -o K/l8-{new,old}
 #   (l8-old from the commit before the fix), K/tvm_rt (tools/make_runtime_subset.py)
-# Lead: run { carry: [".carry/fix15"], command: "bash docs/measurements/2026-12-07-s15/call-2.sh" }
+# Lead: run { carry: [".carry/fix15", ".carry/tp-nccl"], command: "bash docs/measurements/2026-12-07-s15/call-2.sh" }
 set -u
 FINAL_OUT=$OUT; OUT=/tmp/o; mkdir -p $OUT; trap 'tar czf $FINAL_OUT/all.tgz -C /tmp/o .' EXIT
 repo=$PWD; D=/tmp/fix15
@@ -40,3 +40,6 @@ for v in old new old new; do  # alternated, same warm GPU: the fix's cost on lla
   python3 -c "
 import json; print('$v', json.dumps({r['metric']: round(r['value'], 1) for r in map(json.loads, open('$OUT/bench-$v.jsonl')) if 'metric' in r and 'tok_s' in r['metric']}))"
 done
+# issue 16: ember's NCCL collectives with a 1-rank communicator, the one-GPU sharded check on the persistent shard
+# threads, --devices refusals (kit .carry/tp-nccl, tools/prepare_tp_nccl_gpu.sh)
+mkdir -p /tmp/o/tpn && OUT=/tmp/o/tpn bash docs/measurements/tp-nccl-one-gpu-call.sh
