@@ -34,7 +34,7 @@ cat > /tmp/ember_rt <<SH
 exec python3 -c "import sys; sys.argv[0] = 'ember'; from ember.cli import main; main()" "\$@"
 SH
 chmod +x /tmp/ember_rt
-for v in old new old new; do  # alternated, same warm GPU: the fix's cost on llama3-8b q4f16_1 decode
+for v in old new; do  # same warm GPU: the fix's cost on llama3-8b q4f16_1 decode
   timeout 100 /tmp/ember_rt bench $D/l8-$v --device cuda --batch 1,16 --steps 64 --repeats 3 \
     --output "$OUT/bench-$v.jsonl" > "$OUT/bench-$v.log" 2>&1; echo "bench $v rc=$?"
   python3 -c "
