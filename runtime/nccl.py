@@ -23,6 +23,7 @@ ALL_REDUCE, ALL_GATHER = "ember_tp_nccl_allreduce", "ember_tp_nccl_allgather"
 COLLECTIVES = {"all_reduce": ALL_REDUCE, "all_gather": ALL_GATHER}
 OPEN, UNIQUE_ID, INIT, DESTROY = ("ember_tp_nccl_open", "ember_tp_nccl_unique_id", "ember_tp_nccl_init",
                                   "ember_tp_nccl_destroy")
+ABORT = "ember_tp_nccl_abort"
 UNIQUE_ID_BYTES = 128  # NCCL_UNIQUE_ID_BYTES
 
 
@@ -70,19 +71,20 @@ class NcclFunctions:
     unique_id: Callable[[], bytes]
     init: Callable[[int, int, int, bytes], None]
     destroy: Callable[[int], None]
+    abort: Callable[[int], None] | None = None  # absent from libraries built before it existed
 
     @classmethod
     def of(cls, module: Any, library: str) -> NcclFunctions:
         found = {}
-        for name in (OPEN, UNIQUE_ID, INIT, DESTROY):
+        for name in (OPEN, UNIQUE_ID, INIT, DESTROY, ABORT):
             try:
                 found[name] = module.get_function(name)
             except Exception:  # noqa: BLE001 - TVM's lookup error: say which function is missing
                 found[name] = None
-            if found[name] is None:
+            if found[name] is None and name != ABORT:
                 raise ArtifactError(f"{library}: has no {name}: its NCCL collectives are missing (compile the "
                                     "artifact again with this ember)")
-        return cls(found[OPEN], found[UNIQUE_ID], found[INIT], found[DESTROY])
+        return cls(found[OPEN], found[UNIQUE_ID], found[INIT], found[DESTROY], found[ABORT])
 
 
 def open_nccl(functions: NcclFunctions, candidates: Sequence[str]) -> tuple[str, int]:
@@ -135,6 +137,26 @@ class NcclGroup:
         except Exception as err:  # noqa: BLE001
             raise ArtifactError(f"NCCL {self.version} could not start {len(self.plan)} ranks on "
                                 f"cuda:{','.join(str(d) for _, _, d in self.plan)}: {_last_line(err)}") from None
+        self.failure: str | None = None
+
+    def fail(self, rank: int, err: BaseException) -> None:
+        """Shard `rank` failed while the others were still running (HostGroup's on_stuck): they may wait in a
+        collective for it forever, so every communicator is aborted, which ends their waits. The group is then
+        spent: `check` refuses every later call."""
+        if self.failure is not None:
+            return
+        self.failure = f"shard {rank} failed ({_last_line(err)})"
+        if self.functions.abort is None:
+            return
+        for _, _, device in self.plan:
+            try:
+                self.functions.abort(device)
+            except Exception:  # noqa: BLE001 - abort what can be aborted; the first error is the one to report
+                pass
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise ArtifactError(f"the shards' NCCL group was aborted after {self.failure}: load the artifact again")
 
     def close(self) -> None:
         for _, _, device in self.plan:
@@ -142,5 +164,5 @@ class NcclGroup:
         self.plan = []
 
 
-__all__ = ["ALL_GATHER", "ALL_REDUCE", "COLLECTIVES", "NcclFunctions", "NcclGroup", "is_nccl_build",
+__all__ = ["ABORT", "ALL_GATHER", "ALL_REDUCE", "COLLECTIVES", "NcclFunctions", "NcclGroup", "is_nccl_build",
            "library_candidates", "open_nccl", "rank_plan", "version_text", "wheel_library"]

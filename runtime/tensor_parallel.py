@@ -18,6 +18,7 @@ from __future__ import annotations
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -57,11 +58,17 @@ class HostArrays:
 
 
 class HostGroup:
-    """`shards` ranks, one thread each, meeting in the host collectives."""
+    """`shards` ranks, one thread each, meeting in the host collectives (or in NCCL, for cuda builds).
 
-    def __init__(self, shards: int, arrays: HostArrays | None = None) -> None:
+    `on_stuck(rank, error)`: called when rank `rank` has failed and some other rank is still running `grace_s`
+    later. The host collectives need none (a failing rank breaks their barrier); NCCL's do, since a rank waiting
+    in a collective for a peer that failed waits forever (NcclGroup.fail aborts the communicators)."""
+
+    def __init__(self, shards: int, arrays: HostArrays | None = None,
+                 on_stuck: Callable[[int, BaseException], None] | None = None, grace_s: float = 10.0) -> None:
         self.shards = shards
         self.arrays = arrays or HostArrays()
+        self.on_stuck, self.grace_s = on_stuck, grace_s
         self._barrier = threading.Barrier(shards)
         self._slots: list[Any] = [None] * shards
         self._threads: list[threading.Thread] = []
@@ -92,7 +99,7 @@ class HostGroup:
         done: queue.SimpleQueue = queue.SimpleQueue()
         for rank, task in enumerate(tasks):
             self._inboxes[rank].put((task, done))
-        outcomes = dict(done.get() for _ in range(self.shards))  # rank -> (ok, result or error)
+        outcomes = self._outcomes(done)  # rank -> (ok, result or error)
         errors = [outcomes[r][1] for r in range(self.shards) if not outcomes[r][0]]
         first = next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
                      errors[0] if errors else None)
@@ -100,6 +107,30 @@ class HostGroup:
             self._barrier.reset()
             raise first
         return [outcomes[r][1] for r in range(self.shards)]
+
+    def _outcomes(self, done: queue.SimpleQueue) -> dict[int, tuple[bool, Any]]:
+        outcomes: dict[int, tuple[bool, Any]] = {}
+        deadline: float | None = None  # set by the first failure, while an on_stuck is there to call
+        unblocked = False
+        while len(outcomes) < self.shards:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                rank, outcome = done.get(timeout=wait)
+            except queue.Empty:
+                failed = next(r for r, (ok, _) in outcomes.items() if not ok)
+                if unblocked:  # still running after on_stuck: give up on them (their threads are lost)
+                    for r in range(self.shards):
+                        outcomes.setdefault(r, (False, RuntimeError(f"shard {r} did not stop after shard {failed} "
+                                                                    "failed")))
+                    break
+                assert self.on_stuck is not None  # a rank failed and another is still running: unblock it
+                self.on_stuck(failed, outcomes[failed][1])
+                unblocked, deadline = True, time.monotonic() + self.grace_s
+                continue
+            outcomes[rank] = outcome
+            if not outcome[0] and deadline is None and self.on_stuck is not None and len(outcomes) < self.shards:
+                deadline = time.monotonic() + self.grace_s
+        return outcomes
 
     def _serve(self, rank: int) -> None:
         _local.group, _local.rank = self, rank
@@ -308,6 +339,7 @@ class ShardedRunner:
             library = path_of(path, manifest)
             self.nccl = NcclGroup(NcclFunctions.of(library_module(library), str(library)), ids, self.group.run,
                                   candidates)
+            self.group.on_stuck = self.nccl.fail  # a failed shard's peers would wait in NCCL for it forever
         self._loaded = loaded
         self.runners = self._runners(runner_options)
 
@@ -315,7 +347,7 @@ class ShardedRunner:
         from .model_runner import ModelRunner
 
         # each shard's KV cache made on its own thread (its device current there)
-        return self.group.run([lambda a=a: ModelRunner(a, **runner_options) for a in self._loaded])
+        return self._run([lambda a=a: ModelRunner(a, **runner_options) for a in self._loaded])
 
     def sibling(self, **runner_options: Any) -> ShardedRunner:
         """Another runner (its own KV caches, sized by `runner_options`) over the same loaded shards, threads and
@@ -325,8 +357,13 @@ class ShardedRunner:
         other.runners = other._runners(runner_options)
         return other
 
+    def _run(self, tasks: list[Callable[[], Any]]) -> list[Any]:
+        if self.nccl is not None:
+            self.nccl.check()  # one line, where a shard's failure aborted the communicators
+        return self.group.run(tasks)
+
     def _each(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        results = self.group.run([lambda r=r: getattr(r, method)(*args, **kwargs) for r in self.runners])
+        results = self._run([lambda r=r: getattr(r, method)(*args, **kwargs) for r in self.runners])
         if self.collectives != "host":  # NCCL's sums are the same on every rank, but no contract says bit for bit
             return results[0]
         for rank, other in enumerate(results[1:], start=1):
@@ -383,7 +420,7 @@ class ShardedRunner:
             return self._each("decode", seq_ids, tokens)
         # NCCL: only rank 0's logits come to the host; the others' stay on their GPUs
         first, *others = self.runners
-        return self.group.run([lambda: first.decode(seq_ids, tokens, reuse=reuse),
+        return self._run([lambda: first.decode(seq_ids, tokens, reuse=reuse),
                                *(lambda r=r: r._decode_step(seq_ids, tokens) for r in others)])[0]
 
     def add_sequence(self, seq_id: int) -> None:

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...runtime.nccl import ALL_GATHER, ALL_REDUCE, COLLECTIVES, DESTROY, INIT, OPEN, UNIQUE_ID
+from ...runtime.nccl import ABORT, ALL_GATHER, ALL_REDUCE, COLLECTIVES, DESTROY, INIT, OPEN, UNIQUE_ID
 from . import CudaToolchainError
 from .prefill_gemm import KERNEL_DIR, ObjectBuild, object_key, tvm_ffi_include
 
 SOURCE = KERNEL_DIR / "nccl_collectives.cu"
 # the collectives, and what runtime/nccl.py calls to start a shard group
-EXPORTS = (OPEN, UNIQUE_ID, INIT, DESTROY, ALL_REDUCE, ALL_GATHER)
+EXPORTS = (OPEN, UNIQUE_ID, INIT, DESTROY, ABORT, ALL_REDUCE, ALL_GATHER)
 WHEEL = "nvidia-nccl-cu13==2.28.9"
 _FLAGS = ("-std=c++17", "-O2", "-DNDEBUG", "-Xcompiler", "-fPIC", "-c")
 

@@ -34,10 +34,10 @@ class FakeLibrary:
     def __init__(self, ranks, fail_open=(), fail_init=None):
         self.fail_open, self.fail_init = set(fail_open), fail_init
         self.barrier = threading.Barrier(ranks, timeout=10)
-        self.inits, self.destroyed, self.opened = [], [], []
+        self.inits, self.destroyed, self.opened, self.aborted = [], [], [], []
 
     def functions(self):
-        return NcclFunctions(self.open, lambda: b"\x07" * 128, self.init, self.destroyed.append)
+        return NcclFunctions(self.open, lambda: b"\x07" * 128, self.init, self.destroyed.append, self.aborted.append)
 
     def open(self, path):
         if path in self.fail_open:
@@ -74,6 +74,19 @@ def test_group_failures_are_one_line():
     with pytest.raises(ArtifactError, match=r"NCCL 2.28.9 could not start 2 ranks on cuda:0,1: .*ncclCommInitRank "
                                             r"failed: unhandled cuda error") as err:
         NcclGroup(fake.functions(), [0, 1], HostGroup(2).run, candidates=[LIBRARY])
+    assert "\n" not in str(err.value)
+
+
+def test_a_failed_shard_aborts_every_communicator_and_spends_the_group():
+    fake = FakeLibrary(2)
+    nccl = NcclGroup(fake.functions(), [4, 5], HostGroup(2).run, candidates=[LIBRARY])
+    nccl.check()  # nothing failed yet
+    nccl.fail(1, RuntimeError("Traceback (most recent call last):\n  ...\nCUDA error: out of memory"))
+    nccl.fail(0, RuntimeError("a second report"))  # the first failure is the one kept, aborted once
+    assert fake.aborted == [4, 5]
+    with pytest.raises(ArtifactError, match=r"aborted after shard 1 failed \(CUDA error: out of memory\): load the "
+                                            r"artifact again") as err:
+        nccl.check()
     assert "\n" not in str(err.value)
 
 

@@ -93,3 +93,34 @@ def test_host_group_keeps_one_thread_per_rank_across_calls():
     group.close()
     assert len(set(group.run([threading.get_ident] * 2))) == 2  # started again after close
     group.close()
+
+
+def test_host_group_unblocks_ranks_left_waiting_by_a_failed_one():
+    """NCCL's case: rank 0 fails while rank 1 waits (in a collective, for rank 0) and breaks no barrier; after
+    grace_s, on_stuck gets rank 0's error (NcclGroup.fail aborts the communicators, which ends the wait)."""
+    import threading
+
+    released = threading.Event()
+    calls = []
+
+    def on_stuck(rank, err):
+        calls.append((rank, str(err)))
+        released.set()
+
+    def fail():
+        raise ValueError("out of memory on shard 0")
+
+    group = HostGroup(2, on_stuck=on_stuck, grace_s=0.2)
+    with pytest.raises(ValueError, match="out of memory on shard 0"):
+        group.run([fail, lambda: released.wait(30)])
+    assert calls == [(0, "out of memory on shard 0")]
+    stuck = threading.Event()  # a rank the abort does not free: given up on after grace_s more
+    group = HostGroup(2, on_stuck=lambda rank, err: None, grace_s=0.2)
+    with pytest.raises(ValueError, match="out of memory on shard 0"):
+        group.run([fail, lambda: stuck.wait(30)])
+    stuck.set()
+    calls.clear()
+    group = HostGroup(2, on_stuck=on_stuck, grace_s=5)
+    with pytest.raises(ValueError, match="out of memory"):  # every rank failed: nothing to unblock
+        group.run([fail, fail])
+    assert calls == []

@@ -11,6 +11,8 @@
 //   ember_tp_nccl_init(rank, nranks, device, id)       ncclCommInitRank on the calling thread (every rank's thread
 //                                                      at once: it returns when all have joined)
 //   ember_tp_nccl_destroy(device)                      the device's communicator freed
+//   ember_tp_nccl_abort(device)                        ncclCommAbort from any thread: the device's pending
+//                                                      collectives end (a rank that failed left them waiting)
 // The communicators are kept per CUDA device (the collectives find theirs by the tensor's device): one group of
 // shards per process at a time. The collectives run on the stream TVM's runtime has set for the device
 // (TVMFFIEnvGetStream), where the library's kernels run, so no synchronization is added.
@@ -46,6 +48,7 @@ struct Api {
   decltype(&ncclGetUniqueId) get_unique_id = nullptr;
   decltype(&ncclCommInitRank) comm_init_rank = nullptr;
   decltype(&ncclCommDestroy) comm_destroy = nullptr;
+  decltype(&ncclCommAbort) comm_abort = nullptr;
   decltype(&ncclAllReduce) all_reduce = nullptr;
   decltype(&ncclAllGather) all_gather = nullptr;
   decltype(&ncclGetErrorString) error_string = nullptr;
@@ -116,6 +119,7 @@ int64_t open_library(ffi::String path) {
     resolve(handle, wanted, "ncclGetUniqueId", &a.get_unique_id);
     resolve(handle, wanted, "ncclCommInitRank", &a.comm_init_rank);
     resolve(handle, wanted, "ncclCommDestroy", &a.comm_destroy);
+    resolve(handle, wanted, "ncclCommAbort", &a.comm_abort);
     resolve(handle, wanted, "ncclAllReduce", &a.all_reduce);
     resolve(handle, wanted, "ncclAllGather", &a.all_gather);
     resolve(handle, wanted, "ncclGetErrorString", &a.error_string);
@@ -168,6 +172,21 @@ void destroy(int64_t device) {
   const Api& a = loaded("ember_tp_nccl_destroy");
   std::lock_guard<std::mutex> lock(mutex);
   destroy_locked(a, int(device));
+}
+
+// Taken out of the map first, so that a rank's next collective fails at once ("no NCCL communicator") instead of
+// waiting on the aborted one; the abort itself runs without the lock (it waits for the device's NCCL kernels).
+void abort_comm(int64_t device) {
+  const Api& a = loaded("ember_tp_nccl_abort");
+  ncclComm_t comm = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = comms.find(int(device));
+    if (it == comms.end()) return;
+    comm = it->second.comm;
+    comms.erase(it);
+  }
+  check_nccl(a, a.comm_abort(comm), "ember_tp_nccl_abort", "ncclCommAbort", nullptr);
 }
 
 // ---- the collectives ----------------------------------------------------------------------------------------------
@@ -272,5 +291,6 @@ TVM_FFI_DLL_EXPORT_TYPED_FUNC(ember_tp_nccl_open, ember::tp_nccl::open_library);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ember_tp_nccl_unique_id, ember::tp_nccl::unique_id);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ember_tp_nccl_init, ember::tp_nccl::init);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ember_tp_nccl_destroy, ember::tp_nccl::destroy);
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(ember_tp_nccl_abort, ember::tp_nccl::abort_comm);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ember_tp_nccl_allreduce, ember::tp_nccl::allreduce);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ember_tp_nccl_allgather, ember::tp_nccl::allgather);
