@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tensor_parallel_one_gpu import BATCH, BATCH_STEPS, CHUNK, PROMPT_LEN, STEPS, TOL, _run  # noqa: E402
+from tensor_parallel_one_gpu import BATCH, BATCH_STEPS, CHUNK, PROMPT_LEN, STEPS, _run, compare  # noqa: E402
 
 # 8 kv heads: 8 shards hold one each; small enough that 4 builds of each scheme fit the carry (~3 MB of weights each)
 CONFIG = {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
@@ -99,14 +99,7 @@ def parity(root: Path, gpus: int) -> int:
             runner = ShardedRunner(root / scheme / f"tp{shards}", devices=f"cuda:0-{shards - 1}", **options)
             got = _run(runner, prompt, tokens, batch_prompts, batch_tokens)
             row = {"scheme": scheme, "shards": shards, "collectives": "nccl", "nccl": runner.nccl.version}
-            ok = True
-            for name, g, w in zip(("single", "batched"), got, want):
-                scale = float(np.abs(w).max())
-                err = float(np.abs(g - w).max()) / scale
-                top1 = float((g.argmax(-1) == w.argmax(-1)).mean())
-                row[name] = {"err_over_scale": round(err, 6), "top1_agree": top1}
-                ok &= bool(err <= TOL and top1 >= 0.98)
-            row["ok"] = ok
+            ok = compare(row, got, want)
             failed += not ok
             print(json.dumps(row), flush=True)
             runner.close()

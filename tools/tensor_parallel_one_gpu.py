@@ -101,6 +101,21 @@ def _run(runner, prompt: list[int], tokens: list[int], batch_prompts: list[list[
     return np.stack(rows), np.stack(batched)
 
 
+def compare(row: dict, got, want) -> bool:
+    """Each run's (single, batched) logits against the reference's, into `row`; whether both are within TOL
+    of the logit scale with top-1 agreeing on at least 98% of the positions."""
+    import numpy as np
+
+    ok = True
+    for name, g, w in zip(("single", "batched"), got, want):
+        err = float(np.abs(g - w).max()) / float(np.abs(w).max())
+        top1 = float((g.argmax(-1) == w.argmax(-1)).mean())
+        row[name] = {"err_over_scale": round(err, 6), "top1_agree": top1}
+        ok &= bool(err <= TOL and top1 >= 0.98)
+    row["ok"] = ok
+    return ok
+
+
 def check(root: Path) -> int:
     import numpy as np
 
@@ -124,14 +139,7 @@ def check(root: Path) -> int:
                                max_batch_size=BATCH, prefill_chunk_size=CHUNK)
             got = _run(tp, prompt, tokens, batch_prompts, batch_tokens)
             row = {"scheme": scheme, "shards": shards, "collectives": where}
-            ok = True
-            for name, g, w in zip(("single", "batched"), got, want):
-                scale = float(np.abs(w).max())
-                err = float(np.abs(g - w).max()) / scale
-                top1 = float((g.argmax(-1) == w.argmax(-1)).mean())
-                row[name] = {"err_over_scale": round(err, 6), "top1_agree": top1}
-                ok &= bool(err <= TOL and top1 >= 0.98)
-            row["ok"] = ok
+            ok = compare(row, got, want)
             failed += not ok
             print(json.dumps(row), flush=True)
     return 1 if failed else 0
