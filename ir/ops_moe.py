@@ -9,6 +9,9 @@ Mixtral's router (softmax over the top-k logits) is the norm_topk_prob=True case
 top k equals a softmax over the top-k logits. Expert weights are stacked: gate and up [E, I, H], down [E, H, I]
 (rows of expert e are [e, :, :], as HF's per-expert matrices [out, in]). Quantized experts are each stacked weight's
 pieces (ops_quant.QuantFormat of one expert, with a leading E): qweight [E, N, W], scales (and mins) [E, N, G].
+The three weights share the node's format attrs, unless attr `weight_formats` gives each its own
+({"gate": {scheme, bits, group_size, has_min, super_block?}, "up": ..., "down": ...}: a GGUF Q4_K_M file keeps its
+Q4_K gate/up and Q6_K down experts as they are); `moe_formats` reads either.
 The router itself stays a plain `linear` (kept float by the Quantize pass, as llama.cpp keeps ffn_gate_inp).
 """
 from __future__ import annotations
@@ -20,6 +23,27 @@ from .ops_quant import QuantFormat
 from .types import TensorType, is_float
 
 MOE_WEIGHTS = ("gate", "up", "down")  # input order after x and logits
+WEIGHT_FORMATS = "weight_formats"
+
+
+def moe_formats(attrs: dict[str, Any]) -> tuple[QuantFormat, QuantFormat, QuantFormat]:
+    """The packed format of the gate, up and down experts of a quant_moe node."""
+    per = attrs.get(WEIGHT_FORMATS)
+    if per is None:
+        shared = QuantFormat.from_attrs(attrs)
+        return shared, shared, shared
+    _need(isinstance(per, dict) and all(isinstance(per.get(w), dict) for w in MOE_WEIGHTS),
+          f"quant_moe: attr {WEIGHT_FORMATS} must map each of {', '.join(MOE_WEIGHTS)} to its format attrs")
+    gate, up, down = (QuantFormat.from_attrs(per[w]) for w in MOE_WEIGHTS)
+    return gate, up, down
+
+
+def moe_schemes(attrs: dict[str, Any]) -> tuple[str, str, str]:
+    """The scheme names of the gate, up and down experts (the node's `scheme` where they share one)."""
+    per = attrs.get(WEIGHT_FORMATS)
+    if per is None:
+        return (attrs.get("scheme", "?"),) * 3
+    return tuple(per[w].get("scheme", "?") for w in MOE_WEIGHTS)  # type: ignore[return-value]
 
 
 def _routing(attrs: dict[str, Any], experts: Any, op: str) -> None:
@@ -52,24 +76,25 @@ def _moe(t, attrs):
     return [x]
 
 
-@register("quant_moe", (8, 11), doc="quant_moe(x, logits, gate pieces, up pieces, down pieces) -> x.dtype[..., H]: "
+@register("quant_moe", (8, 20), doc="quant_moe(x, logits, gate pieces, up pieces, down pieces) -> x.dtype[..., H]: "
                                     "moe with each stacked expert weight packed as ops_quant describes, per expert; "
                                     "attrs: top_k, norm_topk_prob, scheme, bits, group_size, has_min, "
-                                    "hidden (H), intermediate (I)")
+                                    "super_block?, weight_formats? (one format per weight), hidden (H), "
+                                    "intermediate (I)")
 def _quant_moe(t, attrs):
-    fmt = QuantFormat.from_attrs(attrs)
+    formats = moe_formats(attrs)
     x, logits, pieces = t[0], t[1], list(t[2:])
     _activations("quant_moe", x, logits)
-    if len(pieces) != 3 * fmt.num_pieces:
-        raise ShapeError(f"quant_moe with has_min={fmt.has_min} takes x, logits and 3 x {fmt.num_pieces} weight "
-                         f"tensors, got {len(t)} inputs")
+    if len(pieces) != sum(f.num_pieces for f in formats):
+        raise ShapeError(f"quant_moe with formats of {', '.join(str(f.num_pieces) for f in formats)} pieces takes "
+                         f"x, logits and {sum(f.num_pieces for f in formats)} weight tensors, got {len(t)} inputs")
     hidden, inter = attrs.get("hidden"), attrs.get("intermediate")
     _need(isinstance(hidden, int) and hidden > 0 and isinstance(inter, int) and inter > 0,
           f"quant_moe needs positive int attrs hidden and intermediate, got {hidden!r}, {inter!r}")
     experts = pieces[0].shape[0] if pieces[0].ndim == 3 else None
     _need(isinstance(experts, int), f"quant_moe: packed gate must be [E, rows, words], got {pieces[0]}")
-    n = fmt.num_pieces
-    for which, (rows, cols) in zip(MOE_WEIGHTS, ((inter, hidden), (inter, hidden), (hidden, inter))):
+    for which, fmt, (rows, cols) in zip(MOE_WEIGHTS, formats, ((inter, hidden), (inter, hidden), (hidden, inter))):
+        n = fmt.num_pieces
         got = pieces[:n]
         pieces = pieces[n:]
         want = [TensorType((experts,) + p.shape, p.dtype) for p in fmt.piece_types(rows, cols)]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ir.graph import PARAM, Module, Node, Param, Value
+from ..ir.ops_moe import MOE_WEIGHTS, WEIGHT_FORMATS
 from ..ir.types import TensorType, is_float
 from . import quant_weights  # noqa: F401  (registers the quant_* transforms)
 from .materialize import sources_of
@@ -105,14 +106,12 @@ class Quantize:
             if source_format is not None:
                 param.info["source_format"] = source_format
             scheme = self._choose(param, uses.get(name, []), vocab, keep_native, layers)
-            if _expert_weight(param, uses.get(name)) and self.scheme.quantized:
-                if self.scheme.format.bits not in (4, 8) or self.scheme.format.super_block:
-                    from ..errors import ConfigError
-
-                    raise ConfigError(f"--quant {self.scheme.name}: mixture-of-experts weights ({name}) take the 4- "
-                                      f"and 8-bit group schemes (q4f16, q4f16_1, q4f16g128, q8f16) or float ones")
-                # one format for the three weights of a block (quant_moe): the requested scheme, whatever the source
-                pieces = _split(param, self.scheme)
+            if _expert_weight(param, uses.get(name)) and (scheme.quantized or self.scheme.quantized):
+                # a GGUF file's experts keep their own type (Q4_K gate/up and Q6_K down in a Q4_K_M file); else the
+                # requested scheme, or the recipe's
+                if not scheme.quantized:
+                    scheme = self.scheme
+                pieces = _split(param, scheme)
                 params.update((p.name, p) for p in pieces)
                 expert_pieces[name] = pieces
                 continue
@@ -129,7 +128,7 @@ class Quantize:
         module.params = params
         for _, node in module.iter_nodes():
             if node.op == "moe" and expert_pieces:
-                _rewrite_moe(node, [expert_pieces[v.name] for v in node.inputs[2:5]], self.scheme)
+                _rewrite_moe(node, [expert_pieces[v.name] for v in node.inputs[2:5]])
         for _, node in module.iter_nodes():
             for value in node.inputs:
                 if value.kind == PARAM:
@@ -240,15 +239,23 @@ def unquantizable(module: Module) -> list[str]:
     return found
 
 
-def _rewrite_moe(node: Node, pieces: list[list[Param]], scheme: Scheme) -> None:
-    """moe(x, logits, gate, up, down) -> quant_moe(x, logits, gate pieces, up pieces, down pieces)."""
-    fmt = scheme.format
-    assert fmt is not None
+def _rewrite_moe(node: Node, pieces: list[list[Param]]) -> None:
+    """moe(x, logits, gate, up, down) -> quant_moe(x, logits, gate pieces, up pieces, down pieces), with one format
+    attr set when the three share a scheme, else one per weight (ir/ops_moe.py WEIGHT_FORMATS)."""
     experts, inter, hidden = (int(d) for d in node.inputs[2].type.shape)
+    names = [weight[0].info["scheme"] for weight in pieces]
+    schemes = [SCHEMES[n] for n in names]
     values = [Value(p.name, p.type, PARAM) for weight in pieces for p in weight]
     node.inputs = [node.inputs[0], node.inputs[1], *values]
     node.op = "quant_moe"
-    node.attrs = {**node.attrs, "scheme": scheme.name, **fmt.attrs(), "hidden": hidden, "intermediate": inter}
+    first = schemes[0].format
+    assert first is not None
+    attrs = {**node.attrs, "scheme": names[0], **first.attrs(), "hidden": hidden, "intermediate": inter}
+    if len(set(names)) > 1:
+        attrs["scheme"] = "+".join(dict.fromkeys(names))
+        attrs[WEIGHT_FORMATS] = {w: {"scheme": s.name, **s.format.attrs()}  # type: ignore[union-attr]
+                                 for w, s in zip(MOE_WEIGHTS, schemes)}
+    node.attrs = attrs
 
 
 def quantization_notes(module: Module) -> list[str]:

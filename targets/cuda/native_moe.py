@@ -12,6 +12,10 @@ it, so nothing is read back by the host and CUDA graphs keep working. Three plan
   experts, H and I multiples of 64): route, sort (slots in expert order, tiles per expert), the gated gate_up GEMM, the down GEMM, combine. Two tile shapes,
   chosen on the device-side token count: 16-row tiles while experts get few rows each (batched decode), 64-row
   ones from GROUPED_LARGE_ROWS rows per expert on average.
+- per weight (a GGUF file's experts kept native: Q5_0, Q5_1, Q2_K .. Q6_K, or gate/up/down in different formats,
+  as a Q4_K_M file's Q4_K gate/up and Q6_K down; K a multiple of 256 for K-quants): route, gate_up_any, down_any,
+  the per-slot GEMVs with each weight's own dequantization, at every token count (prefill included: correct, not
+  yet fast).
 Everything else returns None (the generic lowering refuses it in one line). EMBER_CUDA_MOE=0 turns the override
 off (then a MoE model does not build for cuda: there is no other kernel); EMBER_CUDA_MOE=slots keeps the per-slot
 plan everywhere (A/B runs).
@@ -26,6 +30,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.relax.frontend.nn import op
 
+from ...ir.ops_moe import WEIGHT_FORMATS, moe_formats
 from ...ir.ops_quant import QuantFormat
 from ..extern_op import extern
 from .extern_kernel import ATTRS, launch
@@ -34,6 +39,10 @@ from .native_gemv import is_decode1
 
 ENV = "EMBER_CUDA_MOE"
 Q4, Q4_1, Q8, F16, BF16 = 0, 1, 2, 3, 4  # moe.cuh's Fmt
+Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K = 5, 6, 7, 8, 9, 10, 11  # moe.cuh's WideFmt (the GGUF formats kept native)
+WIDE = {(5, False, 0): Q5_0, (5, True, 0): Q5_1, (4, True, 256): Q4_K, (5, True, 256): Q5_K, (6, False, 256): Q6_K,
+        (2, True, 256): Q2_K, (3, False, 256): Q3_K}
+PIECES = ("qweight", "qhigh", "scales", "mins", "super", "super_mins")  # moe.cuh's Weight order
 ACTIVATION = {"float16": "half", "bfloat16": "__nv_bfloat16"}
 WARPS = 8  # rows per block of gate_up and down (one warp a row)
 ROUTE_WARPS = 4  # tokens per block of route
@@ -68,18 +77,31 @@ def _format(node: Any, weight_dtype: str) -> tuple[int, int, int] | None:
         code = {"float16": F16, "bfloat16": BF16}.get(weight_dtype)
         return None if code is None else (code, 0, 1)
     fmt = QuantFormat.from_attrs(node.attrs)
-    if fmt.group_size % 32:
-        return None
+    if WEIGHT_FORMATS in node.attrs or fmt.bits not in (4, 8) or fmt.super_block or fmt.group_size % 32:
+        return None  # the per-weight plan (_any_compute) takes these
     return (Q8 if fmt.bits == 8 else Q4_1 if fmt.has_min else Q4), fmt.group_size, fmt.num_pieces
+
+
+def _any_code(fmt: QuantFormat, cols: int) -> int | None:
+    """moe.cuh's format code of one weight (any of them) with `cols` input features, or None."""
+    if fmt.bits in (5, 6) or fmt.super_block:
+        code = WIDE.get((fmt.bits, fmt.has_min, fmt.super_block))
+        whole = fmt.group_size == (16 if code in (Q6_K, Q2_K, Q3_K) else 32) and cols % max(fmt.super_block, 32) == 0
+        return code if code is not None and whole else None
+    if fmt.group_size % 32 or cols % 32:
+        return None
+    return Q8 if fmt.bits == 8 else Q4_1 if fmt.has_min else Q4
 
 
 def lower(it: Any, node: Any, args: list) -> Any:
     if os.environ.get(ENV, "1") == "0":
         return None
     x, logits, weights = args[0], args[1], list(args[2:])
-    planned = _format(node, weights[0].dtype)
-    if x.dtype not in ACTIVATION or logits.dtype != x.dtype or planned is None:
+    if x.dtype not in ACTIVATION or logits.dtype != x.dtype:
         return None
+    planned = _format(node, weights[0].dtype)
+    if planned is None:
+        return _lower_any(node, x, logits, weights) if node.op == "quant_moe" else None
     code, group, per = planned
     experts, inter = int(weights[0].shape[0]), int(weights[0].shape[1])
     hidden = int(x.shape[-1])
@@ -280,6 +302,62 @@ def _grouped_compute(plan: _Plan):
                   [slots, hidden]]
         dtypes = [xt.dtype, "int32", "float32", "int32", "int32", "int32", "int32", "float16", "float16"]
         return extern(shapes, [xt, lg, *packed], body, dtype=dtypes, name="ember_moe_grouped")
+
+    return compute
+
+
+def _lower_any(node: Any, x: Any, logits: Any, weights: list) -> Any:
+    """The per-weight plan: route, gate_up_any, down_any (moe.cuh), each weight in its own format, any token count."""
+    hidden, inter = int(node.attrs["hidden"]), int(node.attrs["intermediate"])
+    experts = int(weights[0].shape[0])
+    formats = moe_formats(node.attrs)
+    codes = [_any_code(f, cols) for f, cols in zip(formats, (hidden, hidden, inter))]
+    if any(c is None for c in codes) or hidden % 32 or inter % 32 or experts > MAX_EXPERTS:
+        return None
+    plan = _Plan(codes[0], formats[0].group_size, formats[0].num_pieces, experts, hidden, inter,
+                 int(node.attrs["top_k"]), int(bool(node.attrs["norm_topk_prob"])), ACTIVATION[x.dtype])
+    compute = _any_compute(plan, [(c, f.group_size, f.piece_names) for c, f in zip(codes, formats)])
+    name = node.attrs["scheme"].replace("+", "_")
+    out = op.tensor_expr_op(compute, f"{name}_moe", [x, logits, *weights], attrs=ATTRS)
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def _any_compute(plan: _Plan, weights: list[tuple[int, int, tuple[str, ...]]]):
+    (fg, gg, gate_names), (fu, gu_, up_names), (fd, gd, down_names) = weights
+    hidden, inter, top_k, act = plan.hidden, plan.inter, plan.top_k, plan.act
+    gate_up = f"ember::moe::gate_up_any<{fg}, {fu}, {hidden}, {inter}, {top_k}, {WARPS}, {act}>"
+    down = f"ember::moe::down_any<{fd}, {hidden}, {inter}, {top_k}, {WARPS}, {act}>"
+
+    def pointers(names: tuple[str, ...], tensors: list) -> list[Any]:
+        named = dict(zip(names, tensors))
+        return [named.get(n, tensors[0]).access_ptr("r") for n in PIECES]
+
+    def compute(xt: te.Tensor, lg: te.Tensor, *packed: te.Tensor) -> Any:
+        lead, tokens = _tokens(xt)
+        slots = tokens * top_k
+
+        def body(ins, outs):
+            xb, lgb, rest = ins[0], ins[1], list(ins[2:])
+            y, ids, wts, h = outs
+            split = [len(gate_names), len(gate_names) + len(up_names)]
+            gate_p = pointers(gate_names, rest[:split[0]])
+            up_p = pointers(up_names, rest[split[0]:split[1]])
+            down_p = pointers(down_names, rest[split[1]:])
+            t = tirx.Cast("int32", tokens)
+            return tirx.SeqStmt([
+                _route(plan, t, lgb, ids, wts),
+                launch(tirx.call_extern("int32", gate_up, t, xb.access_ptr("r"), ids.access_ptr("r"), *gate_p,
+                                        tirx.const(gg, "int32"), *up_p, tirx.const(gu_, "int32"),
+                                        h.access_ptr("w")),
+                       t * (top_k * (-(-inter // WARPS))), 32 * WARPS),
+                launch(tirx.call_extern("int32", down, t, h.access_ptr("r"), ids.access_ptr("r"),
+                                        wts.access_ptr("r"), *down_p, tirx.const(gd, "int32"), y.access_ptr("w")),
+                       t * (-(-hidden // WARPS)), 32 * WARPS),
+            ])
+
+        shapes = [lead + [hidden], [slots], [slots], [slots, inter]]
+        return extern(shapes, [xt, lg, *packed], body, dtype=[xt.dtype, "int32", "float32", "float32"],
+                      name="ember_moe_any")
 
     return compute
 

@@ -127,9 +127,11 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path: Path, case: Case, hf) -> Path:
+def write_gguf(path: Path, case: Case, hf, blocks: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None
+               ) -> Path:
     """As llama.cpp's converter writes these models: Mixtral as "llama" with expert_count (q/k rows permuted),
-    Qwen3-MoE as "qwen3moe" with expert_feed_forward_length; experts stacked into ffn_{gate,up,down}_exps."""
+    Qwen3-MoE as "qwen3moe" with expert_feed_forward_length; experts stacked into ffn_{gate,up,down}_exps.
+    `blocks`: GGUF tensor name -> (quantized blocks, type) written instead of the float values."""
     config = case.config
     mixtral = case.family == "mixtral"
     arch = "llama" if mixtral else "qwen3moe"
@@ -166,11 +168,11 @@ def write_gguf(path: Path, case: Case, hf) -> Path:
         if hf_name.endswith("experts.gate_up_proj"):  # transformers 5 holds gate | up of each expert as one tensor
             block = hf_name.split(".")[2]
             inter = w.shape[1] // 2
-            writer.add_tensor(f"blk.{block}.ffn_gate_exps.weight", np.ascontiguousarray(w[:, :inter]))
-            writer.add_tensor(f"blk.{block}.ffn_up_exps.weight", np.ascontiguousarray(w[:, inter:]))
+            _add(writer, f"blk.{block}.ffn_gate_exps.weight", w[:, :inter], blocks)
+            _add(writer, f"blk.{block}.ffn_up_exps.weight", w[:, inter:], blocks)
             continue
         if hf_name.endswith("experts.down_proj"):
-            writer.add_tensor(f"blk.{hf_name.split('.')[2]}.ffn_down_exps.weight", np.ascontiguousarray(w))
+            _add(writer, f"blk.{hf_name.split('.')[2]}.ffn_down_exps.weight", w, blocks)
             continue
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         assert gguf_name is not None, hf_name
@@ -182,6 +184,14 @@ def write_gguf(path: Path, case: Case, hf) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def _add(writer, name: str, w: np.ndarray, blocks) -> None:
+    if blocks and name in blocks:
+        raw, qtype = blocks[name]
+        writer.add_tensor(name, raw, raw_dtype=qtype)
+    else:
+        writer.add_tensor(name, np.ascontiguousarray(w))
 
 
 def test_a_gguf_of_the_same_weights_compiles_and_matches_hf(compiled, tmp_path):
@@ -245,3 +255,50 @@ def test_quantized_experts_equal_hf_with_the_stored_weights(name, scheme, tmp_pa
     assert routers and all(p.dtype == "float32" and p.scheme is None for p in routers)  # the router stays float
     down = [p for n, p in params.items() if n.endswith(("experts.down_proj.qweight", "experts.w2.qweight"))]
     assert down and all(p.scheme == scheme and len(p.shape) == 3 for p in down)
+
+
+# -- GGUF experts kept native ----------------------------------------------------------------------------------------
+# K-quants need rows of 256 values: hidden and the experts' width 256
+KQUANT_CASE = Case("mixtral", (("vocab_size", 150), ("hidden_size", 256), ("num_attention_heads", 4),
+                               ("num_key_value_heads", 2), ("intermediate_size", 256), ("num_hidden_layers", 2),
+                               ("num_local_experts", 4), ("num_experts_per_tok", 2)), prompt_len=13)
+# layer 0 as a Q4_K_M file holds it (Q4_K gate/up, Q6_K down: one format per weight), layer 1 one K-quant for all
+EXPERT_TYPES = {0: ("Q4_K", "Q4_K", "Q6_K"), 1: ("Q5_K", "Q5_K", "Q5_K")}
+
+
+def test_gguf_k_quant_experts_are_kept_native_and_match_hf_on_gguf_dequantized_weights(tmp_path):
+    """A Mixtral GGUF whose ffn_*_exps are K-quant blocks compiles with no --quant, keeps each expert weight's own
+    type (no requantization) and its logits and greedy tokens equal transformers running gguf's dequantized
+    experts."""
+    from gguf import GGMLQuantizationType as Q
+
+    from tests.quant.model_fixtures import random_kquant_blocks
+
+    case = KQUANT_CASE
+    hf = random_model(case)
+    config = case.config
+    experts, inter, hidden = config.num_local_experts, config.intermediate_size, config.hidden_size
+    blocks = {}
+    with torch.no_grad():
+        for layer, types in EXPERT_TYPES.items():
+            values = []
+            for which, ggml_type, (rows, cols) in zip(("gate", "up", "down"), types,
+                                                      ((inter, hidden), (inter, hidden), (hidden, inter))):
+                raw = random_kquant_blocks((experts * rows, cols), Q[ggml_type], seed=17 * layer + len(values))
+                blocks[f"blk.{layer}.ffn_{which}_exps.weight"] = (raw.reshape(experts, rows, -1), Q[ggml_type])
+                values.append(gguf.quants.dequantize(raw, Q[ggml_type]).reshape(experts, rows, cols))
+            moe = hf.model.layers[layer].mlp.experts
+            moe.gate_up_proj.copy_(torch.from_numpy(np.concatenate(values[:2], axis=1)))
+            moe.down_proj.copy_(torch.from_numpy(values[2]))
+    path = write_gguf(tmp_path / "kquant-experts.gguf", case, hf, blocks)
+    artifact = compile_model(CompileRequest(model=str(path), target="cpu", output=str(tmp_path / "art")))
+    engine = ember.load(artifact, device="cpu")
+    schemes = {p.name: p.scheme for p in engine.manifest.params if p.name.endswith("qweight") and "expert" in p.name}
+    assert schemes == {f"model.layers.{layer}.block_sparse_moe.experts.{w}.qweight": t.lower()
+                       for layer, types in EXPERT_TYPES.items() for w, t in zip(("w1", "w3", "w2"), types)}
+    assert not [n for n in engine.manifest.notes if "requantized" in n]
+    ids = prompt(case)
+    reference = hf_logits(hf, ids)
+    np.testing.assert_allclose(engine.score(ids), reference, atol=1e-4 * np.abs(reference).max(), rtol=0)
+    ids = prompt(case, seed=2)
+    assert engine.generate(ids, max_tokens=32, temperature=0.0).token_ids == hf_greedy(hf, ids)

@@ -61,6 +61,49 @@ def test_bf16_activations_take_the_kernel_too():
     assert [c.split("<")[0].split("::")[-1] for c in calls["decode1"]] == ["route", "gate_up", "down"]
 
 
+def _kept_native(config: dict, expert_types: tuple[str, str, str], dense_type: str = "Q8_0"):
+    """The tiny model of `config` as if read from a GGUF file with no --quant: experts gate/up/down of the given
+    GGUF types, every other matrix `dense_type` (K-quants cannot be made from float: only a file holds them)."""
+    from ember.frontend.config import ModelConfig
+    from ember.frontend.models import build_module
+    from ember.passes.manager import PassManager, default_pipeline
+    from ember.passes.materialize import sources_of
+    from ember.passes.quantize import SourceFormats
+    from ember.targets.cuda import CudaTarget
+    from ember.targets.lower import lower
+
+    module = build_module(ModelConfig.from_dict(config), "tiny", dtype="float16", static_decode=True)
+    types = {}
+    for name, param in module.params.items():
+        which = {"gate_proj": 0, "up_proj": 1, "down_proj": 2}.get(name.split(".")[-2])
+        kind = expert_types[which] if "experts" in name and which is not None else dense_type
+        if param.type.ndim >= 2 and not name.endswith("mlp.gate.weight"):
+            types.update((source, kind) for source in sources_of(param))
+    module.attrs["source_formats"] = SourceFormats(types, keep_native=True)
+    module = PassManager(default_pipeline("q8f16")).run(module)
+    relax_mod, _ = lower(module, CudaTarget.parse("cuda:sm_90"))
+    return module, relax_mod
+
+
+KQUANT_MOE = {**QWEN3_MOE, "hidden_size": 256, "moe_intermediate_size": 256, "head_dim": 64}
+
+
+@pytest.mark.parametrize("types,codes", [(("Q4_K", "Q4_K", "Q6_K"), (7, 7, 9)), (("Q2_K", "Q3_K", "Q5_K"), (10, 11, 8)),
+                                         (("Q5_0", "Q5_1", "Q8_0"), (5, 6, 2))], ids=lambda v: "-".join(map(str, v)))
+def test_gguf_experts_kept_native_take_the_per_weight_kernels(types, codes):
+    """A GGUF file's experts keep their own types (one per weight): every entry point runs route, gate_up_any and
+    down_any with each weight's format."""
+    module, relax_mod = _kept_native(KQUANT_MOE, types)
+    moe = [n for _, n in module.iter_nodes() if n.op == "quant_moe"]
+    assert moe and all(n.attrs["weight_formats"]["down"]["scheme"] == {"Q6_K": "q6_k", "Q5_K": "q5_k",
+                                                                        "Q8_0": "q8f16"}[types[2]] for n in moe)
+    calls = calls_by_function(relax_mod, "ember::moe")
+    for function in ("prefill", "decode1", "decode"):
+        assert calls[function] == [f"ember::moe::route<8, 2, 1, half>",
+                                   f"ember::moe::gate_up_any<{codes[0]}, {codes[1]}, 256, 256, 2, 8, half>",
+                                   f"ember::moe::down_any<{codes[2]}, 256, 256, 2, 8, half>"], function
+
+
 def test_what_the_kernels_cannot_take_is_refused_in_one_line():
     odd = {**QWEN3_MOE, "moe_intermediate_size": 48}  # not a multiple of 32
     with pytest.raises(LoweringError, match="quant_moe .* has no kernel for float16 activations"):
@@ -109,6 +152,35 @@ def test_grouped_kernels_compile_without_spills(tmp_path, args):
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("0 bytes spill stores, 0 bytes spill loads") == 5, result.stderr
+
+
+ANY_WRAPPER = """
+extern "C" __global__ void __launch_bounds__(256) gate_up{fg}_{fu}(int t, const void* x, const void* ids,
+    const void* g0, const void* g1, const void* g2, const void* g3, const void* g4, const void* g5, int gg,
+    const void* u0, const void* u1, const void* u2, const void* u3, const void* u4, const void* u5, int ug, void* h) {{
+  ember::moe::gate_up_any<{fg}, {fu}, 2048, 768, 8, 8, half>(t, x, ids, g0, g1, g2, g3, g4, g5, gg, u0, u1, u2, u3,
+                                                             u4, u5, ug, h);
+}}
+extern "C" __global__ void __launch_bounds__(256) down{fd}(int t, const void* h, const void* ids, const void* w,
+    const void* d0, const void* d1, const void* d2, const void* d3, const void* d4, const void* d5, int g, void* y) {{
+  ember::moe::down_any<{fd}, 2048, 768, 8, 8, half>(t, h, ids, w, d0, d1, d2, d3, d4, d5, g, y);
+}}
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_per_weight_kernels_compile_for_every_format_without_spills(tmp_path):
+    """gate_up_any / down_any for each of moe.cuh's formats (Qwen3-30B-A3B's shapes), one file."""
+    from ember.targets.cuda.device_code import KERNEL_DIR
+
+    formats = [(7, 7, 9), (8, 8, 6), (10, 11, 5), (0, 1, 2)]
+    src = tmp_path / "k.cu"
+    src.write_text('#include "moe.cuh"\n' + "".join(ANY_WRAPPER.format(fg=g, fu=u, fd=d) for g, u, d in formats))
+    result = subprocess.run(["nvcc", "-arch=sm_90", "-O3", "-std=c++17", f"-I{KERNEL_DIR}", "--cubin", "-Xptxas",
+                             "-v", str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("0 bytes spill stores, 0 bytes spill loads") == 2 * len(formats), result.stderr
 
 
 def test_tile_rings_fit_static_shared_memory():

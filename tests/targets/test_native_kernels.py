@@ -48,7 +48,8 @@ def lib(request, tmp_path_factory):
     handle.ember_decode_attention.argtypes = ([P] * 7 + [ctypes.c_int64] + [ctypes.c_int32] * 4
                                               + [ctypes.c_float, ctypes.c_int32, ctypes.c_float])
     handle.ember_moe.restype = ctypes.c_int32
-    handle.ember_moe.argtypes = [P] * 12 + [ctypes.c_int64] * 4 + [ctypes.c_int32] * 6
+    weight = [P] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_int32] * 2  # pieces, strides per expert, format, group
+    handle.ember_moe.argtypes = [P] * 2 + weight * 3 + [P] + [ctypes.c_int64] * 4 + [ctypes.c_int32] * 2
     handle.ember_rope_split.restype = ctypes.c_int32
     handle.ember_rope_split.argtypes = ([P] * 5 + [ctypes.c_int64] + [ctypes.c_int32] * 4 + [ctypes.c_int64]
                                         + [ctypes.c_float] * 6)
@@ -274,6 +275,31 @@ def test_rope_split_matches_the_hf_frequencies(pool, scaling, rotary, tokens):
     np.testing.assert_array_equal(k, qkv[:, h_q:h_q + h_kv])
 
 
+MOE_PIECES = ("qweight", "qhigh", "scales", "mins", "super", "super_mins")
+
+
+def _moe_weight(pieces: dict[str, np.ndarray], code: int, group: int = 0) -> list:
+    """ember_moe's arguments of one stacked weight: its 6 piece pointers, their bytes per expert, format, group."""
+    first = next(iter(pieces.values()))
+    chosen = [pieces.get(name) for name in MOE_PIECES]
+    return ([_ptr(first if a is None else a) for a in chosen]
+            + [0 if a is None else a[0].nbytes for a in chosen] + [code, group])
+
+
+def _moe_reference(x, logits, gate, up, down, k):
+    """softmax top-k routing (renormalized) and SwiGLU experts in float64, from float [E, N, K] weights."""
+    y = np.zeros((x.shape[0], down.shape[1]))
+    for t in range(x.shape[0]):
+        p = np.exp(logits[t] - logits[t].max())
+        p /= p.sum()
+        top = np.argsort(-p, kind="stable")[:k]
+        for e in top:
+            g = gate[e] @ x[t]
+            h = g / (1 + np.exp(-g)) * (up[e] @ x[t])
+            y[t] += p[e] / p[top].sum() * (down[e] @ h)
+    return y
+
+
 def test_moe_routes_nan_logits_in_range_and_the_other_tokens_as_numpy(pool):
     """ember_moe with fp16 experts: a token whose router logits are NaN (an overflowed model) must not index past
     the experts; the other tokens equal softmax top-k routing and SwiGLU experts in float64."""
@@ -285,15 +311,37 @@ def test_moe_routes_nan_logits_in_range_and_the_other_tokens_as_numpy(pool):
     logits = rng.normal(size=(tokens, experts)).astype(np.float32)
     logits[1] = np.nan
     y = np.zeros((tokens, hidden), np.float32)
-    args = [_ptr(x), _ptr(logits), _ptr(gate), None, None, _ptr(up), None, None, _ptr(down), None, None, _ptr(y)]
-    assert pool.ember_moe(*args, tokens, experts, hidden, inter, k, 1, 0, F16, 0, 0) == 0
+    weights = [a for w in (gate, up, down) for a in _moe_weight({"qweight": w}, F16)]
+    assert pool.ember_moe(_ptr(x), _ptr(logits), *weights, _ptr(y), tokens, experts, hidden, inter, k, 1) == 0
+    expected = _moe_reference(x.astype(np.float64), logits, *(w.astype(np.float64) for w in (gate, up, down)), k)
     for t in (0, 2):
-        p = np.exp(logits[t] - logits[t].max())
-        p /= p.sum()
-        top = np.argsort(-p, kind="stable")[:k]
-        expected = np.zeros(hidden)
-        for e in top:
-            g = gate[e].astype(np.float64) @ x[t]
-            h = g / (1 + np.exp(-g)) * (up[e].astype(np.float64) @ x[t])
-            expected += p[e] / p[top].sum() * (down[e].astype(np.float64) @ h)
-        np.testing.assert_allclose(y[t], expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(y[t], expected[t], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [1, 7])  # GEMV (one row per expert) and GEMM rows
+@pytest.mark.parametrize("types", [("Q4_K", "Q4_K", "Q6_K"), ("Q2_K", "Q3_K", "Q5_K"), ("Q5_0", "Q5_1", "Q4_1"),
+                                   ("Q8_0", "Q4_0", "Q6_K")], ids="-".join)
+def test_moe_experts_in_gguf_formats_match_gguf_dequantize(pool, tokens, types):
+    """ember_moe with each of gate, up and down in its own GGUF format (a Q4_K_M file's Q4_K gate/up and Q6_K down,
+    the other K-quants, the 5-bit and the 4/8-bit group formats) against float64 experts dequantized by gguf."""
+    rng = np.random.default_rng(tokens)
+    experts, hidden, inter, k = 4, 256, 512, 2
+    x = rng.normal(size=(tokens, hidden)).astype(np.float32)
+    logits = rng.normal(size=(tokens, experts)).astype(np.float32)
+    args, reference = [], []
+    for ggml_type, (rows, cols) in zip(types, ((inter, hidden), (inter, hidden), (hidden, inter))):
+        if ggml_type in BLOCK_BYTES:
+            raw = _kblocks(ggml_type, experts * rows, cols, seed=len(args))
+        else:
+            w = rng.normal(0, 0.05, (experts * rows, cols)).astype(np.float32)
+            raw = gguf.quants.quantize(w, Q[ggml_type])
+        reference.append(gguf.quants.dequantize(raw, Q[ggml_type]).astype(np.float64).reshape(experts, rows, cols))
+        fmt = SCHEMES[GGML_TO_SCHEME[ggml_type]].format
+        packed = from_ggml_blocks(raw, ggml_type, cols)
+        named = {n: np.ascontiguousarray(a.reshape(experts, rows, *a.shape[1:]))
+                 for n, a in zip(fmt.piece_names, packed.pieces())}
+        args += _moe_weight(named, quant_format_code(fmt, cols), fmt.group_size)
+    y = np.full((tokens, hidden), np.nan, np.float32)
+    assert pool.ember_moe(_ptr(x), _ptr(logits), *args, _ptr(y), tokens, experts, hidden, inter, k, 1) == 0
+    expected = _moe_reference(x.astype(np.float64), logits, *reference, k)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

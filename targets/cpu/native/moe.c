@@ -7,8 +7,11 @@
  * silu(gate) * up, and down; each output row is added to y[t] times its routing weight. All of it happens inside
  * the compiled library: no per-token work on the Python side.
  *
- * Weights are stacked [E, N, K] in any ember_linear format (EMBER_Q4 / Q4_1 / Q8 / F16 / BF16) or float32
- * (EMBER_MOE_F32, a plain loop here); expert e's rows start e * N rows in. Returns 0, or -1 when out of memory. */
+ * Weights are stacked [E, N, K], each in its own format: any ember_linear format (EMBER_Q4 / Q4_1 / Q8 / F16 / BF16),
+ * any ember_linear_k one (the GGUF formats kept native: Q5_0, Q5_1, Q2_K .. Q6_K) or float32 (MOE_F32, a plain loop
+ * here). A weight is its pieces in ir/ops_quant.py's order (qweight, qhigh, scales, mins, super, super_mins; absent
+ * ones any pointer) with the bytes each piece takes per expert: expert e's piece starts e strides in. Returns 0, or
+ * -1 when out of memory. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -16,25 +19,18 @@
 
 int32_t ember_linear(const float* x, const void* w, const void* scales, const void* mins, const float* bias,
                      float* y, int64_t M, int64_t N, int64_t K, int32_t group, int32_t fmt, int32_t has_bias);
+int32_t ember_linear_k(const float* x, const void* w, const void* qhigh, const void* scales, const void* mins,
+                       const void* sup, const void* sup_min, const float* bias, float* y, int64_t M, int64_t N,
+                       int64_t K, int32_t fmt, int32_t has_bias);
 
-enum { MOE_Q4 = 0, MOE_Q4_1 = 1, MOE_Q8 = 2, MOE_F16 = 3, MOE_BF16 = 4, MOE_F32 = 5 };
+enum { MOE_Q5_0 = 5, MOE_F32 = 12 }; /* ember_linear's codes below 5, ember_linear_k's from 5 to 11 */
+enum { PIECES = 6 };
 
 typedef struct {
-  const void* w;
-  const void* s;
-  const void* m;
+  const uint8_t* piece[PIECES];
+  int64_t stride[PIECES]; /* bytes per expert */
+  int32_t fmt, group;
 } MoeWeight;
-
-static int64_t row_bytes(int32_t fmt, int64_t K) {
-  switch (fmt) {
-    case MOE_Q4:
-    case MOE_Q4_1: return (K + 7) / 8 * 4;
-    case MOE_Q8: return K;
-    case MOE_F16:
-    case MOE_BF16: return 2 * K;
-    default: return 4 * K;
-  }
-}
 
 typedef struct {
   const float* x;
@@ -59,17 +55,15 @@ static int f32_task(int task, TVMParallelGroupEnv* env, void* cdata) {
 }
 
 /* y[M, N] = x[M, K] . W_e^T for expert e of a stacked weight */
-static int expert_linear(const float* x, MoeWeight wt, int64_t e, int64_t N, int64_t K, int32_t group, int32_t fmt,
-                         float* y, int64_t M) {
-  const uint8_t* w = (const uint8_t*)wt.w + e * N * row_bytes(fmt, K);
-  if (fmt == MOE_F32) {
-    F32Args a = {x, (const float*)w, y, M, N, K};
+static int expert_linear(const float* x, const MoeWeight* wt, int64_t e, int64_t N, int64_t K, float* y, int64_t M) {
+  const void* p[PIECES];
+  for (int i = 0; i < PIECES; ++i) p[i] = wt->piece[i] + e * wt->stride[i];
+  if (wt->fmt == MOE_F32) {
+    F32Args a = {x, (const float*)p[0], y, M, N, K};
     return ember_parallel(f32_task, &a);
   }
-  int64_t groups = group > 0 ? (K + group - 1) / group : 0;
-  const uint16_t* s = wt.s ? (const uint16_t*)wt.s + e * N * groups : NULL;
-  const uint16_t* m = wt.m ? (const uint16_t*)wt.m + e * N * groups : NULL;
-  return ember_linear(x, w, s ? (const void*)s : w, m ? (const void*)m : w, x, y, M, N, K, group, fmt, 0);
+  if (wt->fmt >= MOE_Q5_0) return ember_linear_k(x, p[0], p[1], p[2], p[3], p[4], p[5], x, y, M, N, K, wt->fmt, 0);
+  return ember_linear(x, p[0], p[2], p[3], x, y, M, N, K, wt->group, wt->fmt, 0);
 }
 
 /* ids[t * k + j], weights[t * k + j]: the experts of token t and their routing weights */
@@ -100,13 +94,18 @@ static void route(const float* logits, int64_t T, int64_t E, int32_t k, int32_t 
   }
 }
 
-int32_t ember_moe(const float* x, const float* logits, const void* gw, const void* gs, const void* gm,
-                  const void* uw, const void* us, const void* um, const void* dw, const void* ds, const void* dm,
-                  float* y, int64_t T, int64_t E, int64_t H, int64_t I, int32_t k, int32_t norm, int32_t group,
-                  int32_t fmt, int32_t has_scales, int32_t has_mins) {
-  MoeWeight gate = {gw, has_scales ? gs : NULL, has_mins ? gm : NULL};
-  MoeWeight up = {uw, has_scales ? us : NULL, has_mins ? um : NULL};
-  MoeWeight down = {dw, has_scales ? ds : NULL, has_mins ? dm : NULL};
+#define MOE_WEIGHT_ARGS(n)                                                                                     \
+  const void *n##0, const void *n##1, const void *n##2, const void *n##3, const void *n##4, const void *n##5,     \
+      int64_t n##s0, int64_t n##s1, int64_t n##s2, int64_t n##s3, int64_t n##s4, int64_t n##s5, int32_t n##fmt,    \
+      int32_t n##group
+#define MOE_WEIGHT(n) \
+  {{n##0, n##1, n##2, n##3, n##4, n##5}, {n##s0, n##s1, n##s2, n##s3, n##s4, n##s5}, n##fmt, n##group}
+
+/* The entry point called from TIR (targets/cpu/native_moe.py): per weight (gate, up, down) its 6 piece pointers,
+ * their 6 strides per expert in bytes, its format code and group size. */
+int32_t ember_moe(const float* x, const float* logits, MOE_WEIGHT_ARGS(g), MOE_WEIGHT_ARGS(u), MOE_WEIGHT_ARGS(d),
+                  float* y, int64_t T, int64_t E, int64_t H, int64_t I, int32_t k, int32_t norm) {
+  const MoeWeight gate = MOE_WEIGHT(g), up = MOE_WEIGHT(u), down = MOE_WEIGHT(d);
   memset(y, 0, (size_t)(T * H) * sizeof(float));
   if (T <= 0) return 0;
   int64_t slots = T * k;
@@ -142,10 +141,10 @@ int32_t ember_moe(const float* x, const float* logits, const void* gw, const voi
     int64_t first = count[e], m = count[e + 1] - first;
     if (m == 0) continue;
     for (int64_t r = 0; r < m; ++r) memcpy(xg + r * H, x + (order[first + r] / k) * H, (size_t)H * sizeof(float));
-    if (expert_linear(xg, gate, e, I, H, group, fmt, g, m) != 0) goto done;
-    if (expert_linear(xg, up, e, I, H, group, fmt, u, m) != 0) goto done;
+    if (expert_linear(xg, &gate, e, I, H, g, m) != 0) goto done;
+    if (expert_linear(xg, &up, e, I, H, u, m) != 0) goto done;
     for (int64_t i = 0; i < m * I; ++i) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-    if (expert_linear(g, down, e, H, I, group, fmt, yo, m) != 0) goto done;
+    if (expert_linear(g, &down, e, H, I, yo, m) != 0) goto done;
     for (int64_t r = 0; r < m; ++r) {
       int64_t slot = order[first + r];
       float w = weights[slot];

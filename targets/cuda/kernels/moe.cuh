@@ -523,6 +523,135 @@ __device__ __forceinline__ void combine(int T, const void* pos_ptr, const void* 
   from_f(v1, y + 1);
 }
 
+// ---- the GGUF formats kept native (Q5_0, Q5_1, Q2_K .. Q6_K) and a format per weight --------------------------
+// gate_up_any<FG, FU, H, I, TOPK, WARPS, A> / down_any<FD, ...>: the per-slot plan (gate_up / down above) with each
+// weight in its own format (a Q4_K_M file's Q4_K gate/up and Q6_K down) and every format: a weight is its six
+// pointers in ir/ops_quant.py's piece order (qweight, qhigh, scales, mins, super, super_mins; absent ones any
+// pointer), then its group size.
+// Layouts as kernels/kgemv.cuh and the cpu's native/linear.c read them; a lane takes one 32-block of a row a step,
+// dequantized exactly as the cpu kernel does (code times the fp32 group scale plus the group's min term), fp32
+// accumulation.
+enum WideFmt : int { Q5_0 = 5, Q5_1 = 6, Q4_K = 7, Q5_K = 8, Q6_K = 9, Q2_K = 10, Q3_K = 11 };
+
+struct Weight {
+  const void* piece[6];
+};
+
+__device__ __forceinline__ float half_bits(const void* p, int64_t i) {
+  return __half2float(__ushort_as_half(__ldg(static_cast<const unsigned short*>(p) + i)));
+}
+
+// dot(row `row` of a stacked weight in format F (K columns), x[0:K]) over one warp (every lane gets the sum)
+template <int F, int K, typename X>
+__device__ __forceinline__ float warp_dot_any(const Weight& wt, int64_t row, int group, const X* x) {
+  if constexpr (F < Q5_0) {
+    return warp_dot<F, K>(wt.piece[0], wt.piece[2], wt.piece[3], row, group, x);
+  } else {
+    static_assert(F <= Q3_K, "moe.cuh's formats");
+    constexpr bool crumbs = F == Q2_K || F == Q3_K;      // 2-bit qweight fields
+    constexpr bool six = F == Q6_K;
+    constexpr bool has_hi = !(F == Q4_K || F == Q2_K);
+    constexpr int GROUPS = (six || crumbs) ? K / 16 : K / 32;  // scale entries per row
+    static_assert(K % 32 == 0 && (F <= Q5_1 || K % 256 == 0), "K-quants take rows of whole super blocks");
+    const int lane = threadIdx.x & 31;
+    const uint32_t* w = static_cast<const uint32_t*>(wt.piece[0]) + row * (crumbs ? K / 16 : K / 8);
+    const uint32_t* hi = static_cast<const uint32_t*>(wt.piece[1]) + row * (six ? K / 16 : K / 32);
+    float acc = 0.0f;
+    for (int b = lane; b < K / 32; b += 32) {
+      uint32_t words[4];
+      uint32_t high[2] = {0u, 0u};
+#pragma unroll
+      for (int j = 0; j < (crumbs ? 2 : 4); ++j) words[j] = __ldg(w + (crumbs ? 2 : 4) * b + j);
+      if (has_hi) {
+        high[0] = __ldg(hi + (six ? 2 * b : b));
+        if (six) high[1] = __ldg(hi + 2 * b + 1);
+      }
+      float s0, s1, c0, c1, offset = 0.0f;
+      if (F == Q5_0 || F == Q5_1) {
+        s0 = s1 = half_bits(wt.piece[2], row * GROUPS + b);
+        c0 = c1 = F == Q5_1 ? half_bits(wt.piece[3], row * GROUPS + b) : 0.0f;
+        offset = F == Q5_0 ? 16.0f : 0.0f;
+      } else {
+        const int64_t super = row * (K / 256) + b / 8;
+        const float d = half_bits(wt.piece[4], super);
+        if (six || F == Q3_K) {  // int8 scale codes per 16: W = d c (q - 32 | q - 4)
+          const int8_t* sc = static_cast<const int8_t*>(wt.piece[2]) + row * GROUPS;
+          s0 = d * float(__ldg(sc + 2 * b));
+          s1 = d * float(__ldg(sc + 2 * b + 1));
+          c0 = c1 = 0.0f;
+          offset = six ? 32.0f : 4.0f;
+        } else if (F == Q2_K) {  // a byte per 16: scale code | min code << 4
+          const uint8_t* sc = static_cast<const uint8_t*>(wt.piece[2]) + row * GROUPS;
+          const float dm = half_bits(wt.piece[5], super);
+          const uint32_t a = __ldg(sc + 2 * b), c = __ldg(sc + 2 * b + 1);
+          s0 = d * float(a & 15u);
+          s1 = d * float(c & 15u);
+          c0 = -(dm * float(a >> 4));
+          c1 = -(dm * float(c >> 4));
+        } else {  // Q4_K, Q5_K: uint8 scale and min codes per 32
+          const float dm = half_bits(wt.piece[5], super);
+          s0 = s1 = d * float(__ldg(static_cast<const uint8_t*>(wt.piece[2]) + row * GROUPS + b));
+          c0 = c1 = -(dm * float(__ldg(static_cast<const uint8_t*>(wt.piece[3]) + row * GROUPS + b)));
+        }
+      }
+      const int k0 = b * 32;
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        uint32_t code;
+        if (crumbs) {
+          code = (words[i / 16] >> (2 * (i % 16))) & 3u;
+          if (has_hi) code |= ((high[0] >> i) & 1u) << 2;
+        } else {
+          code = (words[i / 8] >> (4 * (i % 8))) & 15u;
+          if (six) code |= ((high[i / 16] >> (2 * (i % 16))) & 3u) << 4;
+          else if (has_hi) code |= ((high[0] >> i) & 1u) << 4;
+        }
+        const float v = (float(code) - offset) * (i < 16 ? s0 : s1) + (i < 16 ? c0 : c1);
+        acc += v * xv(x, k0 + i);
+      }
+    }
+    return warp_sum(acc);
+  }
+}
+
+template <int FG, int FU, int H, int I, int TOPK, int WARPS, typename A>
+__device__ __forceinline__ void gate_up_any(int T, const void* x_ptr, const void* ids_ptr, const void* g0,
+                                            const void* g1, const void* g2, const void* g3, const void* g4,
+                                            const void* g5, int gate_group, const void* u0, const void* u1,
+                                            const void* u2, const void* u3, const void* u4, const void* u5,
+                                            int up_group, void* h_ptr) {
+  const Weight gate = {{g0, g1, g2, g3, g4, g5}}, up = {{u0, u1, u2, u3, u4, u5}};
+  constexpr int BLOCKS_PER_SLOT = (I + WARPS - 1) / WARPS;
+  const int slot = blockIdx.x / BLOCKS_PER_SLOT;
+  const int i = (blockIdx.x % BLOCKS_PER_SLOT) * WARPS + threadIdx.x / 32;
+  if (slot >= T * TOPK || i >= I) return;
+  const int e = static_cast<const int*>(ids_ptr)[slot];
+  const A* x = static_cast<const A*>(x_ptr) + (int64_t)(slot / TOPK) * H;
+  const int64_t row = (int64_t)e * I + i;
+  const float g = warp_dot_any<FG, H>(gate, row, gate_group, x);
+  const float u = warp_dot_any<FU, H>(up, row, up_group, x);
+  if ((threadIdx.x & 31) == 0) static_cast<float*>(h_ptr)[(int64_t)slot * I + i] = g / (1.0f + __expf(-g)) * u;
+}
+
+template <int FD, int H, int I, int TOPK, int WARPS, typename A>
+__device__ __forceinline__ void down_any(int T, const void* h_ptr, const void* ids_ptr, const void* weights_ptr,
+                                         const void* d0, const void* d1, const void* d2, const void* d3,
+                                         const void* d4, const void* d5, int group, void* y_ptr) {
+  const Weight down = {{d0, d1, d2, d3, d4, d5}};
+  constexpr int BLOCKS_PER_TOKEN = (H + WARPS - 1) / WARPS;
+  const int t = blockIdx.x / BLOCKS_PER_TOKEN;
+  const int n = (blockIdx.x % BLOCKS_PER_TOKEN) * WARPS + threadIdx.x / 32;
+  if (t >= T || n >= H) return;
+  const int* ids = static_cast<const int*>(ids_ptr) + (int64_t)t * TOPK;
+  const float* weights = static_cast<const float*>(weights_ptr) + (int64_t)t * TOPK;
+  float acc = 0.0f;
+  for (int j = 0; j < TOPK; ++j) {
+    const float* h = static_cast<const float*>(h_ptr) + ((int64_t)t * TOPK + j) * I;
+    acc += weights[j] * warp_dot_any<FD, I>(down, (int64_t)ids[j] * H + n, group, h);
+  }
+  if ((threadIdx.x & 31) == 0) from_f(acc, static_cast<A*>(y_ptr) + (int64_t)t * H + n);
+}
+
 }  // namespace moe
 }  // namespace ember
 #endif  // EMBER_MOE_CUH
