@@ -3,7 +3,8 @@
 `q4_k_m` / `q5_k_m` (llama.cpp's Q4_K_M / Q5_K_M for dense models, after `llama_tensor_get_type` in
 llama-quant.cpp): the base type everywhere, except
   - the LM head (and a tied embedding table) in q6_k,
-  - v_proj and down_proj in q6_k in the "more bits" layers (the first and last eighth, every third between),
+  - v_proj and down_proj (experts' down too: Mixtral's w2, llama.cpp's ffn_down_exps) in q6_k in the "more bits"
+    layers (the first and last eighth, every third between),
   - a checkpoint's own fused qkv_proj in q5_k (q4_k_m) or q6_k (q5_k_m),
 and a weight whose rows are not whole 256-value super blocks falls back as llama.cpp does (q4_k -> q5f16 = Q5_0,
 q5_k -> q5f16_1 = Q5_1, q6_k -> q8f16 = Q8_0). With a GGUF file that already holds these types nothing changes;
@@ -35,7 +36,7 @@ class Recipe:
         scheme = self.base
         if head:
             scheme = "q6_k"
-        elif leaf in ("v_proj", "down_proj") and match is not None and more_bits(int(match.group(1)), layers):
+        elif leaf in ("v_proj", "down_proj", "w2") and match is not None and more_bits(int(match.group(1)), layers):
             scheme = "q6_k"
         elif leaf == "qkv_proj":
             scheme = self.qkv

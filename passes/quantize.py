@@ -157,7 +157,7 @@ class Quantize:
             return self.scheme
         head = any(i == 1 and n.op == "linear" and _is_head(n, vocab) for n, i in uses)
         edge = head or any(i == 1 and n.op == "embedding" for n, i in uses)
-        if self.recipe is not None and param.type.ndim == 2:
+        if self.recipe is not None and param.type.ndim in (2, 3):  # 3: stacked experts
             sources = sources_of(param)
             name = sources[0] if len(sources) > 1 else param.name  # ember-fused siblings share one scheme
             return SCHEMES[self.recipe.scheme_for(name, int(param.type.shape[1]), layers, head)]

@@ -20,3 +20,17 @@ for l in open('$OUT/kmoe.jsonl'):
     r = json.loads(l); print(r['model'], r['scheme'], 'ok', r['ok'], {k: round(v, 5) if isinstance(v, float) else v for k, v in r['cuda'].items()})"
   tail -n 3 "$OUT/kmoe.err" )
 OUT=$FINAL_OUT bash docs/measurements/2026-12-07-s15/call-3.sh
+# mixtral-8x7b q4_k_m (random weights; Q4_K experts, Q6_K down in the more-bits layers, llama.cpp's Q4_K_M mix) on
+# the per-weight plan: ember verify (2-layer truncation vs the cpu build), then decode b1/b16 and pp512.
+# Kit .carry/mixtral-q4km: ember compile --model mixtral-8x7b --target cuda:sm_90 --quant q4_k_m --random-weights
+if [ -d .carry/mixtral-q4km ]; then
+  M=/tmp/mxq && mkdir -p $M && tar xJf .carry/mixtral-q4km/kit.tar.xz -C $M
+  export PYTHONPATH=/tmp/ember-pkgs:/tmp/fix15/tvm_rt TVM_USE_RUNTIME_LIB=1
+  timeout 120 /tmp/ember_rt verify $M/mixtral-q4km --device cuda > "$OUT/mixtral-verify.log" 2>&1
+  echo "mixtral verify rc=$?"; tail -n 4 "$OUT/mixtral-verify.log"
+  timeout 150 /tmp/ember_rt bench $M/mixtral-q4km --device cuda --prefill 512 --batch 1,16 --steps 32 --repeats 2 \
+    --output "$OUT/bench-mixtral-q4km.jsonl" > "$OUT/bench-mixtral-q4km.log" 2>&1; echo "mixtral bench rc=$?"
+  tail -n 3 "$OUT/bench-mixtral-q4km.log"
+  python3 -c "
+import json; print('mixtral q4_k_m', json.dumps({r['metric']: round(r['value'], 1) for r in map(json.loads, open('$OUT/bench-mixtral-q4km.jsonl')) if 'metric' in r}))"
+fi

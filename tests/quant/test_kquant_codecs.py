@@ -153,3 +153,23 @@ def test_mixed_schemes_are_not_fused():
     assert "model.layers.0.self_attn.qkv_proj.qweight" not in schemes
     assert isinstance(module.params["model.layers.0.mlp.gate_up_proj.super"], Param)
     assert module.params["model.layers.0.mlp.gate_up_proj.super"].type == TensorType((1024, 1), "float16")
+
+
+def test_q4_k_m_recipe_gives_experts_its_mix():
+    """`--quant q4_k_m` on a mixture of experts: gate/up experts q4_k, the down experts q6_k in llama.cpp's
+    more-bits layers (its ffn_down_exps rule), as one quant_moe per layer with a format per weight."""
+    from ember.frontend.config import ModelConfig
+    from ember.frontend.models import build_module
+    from ember.passes.manager import PassManager, default_pipeline
+
+    layers = 8
+    config = {"model_type": "mixtral", "vocab_size": 160, "hidden_size": 256, "intermediate_size": 512,
+              "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "num_local_experts": 4, "num_experts_per_tok": 2}
+    module = PassManager(default_pipeline("q4_k_m")).run(build_module(ModelConfig.from_dict(config), "tiny"))
+    down = {n: p.info["scheme"] for n, p in module.params.items() if n.endswith("experts.w2.qweight")}
+    assert down == {f"model.layers.{i}.block_sparse_moe.experts.w2.qweight": "q6_k" if more_bits(i, layers) else "q4_k"
+                    for i in range(layers)}
+    moe = [n for _, n in module.iter_nodes() if n.op == "quant_moe"]
+    assert {n.attrs["scheme"] for n in moe} == {"q4_k", "q4_k+q6_k"}
+    assert all(n.attrs["weight_formats"]["gate"]["scheme"] == "q4_k" for n in moe if "weight_formats" in n.attrs)
