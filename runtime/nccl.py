@@ -78,7 +78,9 @@ class NcclFunctions:
         found = {}
         for name in (OPEN, UNIQUE_ID, INIT, DESTROY, ABORT):
             try:
-                found[name] = module.get_function(name)
+                # query_imports: the loaded model.so is the VM executable; the library's own functions are in
+                # the module it imports
+                found[name] = module.get_function(name, True)
             except Exception:  # noqa: BLE001 - TVM's lookup error: say which function is missing
                 found[name] = None
             if found[name] is None and name != ABORT:

@@ -34,7 +34,7 @@ def main(artifact: Path) -> int:
     module = library_module(lib)
     group = NcclGroup(NcclFunctions.of(module, str(lib)), [0], HostGroup(1).run)
     print(json.dumps({"nccl": group.version, "library": group.library, "artifact": manifest.name}), flush=True)
-    allreduce, allgather = module.get_function(ALL_REDUCE), module.get_function(ALL_GATHER)
+    allreduce, allgather = module.get_function(ALL_REDUCE, True), module.get_function(ALL_GATHER, True)
     dev = tvm.cuda(0)
     rng = np.random.default_rng(0)
     failed = 0

@@ -92,7 +92,7 @@ def test_a_failed_shard_aborts_every_communicator_and_spends_the_group():
 
 def test_missing_setup_functions_name_the_library():
     class Module:
-        def get_function(self, name):
+        def get_function(self, name, query_imports=False):
             return None if name == "ember_tp_nccl_init" else (lambda *a: None)
 
     with pytest.raises(ArtifactError, match="model.so: has no ember_tp_nccl_init: its NCCL collectives are missing"):
@@ -127,7 +127,7 @@ def test_sharded_runner_starts_nccl_on_its_gpus_and_drives_each_shard_on_its_thr
                         or SimpleNamespace(device=device, shard=shard))
 
     class Module:
-        def get_function(self, name):
+        def get_function(self, name, query_imports=False):
             return {"ember_tp_nccl_open": fake.open, "ember_tp_nccl_unique_id": lambda: b"\x01" * 128,
                     "ember_tp_nccl_init": fake.init, "ember_tp_nccl_destroy": fake.destroyed.append}[name]
 

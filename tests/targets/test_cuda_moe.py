@@ -90,9 +90,10 @@ KQUANT_MOE = {**QWEN3_MOE, "hidden_size": 256, "moe_intermediate_size": 256, "he
 
 @pytest.mark.parametrize("types,codes", [(("Q4_K", "Q4_K", "Q6_K"), (7, 7, 9)), (("Q2_K", "Q3_K", "Q5_K"), (10, 11, 8)),
                                          (("Q5_0", "Q5_1", "Q8_0"), (5, 6, 2))], ids=lambda v: "-".join(map(str, v)))
-def test_gguf_experts_kept_native_take_the_per_weight_kernels(types, codes):
-    """A GGUF file's experts keep their own types (one per weight): every entry point runs route, gate_up_any and
-    down_any with each weight's format."""
+def test_gguf_experts_kept_native_take_the_per_weight_kernels(types, codes, monkeypatch):
+    """A GGUF file's experts keep their own types (one per weight): with EMBER_CUDA_MOE_PER_WEIGHT=1 every entry
+    point runs route, gate_up_any and down_any with each weight's format."""
+    monkeypatch.setenv(native_moe.PER_WEIGHT_ENV, "1")
     module, relax_mod = _kept_native(KQUANT_MOE, types)
     moe = [n for _, n in module.iter_nodes() if n.op == "quant_moe"]
     assert moe and all(n.attrs["weight_formats"]["down"]["scheme"] == {"Q6_K": "q6_k", "Q5_K": "q5_k",
@@ -102,6 +103,13 @@ def test_gguf_experts_kept_native_take_the_per_weight_kernels(types, codes):
         assert calls[function] == [f"ember::moe::route<8, 2, 1, half>",
                                    f"ember::moe::gate_up_any<{codes[0]}, {codes[1]}, 256, 256, 2, 8, half>",
                                    f"ember::moe::down_any<{codes[2]}, 256, 256, 2, 8, half>"], function
+
+
+def test_the_per_weight_plan_is_refused_unless_asked(monkeypatch):
+    """It does not yet match the cpu build beyond one token a call on a GPU: refused in one line naming the switch."""
+    monkeypatch.delenv(native_moe.PER_WEIGHT_ENV, raising=False)
+    with pytest.raises(LoweringError, match=r"quant_moe \(q4_k\+q6_k experts\).*EMBER_CUDA_MOE_PER_WEIGHT=1"):
+        _kept_native(KQUANT_MOE, ("Q4_K", "Q4_K", "Q6_K"))
 
 
 def test_what_the_kernels_cannot_take_is_refused_in_one_line():

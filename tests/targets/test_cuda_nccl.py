@@ -96,3 +96,27 @@ def test_the_wheel_library_opens_and_a_group_fails_in_one_line_without_a_gpu(ncc
                                             r"ember_tp_nccl_init: cudaSetDevice failed") as err:
         NcclGroup(functions, [0, 1], HostGroup(2).run, candidates=[str(wheel_library())])
     assert "\n" not in str(err.value)
+
+
+@needs_nvcc
+def test_a_compiled_tensor_parallel_library_exposes_its_nccl_functions(tmp_path):
+    """The loaded model.so is the VM executable, whose library (imported by it) holds the NCCL set-up functions:
+    NcclFunctions finds them there (session 16's GPU run failed on exactly this lookup). In a subprocess: it loads
+    TVM's cuda runtime over the stub driver, a process-wide switch."""
+    import sys
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    AutoModelForCausalLM.from_config(LlamaConfig(**CONFIG)).save_pretrained(tmp_path / "hf")
+    out = tmp_path / "tp2"
+    subprocess.run([sys.executable, "-c", "from ember.cli import main; main()", "compile", "--model", str(tmp_path / "hf"), "--target",
+                    "cuda:sm_90", "--quant", "q0f16", "--tensor-parallel", "2", "-o", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    probe = ("import sys; from ember.targets.cuda.stub_driver import prepare_cuda_compile_process; "
+             "prepare_cuda_compile_process(); from ember.runtime.tvm_import import ensure_device_runtime; "
+             "ensure_device_runtime('cuda'); from ember.runtime.loader import library_module; "
+             "from ember.runtime.nccl import NcclFunctions; lib = sys.argv[1]; "
+             "f = NcclFunctions.of(library_module(lib), lib); print(all([f.open, f.unique_id, f.init, f.destroy, f.abort]))")
+    result = subprocess.run([sys.executable, "-c", probe, str(out / "model.so")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr[-2000:]
