@@ -172,38 +172,14 @@ __device__ __forceinline__ void route(int T, const void* logits_ptr, void* ids_p
   if (lane < TOPK) weights[lane] = NORM ? mine / chosen : mine;
 }
 
+// gate_up / down: the per-weight kernels below (gate_up_any / down_any) with one 4-/8-bit or half format
 template <int F, int H, int I, int TOPK, int WARPS, typename A>
 __device__ __forceinline__ void gate_up(int T, const void* x_ptr, const void* ids_ptr, const void* gw, const void* gs,
                                         const void* gm, const void* uw, const void* us, const void* um, int group,
-                                        void* h_ptr) {
-  constexpr int BLOCKS_PER_SLOT = (I + WARPS - 1) / WARPS;
-  const int slot = blockIdx.x / BLOCKS_PER_SLOT;
-  const int i = (blockIdx.x % BLOCKS_PER_SLOT) * WARPS + threadIdx.x / 32;
-  if (slot >= T * TOPK || i >= I) return;
-  const int e = static_cast<const int*>(ids_ptr)[slot];
-  const A* x = static_cast<const A*>(x_ptr) + (int64_t)(slot / TOPK) * H;
-  const int64_t row = (int64_t)e * I + i;
-  const float g = warp_dot<F, H>(gw, gs, gm, row, group, x);
-  const float u = warp_dot<F, H>(uw, us, um, row, group, x);
-  if ((threadIdx.x & 31) == 0) static_cast<float*>(h_ptr)[(int64_t)slot * I + i] = g / (1.0f + __expf(-g)) * u;
-}
-
+                                        void* h_ptr);
 template <int F, int H, int I, int TOPK, int WARPS, typename A>
 __device__ __forceinline__ void down(int T, const void* h_ptr, const void* ids_ptr, const void* weights_ptr,
-                                     const void* dw, const void* ds, const void* dm, int group, void* y_ptr) {
-  constexpr int BLOCKS_PER_TOKEN = (H + WARPS - 1) / WARPS;
-  const int t = blockIdx.x / BLOCKS_PER_TOKEN;
-  const int n = (blockIdx.x % BLOCKS_PER_TOKEN) * WARPS + threadIdx.x / 32;
-  if (t >= T || n >= H) return;
-  const int* ids = static_cast<const int*>(ids_ptr) + (int64_t)t * TOPK;
-  const float* weights = static_cast<const float*>(weights_ptr) + (int64_t)t * TOPK;
-  float acc = 0.0f;
-  for (int j = 0; j < TOPK; ++j) {
-    const float* h = static_cast<const float*>(h_ptr) + ((int64_t)t * TOPK + j) * I;
-    acc += weights[j] * warp_dot<F, I>(dw, ds, dm, (int64_t)ids[j] * H + n, group, h);
-  }
-  if ((threadIdx.x & 31) == 0) from_f(acc, static_cast<A*>(y_ptr) + (int64_t)t * H + n);
-}
+                                     const void* dw, const void* ds, const void* dm, int group, void* y_ptr);
 
 template <int E, int TOPK, int BM>
 __device__ __forceinline__ void sort(int T, const void* ids_ptr, void* rows_ptr, void* pos_ptr, void* tiles_ptr,
@@ -650,6 +626,20 @@ __device__ __forceinline__ void down_any(int T, const void* h_ptr, const void* i
     acc += weights[j] * warp_dot_any<FD, I>(down, (int64_t)ids[j] * H + n, group, h);
   }
   if ((threadIdx.x & 31) == 0) from_f(acc, static_cast<A*>(y_ptr) + (int64_t)t * H + n);
+}
+
+template <int F, int H, int I, int TOPK, int WARPS, typename A>
+__device__ __forceinline__ void gate_up(int T, const void* x_ptr, const void* ids_ptr, const void* gw, const void* gs,
+                                        const void* gm, const void* uw, const void* us, const void* um, int group,
+                                        void* h_ptr) {
+  gate_up_any<F, F, H, I, TOPK, WARPS, A>(T, x_ptr, ids_ptr, gw, gw, gs, gm, gw, gw, group, uw, uw, us, um, uw, uw,
+                                          group, h_ptr);
+}
+
+template <int F, int H, int I, int TOPK, int WARPS, typename A>
+__device__ __forceinline__ void down(int T, const void* h_ptr, const void* ids_ptr, const void* weights_ptr,
+                                     const void* dw, const void* ds, const void* dm, int group, void* y_ptr) {
+  down_any<F, H, I, TOPK, WARPS, A>(T, h_ptr, ids_ptr, weights_ptr, dw, dw, ds, dm, dw, dw, group, y_ptr);
 }
 
 }  // namespace moe
