@@ -64,6 +64,16 @@ MODELS = {  # name -> (transformers config class, kwargs, schemes)
     "phi3": ("Phi3Config", {"vocab_size": 256, "hidden_size": 384, "intermediate_size": 512,
                             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                             "partial_rotary_factor": 0.75, "pad_token_id": 0}, ("q4f16_1", "q0f16")),
+    # LongRoPE (Phi-3-mini-128k's scaling) with partial rotary: 36 factor pairs, the short ones within 32 positions,
+    # the long ones past them (the 33- and 100-token prompts), cos/sin times sqrt(1 + ln(256 / 32) / ln(32))
+    "phi3_longrope": ("Phi3Config", {"vocab_size": 256, "hidden_size": 384, "intermediate_size": 512,
+                                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                     "partial_rotary_factor": 0.75, "pad_token_id": 0,
+                                     "max_position_embeddings": 256, "original_max_position_embeddings": 32,
+                                     "rope_scaling": {"type": "longrope",
+                                                      "short_factor": [1.0 + 0.05 * i for i in range(36)],
+                                                      "long_factor": [1.0 + 0.9 * i for i in range(36)]}},
+                      ("q4f16_1",)),
     # mixture-of-experts blocks (kernels/moe.cuh): 4 experts top 2; 8 experts top 3 renormalized, one dense layer
     "mixtral": ("MixtralConfig", {"vocab_size": 256, "hidden_size": 256, "intermediate_size": 384,
                                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
