@@ -36,6 +36,7 @@ TOLERANCE = 4e-3  # of max |ref|: fp16 output rounding (2^-11) and fp32 accumula
 CASES = {  # name -> (gate, up, down GGUF types or an ember scheme, plan switch)
     "q4_k+q6_k": (("Q4_K", "Q4_K", "Q6_K"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
     "q5_k": (("Q5_K", "Q5_K", "Q5_K"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
+    "q5_0+q5_1+q6_k": (("Q5_0", "Q5_1", "Q6_K"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
     "q2_k+q3_k+q5_0": (("Q2_K", "Q3_K", "Q5_0"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
     "q5_1+q8_0+q6_k": (("Q5_1", "Q8_0", "Q6_K"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
     "q4f16_1-grouped": (("q4f16_1",) * 3, {}),

@@ -23,6 +23,7 @@ plan everywhere (A/B runs).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ...ir.ops_moe import WEIGHT_FORMATS, moe_formats
 from ...ir.ops_quant import QuantFormat
 from ..extern_op import extern
 from .extern_kernel import ATTRS, launch
-from . import native_gemv
+from . import native_gemv, native_kgemv
 from .native_gemv import is_decode1
 
 ENV = "EMBER_CUDA_MOE"
@@ -74,6 +75,12 @@ LARGE_TILE = GroupedTile(64, 64, 2, 2)
 GROUPED_LARGE_ROWS = 48  # average rows per expert from which the 64-row tiles run
 GROUPED_FORMATS = (Q4, Q4_1, Q8, F16)
 GEMV_FORMATS = (Q4, Q4_1, Q8)  # gemv.cuh's schemes, same codes as moe.cuh's Fmt
+KGEMV_FORMATS = (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)  # kgemv.cuh's, same codes
+# The kgemv plan's slots per expert (on average) from which prefill dequantizes the experts to fp16 and runs the
+# grouped GEMM: per slot, a call reads slots x an expert's packed bytes; dequantized, every expert's packed bytes
+# once plus their fp16 copy written and read (about 7x a 4-bit weight): even at about 8 slots per expert.
+DEQUANT_SLOTS_PER_EXPERT = 8
+DEQUANT_THREADS = 256
 
 
 def _format(node: Any, weight_dtype: str) -> tuple[int, int, int] | None:
@@ -328,10 +335,105 @@ def _lower_any(node: Any, x: Any, logits: Any, weights: list) -> Any:
                             f"{PER_WEIGHT_ENV}=1 to build it anyway")
     plan = _Plan(codes[0], formats[0].group_size, formats[0].num_pieces, experts, hidden, inter,
                  int(node.attrs["top_k"]), int(bool(node.attrs["norm_topk_prob"])), ACTIVATION[x.dtype])
-    compute = _any_compute(plan, [(c, f.group_size, f.piece_names) for c, f in zip(codes, formats)])
+    weights_of = [(c, f.group_size, f.piece_names) for c, f in zip(codes, formats)]
+    if x.dtype == "float16" and _kgemv_fits(codes, hidden, inter):
+        dequant = (not is_decode1(list(x.shape[:-1])) and hidden % 64 == 0 and inter % 64 == 0
+                   and all(c in WIDE.values() for c in codes))
+        compute = _kgemv_compute(plan, weights_of, dequant)
+    else:
+        compute = _any_compute(plan, weights_of)
     name = node.attrs["scheme"].replace("+", "_")
     out = op.tensor_expr_op(compute, f"{name}_moe", [x, logits, *weights], attrs=ATTRS)
     return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def _kgemv_fits(codes: list[int], hidden: int, inter: int) -> bool:
+    """Whether kgemv.cuh takes all three weights (its formats, its static shared memory for x)."""
+    return (all(c in KGEMV_FORMATS for c in codes)
+            and all(native_kgemv.shared_bytes(c, k) <= native_gemv.SHARED_LIMIT
+                    for c, k in zip(codes, (hidden, hidden, inter))))
+
+
+def _kgemv_compute(plan: _Plan, weights: list[tuple[int, int, tuple[str, ...]]], dequant: bool):
+    """route, kgemv.cuh's GEMV over every slot's expert for gate and up (each in its format), the down GEMV staging
+    silu(gate) * up, combine (the gemv plan's steps with the GGUF formats). `dequant` (prefill and batched decode):
+    from DEQUANT_SLOTS_PER_EXPERT slots per expert on average, every expert dequantized to fp16 scratch instead
+    (moe.cuh's dequant, reading each weight once) and the grouped plan's fp16 GEMMs."""
+    (fg, _, gate_names), (fu, _, up_names), (fd, _, down_names) = weights
+    hidden, inter, k = plan.hidden, plan.inter, plan.top_k
+    up_cfg = native_kgemv.choose_config(fg, inter, hidden)
+    down_cfg = native_kgemv.choose_config(fd, hidden, inter)
+    cfg = lambda c: f"{c.warps}, {c.rows}, {c.depth}"  # noqa: E731
+    gate_up = f"ember::moe::kgemv_gate_up<{fg}, {fu}, {hidden}, {inter}, {k}, {cfg(up_cfg)}>"
+    down = f"ember::moe::kgemv_down<{fd}, {hidden}, {inter}, {k}, {cfg(down_cfg)}>"
+    combine = f"ember::moe::combine<{hidden}, {k}, {plan.act}, 0>"
+
+    def compute(xt: te.Tensor, lg: te.Tensor, *packed: te.Tensor) -> Any:
+        lead, tokens = _tokens(xt)
+        slots = tokens * k
+
+        def body(ins, outs):
+            xb, lgb, rest = ins[0], ins[1], list(ins[2:])
+            y, ids, wts, gu, ys = outs[:5]
+            gate_p, up_p, down_p = _split_pointers(rest, (gate_names, up_names, down_names))
+            t = tirx.Cast("int32", tokens)
+            per_slot = tirx.SeqStmt([
+                launch(tirx.call_extern("int32", gate_up, t, xb.access_ptr("r"), ids.access_ptr("r"), *gate_p, *up_p,
+                                        gu.access_ptr("w")), t * k * 2 * up_cfg.blocks(inter), up_cfg.threads),
+                launch(tirx.call_extern("int32", down, t, gu.access_ptr("r"), ids.access_ptr("r"), *down_p,
+                                        ys.access_ptr("w")), t * k * down_cfg.blocks(hidden), down_cfg.threads),
+                launch(tirx.call_extern("int32", combine, t, ids.access_ptr("r"), wts.access_ptr("r"),
+                                        ys.access_ptr("r"), y.access_ptr("w")),
+                       tirx.floordiv(t * (hidden // 2) + COMBINE_THREADS - 1, COMBINE_THREADS), COMBINE_THREADS),
+            ])
+            if not dequant:
+                return tirx.SeqStmt([_route(plan, t, lgb, ids, wts), per_slot])
+            rows, pos, tiles, count, h, wg, wu, wd = outs[5:]
+            s = t * k
+            f16 = _Plan(F16, 0, 1, *dataclasses.astuple(plan)[3:])
+            steps = []
+            for (code, _, _), ptrs, out, (n, cols) in zip(weights, (gate_p, up_p, down_p), (wg, wu, wd),
+                                                          ((inter, hidden), (inter, hidden), (hidden, inter))):
+                blocks = -(-(plan.experts * n * (cols // 32)) // DEQUANT_THREADS)
+                steps.append(launch(tirx.call_extern("int32", f"ember::moe::dequant<{code}, {cols}>",
+                                                     tirx.const(plan.experts * n, "int64"), *ptrs,
+                                                     out.access_ptr("w")), blocks, DEQUANT_THREADS))
+            half_ptrs = [[w.access_ptr("r")] * 3 for w in (wg, wu, wd)]
+            bufs = {"x": xb, "ids": ids, "rows": rows, "pos": pos, "tiles": tiles, "count": count, "h": h,
+                    "ys": ys}
+            large = s >= GROUPED_LARGE_ROWS * plan.experts
+            grouped = tirx.SeqStmt(steps + [
+                tirx.IfThenElse(large, tirx.SeqStmt(_grouped_steps(f16, LARGE_TILE, t, s, half_ptrs, bufs)),
+                                tirx.SeqStmt(_grouped_steps(f16, SMALL_TILE, t, s, half_ptrs, bufs))),
+                launch(tirx.call_extern("int32", f"ember::moe::combine<{hidden}, {k}, {plan.act}>", t,
+                                        pos.access_ptr("r"), wts.access_ptr("r"), ys.access_ptr("r"),
+                                        y.access_ptr("w")),
+                       tirx.floordiv(t * (hidden // 2) + COMBINE_THREADS - 1, COMBINE_THREADS), COMBINE_THREADS),
+            ])
+            return tirx.SeqStmt([_route(plan, t, lgb, ids, wts),
+                                 tirx.IfThenElse(s >= DEQUANT_SLOTS_PER_EXPERT * plan.experts, grouped, per_slot)])
+
+        shapes = [lead + [hidden], [slots], [slots], [slots, 2 * inter], [slots, hidden]]
+        dtypes = [xt.dtype, "int32", "float32", "float16", "float16"]
+        if dequant:
+            bound = tirx.floordiv(slots + SMALL_TILE.bm - 1, SMALL_TILE.bm) + plan.experts
+            e = plan.experts
+            shapes += [[slots], [slots], [3 * bound], [1], [slots, inter], [e, inter, hidden], [e, inter, hidden],
+                       [e, hidden, inter]]
+            dtypes += ["int32", "int32", "int32", "int32", "float16", "float16", "float16", "float16"]
+        return extern(shapes, [xt, lg, *packed], body, dtype=dtypes, name="ember_moe_kgemv")
+
+    return compute
+
+
+def _split_pointers(tensors: list, names: tuple[tuple[str, ...], ...]) -> list[list[Any]]:
+    """Each weight's six pointers in moe.cuh's Weight order (a piece it lacks: its first tensor)."""
+    out, at = [], 0
+    for weight in names:
+        named = dict(zip(weight, tensors[at:at + len(weight)]))
+        out.append([named.get(n, tensors[at]).access_ptr("r") for n in PIECES])
+        at += len(weight)
+    return out
 
 
 def _any_compute(plan: _Plan, weights: list[tuple[int, int, tuple[str, ...]]]):

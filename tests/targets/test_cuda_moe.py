@@ -11,6 +11,7 @@ import subprocess
 import pytest
 from cuda_lowered import calls_by_function, lowered
 
+from ember.ir.ops_moe import moe_schemes
 from ember.targets.cuda import native_moe
 from ember.targets.lower import LoweringError
 
@@ -88,19 +89,45 @@ def _kept_native(config: dict, expert_types: tuple[str, str, str], dense_type: s
 KQUANT_MOE = {**QWEN3_MOE, "hidden_size": 256, "moe_intermediate_size": 256, "head_dim": 64}
 
 
-@pytest.mark.parametrize("types,codes", [(("Q4_K", "Q4_K", "Q6_K"), (7, 7, 9)), (("Q2_K", "Q3_K", "Q5_K"), (10, 11, 8)),
-                                         (("Q5_0", "Q5_1", "Q8_0"), (5, 6, 2))], ids=lambda v: "-".join(map(str, v)))
-def test_gguf_experts_kept_native_take_the_per_weight_kernels(types, codes, monkeypatch):
-    """A GGUF file's experts keep their own types (one per weight): with EMBER_CUDA_MOE_PER_WEIGHT=1 every entry
-    point runs route, gate_up_any and down_any with each weight's format."""
+@pytest.mark.parametrize("types,codes", [(("Q4_K", "Q4_K", "Q6_K"), (7, 7, 9)), (("Q5_K", "Q5_K", "Q5_K"), (8, 8, 8)),
+                                         (("Q5_0", "Q5_1", "Q6_K"), (5, 6, 9))], ids=lambda v: "-".join(map(str, v)))
+def test_gguf_experts_in_kgemv_formats_take_kgemv_per_slot_and_dequantized_grouped_gemms(types, codes, monkeypatch):
+    """A Q4_K_M / Q5_K_M file's experts (kgemv.cuh's formats, one per weight): decode1 runs kgemv.cuh's GEMV over
+    every slot's expert (gate and up in their formats, down staging silu(gate) * up), then combine; the batched
+    decode and prefill take that below DEQUANT_SLOTS_PER_EXPERT slots per expert and otherwise dequantize every
+    expert to fp16 (each weight in its format) for the grouped plan's fp16 GEMMs, both tiles, sorted combine."""
     monkeypatch.setenv(native_moe.PER_WEIGHT_ENV, "1")
     module, relax_mod = _kept_native(KQUANT_MOE, types)
     moe = [n for _, n in module.iter_nodes() if n.op == "quant_moe"]
-    assert moe and all(n.attrs["weight_formats"]["down"]["scheme"] == {"Q6_K": "q6_k", "Q5_K": "q5_k",
-                                                                        "Q8_0": "q8f16"}[types[2]] for n in moe)
+    assert moe and all(moe_schemes(n.attrs)[2] == {"Q6_K": "q6_k", "Q5_K": "q5_k"}[types[2]] for n in moe)
+    calls = calls_by_function(relax_mod, "ember::moe")
+    g, u, d = codes
+    per_slot = [f"ember::moe::kgemv_gate_up<{g}, {u}, 256, 256, 2, 4, 2, 4>",
+                "ember::moe::kgemv_down<" + f"{d}, 256, 256, 2, 4, 2, 4>", "ember::moe::combine<256, 2, half, 0>"]
+    route = "ember::moe::route<8, 2, 1, half>"
+    assert calls["decode1"] == [route, *per_slot]
+    for function in ("prefill", "decode"):
+        assert calls[function][0] == route and calls[function][-3:] == per_slot, function
+        grouped = calls[function][1:-3]
+        assert grouped[:3] == [f"ember::moe::dequant<{c}, 256>" for c in codes], function
+        assert [c.split("<")[0].split("::")[-1] for c in grouped[3:]] == ["sort", "gemm", "gemm", "sort", "gemm",
+                                                                           "gemm", "combine"], function
+        assert all(c.startswith("ember::moe::gemm<3, 256, 256, ") for c in grouped if "::gemm<" in c)  # fp16
+
+
+@pytest.mark.parametrize("types,codes", [(("Q2_K", "Q3_K", "Q5_K"), (10, 11, 8)), (("Q5_0", "Q5_1", "Q8_0"), (5, 6, 2))],
+                         ids=lambda v: "-".join(map(str, v)))
+def test_gguf_experts_beyond_kgemv_take_the_per_weight_kernels(types, codes, monkeypatch):
+    """Experts with a format kgemv.cuh lacks (Q2_K, Q3_K) or beside a 4-/8-bit one: every entry point runs route,
+    gate_up_any and down_any with each weight's format."""
+    monkeypatch.setenv(native_moe.PER_WEIGHT_ENV, "1")
+    module, relax_mod = _kept_native(KQUANT_MOE, types)
+    moe = [n for _, n in module.iter_nodes() if n.op == "quant_moe"]
+    assert moe and all(n.attrs["weight_formats"]["down"]["scheme"] == {"Q5_K": "q5_k", "Q8_0": "q8f16"}[types[2]]
+                       for n in moe)
     calls = calls_by_function(relax_mod, "ember::moe")
     for function in ("prefill", "decode1", "decode"):
-        assert calls[function] == [f"ember::moe::route<8, 2, 1, half>",
+        assert calls[function] == ["ember::moe::route<8, 2, 1, half>",
                                    f"ember::moe::gate_up_any<{codes[0]}, {codes[1]}, 256, 256, 2, 8, half>",
                                    f"ember::moe::down_any<{codes[2]}, 256, 256, 2, 8, half>"], function
 
@@ -198,3 +225,47 @@ def test_tile_rings_fit_static_shared_memory():
                 stages = tile.stages(code, gated)
                 weight = {native_moe.Q8: 32, native_moe.F16: 64}.get(code, 16) * tile.bn * (2 if gated else 1)
                 assert stages >= 3 and stages * (tile.bm * 64 + weight) <= 48 * 1024
+
+
+KGEMV_WRAPPER = """
+#include "moe.cuh"
+extern "C" __global__ void __launch_bounds__(128) gate_up(int t, const void* x, const void* ids, const void* g0,
+    const void* g1, const void* g2, const void* g3, const void* g4, const void* g5, const void* u0, const void* u1,
+    const void* u2, const void* u3, const void* u4, const void* u5, void* gu) {
+  ember::moe::kgemv_gate_up<7, 7, 4096, 14336, 2, 4, 2, 4>(t, x, ids, g0, g1, g2, g3, g4, g5, u0, u1, u2, u3, u4, u5,
+                                                           gu);
+}
+extern "C" __global__ void __launch_bounds__(128) gate_up_mixed(int t, const void* x, const void* ids, const void* g0,
+    const void* g1, const void* g2, const void* g3, const void* g4, const void* g5, const void* u0, const void* u1,
+    const void* u2, const void* u3, const void* u4, const void* u5, void* gu) {
+  ember::moe::kgemv_gate_up<5, 6, 2048, 768, 8, 4, 2, 4>(t, x, ids, g0, g1, g2, g3, g4, g5, u0, u1, u2, u3, u4, u5,
+                                                         gu);
+}
+extern "C" __global__ void __launch_bounds__(256) down(int t, const void* gu, const void* ids, const void* d0,
+    const void* d1, const void* d2, const void* d3, const void* d4, const void* d5, void* ys) {
+  ember::moe::kgemv_down<9, 4096, 14336, 2, 8, 2, 4>(t, gu, ids, d0, d1, d2, d3, d4, d5, ys);
+}
+extern "C" __global__ void __launch_bounds__(256) dequant_q4_k(int64_t rows, const void* w0, const void* w1,
+    const void* w2, const void* w3, const void* w4, const void* w5, void* out) {
+  ember::moe::dequant<7, 4096>(rows, w0, w1, w2, w3, w4, w5, out);
+}
+extern "C" __global__ void __launch_bounds__(256) dequant_q6_k(int64_t rows, const void* w0, const void* w1,
+    const void* w2, const void* w3, const void* w4, const void* w5, void* out) {
+  ember::moe::dequant<9, 14336>(rows, w0, w1, w2, w3, w4, w5, out);
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_kgemv_plan_kernels_compile_without_spills(tmp_path):
+    """The kgemv plan's kernels at Mixtral-8x7B's shapes (Q4_K gate/up, Q6_K down), Qwen3-30B-A3B's with mixed
+    Q5_0 / Q5_1 gate and up, and the dequantization to fp16 for prefill."""
+    from ember.targets.cuda.device_code import KERNEL_DIR
+
+    src = tmp_path / "k.cu"
+    src.write_text(KGEMV_WRAPPER)
+    result = subprocess.run(["nvcc", "-arch=sm_90", "-O3", "-std=c++17", f"-I{KERNEL_DIR}", "--cubin", "-Xptxas",
+                             "-v", str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("0 bytes spill stores, 0 bytes spill loads") == 5, result.stderr

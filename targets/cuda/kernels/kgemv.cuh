@@ -194,13 +194,14 @@ __device__ __forceinline__ void slot_scales(const Slot& sl, float& s0, float& s1
   }
 }
 
-// Block of WARPS warps, R rows a warp, D steps in flight; grid = ceil(N / (WARPS * R)).
+// Block `block` of WARPS warps, R rows a warp, D steps in flight, over rows row_base .. row_base + N - 1 of the
+// weight (a stacked expert's rows: row_base = e N); y[n] for the block's rows n < N. run: grid = ceil(N / (WARPS R)).
 template <int F, int N, int K, int WARPS, int R, int D, int BIAS, int ACT = PLAIN>
-__device__ __forceinline__ void run(const void* __restrict__ x_ptr, const void* __restrict__ qweight_,
-                                    const void* __restrict__ qhigh_, const void* __restrict__ scales_,
-                                    const void* __restrict__ mins_, const void* __restrict__ sup_,
-                                    const void* __restrict__ sup_min_, const void* __restrict__ bias,
-                                    __half* __restrict__ y) {
+__device__ __forceinline__ void run_rows(int block, size_t row_base, const void* __restrict__ x_ptr,
+                                         const void* __restrict__ qweight_, const void* __restrict__ qhigh_,
+                                         const void* __restrict__ scales_, const void* __restrict__ mins_,
+                                         const void* __restrict__ sup_, const void* __restrict__ sup_min_,
+                                         const void* __restrict__ bias, __half* __restrict__ y) {
   using Fm = Fmt<F>;
   using L = gemv::Layout<gemv::Q4>;
   static_assert(K % 32 == 0 && (!Fm::kSuper || K % 256 == 0), "K must be whole groups / super blocks");
@@ -217,14 +218,14 @@ __device__ __forceinline__ void run(const void* __restrict__ x_ptr, const void* 
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  const int row0 = (blockIdx.x * WARPS + warp) * R;
+  const int row0 = (block * WARPS + warp) * R;
   const Pieces pieces{static_cast<const uint8_t*>(qweight_), static_cast<const uint8_t*>(qhigh_),
                       static_cast<const uint8_t*>(scales_), static_cast<const uint8_t*>(mins_),
                       static_cast<const uint8_t*>(sup_), static_cast<const uint8_t*>(sup_min_)};
 
   size_t rowi[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) rowi[r] = static_cast<size_t>(row0 + r < N ? row0 + r : N - 1);  // past N: row N-1
+  for (int r = 0; r < R; ++r) rowi[r] = row_base + static_cast<size_t>(row0 + r < N ? row0 + r : N - 1);  // past N: N-1
 
   Slot ring[D][R];
   auto load_step = [&](int step, int d) {
@@ -347,6 +348,16 @@ __device__ __forceinline__ void run(const void* __restrict__ x_ptr, const void* 
     if constexpr (BIAS == FLOAT_BIAS) out += static_cast<const float*>(bias)[n];
     y[n] = __float2half(out);
   }
+}
+
+template <int F, int N, int K, int WARPS, int R, int D, int BIAS, int ACT = PLAIN>
+__device__ __forceinline__ void run(const void* __restrict__ x_ptr, const void* __restrict__ qweight_,
+                                    const void* __restrict__ qhigh_, const void* __restrict__ scales_,
+                                    const void* __restrict__ mins_, const void* __restrict__ sup_,
+                                    const void* __restrict__ sup_min_, const void* __restrict__ bias,
+                                    __half* __restrict__ y) {
+  run_rows<F, N, K, WARPS, R, D, BIAS, ACT>(blockIdx.x, 0, x_ptr, qweight_, qhigh_, scales_, mins_, sup_, sup_min_,
+                                            bias, y);
 }
 
 }  // namespace kgemv

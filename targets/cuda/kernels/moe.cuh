@@ -35,6 +35,7 @@
 #include <cuda_fp16.h>
 
 #include "gemv.cuh"
+#include "kgemv.cuh"
 #include "lowbatch.cuh"
 
 namespace ember {
@@ -517,76 +518,106 @@ __device__ __forceinline__ float half_bits(const void* p, int64_t i) {
   return __half2float(__ushort_as_half(__ldg(static_cast<const unsigned short*>(p) + i)));
 }
 
+// The 32 values of 32-block b of row `row` of a stacked weight in a WideFmt (K columns), in fp32, as the cpu kernel
+// dequantizes them: code times the fp32 group scale plus the group's min term.
+template <int F, int K>
+__device__ __forceinline__ void decode32(const Weight& wt, int64_t row, int b, float* v) {
+  static_assert(F >= Q5_0 && F <= Q3_K, "moe.cuh's wide formats");
+  constexpr bool crumbs = F == Q2_K || F == Q3_K;      // 2-bit qweight fields
+  constexpr bool six = F == Q6_K;
+  constexpr bool has_hi = !(F == Q4_K || F == Q2_K);
+  constexpr int GROUPS = (six || crumbs) ? K / 16 : K / 32;  // scale entries per row
+  static_assert(K % 32 == 0 && (F <= Q5_1 || K % 256 == 0), "K-quants take rows of whole super blocks");
+  const uint32_t* w = static_cast<const uint32_t*>(wt.piece[0]) + row * (crumbs ? K / 16 : K / 8);
+  const uint32_t* hi = static_cast<const uint32_t*>(wt.piece[1]) + row * (six ? K / 16 : K / 32);
+  uint32_t words[4];
+  uint32_t high[2] = {0u, 0u};
+#pragma unroll
+  for (int j = 0; j < (crumbs ? 2 : 4); ++j) words[j] = __ldg(w + (crumbs ? 2 : 4) * b + j);
+  if (has_hi) {
+    high[0] = __ldg(hi + (six ? 2 * b : b));
+    if (six) high[1] = __ldg(hi + 2 * b + 1);
+  }
+  float s0, s1, c0, c1, offset = 0.0f;
+  if (F == Q5_0 || F == Q5_1) {
+    s0 = s1 = half_bits(wt.piece[2], row * GROUPS + b);
+    c0 = c1 = F == Q5_1 ? half_bits(wt.piece[3], row * GROUPS + b) : 0.0f;
+    offset = F == Q5_0 ? 16.0f : 0.0f;
+  } else {
+    const int64_t super = row * (K / 256) + b / 8;
+    const float d = half_bits(wt.piece[4], super);
+    if (six || F == Q3_K) {  // int8 scale codes per 16: W = d c (q - 32 | q - 4)
+      const int8_t* sc = static_cast<const int8_t*>(wt.piece[2]) + row * GROUPS;
+      s0 = d * float(__ldg(sc + 2 * b));
+      s1 = d * float(__ldg(sc + 2 * b + 1));
+      c0 = c1 = 0.0f;
+      offset = six ? 32.0f : 4.0f;
+    } else if (F == Q2_K) {  // a byte per 16: scale code | min code << 4
+      const uint8_t* sc = static_cast<const uint8_t*>(wt.piece[2]) + row * GROUPS;
+      const float dm = half_bits(wt.piece[5], super);
+      const uint32_t a = __ldg(sc + 2 * b), c = __ldg(sc + 2 * b + 1);
+      s0 = d * float(a & 15u);
+      s1 = d * float(c & 15u);
+      c0 = -(dm * float(a >> 4));
+      c1 = -(dm * float(c >> 4));
+    } else {  // Q4_K, Q5_K: uint8 scale and min codes per 32
+      const float dm = half_bits(wt.piece[5], super);
+      s0 = s1 = d * float(__ldg(static_cast<const uint8_t*>(wt.piece[2]) + row * GROUPS + b));
+      c0 = c1 = -(dm * float(__ldg(static_cast<const uint8_t*>(wt.piece[3]) + row * GROUPS + b)));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    uint32_t code;
+    if (crumbs) {
+      code = (words[i / 16] >> (2 * (i % 16))) & 3u;
+      if (has_hi) code |= ((high[0] >> i) & 1u) << 2;
+    } else {
+      code = (words[i / 8] >> (4 * (i % 8))) & 15u;
+      if (six) code |= ((high[i / 16] >> (2 * (i % 16))) & 3u) << 4;
+      else if (has_hi) code |= ((high[0] >> i) & 1u) << 4;
+    }
+    v[i] = (float(code) - offset) * (i < 16 ? s0 : s1) + (i < 16 ? c0 : c1);
+  }
+}
+
 // dot(row `row` of a stacked weight in format F (K columns), x[0:K]) over one warp (every lane gets the sum)
 template <int F, int K, typename X>
 __device__ __forceinline__ float warp_dot_any(const Weight& wt, int64_t row, int group, const X* x) {
   if constexpr (F < Q5_0) {
     return warp_dot<F, K>(wt.piece[0], wt.piece[2], wt.piece[3], row, group, x);
   } else {
-    static_assert(F <= Q3_K, "moe.cuh's formats");
-    constexpr bool crumbs = F == Q2_K || F == Q3_K;      // 2-bit qweight fields
-    constexpr bool six = F == Q6_K;
-    constexpr bool has_hi = !(F == Q4_K || F == Q2_K);
-    constexpr int GROUPS = (six || crumbs) ? K / 16 : K / 32;  // scale entries per row
-    static_assert(K % 32 == 0 && (F <= Q5_1 || K % 256 == 0), "K-quants take rows of whole super blocks");
     const int lane = threadIdx.x & 31;
-    const uint32_t* w = static_cast<const uint32_t*>(wt.piece[0]) + row * (crumbs ? K / 16 : K / 8);
-    const uint32_t* hi = static_cast<const uint32_t*>(wt.piece[1]) + row * (six ? K / 16 : K / 32);
     float acc = 0.0f;
     for (int b = lane; b < K / 32; b += 32) {
-      uint32_t words[4];
-      uint32_t high[2] = {0u, 0u};
+      float v[32];
+      decode32<F, K>(wt, row, b, v);
 #pragma unroll
-      for (int j = 0; j < (crumbs ? 2 : 4); ++j) words[j] = __ldg(w + (crumbs ? 2 : 4) * b + j);
-      if (has_hi) {
-        high[0] = __ldg(hi + (six ? 2 * b : b));
-        if (six) high[1] = __ldg(hi + 2 * b + 1);
-      }
-      float s0, s1, c0, c1, offset = 0.0f;
-      if (F == Q5_0 || F == Q5_1) {
-        s0 = s1 = half_bits(wt.piece[2], row * GROUPS + b);
-        c0 = c1 = F == Q5_1 ? half_bits(wt.piece[3], row * GROUPS + b) : 0.0f;
-        offset = F == Q5_0 ? 16.0f : 0.0f;
-      } else {
-        const int64_t super = row * (K / 256) + b / 8;
-        const float d = half_bits(wt.piece[4], super);
-        if (six || F == Q3_K) {  // int8 scale codes per 16: W = d c (q - 32 | q - 4)
-          const int8_t* sc = static_cast<const int8_t*>(wt.piece[2]) + row * GROUPS;
-          s0 = d * float(__ldg(sc + 2 * b));
-          s1 = d * float(__ldg(sc + 2 * b + 1));
-          c0 = c1 = 0.0f;
-          offset = six ? 32.0f : 4.0f;
-        } else if (F == Q2_K) {  // a byte per 16: scale code | min code << 4
-          const uint8_t* sc = static_cast<const uint8_t*>(wt.piece[2]) + row * GROUPS;
-          const float dm = half_bits(wt.piece[5], super);
-          const uint32_t a = __ldg(sc + 2 * b), c = __ldg(sc + 2 * b + 1);
-          s0 = d * float(a & 15u);
-          s1 = d * float(c & 15u);
-          c0 = -(dm * float(a >> 4));
-          c1 = -(dm * float(c >> 4));
-        } else {  // Q4_K, Q5_K: uint8 scale and min codes per 32
-          const float dm = half_bits(wt.piece[5], super);
-          s0 = s1 = d * float(__ldg(static_cast<const uint8_t*>(wt.piece[2]) + row * GROUPS + b));
-          c0 = c1 = -(dm * float(__ldg(static_cast<const uint8_t*>(wt.piece[3]) + row * GROUPS + b)));
-        }
-      }
-      const int k0 = b * 32;
-#pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        uint32_t code;
-        if (crumbs) {
-          code = (words[i / 16] >> (2 * (i % 16))) & 3u;
-          if (has_hi) code |= ((high[0] >> i) & 1u) << 2;
-        } else {
-          code = (words[i / 8] >> (4 * (i % 8))) & 15u;
-          if (six) code |= ((high[i / 16] >> (2 * (i % 16))) & 3u) << 4;
-          else if (has_hi) code |= ((high[0] >> i) & 1u) << 4;
-        }
-        const float v = (float(code) - offset) * (i < 16 ? s0 : s1) + (i < 16 ? c0 : c1);
-        acc += v * xv(x, k0 + i);
-      }
+      for (int i = 0; i < 32; ++i) acc += v[i] * xv(x, b * 32 + i);
     }
     return warp_sum(acc);
+  }
+}
+
+// dequant<F, K>(rows, w0..w5, out): the stacked weight's rows (all experts: E N of them) as fp16 [rows, K], one
+// thread per 32-block; the grouped plan's fp16 GEMM reads them (prefill of the GGUF formats).
+template <int F, int K>
+__device__ __forceinline__ void dequant(int64_t rows, const void* w0, const void* w1, const void* w2, const void* w3,
+                                        const void* w4, const void* w5, void* out_ptr) {
+  const Weight wt = {{w0, w1, w2, w3, w4, w5}};
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * (K / 32)) return;
+  const int64_t row = i / (K / 32);
+  const int b = static_cast<int>(i % (K / 32));
+  float v[32];
+  decode32<F, K>(wt, row, b, v);
+  uint4* out = reinterpret_cast<uint4*>(static_cast<__half*>(out_ptr) + row * K + b * 32);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    __half2 h[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(v[8 * q + 2 * j], v[8 * q + 2 * j + 1]);
+    out[q] = *reinterpret_cast<const uint4*>(h);
   }
 }
 
@@ -626,6 +657,47 @@ __device__ __forceinline__ void down_any(int T, const void* h_ptr, const void* i
     acc += weights[j] * warp_dot_any<FD, I>(down, (int64_t)ids[j] * H + n, group, h);
   }
   if ((threadIdx.x & 31) == 0) from_f(acc, static_cast<A*>(y_ptr) + (int64_t)t * H + n);
+}
+
+// kgemv_gate_up<FG, FU, ...> / kgemv_down<FD, ...>: the gemv plan (gemv_gate_up / gemv_down above) for the GGUF
+// formats kgemv.cuh takes (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; gate and up may differ, as down may): kgemv::run_rows over
+// the rows of each slot's expert (row_base = e N), its tuned lane loads, staged x and, for down, its SWIGLU staging
+// of gu[slot] = [gate | up]. Weights as gate_up_any's: six pointers each.
+template <int FG, int FU, int H, int I, int TOPK, int WARPS, int R, int D>
+__device__ __forceinline__ void kgemv_gate_up(int T, const void* x_ptr, const void* ids_ptr, const void* g0,
+                                              const void* g1, const void* g2, const void* g3, const void* g4,
+                                              const void* g5, const void* u0, const void* u1, const void* u2,
+                                              const void* u3, const void* u4, const void* u5, void* gu_ptr) {
+  constexpr int PER_WEIGHT = (I + WARPS * R - 1) / (WARPS * R);  // blocks of one expert's gate (or up)
+  const int slot = blockIdx.x / (2 * PER_WEIGHT), rest = blockIdx.x % (2 * PER_WEIGHT);
+  if (slot >= T * TOPK) return;
+  const bool up = rest >= PER_WEIGHT;
+  const size_t rows = static_cast<size_t>(static_cast<const int*>(ids_ptr)[slot]) * I;
+  const __half* x = static_cast<const __half*>(x_ptr) + static_cast<int64_t>(slot / TOPK) * H;
+  __half* y = static_cast<__half*>(gu_ptr) + static_cast<int64_t>(slot) * 2 * I + (up ? I : 0);
+  if constexpr (FG == FU) {
+    kgemv::run_rows<FG, I, H, WARPS, R, D, kgemv::NO_BIAS>(rest % PER_WEIGHT, rows, x, up ? u0 : g0, up ? u1 : g1,
+                                                           up ? u2 : g2, up ? u3 : g3, up ? u4 : g4, up ? u5 : g5,
+                                                           x, y);
+  } else if (up) {
+    kgemv::run_rows<FU, I, H, WARPS, R, D, kgemv::NO_BIAS>(rest - PER_WEIGHT, rows, x, u0, u1, u2, u3, u4, u5, x, y);
+  } else {
+    kgemv::run_rows<FG, I, H, WARPS, R, D, kgemv::NO_BIAS>(rest, rows, x, g0, g1, g2, g3, g4, g5, x, y);
+  }
+}
+
+template <int FD, int H, int I, int TOPK, int WARPS, int R, int D>
+__device__ __forceinline__ void kgemv_down(int T, const void* gu_ptr, const void* ids_ptr, const void* d0,
+                                           const void* d1, const void* d2, const void* d3, const void* d4,
+                                           const void* d5, void* ys_ptr) {
+  constexpr int PER_SLOT = (H + WARPS * R - 1) / (WARPS * R);
+  const int slot = blockIdx.x / PER_SLOT;
+  if (slot >= T * TOPK) return;
+  const size_t rows = static_cast<size_t>(static_cast<const int*>(ids_ptr)[slot]) * H;
+  const __half* gu = static_cast<const __half*>(gu_ptr) + static_cast<int64_t>(slot) * 2 * I;
+  __half* y = static_cast<__half*>(ys_ptr) + static_cast<int64_t>(slot) * H;
+  kgemv::run_rows<FD, H, I, WARPS, R, D, kgemv::NO_BIAS, kgemv::SWIGLU>(blockIdx.x % PER_SLOT, rows, gu, d0, d1, d2,
+                                                                         d3, d4, d5, gu, y);
 }
 
 template <int F, int H, int I, int TOPK, int WARPS, typename A>
