@@ -8,10 +8,10 @@ wide (no near-ties), and the experts are GGUF blocks dequantized by gguf (or emb
 passes.quant_schemes.dequantize), so a token-count-dependent fault shows as one token's error, not as noise.
 
 Here (no GPU, nvcc on PATH):
-    PYTHONPATH=.. python tools/moe_kernel_check.py build DIR
-compiles one library per case (build_cuda, PDL as artifacts have it) (the per-weight plan for K-quant and mixed experts with EMBER_CUDA_MOE_PER_WEIGHT=1,
-the grouped and per-slot plans of q4f16_1 as controls), symbolic token count (DIR/<case>.so, a VM module), and writes each
-case's packed experts, inputs and float64 reference outputs (DIR/<case>.npz) with DIR/cases.json.
+    PYTHONPATH=. python tools/moe_kernel_check.py build DIR
+compiles one library per case (build_cuda, PDL as artifacts have it: the kgemv plan for kgemv.cuh's GGUF formats,
+the per-weight plan for Q2_K / Q3_K and mixed experts, the grouped and per-slot plans of q4f16_1 as controls),
+symbolic token count (DIR/<case>.so, a VM module), and writes each case's packed experts, inputs and float64 reference outputs (DIR/<case>.npz) with DIR/cases.json.
 On the GPU (torch there; runtime-only TVM on PYTHONPATH):
     python tools/moe_kernel_check.py check DIR OUT.jsonl
 one JSON line per (case, token count): max |y - ref| over max |ref|, the worst token, whether y is finite; exit 1
@@ -34,11 +34,11 @@ EXPERTS, HIDDEN, INTER, TOP_K = 8, 256, 512, 2
 TOKENS = (1, 2, 3, 17, 64, 200)
 TOLERANCE = 4e-3  # of max |ref|: fp16 output rounding (2^-11) and fp32 accumulation, with margin
 CASES = {  # name -> (gate, up, down GGUF types or an ember scheme, plan switch)
-    "q4_k+q6_k": (("Q4_K", "Q4_K", "Q6_K"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
-    "q5_k": (("Q5_K", "Q5_K", "Q5_K"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
-    "q5_0+q5_1+q6_k": (("Q5_0", "Q5_1", "Q6_K"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
-    "q2_k+q3_k+q5_0": (("Q2_K", "Q3_K", "Q5_0"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
-    "q5_1+q8_0+q6_k": (("Q5_1", "Q8_0", "Q6_K"), {"EMBER_CUDA_MOE_PER_WEIGHT": "1"}),
+    "q4_k+q6_k": (("Q4_K", "Q4_K", "Q6_K"), {}),
+    "q5_k": (("Q5_K", "Q5_K", "Q5_K"), {}),
+    "q5_0+q5_1+q6_k": (("Q5_0", "Q5_1", "Q6_K"), {}),
+    "q2_k+q3_k+q5_0": (("Q2_K", "Q3_K", "Q5_0"), {}),
+    "q5_1+q8_0+q6_k": (("Q5_1", "Q8_0", "Q6_K"), {}),
     "q4f16_1-grouped": (("q4f16_1",) * 3, {}),
     "q4f16_1-slots": (("q4f16_1",) * 3, {"EMBER_CUDA_MOE": "slots"}),
 }

@@ -3,7 +3,8 @@
 `moe` with fp16/bf16 expert weights and `quant_moe` (q4f16, q4f16_1, q4f16g128, q8f16: groups of a multiple of 32)
 with fp16 or bf16 activations, H and I multiples of 32, at most 1024 experts, become one opaque PrimFunc on the
 device; the routing (expert ids and weights), the slot order and the SwiGLU activations live in scratch outputs of
-it, so nothing is read back by the host and CUDA graphs keep working. Three plans (see moe.cuh):
+it, so nothing is read back by the host and CUDA graphs keep working. Five plans (see moe.cuh); each is checked
+alone at 1 to 200 tokens a call against float64 numpy on a GPU by tools/moe_kernel_check.py:
 - gemv (decode1 with 4-/8-bit experts and fp16 activations): route, then gemv.cuh's tuned GEMV run for every
   slot's expert (gate and up; down staging silu(gate) * up), combine;
 - per slot (bf16 activations, and whatever the other plans do not take): route, gate_up, down: plain warp-per-row
@@ -12,11 +13,12 @@ it, so nothing is read back by the host and CUDA graphs keep working. Three plan
   experts, H and I multiples of 64): route, sort (slots in expert order, tiles per expert), the gated gate_up GEMM, the down GEMM, combine. Two tile shapes,
   chosen on the device-side token count: 16-row tiles while experts get few rows each (batched decode), 64-row
   ones from GROUPED_LARGE_ROWS rows per expert on average.
-- per weight (a GGUF file's experts kept native: Q5_0, Q5_1, Q2_K .. Q6_K, or gate/up/down in different formats,
-  as a Q4_K_M file's Q4_K gate/up and Q6_K down; K a multiple of 256 for K-quants): route, gate_up_any, down_any,
-  the per-slot GEMVs with each weight's own dequantization, at every token count. Only with
-  EMBER_CUDA_MOE_PER_WEIGHT=1: on a GPU it matches the cpu build at decode1 but not yet in multi-token calls
-  (PER_WEIGHT_ENV's comment); without it such a block is refused in one line.
+- kgemv (a GGUF file's experts kept native in kgemv.cuh's formats, Q5_0, Q5_1, Q4_K .. Q6_K, each weight in its
+  own: a Q4_K_M file's Q4_K gate/up and Q6_K down): route, kgemv.cuh's GEMV over every slot's expert (gate, up;
+  down staging silu(gate) * up), combine; in prefill and batched decode from DEQUANT_SLOTS_PER_EXPERT slots per
+  expert, every expert dequantized to fp16 scratch (moe.cuh's dequant) and the grouped plan's fp16 GEMMs.
+- per weight (the other GGUF formats, Q2_K and Q3_K, or one beside a 4-/8-bit weight; K a multiple of 256 for
+  K-quants): route, gate_up_any, down_any, warp-per-row GEMVs with each weight's own dequantization.
 Everything else returns None (the generic lowering refuses it in one line). EMBER_CUDA_MOE=0 turns the override
 off (then a MoE model does not build for cuda: there is no other kernel); EMBER_CUDA_MOE=slots keeps the per-slot
 plan everywhere (A/B runs).
@@ -40,10 +42,6 @@ from . import native_gemv, native_kgemv
 from .native_gemv import is_decode1
 
 ENV = "EMBER_CUDA_MOE"
-# The per-weight plan passes decode1 on a GPU but not yet the multi-token calls (session 16: a tiny K-quant Mixtral
-# within 1.9e-3 of its cpu build at decode1, 3.6e-2 in chunked prefill; mixtral-8x7b q4_k_m prefill 0.33 of the
-# logit scale, `ember verify` fails): a build takes it only when asked.
-PER_WEIGHT_ENV = "EMBER_CUDA_MOE_PER_WEIGHT"
 Q4, Q4_1, Q8, F16, BF16 = 0, 1, 2, 3, 4  # moe.cuh's Fmt
 Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K = 5, 6, 7, 8, 9, 10, 11  # moe.cuh's WideFmt (the GGUF formats kept native)
 WIDE = {(5, False, 0): Q5_0, (5, True, 0): Q5_1, (4, True, 256): Q4_K, (5, True, 256): Q5_K, (6, False, 256): Q6_K,
@@ -326,13 +324,6 @@ def _lower_any(node: Any, x: Any, logits: Any, weights: list) -> Any:
     codes = [_any_code(f, cols) for f, cols in zip(formats, (hidden, hidden, inter))]
     if any(c is None for c in codes) or hidden % 32 or inter % 32 or experts > MAX_EXPERTS:
         return None
-    if os.environ.get(PER_WEIGHT_ENV) != "1":
-        from ..lower import LoweringError
-
-        raise LoweringError(f"quant_moe ({node.attrs['scheme']} experts): cuda's kernel for GGUF-native and mixed expert "
-                            f"formats does not yet match the cpu build beyond one token a call; compile for cpu, "
-                            f"pass --quant q4f16_1 (or another 4-/8-bit scheme) for the experts, or set "
-                            f"{PER_WEIGHT_ENV}=1 to build it anyway")
     plan = _Plan(codes[0], formats[0].group_size, formats[0].num_pieces, experts, hidden, inter,
                  int(node.attrs["top_k"]), int(bool(node.attrs["norm_topk_prob"])), ACTIVATION[x.dtype])
     weights_of = [(c, f.group_size, f.piece_names) for c, f in zip(codes, formats)]

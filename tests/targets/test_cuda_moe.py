@@ -91,12 +91,11 @@ KQUANT_MOE = {**QWEN3_MOE, "hidden_size": 256, "moe_intermediate_size": 256, "he
 
 @pytest.mark.parametrize("types,codes", [(("Q4_K", "Q4_K", "Q6_K"), (7, 7, 9)), (("Q5_K", "Q5_K", "Q5_K"), (8, 8, 8)),
                                          (("Q5_0", "Q5_1", "Q6_K"), (5, 6, 9))], ids=lambda v: "-".join(map(str, v)))
-def test_gguf_experts_in_kgemv_formats_take_kgemv_per_slot_and_dequantized_grouped_gemms(types, codes, monkeypatch):
+def test_gguf_experts_in_kgemv_formats_take_kgemv_per_slot_and_dequantized_grouped_gemms(types, codes):
     """A Q4_K_M / Q5_K_M file's experts (kgemv.cuh's formats, one per weight): decode1 runs kgemv.cuh's GEMV over
     every slot's expert (gate and up in their formats, down staging silu(gate) * up), then combine; the batched
     decode and prefill take that below DEQUANT_SLOTS_PER_EXPERT slots per expert and otherwise dequantize every
     expert to fp16 (each weight in its format) for the grouped plan's fp16 GEMMs, both tiles, sorted combine."""
-    monkeypatch.setenv(native_moe.PER_WEIGHT_ENV, "1")
     module, relax_mod = _kept_native(KQUANT_MOE, types)
     moe = [n for _, n in module.iter_nodes() if n.op == "quant_moe"]
     assert moe and all(moe_schemes(n.attrs)[2] == {"Q6_K": "q6_k", "Q5_K": "q5_k"}[types[2]] for n in moe)
@@ -117,10 +116,9 @@ def test_gguf_experts_in_kgemv_formats_take_kgemv_per_slot_and_dequantized_group
 
 @pytest.mark.parametrize("types,codes", [(("Q2_K", "Q3_K", "Q5_K"), (10, 11, 8)), (("Q5_0", "Q5_1", "Q8_0"), (5, 6, 2))],
                          ids=lambda v: "-".join(map(str, v)))
-def test_gguf_experts_beyond_kgemv_take_the_per_weight_kernels(types, codes, monkeypatch):
+def test_gguf_experts_beyond_kgemv_take_the_per_weight_kernels(types, codes):
     """Experts with a format kgemv.cuh lacks (Q2_K, Q3_K) or beside a 4-/8-bit one: every entry point runs route,
     gate_up_any and down_any with each weight's format."""
-    monkeypatch.setenv(native_moe.PER_WEIGHT_ENV, "1")
     module, relax_mod = _kept_native(KQUANT_MOE, types)
     moe = [n for _, n in module.iter_nodes() if n.op == "quant_moe"]
     assert moe and all(n.attrs["weight_formats"]["down"]["scheme"] == {"Q5_K": "q5_k", "Q8_0": "q8f16"}[types[2]]
@@ -130,13 +128,6 @@ def test_gguf_experts_beyond_kgemv_take_the_per_weight_kernels(types, codes, mon
         assert calls[function] == ["ember::moe::route<8, 2, 1, half>",
                                    f"ember::moe::gate_up_any<{codes[0]}, {codes[1]}, 256, 256, 2, 8, half>",
                                    f"ember::moe::down_any<{codes[2]}, 256, 256, 2, 8, half>"], function
-
-
-def test_the_per_weight_plan_is_refused_unless_asked(monkeypatch):
-    """It does not yet match the cpu build beyond one token a call on a GPU: refused in one line naming the switch."""
-    monkeypatch.delenv(native_moe.PER_WEIGHT_ENV, raising=False)
-    with pytest.raises(LoweringError, match=r"quant_moe \(q4_k\+q6_k experts\).*EMBER_CUDA_MOE_PER_WEIGHT=1"):
-        _kept_native(KQUANT_MOE, ("Q4_K", "Q4_K", "Q6_K"))
 
 
 def test_what_the_kernels_cannot_take_is_refused_in_one_line():
