@@ -26,11 +26,11 @@ def test_only_hopper_and_later_builds_and_switch(monkeypatch):
 
 # the device templates the lowerings call, per namespace (native_gemv.py, native_lowbatch.py, native_norm.py,
 # attention.py, native_linear.py); prefill_attention.py's ragged and paged entries both run attend()
-# (gemv's run() is run_block(blockIdx.x, ...))
+# (gemv's run() is run_block(blockIdx.x, ...), kgemv's run() is run_rows(blockIdx.x, 0, ...))
 ENTRIES = {"ember::gemv::": ["run_block"], "ember::lowbatch::": ["run"], "ember::norm::": ["add_rms_norm"],
            "ember::attn::": ["split", "merge"], "ember::linear::": ["gemv", "mma"], "ember::kv::": ["rotary", "append"],
            "ember::prefill::": ["attend"],
-           "ember::qgemm::": ["run"], "ember::kgemv::": ["run"],
+           "ember::qgemm::": ["run"], "ember::kgemv::": ["run_rows"],
            "ember::klowbatch::": ["run"]}
 
 
