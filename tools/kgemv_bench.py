@@ -91,12 +91,9 @@ def cases(quick: bool = False) -> list[dict]:
     return out
 
 
-def _export(lower, inputs: list[tuple[str, list, str]]):
-    """The one PrimFunc of forward(*inputs) = lower(inputs), through ember's cuda relax pipeline for sm_90."""
-    import tvm
+def relax_module(lower, inputs: list[tuple[str, list, str]]):
+    """The Relax module of forward(*inputs) = lower(inputs) (inputs: name, shape, dtype)."""
     from tvm.relax.frontend import nn
-
-    from ember.targets.cuda import pipeline
 
     names = [n for n, _, _ in inputs]
     scope: dict = {}
@@ -105,6 +102,16 @@ def _export(lower, inputs: list[tuple[str, list, str]]):
     spec = {"forward": {**{n: nn.spec.Tensor(s, d) for n, s, d in inputs},
                         "$": {"param_mode": "none", "effect_mode": "none"}}}
     mod, _ = module().export_tvm(spec=spec)
+    return mod
+
+
+def _export(lower, inputs: list[tuple[str, list, str]]):
+    """The one PrimFunc of forward(*inputs) = lower(inputs), through ember's cuda relax pipeline for sm_90."""
+    import tvm
+
+    from ember.targets.cuda import pipeline
+
+    mod = relax_module(lower, inputs)
     target = pipeline.cuda_target(["sm_90"])
     with tvm.transform.PassContext(opt_level=3, config=pipeline.PASS_CONFIG):
         mod = pipeline.cuda_relax_pipeline(target)(mod)

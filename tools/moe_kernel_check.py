@@ -96,7 +96,7 @@ def _inputs(tokens: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
 
 
 def _primfunc(name: str, weights: list, env: dict):
-    from tvm.relax.frontend import nn
+    import kgemv_bench
 
     from ember.ir.ops_moe import MOE_WEIGHTS, WEIGHT_FORMATS
     from ember.targets.cuda import native_moe
@@ -123,14 +123,7 @@ def _primfunc(name: str, weights: list, env: dict):
         assert result is not None, name
         return result
 
-    names = [n for n, _, _ in inputs]
-    scope: dict = {}
-    exec(f"def forward(self, {', '.join(names)}):\n    return lower([{', '.join(names)}])", {"lower": lower}, scope)
-    module = type("One", (nn.Module,), {"forward": scope["forward"]})
-    spec = {"forward": {**{n: nn.spec.Tensor(s, d) for n, s, d in inputs},
-                        "$": {"param_mode": "none", "effect_mode": "none"}}}
-    mod, _ = module().export_tvm(spec=spec)
-    return mod
+    return kgemv_bench.relax_module(lower, inputs)
 
 
 def build(out: Path) -> None:

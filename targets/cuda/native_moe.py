@@ -433,10 +433,6 @@ def _any_compute(plan: _Plan, weights: list[tuple[int, int, tuple[str, ...]]]):
     gate_up = f"ember::moe::gate_up_any<{fg}, {fu}, {hidden}, {inter}, {top_k}, {WARPS}, {act}>"
     down = f"ember::moe::down_any<{fd}, {hidden}, {inter}, {top_k}, {WARPS}, {act}>"
 
-    def pointers(names: tuple[str, ...], tensors: list) -> list[Any]:
-        named = dict(zip(names, tensors))
-        return [named.get(n, tensors[0]).access_ptr("r") for n in PIECES]
-
     def compute(xt: te.Tensor, lg: te.Tensor, *packed: te.Tensor) -> Any:
         lead, tokens = _tokens(xt)
         slots = tokens * top_k
@@ -444,10 +440,7 @@ def _any_compute(plan: _Plan, weights: list[tuple[int, int, tuple[str, ...]]]):
         def body(ins, outs):
             xb, lgb, rest = ins[0], ins[1], list(ins[2:])
             y, ids, wts, h = outs
-            split = [len(gate_names), len(gate_names) + len(up_names)]
-            gate_p = pointers(gate_names, rest[:split[0]])
-            up_p = pointers(up_names, rest[split[0]:split[1]])
-            down_p = pointers(down_names, rest[split[1]:])
+            gate_p, up_p, down_p = _split_pointers(rest, (gate_names, up_names, down_names))
             t = tirx.Cast("int32", tokens)
             return tirx.SeqStmt([
                 _route(plan, t, lgb, ids, wts),
